@@ -1,0 +1,223 @@
+"""The feature spec: every preprocessing rule of the seed's Keras layers, fitted once, in numpy.
+
+Both backends build their preprocessing from one :class:`FeatureSpec`, so they see identical
+features. Each mapping reproduces the tf_keras layer the seed uses (sources in
+``tf_keras/src/layers/preprocessing``):
+
+- ``StringLookup(vocabulary, mask_token=None)`` (one OOV index): OOV -> 0, vocabulary[i] -> i + 1.
+- ``Discretization(bin_boundaries)``: ``tf.raw_ops.Bucketize`` keeps the boundaries as float32 and
+  compares the (int64) timestamp converted to float32, bucket = #boundaries <= value, in [0, n].
+  Timestamps near 8.8e8 are 64 apart in float32, so the float32 rounding decides some buckets.
+- ``Normalization``: ``(float32(x) - mean) / maximum(sqrt(variance), 1e-7)`` in float32.
+  ``mean``/``variance`` are the exact (float64) moments of all rating timestamps; Keras' ``adapt``
+  accumulates them batch-wise in float32 and lands within float32 noise of these.
+- ``TextVectorization(max_tokens)``: ``lower_and_strip_punctuation`` (ASCII-only lower-casing,
+  then the Keras punctuation regex removed), split on runs of ASCII whitespace; vocabulary sorted
+  by count descending, ties by token descending (``np.lexsort(...)[::-1]``), at most
+  ``max_tokens - 2`` learned tokens; index 0 is padding, 1 is OOV ``[UNK]``, token i -> i + 2.
+  Output padded with 0 to the longest title of the batch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .movielens import MovieLens
+
+# tf_keras text_vectorization.DEFAULT_STRIP_REGEX, verbatim.
+STRIP_PUNCTUATION = re.compile(r'[!"#$%&()\*\+,-\./:;<=>?@\[\\\]^_`{|}~\']')
+# tf.strings.split(sep=None) splits on runs of ASCII whitespace and drops empty pieces.
+ASCII_WHITESPACE = re.compile(r"[ \t\n\v\f\r]+")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+KERAS_EPSILON = 1e-7  # tf_keras.backend.epsilon(), the Normalization floor on the std
+PAD_TOKEN, OOV_TOKEN = "", "[UNK]"
+SPEC_VERSION = 1
+
+
+def standardize(text: str) -> str:
+    """TextVectorization 'lower_and_strip_punctuation': tf.strings.lower is ASCII-only."""
+    return STRIP_PUNCTUATION.sub("", text.translate(_ASCII_LOWER))
+
+
+def tokenize(text: str) -> list[str]:
+    """Standardize, then split on ASCII whitespace as ``tf.strings.split`` does."""
+    return [t for t in ASCII_WHITESPACE.split(standardize(text)) if t]
+
+
+def _as_str_array(values: Iterable) -> np.ndarray:
+    """Accept str or UTF-8 bytes (what TF yields) and return an object array of str."""
+    arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=object)
+    return np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in arr.ravel()],
+                    dtype=object).reshape(arr.shape)
+
+
+def _lookup(vocabulary: np.ndarray, values: Iterable) -> np.ndarray:
+    """StringLookup(mask_token=None, num_oov_indices=1): vocab[i] -> i + 1, unknown -> 0."""
+    table = {v: i + 1 for i, v in enumerate(vocabulary)}
+    return np.array([table.get(v, 0) for v in _as_str_array(values).ravel()], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Vocabularies and statistics fitted on the data (see the module docstring for the rules).
+
+    user_vocab:     sorted unique user ids (str), embedding rows = len + 1
+    title_vocab:    sorted unique movie titles (str), embedding rows = len + 1
+    ts_boundaries:  float64 ``linspace(min_ts, max_ts, num_buckets)``, embedding rows = len + 1
+    ts_mean, ts_variance: moments of all rating timestamps
+    token_vocab:    title tokens by frequency (without the padding and OOV entries)
+    max_tokens:     TextVectorization max_tokens (embedding rows of the token table)
+    """
+
+    user_vocab: tuple[str, ...]
+    title_vocab: tuple[str, ...]
+    ts_boundaries: tuple[float, ...]
+    ts_mean: float
+    ts_variance: float
+    token_vocab: tuple[str, ...]
+    max_tokens: int = 10_000
+
+    # --- fitting ---------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, data: MovieLens, *, num_buckets: int = 1000, max_tokens: int = 10_000
+            ) -> "FeatureSpec":
+        """Fit on all ratings and the whole movie corpus, as the seed does."""
+        if max_tokens < 3:
+            raise ValueError(f"max_tokens={max_tokens} must be >= 3 (padding, OOV, one token)")
+        ts = data.ratings["timestamp"].to_numpy(np.int64)
+        counts = Counter(t for title in data.movies["movie_title"] for t in tokenize(title))
+        tokens = np.array(list(counts.keys()), dtype=object)
+        freq = np.array(list(counts.values()), dtype=np.int64)
+        # Keras sorts the UTF-8 bytes; byte order equals code-point order for valid UTF-8.
+        order = np.lexsort((tokens.astype(str), freq))[::-1][: max_tokens - 2]
+        return cls(
+            user_vocab=tuple(np.unique(data.ratings["user_id"].to_numpy(str)).tolist()),
+            title_vocab=tuple(np.unique(data.movies["movie_title"].to_numpy(str)).tolist()),
+            ts_boundaries=tuple(np.linspace(ts.min(), ts.max(), num=num_buckets).tolist()),
+            ts_mean=float(ts.astype(np.float64).mean()),
+            ts_variance=float(ts.astype(np.float64).var()),
+            token_vocab=tuple(tokens[order].tolist()),
+            max_tokens=max_tokens,
+        )
+
+    # --- sizes ------------------------------------------------------------------------------
+    @property
+    def num_user_rows(self) -> int:
+        return len(self.user_vocab) + 1
+
+    @property
+    def num_title_rows(self) -> int:
+        return len(self.title_vocab) + 1
+
+    @property
+    def num_bucket_rows(self) -> int:
+        return len(self.ts_boundaries) + 1
+
+    @property
+    def keras_token_vocabulary(self) -> list[str]:
+        """What TextVectorization.get_vocabulary() returns: padding, OOV, then tokens."""
+        return [PAD_TOKEN, OOV_TOKEN, *self.token_vocab]
+
+    # --- mappings ---------------------------------------------------------------------------
+    def user_index(self, user_ids: Iterable) -> np.ndarray:
+        """[N] str -> [N] int64 in [0, len(user_vocab)]; 0 = out of vocabulary."""
+        return _lookup(np.asarray(self.user_vocab, dtype=object), user_ids)
+
+    def title_index(self, titles: Iterable) -> np.ndarray:
+        """[N] str -> [N] int64 in [0, len(title_vocab)]; 0 = out of vocabulary."""
+        return _lookup(np.asarray(self.title_vocab, dtype=object), titles)
+
+    def timestamp_bucket(self, timestamps: Sequence[int] | np.ndarray) -> np.ndarray:
+        """[N] int -> [N] int64 in [0, len(ts_boundaries)], float32 comparisons as Bucketize."""
+        bounds = np.asarray(self.ts_boundaries, dtype=np.float32)
+        values = np.asarray(timestamps).astype(np.float32)
+        return np.searchsorted(bounds, values, side="right").astype(np.int64)
+
+    def timestamp_normalized(self, timestamps: Sequence[int] | np.ndarray) -> np.ndarray:
+        """[N] int -> [N] float32, Keras Normalization in float32."""
+        values = np.asarray(timestamps).astype(np.float32)
+        std = np.maximum(np.sqrt(np.float32(self.ts_variance)), np.float32(KERAS_EPSILON))
+        return ((values - np.float32(self.ts_mean)) / std).astype(np.float32)
+
+    def title_tokens(self, titles: Iterable, length: int | None = None) -> np.ndarray:
+        """[N] str -> [N, L] int64 token ids, 0-padded; L = longest title unless given."""
+        table = {t: i + 2 for i, t in enumerate(self.token_vocab)}
+        rows = [[table.get(t, 1) for t in tokenize(s)] for s in _as_str_array(titles).ravel()]
+        width = max((len(r) for r in rows), default=0) if length is None else length
+        out = np.zeros((len(rows), width), dtype=np.int64)
+        for i, r in enumerate(rows):
+            out[i, : min(len(r), width)] = r[:width]
+        return out
+
+    def encode(self, user_ids: Iterable, timestamps: Iterable, titles: Iterable
+               ) -> dict[str, np.ndarray]:
+        """All model inputs for N (user, timestamp, title) rows; see :func:`query_features`."""
+        return {**self.encode_queries(user_ids, timestamps), **self.encode_titles(titles)}
+
+    def encode_queries(self, user_ids: Iterable, timestamps: Iterable) -> dict[str, np.ndarray]:
+        """Query-tower inputs: user_index [N], ts_bucket [N], ts_norm [N] float32."""
+        ts = np.asarray(list(timestamps) if not isinstance(timestamps, np.ndarray) else timestamps,
+                        dtype=np.int64)
+        return {"user_index": self.user_index(user_ids), "ts_bucket": self.timestamp_bucket(ts),
+                "ts_norm": self.timestamp_normalized(ts)}
+
+    def encode_titles(self, titles: Iterable) -> dict[str, np.ndarray]:
+        """Candidate-tower inputs: title_index [N], title_tokens [N, L]."""
+        titles = _as_str_array(titles)
+        return {"title_index": self.title_index(titles), "title_tokens": self.title_tokens(titles)}
+
+    # --- persistence ------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"version": SPEC_VERSION, "user_vocab": list(self.user_vocab),
+                "title_vocab": list(self.title_vocab), "ts_boundaries": list(self.ts_boundaries),
+                "ts_mean": self.ts_mean, "ts_variance": self.ts_variance,
+                "token_vocab": list(self.token_vocab), "max_tokens": self.max_tokens}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureSpec":
+        if d.get("version") != SPEC_VERSION:
+            raise ValueError(f"feature spec version {d.get('version')!r} is not supported "
+                             f"(expected {SPEC_VERSION}); re-run training to rebuild it")
+        return cls(user_vocab=tuple(d["user_vocab"]), title_vocab=tuple(d["title_vocab"]),
+                   ts_boundaries=tuple(float(x) for x in d["ts_boundaries"]),
+                   ts_mean=float(d["ts_mean"]), ts_variance=float(d["ts_variance"]),
+                   token_vocab=tuple(d["token_vocab"]), max_tokens=int(d["max_tokens"]))
+
+    def save(self, path: Path | str) -> None:
+        """Write JSON atomically (floats round-trip exactly through repr)."""
+        write_json_atomic(Path(path), self.to_dict())
+
+    @classmethod
+    def load(cls, path: Path | str) -> "FeatureSpec":
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"{path}: not a readable feature spec ({e})") from e
+
+    def fingerprint(self) -> str:
+        """Short content hash, stored in checkpoints to catch a model/spec mismatch."""
+        import hashlib
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode("utf-8")
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to a temp file beside ``path`` and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,57 @@
+"""Deterministic train/test split and seeded per-epoch batch orders, shared by both backends.
+
+The seed shuffles the 100,000 ratings once (seed 42) and takes the first 80,000 for training and
+the next 20,000 for testing, then reshuffles the training set every epoch into batches of 2048.
+Here both shuffles come from numpy's PCG64 so the torch and TFRS paths can be fed exactly the
+same examples in exactly the same batches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row indices into ``MovieLens.ratings`` (int64), disjoint."""
+
+    train: np.ndarray
+    test: np.ndarray
+
+
+def train_test_split(num_ratings: int, *, seed: int = 42, train_fraction: float = 0.8) -> Split:
+    """Shuffle ``range(num_ratings)`` once; the first ``round(f * n)`` rows train, the rest test."""
+    if num_ratings < 2:
+        raise ValueError(f"need at least 2 ratings to split, got {num_ratings}")
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"train_fraction={train_fraction} must be strictly between 0 and 1")
+    order = np.random.default_rng(seed).permutation(num_ratings).astype(np.int64)
+    n_train = min(max(int(round(train_fraction * num_ratings)), 1), num_ratings - 1)
+    return Split(train=order[:n_train], test=order[n_train:])
+
+
+def epoch_batches(num_examples: int, batch_size: int, *, seed: int, epoch: int
+                  ) -> list[np.ndarray]:
+    """Batches (positions into the training set) for one epoch; the last may be smaller.
+
+    The permutation depends only on (seed, epoch), so any epoch can be reproduced on its own.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    order = np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int64)
+    return [order[i: i + batch_size] for i in range(0, num_examples, batch_size)]
+
+
+def batch_schedule(num_examples: int, batch_size: int, *, seed: int, epochs: int
+                   ) -> Iterator[list[np.ndarray]]:
+    """``epoch_batches`` for epochs 0 .. epochs-1."""
+    for epoch in range(epochs):
+        yield epoch_batches(num_examples, batch_size, seed=seed, epoch=epoch)
+
+
+def sequential_batches(num_examples: int, batch_size: int) -> list[np.ndarray]:
+    """Unshuffled batches, for evaluation."""
+    idx = np.arange(num_examples, dtype=np.int64)
+    return [idx[i: i + batch_size] for i in range(0, num_examples, batch_size)]

@@ -1,0 +1,90 @@
+"""Everything both backends consume, prepared once: records, feature spec, split, encoded arrays."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data.download import resolve_data_dir
+from data.features import FeatureSpec
+from data.movielens import MovieLens, load_movielens
+from data.split import Split, train_test_split
+
+from .config import Config
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """All ratings as aligned numpy columns plus the movie corpus.
+
+    Raw columns (what the TFRS models take): ``user_id`` [N] str, ``timestamp`` [N] int64,
+    ``movie_title`` [N] str, ``label`` [N] float32 (rating >= threshold).
+    ``features``: ``spec.encode`` of every rating (what the torch models take); ``title_tokens``
+    is padded to ``token_width``, the longest title of the corpus.
+    ``corpus_titles`` [M]: every movie of u.item in file order, duplicate titles kept (as the
+    seed's ``movies`` dataset); ``corpus_features``: their encoded candidate-tower inputs.
+    """
+
+    movielens: MovieLens
+    spec: FeatureSpec
+    split: Split
+    user_id: np.ndarray
+    timestamp: np.ndarray
+    movie_title: np.ndarray
+    label: np.ndarray
+    features: dict[str, np.ndarray]
+    corpus_titles: np.ndarray
+    corpus_features: dict[str, np.ndarray]
+
+    @property
+    def token_width(self) -> int:
+        return int(self.corpus_features["title_tokens"].shape[1])
+
+    def raw(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw inputs of the given rating rows: user_id, timestamp, movie_title, label."""
+        return {"user_id": self.user_id[rows], "timestamp": self.timestamp[rows],
+                "movie_title": self.movie_title[rows], "label": self.label[rows]}
+
+    def encoded(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Encoded inputs of the given rating rows, plus ``label``."""
+        out = {k: v[rows] for k, v in self.features.items()}
+        out["label"] = self.label[rows]
+        return out
+
+    def facts(self) -> dict:
+        """Dataset facts recorded in reports."""
+        return {"source": str(self.movielens.source), "num_ratings": int(len(self.user_id)),
+                "num_users": len(self.spec.user_vocab), "num_movies": int(len(self.corpus_titles)),
+                "num_unique_titles": len(self.spec.title_vocab),
+                "num_tokens": len(self.spec.token_vocab), "num_train": int(len(self.split.train)),
+                "num_test": int(len(self.split.test)),
+                "positive_rate": float(self.label.mean()) if len(self.label) else 0.0}
+
+
+def from_movielens(movielens: MovieLens, config: Config) -> Dataset:
+    """Fit the spec on ``movielens`` and encode every rating and the corpus."""
+    spec = FeatureSpec.fit(movielens, num_buckets=config.num_buckets, max_tokens=config.max_tokens)
+    r = movielens.ratings
+    user_id = r["user_id"].to_numpy(dtype=object)
+    timestamp = r["timestamp"].to_numpy(dtype=np.int64)
+    movie_title = r["movie_title"].to_numpy(dtype=object)
+    corpus_titles = movielens.movies["movie_title"].to_numpy(dtype=object)
+    corpus_features = spec.encode_titles(corpus_titles)
+    width = corpus_features["title_tokens"].shape[1]
+    features = {**spec.encode_queries(user_id, timestamp),
+                "title_index": spec.title_index(movie_title),
+                "title_tokens": spec.title_tokens(movie_title, length=width)}
+    return Dataset(
+        movielens=movielens, spec=spec,
+        split=train_test_split(len(r), seed=config.seed, train_fraction=config.train_fraction),
+        user_id=user_id, timestamp=timestamp, movie_title=movie_title,
+        label=(r["user_rating"].to_numpy() >= config.rating_threshold).astype(np.float32),
+        features=features, corpus_titles=corpus_titles, corpus_features=corpus_features)
+
+
+def load_dataset(config: Config, data_dir: str | Path | None = None,
+                 progress: bool = True) -> Dataset:
+    """Locate the raw files (flag, env, cache, download), parse, fit and encode."""
+    directory = resolve_data_dir(data_dir or config.data_dir, progress=progress)
+    return from_movielens(load_movielens(directory), config)
