@@ -1,0 +1,5 @@
+import sys
+
+from twostage.cli import main
+
+sys.exit(main())

@@ -1,0 +1,115 @@
+"""Side-by-side speed of the torch and TFRS paths, in one process, medians of repetitions.
+
+    python -m benchmarks.speed --backend both [--epochs 5] [--repeats 5] [--out DIR]
+
+Prints median seconds per training epoch of each stage (first epoch dropped as warm-up),
+full-corpus evaluation time, index build time and query throughput at k=10 and k=100, and the
+torch/TFRS ratios; writes ``speed.json`` with the machine facts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from twostage.config import BACKENDS, Config  # noqa: E402
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def measure(name: str, dataset, config: Config, repeats: int) -> dict:
+    """Figures for one backend; training epochs come from its own per-epoch clock."""
+    from twostage.pipeline import evaluate_retrieval, make_backend
+
+    backend = make_backend(name, config, dataset)
+    r_hist = backend.fit_retrieval(dataset)
+    k_hist = backend.fit_ranking(dataset)
+    backend.build_index(dataset.corpus_titles)
+    test = dataset.split.test
+    users, stamps = dataset.user_id[test], dataset.timestamp[test]
+    out = {
+        "retrieval_epoch_s": statistics.median(r_hist.epoch_seconds[1:] or r_hist.epoch_seconds),
+        "ranking_epoch_s": statistics.median(k_hist.epoch_seconds[1:] or k_hist.epoch_seconds),
+        "evaluation_s": _median_time(lambda: evaluate_retrieval(backend, dataset, config),
+                                     repeats),
+        "index_build_s": _median_time(lambda: backend.build_index(dataset.corpus_titles),
+                                      repeats),
+    }
+    for k in (10, 100):
+        secs = _median_time(lambda: backend.retrieve(users, stamps, k), repeats)
+        out[f"queries_per_s_k{k}"] = len(test) / secs
+    return out
+
+
+def machine() -> dict:
+    facts = {"python": platform.python_version(), "platform": platform.platform(),
+             "cpus": os.cpu_count(), "processor": platform.processor()}
+    try:
+        import torch
+        facts["torch"] = torch.__version__
+        facts["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return facts
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__)
+    p.add_argument("--backend", choices=(*BACKENDS, "both"), default="both")
+    p.add_argument("--data-dir")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs per stage (>= 2)")
+    p.add_argument("--repeats", type=int, default=5, help="repetitions of timed evaluation")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="runs/speed")
+    args = p.parse_args(argv)
+    if args.epochs < 2:
+        p.error("--epochs must be >= 2 (the first epoch is dropped as warm-up)")
+    from twostage.dataset import load_dataset
+
+    config = Config(data_dir=args.data_dir, retrieval_epochs=args.epochs,
+                    ranking_epochs=args.epochs, validation_freq=10 ** 6, device=args.device,
+                    quiet=True)
+    dataset = load_dataset(config)
+    names = list(BACKENDS) if args.backend == "both" else [args.backend]
+    results = {}
+    for name in names:
+        print(f"measuring {name} ...", file=sys.stderr)
+        results[name] = measure(name, dataset, config, args.repeats)
+    report = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
+              "epochs": args.epochs, "repeats": args.repeats, "results": results}
+    if len(names) == 2:
+        t, f = results["torch"], results["tfrs"]
+        report["speedup_tfrs_over_torch"] = {k: (f[k] / t[k] if "per_s" not in k else t[k] / f[k])
+                                             for k in t}
+    rows = sorted({k for r in results.values() for k in r})
+    print(f"{'figure':<22}" + "".join(f"{n:>14}" for n in names)
+          + (f"{'speed-up':>12}" if len(names) == 2 else ""))
+    for key in rows:
+        line = f"{key:<22}" + "".join(f"{results[n][key]:>14.4f}" for n in names)
+        if len(names) == 2:
+            line += f"{report['speedup_tfrs_over_torch'][key]:>11.1f}x"
+        print(line)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "speed.json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {out / 'speed.json'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
