@@ -183,6 +183,8 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureSpec":
+        if not isinstance(d, dict):
+            raise ValueError(f"a feature spec is a JSON object, got {type(d).__name__}")
         if d.get("version") != SPEC_VERSION:
             raise ValueError(f"feature spec version {d.get('version')!r} is not supported "
                              f"(expected {SPEC_VERSION}); re-run training to rebuild it")
@@ -200,7 +202,9 @@ class FeatureSpec:
         path = Path(path)
         try:
             return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError, KeyError) as e:
+        except KeyError as e:
+            raise ValueError(f"{path}: not a readable feature spec (missing key {e})") from e
+        except (OSError, ValueError) as e:  # ValueError covers JSON and UTF-8 decoding errors
             raise ValueError(f"{path}: not a readable feature spec ({e})") from e
 
     def fingerprint(self) -> str:

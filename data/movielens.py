@@ -106,11 +106,29 @@ def _split(path: Path, n: int, line: str, sep: str, min_fields: int, exact: bool
     return fields
 
 
+_INT64 = np.iinfo(np.int64)
+
+
 def _int(path: Path, n: int, name: str, value: str) -> int:
+    """``int(value)`` as TFDS' feature encoding reads it, limited to int64 (the TFDS dtype)."""
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise DataFormatError(path, n, f"{name} {value!r} is not an integer") from None
+    if not _INT64.min <= number <= _INT64.max:
+        raise DataFormatError(path, n, f"{name} {value!r} does not fit in int64")
+    return number
+
+
+def _rating(path: Path, n: int, value: str) -> float:
+    """A finite number: 'nan'/'inf' parse as floats but would poison the user_pref labels."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise DataFormatError(path, n, f"rating {value!r} is not a number") from None
+    if not np.isfinite(number):
+        raise DataFormatError(path, n, f"rating {value!r} is not a finite number")
+    return number
 
 
 def read_movies(directory: Path | str) -> pd.DataFrame:
@@ -148,6 +166,8 @@ def read_users(directory: Path | str) -> pd.DataFrame:
     for n, line in enumerate(_read_lines(path), start=1):
         user_id, age, gender, occupation, zip_code = _split(path, n, line, "|", 5, exact=True)
         _int(path, n, "user id", user_id)
+        if user_id in rows:  # TFDS would silently keep the last row for this id
+            raise DataFormatError(path, n, f"user id {user_id} appears twice")
         raw_age = _int(path, n, "age", age)
         if occupation not in OCCUPATION_LABELS:
             raise DataFormatError(path, n, f"unknown occupation {occupation!r}")
@@ -161,19 +181,17 @@ def read_users(directory: Path | str) -> pd.DataFrame:
 def read_ratings(directory: Path | str, movies: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
     """u.data joined with movie and user info (TFDS parse_100k_ratings_data), in file order."""
     path = Path(directory) / "u.data"
-    known_movies = set(movies["movie_id"])
+    known_movies, known_users = set(movies["movie_id"]), set(users.index)
     user_ids, movie_ids, ratings, stamps = [], [], [], []
     for n, line in enumerate(_read_lines(path), start=1):
         user_id, movie_id, rating, stamp = _split(path, n, line, "\t", 4, exact=True)
         _int(path, n, "user id", user_id)
+        _int(path, n, "movie id", movie_id)
         if movie_id not in known_movies:
             raise DataFormatError(path, n, f"movie id {movie_id!r} is not in u.item")
-        if user_id not in users.index:
+        if user_id not in known_users:
             raise DataFormatError(path, n, f"user id {user_id!r} is not in u.user")
-        try:
-            ratings.append(float(rating))
-        except ValueError:
-            raise DataFormatError(path, n, f"rating {rating!r} is not a number") from None
+        ratings.append(_rating(path, n, rating))
         stamps.append(_int(path, n, "timestamp", stamp))
         user_ids.append(user_id)
         movie_ids.append(movie_id)

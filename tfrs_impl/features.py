@@ -1,0 +1,78 @@
+"""Keras preprocessing layers built from the shared :class:`data.features.FeatureSpec` (no adapt).
+
+Every layer here reproduces one numpy mapping of the spec exactly (tests check it), so the TFRS
+models see the same integer ids and normalized timestamps as the torch models, which consume the
+spec's encoded arrays. ``adapt_seed_way`` rebuilds the layers as the seed does (adapt on the data)
+for the tests that show both routes agree.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import tensorflow as tf
+
+from data.features import FeatureSpec
+
+layers = tf.keras.layers
+
+
+def user_lookup(spec: FeatureSpec) -> layers.StringLookup:
+    """[B] str -> [B] int64: OOV -> 0, user_vocab[i] -> i + 1 (spec.user_index)."""
+    return layers.StringLookup(vocabulary=list(spec.user_vocab), mask_token=None,
+                               name="user_lookup")
+
+
+def title_lookup(spec: FeatureSpec) -> layers.StringLookup:
+    """[B] str -> [B] int64: OOV -> 0, title_vocab[i] -> i + 1 (spec.title_index)."""
+    return layers.StringLookup(vocabulary=list(spec.title_vocab), mask_token=None,
+                               name="title_lookup")
+
+
+def timestamp_discretization(spec: FeatureSpec) -> layers.Discretization:
+    """[B] int64 -> [B] int64 bucket in [0, len(ts_boundaries)] (spec.timestamp_bucket)."""
+    return layers.Discretization(bin_boundaries=list(spec.ts_boundaries),
+                                 name="timestamp_discretization")
+
+
+def timestamp_normalization(spec: FeatureSpec) -> layers.Normalization:
+    """[B] int64 -> [B] float32 standardized with the spec's exact moments
+    (spec.timestamp_normalized). ``axis=None``: one scalar mean/variance, output shape = input."""
+    return layers.Normalization(mean=spec.ts_mean, variance=spec.ts_variance, axis=None,
+                                name="timestamp_normalization")
+
+
+def title_vectorizer(spec: FeatureSpec) -> layers.TextVectorization:
+    """[B] str -> [B, L] int64 token ids, 0-padded to the longest title of the batch
+    (spec.title_tokens). Vocabulary = padding, [UNK], then spec.token_vocab."""
+    return layers.TextVectorization(max_tokens=spec.max_tokens,
+                                    vocabulary=spec.keras_token_vocabulary,
+                                    name="title_vectorizer")
+
+
+def adapt_seed_way(user_ids: Iterable, timestamps: np.ndarray, corpus_titles: Iterable, *,
+                   num_buckets: int = 1000, max_tokens: int = 10_000) -> dict[str, layers.Layer]:
+    """The seed's preprocessing, fitted by adapt/np.unique on the raw data (tests compare it with
+    the spec-built layers).
+
+    user_ids [N] and timestamps [N] of all ratings; corpus_titles [M] every movie (u.item order).
+    Keys: user_lookup, title_lookup, timestamp_discretization, timestamp_normalization,
+    title_vectorizer.
+    """
+    ts = np.asarray(timestamps, dtype=np.int64)
+    # The seed takes np.unique of the UTF-8 bytes TFDS yields.
+    users = np.unique(np.array([str(u).encode("utf-8") for u in user_ids], dtype=object))
+    titles_bytes = [str(t).encode("utf-8") for t in corpus_titles]
+    norm = layers.Normalization(axis=None)
+    norm.adapt(ts)
+    vectorizer = layers.TextVectorization(max_tokens=max_tokens)
+    vectorizer.adapt(tf.data.Dataset.from_tensor_slices(titles_bytes).batch(1000))
+    return {
+        "user_lookup": layers.StringLookup(vocabulary=users, mask_token=None),
+        "title_lookup": layers.StringLookup(
+            vocabulary=np.unique(np.array(titles_bytes, dtype=object)), mask_token=None),
+        "timestamp_discretization": layers.Discretization(
+            np.linspace(ts.min(), ts.max(), num=num_buckets).tolist()),
+        "timestamp_normalization": norm,
+        "title_vectorizer": vectorizer,
+    }

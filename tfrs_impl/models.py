@@ -1,0 +1,322 @@
+"""The seed's Keras/TFRS models, with preprocessing built from the shared FeatureSpec.
+
+Class and attribute names are the seed's, so weights map 1:1 onto torch_impl (see
+docs/CONTRIBUTING-helpers.md). All models take RAW features:
+``user_id`` [B] string, ``timestamp`` [B] int64, ``movie_title`` [B] string.
+
+Deviation from the seed's text, as in the TFRS tutorials it copies: the normalized timestamp
+([B]) is reshaped to [B, 1] before the concat (the seed's concat of [B, 32] with [B] cannot run).
+
+Weights are named by attribute path, e.g. ``query_model/dense_layers/0/kernel`` (Keras layout
+[in, out]; torch Linear weight = kernel.T) and
+``candidate_model/embedding_model/title_text_embedding/embeddings`` ([rows, dim]).
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import Iterator, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from data.features import FeatureSpec
+from twostage.config import Config
+
+from . import features
+from . import tasks
+
+keras = tf.keras
+EMPTY_TITLE_MODES = ("zero", "nan")  # as torch_impl.models
+
+
+class MaskedAveragePooling1D(keras.layers.GlobalAveragePooling1D):
+    """GlobalAveragePooling1D whose all-masked rows give 0 instead of Keras' 0/0 = NaN.
+
+    Identical to the Keras layer on every row with at least one unmasked step (the masked sum
+    divided by the count); a title with no token (e.g. "!!!") gets a zero text vector instead of
+    NaN, which would otherwise poison the whole in-batch loss. Every ml-100k title has a token.
+    """
+
+    def call(self, inputs, mask=None):
+        if mask is None:
+            return super().call(inputs)
+        weights = tf.expand_dims(tf.cast(mask, inputs.dtype), 2)
+        total = tf.reduce_sum(inputs * weights, axis=1)
+        return total / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
+
+
+def text_pooling(empty_title: str) -> keras.layers.Layer:
+    """``"nan"``: the seed's Keras GlobalAveragePooling1D exactly; ``"zero"`` (default, as
+    torch_impl): :class:`MaskedAveragePooling1D`."""
+    if empty_title not in EMPTY_TITLE_MODES:
+        raise ValueError(f"empty_title={empty_title!r} must be one of {EMPTY_TITLE_MODES}")
+    return (keras.layers.GlobalAveragePooling1D() if empty_title == "nan"
+            else MaskedAveragePooling1D())
+
+
+def dense_stack(layer_sizes: Sequence[int], name: str = "dense_layers") -> keras.Sequential:
+    """Dense per size, ReLU on all but the last (the seed's tower MLP)."""
+    stack = keras.Sequential(name=name)
+    for size in layer_sizes[:-1]:
+        stack.add(keras.layers.Dense(size, activation="relu"))
+    for size in layer_sizes[-1:]:
+        stack.add(keras.layers.Dense(size))
+    return stack
+
+
+class UserModel(keras.Model):
+    """{"user_id": [B] str, "timestamp": [B] int64} -> [B, 2 * dim + 1]
+    = concat[user embedding, timestamp-bucket embedding, normalized timestamp]."""
+
+    def __init__(self, spec: FeatureSpec, embedding_dim: int = 32, **kwargs):
+        super().__init__(**kwargs)
+        self.user_embedding = keras.Sequential([
+            features.user_lookup(spec),
+            keras.layers.Embedding(spec.num_user_rows, embedding_dim),
+        ], name="user_embedding")
+        self.timestamp_embedding = keras.Sequential([
+            features.timestamp_discretization(spec),
+            keras.layers.Embedding(spec.num_bucket_rows, embedding_dim),
+        ], name="timestamp_embedding")
+        self.normalized_timestamp = features.timestamp_normalization(spec)
+
+    def call(self, inputs):
+        return tf.concat([
+            self.user_embedding(inputs["user_id"]),
+            self.timestamp_embedding(inputs["timestamp"]),
+            tf.reshape(self.normalized_timestamp(inputs["timestamp"]), (-1, 1)),
+        ], axis=1)
+
+    def named_variables(self) -> dict[str, tf.Variable]:
+        return {"user_embedding/embeddings": self.user_embedding.layers[-1].embeddings,
+                "timestamp_embedding/embeddings": self.timestamp_embedding.layers[-1].embeddings}
+
+
+class MovieModel(keras.Model):
+    """[B] str titles -> [B, 2 * dim] = concat[title embedding, masked mean of token embeddings].
+
+    Token ids come from TextVectorization (0 = padding, masked by ``mask_zero``); the text table
+    has ``max_tokens`` rows as in the seed, whatever the learned vocabulary size. A title with
+    no token pools to zeros (``empty_title="zero"``) or NaN as Keras (``"nan"``).
+    """
+
+    def __init__(self, spec: FeatureSpec, embedding_dim: int = 32, empty_title: str = "zero",
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.title_embedding = keras.Sequential([
+            features.title_lookup(spec),
+            keras.layers.Embedding(spec.num_title_rows, embedding_dim),
+        ], name="title_embedding")
+        self.title_vectorizer = features.title_vectorizer(spec)
+        self.title_text_embedding = keras.Sequential([
+            self.title_vectorizer,
+            keras.layers.Embedding(spec.max_tokens, embedding_dim, mask_zero=True),
+            text_pooling(empty_title),
+        ], name="title_text_embedding")
+
+    def call(self, titles):
+        return tf.concat([
+            self.title_embedding(titles),
+            self.title_text_embedding(titles),
+        ], axis=1)
+
+    def named_variables(self) -> dict[str, tf.Variable]:
+        return {"title_embedding/embeddings": self.title_embedding.layers[-1].embeddings,
+                "title_text_embedding/embeddings": self.title_text_embedding.layers[1].embeddings}
+
+
+def _dense_variables(stack: keras.Sequential) -> dict[str, tf.Variable]:
+    out = {}
+    for i, layer in enumerate(stack.layers):
+        out[f"{i}/kernel"] = layer.kernel
+        out[f"{i}/bias"] = layer.bias
+    return out
+
+
+def _prefixed(prefix: str, variables: dict[str, tf.Variable]) -> dict[str, tf.Variable]:
+    return {f"{prefix}/{k}": v for k, v in variables.items()}
+
+
+class QueryModel(keras.Model):
+    """Raw query features -> [B, layer_sizes[-1]] query embeddings."""
+
+    def __init__(self, spec: FeatureSpec, layer_sizes: Sequence[int], embedding_dim: int = 32,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.embedding_model = UserModel(spec, embedding_dim)
+        self.dense_layers = dense_stack(layer_sizes)
+
+    def call(self, inputs):
+        return self.dense_layers(self.embedding_model(inputs))
+
+    def named_variables(self) -> dict[str, tf.Variable]:
+        return {**_prefixed("embedding_model", self.embedding_model.named_variables()),
+                **_prefixed("dense_layers", _dense_variables(self.dense_layers))}
+
+
+class CandidateModel(keras.Model):
+    """[B] str titles -> [B, layer_sizes[-1]] candidate embeddings."""
+
+    def __init__(self, spec: FeatureSpec, layer_sizes: Sequence[int], embedding_dim: int = 32,
+                 empty_title: str = "zero", **kwargs):
+        super().__init__(**kwargs)
+        self.embedding_model = MovieModel(spec, embedding_dim, empty_title)
+        self.dense_layers = dense_stack(layer_sizes)
+
+    def call(self, inputs):
+        return self.dense_layers(self.embedding_model(inputs))
+
+    def named_variables(self) -> dict[str, tf.Variable]:
+        return {**_prefixed("embedding_model", self.embedding_model.named_variables()),
+                **_prefixed("dense_layers", _dense_variables(self.dense_layers))}
+
+
+class MovielensRetrievalModel(tfrs.models.Model):
+    """Two towers + tfrs.tasks.Retrieval (in-batch softmax, SUM over the batch).
+
+    Batch features: user_id, timestamp, movie_title, and ``candidate_sampling_probability`` [B]
+    when ``config.use_sampling_probability``. Factorized top-k metrics (over the corpus given to
+    :func:`tasks.attach_corpus_metrics`) are computed only when not training, as the seed does,
+    and always score-based: with ``remove_accidental_hits`` the title ids go to the loss only
+    (TFRS would otherwise switch the metric to id-based matching against an id-less index).
+    """
+
+    def __init__(self, spec: FeatureSpec, config: Config, empty_title: str = "zero", **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.query_model = QueryModel(spec, config.layer_sizes, config.embedding_dim)
+        self.candidate_model = CandidateModel(spec, config.layer_sizes, config.embedding_dim,
+                                              empty_title)
+        self.task = tasks.make_retrieval_task(config)
+
+    def embeddings(self, features: dict) -> tuple[tf.Tensor, tf.Tensor]:
+        """(query [B, D], candidate [B, D]) embeddings of a batch."""
+        query = self.query_model({"user_id": features["user_id"],
+                                  "timestamp": features["timestamp"]})
+        return query, self.candidate_model(features["movie_title"])
+
+    def compute_loss(self, features, training=False):
+        query_embeddings, movie_embeddings = self.embeddings(features)
+        return tasks.retrieval_loss(self.task, self.config, query_embeddings, movie_embeddings,
+                                    features, training=training)
+
+    def named_variables(self) -> dict[str, tf.Variable]:
+        return {**_prefixed("query_model", self.query_model.named_variables()),
+                **_prefixed("candidate_model", self.candidate_model.named_variables())}
+
+
+class RankingModel(keras.Model):
+    """Raw features -> [B, 1] sigmoid probability: MLP on concat[user (65), movie (64)]."""
+
+    def __init__(self, spec: FeatureSpec, layer_sizes: Sequence[int] = (256, 64),
+                 embedding_dim: int = 32, empty_title: str = "zero", **kwargs):
+        super().__init__(**kwargs)
+        self.user_embeddings = UserModel(spec, embedding_dim)
+        self.movie_embeddings = MovieModel(spec, embedding_dim, empty_title)
+        self.ratings = keras.Sequential(
+            [keras.layers.Dense(size, activation="relu") for size in layer_sizes]
+            + [keras.layers.Dense(1, activation="sigmoid")], name="ratings")
+
+    def call(self, inputs):
+        user_embedding = self.user_embeddings({"user_id": inputs["user_id"],
+                                               "timestamp": inputs["timestamp"]})
+        movie_embedding = self.movie_embeddings(inputs["movie_title"])
+        return self.ratings(tf.concat([user_embedding, movie_embedding], axis=1))
+
+    def named_variables(self) -> dict[str, tf.Variable]:
+        return {**_prefixed("user_embeddings", self.user_embeddings.named_variables()),
+                **_prefixed("movie_embeddings", self.movie_embeddings.named_variables()),
+                **_prefixed("ratings", _dense_variables(self.ratings))}
+
+
+class MovielensRankingModel(tfrs.models.Model):
+    """RankingModel + tfrs.tasks.Ranking(BinaryCrossentropy, [BinaryAccuracy]) on ``label``
+    (the seed's user_pref = rating >= threshold). Metrics update in training too, as the seed."""
+
+    def __init__(self, spec: FeatureSpec, config: Config, empty_title: str = "zero", **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.ranking_model = RankingModel(spec, config.ranking_layer_sizes, config.embedding_dim,
+                                          empty_title)
+        self.task = tasks.make_ranking_task(config)
+
+    def compute_loss(self, features, training=False):
+        predictions = self.ranking_model({"user_id": features["user_id"],
+                                          "timestamp": features["timestamp"],
+                                          "movie_title": features["movie_title"]})
+        return self.task(labels=features["label"], predictions=predictions)
+
+    def named_variables(self) -> dict[str, tf.Variable]:
+        return _prefixed("ranking_model", self.ranking_model.named_variables())
+
+
+# --- construction ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """tf.keras.utils.set_random_seed for the block: unseeded tf_keras initializers draw their op
+    seeds from Python's ``random``, so all three generators must be seeded for a reproducible
+    init. Python's and numpy's global states are restored afterwards (no leak to the caller)."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    tf.keras.utils.set_random_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+def _sample_inputs(spec: FeatureSpec) -> dict[str, tf.Tensor]:
+    """One in-vocabulary example, to create every (lazily built) variable."""
+    return {"user_id": tf.constant([spec.user_vocab[0]]),
+            "timestamp": tf.constant([int(spec.ts_boundaries[0])], tf.int64),
+            "movie_title": tf.constant([spec.title_vocab[0]])}
+
+
+def build_retrieval_model(spec: FeatureSpec, config: Config,
+                          corpus_titles: np.ndarray | None = None, *, empty_title: str = "zero"
+                          ) -> MovielensRetrievalModel:
+    """The seed's retrieval model with all variables created (init seeded by ``config.seed``).
+
+    ``corpus_titles`` [M] (Dataset.corpus_titles): attach FactorizedTopK over that corpus;
+    without it the task has no factorized metrics (enough for losses, gradients, serving).
+    """
+    with seeded(config.seed):
+        model = MovielensRetrievalModel(spec, config, empty_title)
+        model.embeddings(_sample_inputs(spec))
+    if corpus_titles is not None:
+        tasks.attach_corpus_metrics(model, corpus_titles)
+    return model
+
+
+def build_ranking_model(spec: FeatureSpec, config: Config, *, empty_title: str = "zero"
+                        ) -> MovielensRankingModel:
+    """The seed's ranking model with all variables created (init seeded by ``config.seed + 1``,
+    so it does not start from the retrieval towers' draws)."""
+    with seeded(config.seed + 1):
+        model = MovielensRankingModel(spec, config, empty_title)
+        model.ranking_model(_sample_inputs(spec))
+    return model
+
+
+# --- weights by name ---------------------------------------------------------------------------
+def get_weights(model) -> dict[str, np.ndarray]:
+    """All trainable weights by attribute path -> numpy copies (see module docstring)."""
+    return {name: v.numpy().copy() for name, v in model.named_variables().items()}
+
+
+def set_weights(model, weights: dict[str, np.ndarray]) -> None:
+    """Assign every named weight; names and shapes must match exactly (nothing partial)."""
+    variables = model.named_variables()
+    missing = sorted(set(variables) - set(weights))
+    unexpected = sorted(set(weights) - set(variables))
+    if missing or unexpected:
+        raise KeyError(f"weight names do not match {type(model).__name__}: missing {missing}, "
+                       f"unexpected {unexpected}")
+    for name, variable in variables.items():
+        value = np.asarray(weights[name])
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(f"{name}: shape {value.shape} does not fit the model's "
+                             f"{tuple(variable.shape)} (built from another spec/config?)")
+        variable.assign(value.astype(variable.dtype.as_numpy_dtype))

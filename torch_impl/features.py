@@ -1,0 +1,96 @@
+"""Encoded numpy features (``FeatureSpec`` / ``Dataset.encoded``) -> torch tensors, and batching.
+
+The torch models never see raw strings: ``data.features.FeatureSpec`` reproduces the seed's Keras
+preprocessing layers in numpy (StringLookup, Discretization, Normalization, TextVectorization),
+and this module only moves those arrays into tensors:
+
+- ``user_index``, ``ts_bucket``, ``title_index``  [N] int64 (0 = out of vocabulary, as Keras)
+- ``ts_norm``                                     [N] float32
+- ``title_tokens``                                [N, L] int64, 0 = padding
+- ``label``, ``sampling_probability``, ``sample_weight`` (optional) [N] float32
+
+Tensors are made once per fit (the whole training split) and indexed per batch, so the training
+loop allocates nothing but the batch itself.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from data.features import FeatureSpec
+
+QUERY_KEYS: tuple[str, ...] = ("user_index", "ts_bucket", "ts_norm")
+CANDIDATE_KEYS: tuple[str, ...] = ("title_index", "title_tokens")
+FEATURE_KEYS: tuple[str, ...] = QUERY_KEYS + CANDIDATE_KEYS
+
+Batch = dict[str, torch.Tensor]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"cpu"`` / ``"cuda"`` / ``"cuda:1"`` -> torch.device; a clear error without CUDA."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} requested but CUDA is not available in this torch "
+                           f"build ({torch.__version__}); use device='cpu'")
+    return dev
+
+
+def _as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Integers -> int64, floats and bools -> float32 (the dtypes the models expect)."""
+    a = np.asarray(array)
+    if a.dtype.kind in "iu":
+        a = a.astype(np.int64, copy=False)
+    elif a.dtype.kind in "fb":
+        a = a.astype(np.float32, copy=False)
+    else:
+        raise TypeError(f"cannot make a tensor of dtype {a.dtype}; encode strings with the "
+                        "FeatureSpec first (spec.encode_queries / spec.encode_titles)")
+    return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+
+def to_tensors(arrays: Mapping[str, np.ndarray], device: str | torch.device = "cpu",
+               keys: Iterable[str] | None = None) -> Batch:
+    """Numpy columns -> tensors on ``device`` (int64 / float32); ``keys`` selects a subset."""
+    dev = resolve_device(device)
+    names = list(arrays) if keys is None else list(keys)
+    missing = [k for k in names if k not in arrays]
+    if missing:
+        raise KeyError(f"missing feature columns {missing}; have {sorted(arrays)}")
+    return {k: _as_tensor(arrays[k], dev) for k in names}
+
+
+def select_rows(tensors: Mapping[str, torch.Tensor], rows: torch.Tensor) -> Batch:
+    """Rows ``rows`` ([B] int64 on the tensors' device) of every column."""
+    return {k: v.index_select(0, rows) for k, v in tensors.items()}
+
+
+def num_rows(tensors: Mapping[str, torch.Tensor]) -> int:
+    """Common first dimension of the columns (ValueError if they disagree)."""
+    sizes = {k: int(v.shape[0]) for k, v in tensors.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"feature columns have different lengths: {sizes}")
+    return next(iter(sizes.values()), 0)
+
+
+def batch_iter(tensors: Mapping[str, torch.Tensor], batch_size: int) -> Iterator[Batch]:
+    """Sequential (unshuffled) batches, for inference and evaluation; slices are views."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    n = num_rows(tensors)
+    for start in range(0, n, batch_size):
+        yield {k: v[start: start + batch_size] for k, v in tensors.items()}
+
+
+def encode_queries(spec: FeatureSpec, user_ids, timestamps,
+                   device: str | torch.device = "cpu") -> Batch:
+    """Raw [N] user ids (str) and [N] timestamps (int) -> query-tower input tensors.
+    Unknown users map to the OOV row 0, as Keras StringLookup."""
+    return to_tensors(spec.encode_queries(user_ids, timestamps), device)
+
+
+def encode_titles(spec: FeatureSpec, titles, device: str | torch.device = "cpu") -> Batch:
+    """Raw [N] titles (str) -> candidate-tower input tensors (unknown titles -> OOV row 0,
+    unknown tokens -> [UNK] id 1, padding 0 to the longest title of ``titles``)."""
+    return to_tensors(spec.encode_titles(titles), device)

@@ -1,0 +1,240 @@
+"""The seed's Keras models as ``nn.Module``s, with the seed's attribute names (weights map 1:1).
+
+Inputs are dicts of encoded tensors (see :mod:`torch_impl.features`); the Keras preprocessing
+layers of the seed live in ``data.features.FeatureSpec`` and are applied before the model.
+
+Weight mapping to Keras: ``nn.Embedding.weight`` = Keras ``embeddings``; ``nn.Linear.weight`` =
+Keras Dense ``kernel`` TRANSPOSED ([out, in] vs [in, out]); ``nn.Linear.bias`` = Dense ``bias``.
+``dense_layers`` / ``ratings`` are :class:`DenseStack` lists of Linear layers only (activations are
+applied in ``forward``), so ``dense_layers.{i}`` is the i-th Keras Dense of the Sequential.
+
+Initialisation as Keras (tf_keras/src/layers/core/embedding.py: ``embeddings_initializer=
+"uniform"`` = RandomUniform(-0.05, 0.05); core/dense.py: ``kernel_initializer="glorot_uniform"``,
+``bias_initializer="zeros"``; initializers_v2.py GlorotUniform = VarianceScaling(1, "fan_avg",
+"uniform"): U(-l, l), l = sqrt(6 / (fan_in + fan_out))), drawn from a ``torch.Generator`` seeded
+with ``config.seed`` (the values differ from TF's RNG; parity tests copy weights).
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from data.features import FeatureSpec
+from twostage.config import Config
+
+Batch = Mapping[str, torch.Tensor]
+EMBEDDING_INIT_LIMIT = 0.05  # Keras RandomUniform default bounds of Embedding
+EMPTY_TITLE_MODES = ("zero", "nan")
+
+
+def masked_mean(embedded: torch.Tensor, mask: torch.Tensor, empty: str = "zero") -> torch.Tensor:
+    """Keras ``GlobalAveragePooling1D`` with a mask (pooling/global_average_pooling1d.py, call):
+    ``sum(inputs * mask, axis=1) / sum(mask, axis=1)``.
+
+    embedded [B, L, D] float, mask [B, L] bool -> [B, D].
+    A row with no unmasked step (a title with no token) is 0/0 = NaN in Keras (checked with
+    tf_keras 2.21: ``Embedding(mask_zero=True) + GlobalAveragePooling1D`` on [[0, 0, 0]] gives NaN).
+    ``empty="nan"`` reproduces that; ``empty="zero"`` (default) returns a zero vector instead, so
+    one token-less title cannot turn the whole loss into NaN. Every ml-100k title has >= 1 token,
+    so both modes agree on the real data; the synthetic data has one token-less title ("!!!").
+    """
+    if empty not in EMPTY_TITLE_MODES:
+        raise ValueError(f"empty={empty!r} must be one of {EMPTY_TITLE_MODES}")
+    weights = mask.to(embedded.dtype)
+    total = (embedded * weights.unsqueeze(-1)).sum(dim=1)
+    count = weights.sum(dim=1, keepdim=True)
+    if empty == "zero":
+        count = count.clamp_min(1.0)  # the sum of an empty row is exactly 0, so the mean is 0
+    return total / count
+
+
+class DenseStack(nn.ModuleList):
+    """A Keras ``Sequential`` of ``Dense`` layers: Linear layers with per-layer activations.
+
+    ``activations[i]`` in {"relu", "sigmoid", None}; [B, in_features] -> [B, sizes[-1]].
+    """
+
+    def __init__(self, in_features: int, sizes: Sequence[int],
+                 activations: Sequence[str | None]) -> None:
+        if len(sizes) != len(activations):
+            raise ValueError(f"{len(sizes)} layer sizes but {len(activations)} activations")
+        layers, width = [], in_features
+        for size in sizes:
+            layers.append(nn.Linear(width, int(size)))
+            width = int(size)
+        super().__init__(layers)
+        self.activations = tuple(activations)
+        self.out_features = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer, activation in zip(self, self.activations):
+            x = layer(x)
+            if activation == "relu":
+                x = torch.relu(x)
+            elif activation == "sigmoid":
+                x = torch.sigmoid(x)
+        return x
+
+
+def tower_stack(in_features: int, layer_sizes: Sequence[int]) -> DenseStack:
+    """The seed's tower MLP: ReLU on all layers but the last (linear output)."""
+    acts = ["relu"] * (len(layer_sizes) - 1) + [None]
+    return DenseStack(in_features, layer_sizes, acts)
+
+
+class NormalizedTimestamp(nn.Module):
+    """Stands for the seed's Keras ``Normalization`` layer: the standardisation itself is done by
+    ``FeatureSpec.timestamp_normalized`` (float32, as Keras); here [B] -> [B, 1] (Keras expands a
+    rank-1 input to [B, 1] before the concat). No parameters, as Keras' are non-trainable."""
+
+    def forward(self, ts_norm: torch.Tensor) -> torch.Tensor:
+        return ts_norm.reshape(-1, 1)
+
+
+class UserModel(nn.Module):
+    """Query features: concat [user_embedding(user_index), timestamp_embedding(ts_bucket),
+    ts_norm] -> [B, 2 * dim + 1] (65 for dim 32)."""
+
+    def __init__(self, num_users: int, num_buckets: int, dim: int = 32) -> None:
+        super().__init__()
+        self.user_embedding = nn.Embedding(num_users, dim)
+        self.timestamp_embedding = nn.Embedding(num_buckets, dim)
+        self.normalized_timestamp = NormalizedTimestamp()
+        self.out_features = 2 * dim + 1
+
+    def forward(self, inputs: Batch) -> torch.Tensor:
+        return torch.cat([self.user_embedding(inputs["user_index"]),
+                          self.timestamp_embedding(inputs["ts_bucket"]),
+                          self.normalized_timestamp(inputs["ts_norm"])], dim=1)
+
+
+class MovieModel(nn.Module):
+    """Candidate features: concat [title_embedding(title_index), masked mean of
+    title_text_embedding(title_tokens)] -> [B, 2 * dim] (64 for dim 32). Token id 0 is padding
+    (Keras ``Embedding(mask_zero=True)``); see :func:`masked_mean` for the token-less title."""
+
+    def __init__(self, num_titles: int, max_tokens: int, dim: int = 32,
+                 empty_title: str = "zero") -> None:
+        super().__init__()
+        if empty_title not in EMPTY_TITLE_MODES:
+            raise ValueError(f"empty_title={empty_title!r} must be one of {EMPTY_TITLE_MODES}")
+        self.title_embedding = nn.Embedding(num_titles, dim)
+        self.title_text_embedding = nn.Embedding(max_tokens, dim)
+        self.empty_title = empty_title
+        self.out_features = 2 * dim
+
+    def forward(self, inputs: Batch) -> torch.Tensor:
+        tokens = inputs["title_tokens"]
+        text = masked_mean(self.title_text_embedding(tokens), tokens != 0, self.empty_title)
+        return torch.cat([self.title_embedding(inputs["title_index"]), text], dim=1)
+
+
+class QueryModel(nn.Module):
+    """Query tower: UserModel -> dense_layers ([B, layer_sizes[-1]])."""
+
+    def __init__(self, embedding_model: UserModel, layer_sizes: Sequence[int]) -> None:
+        super().__init__()
+        self.embedding_model = embedding_model
+        self.dense_layers = tower_stack(embedding_model.out_features, layer_sizes)
+
+    def forward(self, inputs: Batch) -> torch.Tensor:
+        return self.dense_layers(self.embedding_model(inputs))
+
+
+class CandidateModel(nn.Module):
+    """Candidate tower: MovieModel -> dense_layers ([B, layer_sizes[-1]])."""
+
+    def __init__(self, embedding_model: MovieModel, layer_sizes: Sequence[int]) -> None:
+        super().__init__()
+        self.embedding_model = embedding_model
+        self.dense_layers = tower_stack(embedding_model.out_features, layer_sizes)
+
+    def forward(self, inputs: Batch) -> torch.Tensor:
+        return self.dense_layers(self.embedding_model(inputs))
+
+
+class RetrievalModel(nn.Module):
+    """The two towers (the seed's MovielensRetrievalModel minus its task)."""
+
+    def __init__(self, query_model: QueryModel, candidate_model: CandidateModel) -> None:
+        super().__init__()
+        self.query_model = query_model
+        self.candidate_model = candidate_model
+
+    def forward(self, inputs: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (query embeddings [B, D], candidate embeddings [B, D]) of aligned rows."""
+        return self.query_model(inputs), self.candidate_model(inputs)
+
+
+class RankingModel(nn.Module):
+    """concat [user_embeddings (65), movie_embeddings (64)] -> ratings: Dense 256 relu,
+    Dense 64 relu, Dense 1 sigmoid. ``forward`` returns probabilities [B, 1]; ``logits`` the
+    input of the final sigmoid [B, 1] (for the from-logits loss mode)."""
+
+    def __init__(self, user_embeddings: UserModel, movie_embeddings: MovieModel,
+                 layer_sizes: Sequence[int] = (256, 64)) -> None:
+        super().__init__()
+        self.user_embeddings = user_embeddings
+        self.movie_embeddings = movie_embeddings
+        in_features = user_embeddings.out_features + movie_embeddings.out_features
+        sizes = [*layer_sizes, 1]
+        # The sigmoid is applied in forward so that logits() can stop before it.
+        self.ratings = DenseStack(in_features, sizes, ["relu"] * len(layer_sizes) + [None])
+
+    def logits(self, inputs: Batch) -> torch.Tensor:
+        features = torch.cat([self.user_embeddings(inputs), self.movie_embeddings(inputs)], dim=1)
+        return self.ratings(features)
+
+    def forward(self, inputs: Batch) -> torch.Tensor:
+        return torch.sigmoid(self.logits(inputs))
+
+
+# --- initialisation and builders ----------------------------------------------------------------
+
+def keras_init_(module: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Re-initialise every Embedding and Linear in ``module`` (in ``modules()`` order) as Keras:
+    Embedding U(-0.05, 0.05); Linear weight glorot_uniform, bias zeros. Returns ``module``."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+                m.weight.uniform_(-EMBEDDING_INIT_LIMIT, EMBEDDING_INIT_LIMIT,
+                                  generator=generator)
+            elif isinstance(m, nn.Linear):
+                fan_out, fan_in = m.weight.shape  # Keras kernel [fan_in, fan_out], transposed
+                limit = math.sqrt(6.0 / (fan_in + fan_out))
+                m.weight.uniform_(-limit, limit, generator=generator)
+                if m.bias is not None:
+                    m.bias.zero_()
+    return module
+
+
+def _user_model(spec: FeatureSpec, config: Config) -> UserModel:
+    return UserModel(spec.num_user_rows, spec.num_bucket_rows, config.embedding_dim)
+
+
+def _movie_model(spec: FeatureSpec, config: Config, empty_title: str) -> MovieModel:
+    return MovieModel(spec.num_title_rows, spec.max_tokens, config.embedding_dim, empty_title)
+
+
+def build_retrieval_model(spec: FeatureSpec, config: Config, *, empty_title: str = "zero",
+                          device: str | torch.device = "cpu") -> RetrievalModel:
+    """Query and candidate towers sized by ``spec``/``config``, Keras-initialised from
+    ``torch.Generator().manual_seed(config.seed)`` on the CPU (same values on any device)."""
+    model = RetrievalModel(QueryModel(_user_model(spec, config), config.layer_sizes),
+                           CandidateModel(_movie_model(spec, config, empty_title),
+                                          config.layer_sizes))
+    keras_init_(model, torch.Generator().manual_seed(config.seed))
+    return model.to(device)
+
+
+def build_ranking_model(spec: FeatureSpec, config: Config, *, empty_title: str = "zero",
+                        device: str | torch.device = "cpu") -> RankingModel:
+    """The ranking model, Keras-initialised from ``torch.Generator().manual_seed(config.seed
+    + 1)`` (+1 so that its embeddings do not start equal to the retrieval model's)."""
+    model = RankingModel(_user_model(spec, config), _movie_model(spec, config, empty_title),
+                         config.ranking_layer_sizes)
+    keras_init_(model, torch.Generator().manual_seed(config.seed + 1))
+    return model.to(device)

@@ -1,0 +1,421 @@
+"""Framework-agnostic evaluation: retrieval top-K accuracy, ranking metrics, two-stage nDCG.
+
+Numpy only (no torch / tensorflow), so both backends are scored by the same code. Everything is
+vectorised; the [N, M] score matrix of the retrieval metric is computed in row chunks so memory
+stays at ``chunk * M`` floats.
+
+Tie rules (verified against the sources named in each docstring):
+
+* ``factorized_top_k_accuracy`` reproduces TFRS 0.7.7 ``FactorizedTopK`` in its score-based mode
+  (no candidate ids): a query is a hit at k iff FEWER THAN k corpus scores are STRICTLY greater
+  than the positive score, so every tie goes in the positive's favour. The true item is itself in
+  the corpus (and so are its duplicate titles, which share its embedding); they only count
+  against the query when their corpus score rounds strictly above the positive score.
+* ``top_k_accuracy_from_ids`` is TFRS's id-based mode: a hit iff the true id is among the first
+  k retrieved ids (any duplicate id counts once).
+* ``two_stage_metrics`` re-ranks with a STABLE descending sort (candidates with equal ranking
+  scores keep their retrieval order) and scores the FIRST occurrence of the truth, as the seed's
+  ``pred.index(gt)``.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 50, 100)
+DEFAULT_CHUNK = 4096  # query rows per [chunk, M] score block: 4096 x 1682 float32 = 27 MB
+
+
+# --------------------------------------------------------------------------------------------
+# validation helpers
+# --------------------------------------------------------------------------------------------
+
+def _float32_matrix(x, name: str) -> np.ndarray:
+    a = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [rows, dim], got shape {a.shape}")
+    return a
+
+
+def _check_ks(ks: Iterable[int]) -> tuple[int, ...]:
+    ks = tuple(int(k) for k in ks)
+    if not ks or any(k < 1 for k in ks):
+        raise ValueError(f"ks={ks} must be a non-empty sequence of positive integers")
+    return ks
+
+
+def _check_nonempty(n: int, what: str) -> None:
+    if n == 0:
+        raise ValueError(f"no {what} to evaluate: pass at least one row")
+
+
+def _id_kind(a: np.ndarray) -> str:
+    """'num' for numeric ids, 'str' / 'bytes' for text ids (object arrays: by first element)."""
+    if a.dtype.kind in "iuf":
+        return "num"
+    if a.dtype.kind == "U":
+        return "str"
+    if a.dtype.kind == "S":
+        return "bytes"
+    if a.dtype.kind == "O" and a.size:
+        first = a.flat[0]
+        if isinstance(first, (bytes, np.bytes_)):
+            return "bytes"
+        if isinstance(first, (str, np.str_)):
+            return "str"
+        if isinstance(first, (int, float, np.integer, np.floating)):
+            return "num"
+    return "other"
+
+
+def _check_ids(ranked_ids, true_ids, ranked_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validate [N, C] ids against [N] true ids; refuse mixed kinds, which would never match."""
+    ranked = np.asarray(ranked_ids)
+    truth = np.asarray(true_ids)
+    if ranked.ndim != 2:
+        raise ValueError(f"{ranked_name} must be 2-D [num_queries, num_candidates], "
+                         f"got shape {ranked.shape}")
+    if truth.ndim == 2 and truth.shape[1] == 1:
+        truth = truth[:, 0]
+    if truth.ndim != 1 or truth.shape[0] != ranked.shape[0]:
+        raise ValueError(f"true_ids must be 1-D with one id per row of {ranked_name} "
+                         f"({ranked.shape[0]}), got shape {truth.shape}")
+    _check_nonempty(ranked.shape[0], "queries")
+    kinds = {_id_kind(ranked), _id_kind(truth)}
+    if len(kinds) > 1 and ranked.size:
+        raise TypeError(f"{ranked_name} and true_ids hold different id kinds {sorted(kinds)}; "
+                        "pass both as titles (same str/bytes type) or both as integer indices")
+    return ranked, truth
+
+
+def _check_binary(labels, probs, name: str = "probs") -> tuple[np.ndarray, np.ndarray]:
+    """Flatten [N] or [N, 1] labels and predictions; labels must be 0/1, predictions finite."""
+    y = np.asarray(labels).reshape(-1)
+    p = np.asarray(probs).reshape(-1)
+    if y.shape != p.shape:
+        raise ValueError(f"labels {np.shape(labels)} and {name} {np.shape(probs)} must have the "
+                         "same number of elements")
+    _check_nonempty(y.size, "examples")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0/1 (e.g. rating >= threshold as float32)")
+    if not np.isfinite(p).all():
+        raise ValueError(f"{name} contain NaN or inf; the model diverged or the inputs are bad")
+    return y, p
+
+
+# --------------------------------------------------------------------------------------------
+# retrieval: TFRS FactorizedTopK
+# --------------------------------------------------------------------------------------------
+
+TF_PACKET_SIZE = 8  # Eigen float packet of the x86 TensorFlow wheels (AVX: 8 x float32)
+
+
+def tf_row_sum(x, packet_size: int = TF_PACKET_SIZE) -> np.ndarray:
+    """[N, D] float32 -> [N] float32 row sums, bit-for-bit in TensorFlow's CPU summation order.
+
+    ``tf.reduce_sum(x, axis=1)`` runs Eigen's ``InnerMostDimReducer<Self, Op, true, false>``
+    (tensorflow/include/unsupported/Eigen/CXX11/src/Tensor/TensorReduction.h): while 4 packets
+    remain, 4 packet accumulators; they are folded as ((a0 + a1) + a2) + a3; remaining whole
+    packets are added into that accumulator; the scalar tail is summed in order; the result is
+    ``tail + predux(acc)`` where ``predux`` adds halves (lane i + lane i + P/2, ...). Each step is
+    a float32 add here too, so the result is identical (checked against TF 2.21 for
+    D = 7, 13, 16, 24, 32, 40, 64, 100). ``packet_size`` is 4 for NEON (aarch64) builds.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    n, d = x.shape
+    p = int(packet_size)
+    acc = None
+    start = 0
+    if d >= 4 * p:
+        stop = (d // (4 * p)) * (4 * p)
+        lanes = [x[:, j * p:(j + 1) * p].copy() for j in range(4)]   # 0 + x is exact
+        for block in range(4 * p, stop, 4 * p):
+            for j in range(4):
+                lanes[j] += x[:, block + j * p:block + (j + 1) * p]
+        acc = ((lanes[0] + lanes[1]) + lanes[2]) + lanes[3]
+        start = stop
+    if start <= d - p:
+        stop = (d // p) * p
+        for block in range(start, stop, p):
+            packet = x[:, block:block + p]
+            acc = packet.copy() if acc is None else acc + packet
+        start = stop
+    tail = np.zeros(n, dtype=np.float32)
+    for j in range(start, d):
+        tail += x[:, j]
+    if acc is None:
+        return tail
+    while acc.shape[1] > 1:                                          # predux: fold halves
+        half = acc.shape[1] // 2
+        acc = acc[:, :half] + acc[:, half:]
+    return tail + acc[:, 0]
+
+
+def positive_scores(query_emb, true_cand_emb, summation: str = "tf") -> np.ndarray:
+    """[N, D], [N, D] -> [N] float32 row-wise dot products (TFRS: ``tf.reduce_sum(q * c, 1)``).
+
+    The products are float32 like TF's ``q * c``; ``summation="tf"`` adds them in TF's CPU
+    order (``tf_row_sum``), ``"numpy"`` with ``np.sum`` (pairwise; differs by an ulp in about
+    half of the rows, which matters because the true item's own corpus score is compared with
+    this value).
+    """
+    q = _float32_matrix(query_emb, "query_emb")
+    c = _float32_matrix(true_cand_emb, "true_cand_emb")
+    if q.shape != c.shape:
+        raise ValueError(f"query_emb {q.shape} and true_cand_emb {c.shape} must have the same "
+                         "shape: one true candidate embedding per query")
+    if summation == "tf":
+        return tf_row_sum(q * c)
+    if summation == "numpy":
+        return np.sum(q * c, axis=1, dtype=np.float32)
+    raise ValueError(f"summation={summation!r} must be 'tf' or 'numpy'")
+
+
+def num_scoring_higher(query_emb, true_cand_emb, corpus_emb, chunk: int = DEFAULT_CHUNK,
+                       summation: str = "tf") -> tuple[np.ndarray, np.ndarray]:
+    """For each query, how many corpus items score STRICTLY above its positive.
+
+    query_emb [N, D], true_cand_emb [N, D], corpus_emb [M, D] (cast to float32; scores are
+    float32 ``q @ corpus.T`` like TFRS's ``tf.matmul``). Returns (``greater`` [N] int64,
+    ``finite`` [N] bool: the positive and all M corpus scores of that row are finite).
+    The 1-based rank of the positive with ties in its favour is ``greater + 1``.
+    ``summation``: see ``positive_scores``.
+    """
+    q = _float32_matrix(query_emb, "query_emb")
+    corpus = _float32_matrix(corpus_emb, "corpus_emb")
+    pos = positive_scores(q, true_cand_emb, summation=summation)
+    if corpus.shape[1] != q.shape[1]:
+        raise ValueError(f"corpus_emb dim {corpus.shape[1]} != query_emb dim {q.shape[1]}")
+    if corpus.shape[0] == 0:
+        raise ValueError("corpus_emb is empty: index at least one candidate")
+    if chunk < 1:
+        raise ValueError(f"chunk={chunk} must be >= 1")
+    n = q.shape[0]
+    greater = np.empty(n, dtype=np.int64)
+    finite = np.isfinite(pos)
+    corpus_t = np.ascontiguousarray(corpus.T)
+    for start in range(0, n, chunk):
+        end = min(start + chunk, n)
+        scores = q[start:end] @ corpus_t                     # [chunk, M] float32
+        greater[start:end] = np.count_nonzero(scores > pos[start:end, None], axis=1)
+        finite[start:end] &= np.isfinite(scores).all(axis=1)
+    return greater, finite
+
+
+def factorized_top_k_accuracy(query_emb, true_cand_emb, corpus_emb,
+                              ks: Sequence[int] = DEFAULT_KS, chunk: int = DEFAULT_CHUNK,
+                              summation: str = "tf") -> dict[int, float]:
+    """TFRS ``FactorizedTopK`` top-k categorical accuracy, score-based (no candidate ids).
+
+    query_emb [N, D], true_cand_emb [N, D] (the embedding of each query's true candidate),
+    corpus_emb [M, D] (the whole corpus, true items and duplicate titles included).
+    Returns {k: fraction of queries whose positive is in the top k}.
+
+    TFRS 0.7.7 (``metrics/factorized_top_k.py``, ``FactorizedTopK.update_state``):
+    ``positive_scores = reduce_sum(q * c, 1, keepdims=True)``; ``top_k_predictions`` = the
+    max(ks) largest corpus scores; ``y_pred = concat([positive_scores, top_k_predictions], 1)``;
+    ``hit = tf.math.in_top_k(targets=0, predictions=y_pred, k)``; the result is the Mean of the
+    hits over all queries. The in_top_k kernel counts the entries of y_pred STRICTLY greater than
+    the target's (the positive is never greater than itself) and reports a hit iff that count is
+    < k; a row with any non-finite entry is a miss. Because the top max(ks) scores are the largest
+    ones, for every k <= max(ks) this equals "fewer than k of ALL M corpus scores are > positive",
+    which is what is computed here. k > M is always a hit (TFRS's Streaming index returns only
+    min(k, M) scores and in_top_k accepts k above the column count).
+
+    Non-finite: a row is a miss when its positive or any of its M corpus scores is non-finite
+    (TFRS only sees the top max(ks) scores, so a -inf far down the list would not count there).
+
+    Rounding matters: the true item (and its duplicate titles) is in the corpus, and its corpus
+    score (a GEMM dot product) rounded strictly above the positive (a row reduction) in about a
+    third of the queries of a random test, in which case it counts as one item scoring higher.
+    So the positive is summed in TF's exact CPU order (``summation="tf"``, see ``tf_row_sum``),
+    and the corpus scores are float32 ``q @ corpus.T``, which equalled ``tf.matmul`` bit for bit
+    on the dev machine (numpy 2.4 BLAS vs TF 2.21, x86 AVX-512). With the same embeddings the
+    result then equalled TFRS's metric exactly (0 queries differ at every k in 20,000); with
+    ``summation="numpy"`` up to 33 of 6,000 queries moved at k=1. On other BLAS builds GEMM
+    rounding may differ, moving a query only when exactly k-1 other items score higher.
+    """
+    ks = _check_ks(ks)
+    greater, finite = num_scoring_higher(query_emb, true_cand_emb, corpus_emb, chunk=chunk,
+                                         summation=summation)
+    _check_nonempty(greater.shape[0], "queries")
+    return {k: float(np.mean(finite & (greater < k))) for k in ks}
+
+
+def top_k_accuracy_from_ids(retrieved_ids, true_ids, ks: Sequence[int] = DEFAULT_KS,
+                            scores=None) -> dict[int, float]:
+    """TFRS ``FactorizedTopK`` id-based accuracy (for approximate indexes such as IVF / HNSW).
+
+    retrieved_ids [N, K] sorted best first, true_ids [N] (or [N, 1]); optional scores [N, K].
+    A query is a hit at k iff its true id equals any of its first min(k, K) retrieved ids
+    (several matches, e.g. duplicate titles, count once: TFRS clips the match sum to [0, 1]).
+    TFRS treats NaN scores as padding that never matches and asserts the scores are sorted;
+    both are done here when ``scores`` is given. FAISS pads with id -1, which never matches a
+    real row index or title.
+    """
+    ks = _check_ks(ks)
+    retrieved, truth = _check_ids(retrieved_ids, true_ids, "retrieved_ids")
+    match = retrieved == truth[:, None]
+    if scores is not None:
+        s = np.asarray(scores, dtype=np.float32)
+        if s.shape != retrieved.shape:
+            raise ValueError(f"scores {s.shape} must match retrieved_ids {retrieved.shape}")
+        padding = np.isnan(s)
+        filled = np.where(padding, np.finfo(np.float32).min, s)
+        if (np.diff(filled, axis=1) > 0).any():
+            raise ValueError("Top-K predictions must be sorted (descending scores per row)")
+        match &= ~padding
+    hit_by = np.logical_or.accumulate(match, axis=1)  # [N, K]: hit within the first j+1
+    k_max = retrieved.shape[1]
+    if k_max == 0:
+        return {k: 0.0 for k in ks}
+    return {k: float(np.mean(hit_by[:, min(k, k_max) - 1])) for k in ks}
+
+
+# --------------------------------------------------------------------------------------------
+# ranking: Keras metrics on sigmoid probabilities
+# --------------------------------------------------------------------------------------------
+
+def binary_accuracy(labels, probs, threshold: float = 0.5) -> float:
+    """Keras ``BinaryAccuracy``: mean of ``labels == (probs > threshold)``; [N] or [N, 1].
+
+    tf_keras ``metrics_utils.binary_matches``: ``y_pred > threshold`` (strict, so a probability
+    equal to the threshold predicts 0), compared in the predictions' dtype (float32 here).
+    """
+    y, p = _check_binary(labels, probs)
+    p = p.astype(np.float32)
+    predicted = (p > np.float32(threshold)).astype(np.float32)
+    return float(np.mean(predicted == y.astype(np.float32)))
+
+
+def auc(labels, probs) -> float:
+    """Exact ROC AUC (Mann-Whitney U): P(score of a random positive > a random negative), ties
+    counting 1/2 (average ranks of tied scores). [N] or [N, 1]. NaN when only one class occurs.
+
+    Note: Keras' ``AUC`` metric instead interpolates over 200 thresholds; this is the exact value.
+    """
+    y, p = _check_binary(labels, probs)
+    positive = y.astype(bool)
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(p.astype(np.float64), return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    mid_ranks = ends - (counts - 1) / 2.0          # 1-based average rank of each tie group
+    rank_sum = mid_ranks[inverse.reshape(-1)][positive].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def log_loss(labels, probs, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy from probabilities, Keras-style: [N] or [N, 1].
+
+    tf_keras ``backend.binary_crossentropy`` (probability path): ``p = clip(p, eps, 1 - eps)``;
+    ``-(y * log(p + eps) + (1 - y) * log(1 - p + eps))`` elementwise in float32, then the mean
+    (here accumulated in float64). Keras' TRAINING loss for a sigmoid Dense output takes the
+    logits path instead (``_get_logits``), see ``log_loss_from_logits``.
+    """
+    y, p = _check_binary(labels, probs)
+    y = y.astype(np.float32)
+    e = np.float32(eps)
+    p = np.clip(p.astype(np.float32), e, np.float32(1.0) - e)
+    bce = -(y * np.log(p + e) + (np.float32(1.0) - y) * np.log(np.float32(1.0) - p + e))
+    return float(np.mean(bce, dtype=np.float64))
+
+
+def log_loss_from_logits(labels, logits) -> float:
+    """Mean ``tf.nn.sigmoid_cross_entropy_with_logits``: max(x, 0) - x*y + log1p(exp(-|x|))."""
+    y, x = _check_binary(labels, logits, name="logits")
+    x = x.astype(np.float64)
+    return float(np.mean(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))))
+
+
+# --------------------------------------------------------------------------------------------
+# two-stage: retrieval order vs re-ranked order
+# --------------------------------------------------------------------------------------------
+
+def rerank(candidate_ids, ranking_scores) -> np.ndarray:
+    """Order each row of candidate_ids [N, C] by descending ranking_scores [N, C].
+
+    Ties keep the retrieval order (stable sort of ``-scores``). The seed calls
+    ``np.argsort(-score)`` (default kind) on 10 float32 scores; the numpy of its time ran
+    insertion sort for n <= 16 there, which is stable. Current numpy on AVX-512 / AVX2 machines
+    dispatches that call to an unstable SIMD sort, so the explicit ``kind="stable"`` is what
+    reproduces the seed on every machine.
+    """
+    cand = np.asarray(candidate_ids)
+    s = np.asarray(ranking_scores)
+    if cand.ndim != 2 or s.shape != cand.shape:
+        raise ValueError(f"candidate_ids {cand.shape} and ranking_scores {s.shape} must both be "
+                         "[num_queries, num_candidates]")
+    if s.dtype.kind not in "iuf":
+        raise TypeError(f"ranking_scores must be numeric, got dtype {s.dtype}")
+    if np.isnan(s).any():
+        raise ValueError("ranking_scores contain NaN; the ranking model diverged")
+    order = np.argsort(-s, axis=1, kind="stable")
+    return np.take_along_axis(cand, order, axis=1)
+
+
+def first_hit_rank(ranked_ids, true_ids, k: int | None = None) -> np.ndarray:
+    """[N, C], [N] -> [N] int64: 1-based position of the FIRST occurrence of the true id among
+    the first k (all C when None) ids of each row, 0 when absent (the seed's ``pred.index``)."""
+    ranked, truth = _check_ids(ranked_ids, true_ids, "ranked_ids")
+    if k is not None:
+        if k < 1:
+            raise ValueError(f"k={k} must be >= 1")
+        ranked = ranked[:, :k]
+    match = ranked == truth[:, None]
+    if match.shape[1] == 0:
+        return np.zeros(match.shape[0], dtype=np.int64)
+    found = match.any(axis=1)
+    return np.where(found, match.argmax(axis=1) + 1, 0).astype(np.int64)
+
+
+def ndcg_at_k(ranked_ids, true_ids, k: int) -> float:
+    """Mean nDCG@k with one relevant item: 1/log2(rank + 1) for the first occurrence of the
+    truth at 1-based rank <= k, else 0 (the ideal DCG is 1). [N, C], [N]."""
+    rank = first_hit_rank(ranked_ids, true_ids, k).astype(np.float64)
+    gains = np.zeros_like(rank)
+    hit = rank > 0
+    gains[hit] = 1.0 / np.log2(rank[hit] + 1.0)
+    return float(gains.mean())
+
+
+def hit_rate_at_k(ranked_ids, true_ids, k: int) -> float:
+    """Fraction of rows whose truth is among their first k ids. [N, C], [N]."""
+    return float((first_hit_rank(ranked_ids, true_ids, k) > 0).mean())
+
+
+def mrr(ranked_ids, true_ids, k: int | None = None) -> float:
+    """Mean reciprocal rank of the first occurrence of the truth (0 when absent) within the
+    first k ids (all C when None). [N, C], [N]."""
+    rank = first_hit_rank(ranked_ids, true_ids, k).astype(np.float64)
+    rr = np.zeros_like(rank)
+    rr[rank > 0] = 1.0 / rank[rank > 0]
+    return float(rr.mean())
+
+
+def two_stage_metrics(candidate_ids, ranking_scores, true_ids, k: int = 10) -> dict[str, float]:
+    """Score the retrieval order and the re-ranked order of the same candidates.
+
+    candidate_ids [N, C] in retrieval order (titles or title indices; duplicates possible since
+    titles repeat in the corpus), ranking_scores [N, C] (ranking model outputs for those
+    candidates), true_ids [N] (same id kind). k <= C.
+    Returns ``ndcg@{k}_retrieval``, ``ndcg@{k}_reranked``, ``hit@{k}_retrieval``,
+    ``hit@{k}_reranked`` (truth among the first k) and ``mrr_retrieval``, ``mrr_reranked``
+    (over all C candidates), each a mean over the N queries. Re-ranking: ``rerank`` (stable
+    descending); nDCG/hit/MRR use the first occurrence of the truth.
+    """
+    cand, truth = _check_ids(candidate_ids, true_ids, "candidate_ids")
+    if not 1 <= k <= cand.shape[1]:
+        raise ValueError(f"k={k} must be between 1 and the number of candidates "
+                         f"({cand.shape[1]}); retrieve at least k candidates per query")
+    orders = {"retrieval": cand, "reranked": rerank(cand, ranking_scores)}
+    out: dict[str, float] = {}
+    for metric, fn in ((f"ndcg@{k}", lambda r: ndcg_at_k(r, truth, k)),
+                       (f"hit@{k}", lambda r: hit_rate_at_k(r, truth, k)),
+                       ("mrr", lambda r: mrr(r, truth))):
+        for name, ranked in orders.items():
+            out[f"{metric}_{name}"] = fn(ranked)
+    return out
