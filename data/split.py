@@ -38,8 +38,12 @@ def epoch_batches(num_examples: int, batch_size: int, *, seed: int, epoch: int
 
     The permutation depends only on (seed, epoch), so any epoch can be reproduced on its own.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    _check_batch_size(batch_size)
+    if num_examples < 1:  # numpy would return an empty permutation: a silent no-op epoch
+        raise ValueError(f"num_examples={num_examples} must be >= 1: there is nothing to train on")
+    for name, value in (("seed", seed), ("epoch", epoch)):
+        if value < 0:  # numpy's SeedSequence only says "expected non-negative integer"
+            raise ValueError(f"{name}={value} must be >= 0")
     order = np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int64)
     return [order[i: i + batch_size] for i in range(0, num_examples, batch_size)]
 
@@ -52,6 +56,14 @@ def batch_schedule(num_examples: int, batch_size: int, *, seed: int, epochs: int
 
 
 def sequential_batches(num_examples: int, batch_size: int) -> list[np.ndarray]:
-    """Unshuffled batches, for evaluation."""
+    """Unshuffled batches, for evaluation (an empty set gives no batches)."""
+    _check_batch_size(batch_size)
+    if num_examples < 0:
+        raise ValueError(f"num_examples={num_examples} must be >= 0")
     idx = np.arange(num_examples, dtype=np.int64)
     return [idx[i: i + batch_size] for i in range(0, num_examples, batch_size)]
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")

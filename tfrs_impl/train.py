@@ -112,11 +112,18 @@ class HistoryCallback(tf.keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         loss = float(logs["loss"])
-        if not math.isfinite(loss):
+        # TF hides NaN weights behind finite losses (softmax cross-entropy maps NaN logits to
+        # log B per row; BCE's clip maps a NaN probability into [eps, 1 - eps]; both measured),
+        # so the weights are checked after every step as well.
+        bad = [] if not math.isfinite(loss) else [
+            v.name for v in self.model.trainable_variables
+            if not bool(tf.reduce_all(tf.math.is_finite(v)))]
+        if not math.isfinite(loss) or bad:
+            what = f"loss is {loss}" if not bad else f"weights became non-finite ({bad[:3]})"
             raise FloatingPointError(
-                f"{self.stage} training loss is {loss} at epoch {self._epoch + 1}, step "
-                f"{batch + 1}: training diverged. Lower --learning-rate, or check the inputs "
-                f"(e.g. titles with no tokens give a 0/0 text embedding).")
+                f"{self.stage} training {what} at epoch {self._epoch + 1}, step {batch + 1}: "
+                f"training diverged. Lower the learning rate, or check the inputs (a title "
+                f"with no token is NaN with empty_title='nan').")
         self._steps.append(loss)
 
     def on_test_begin(self, logs=None):

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from .features import batch_iter, encode_queries, encode_titles, select_rows, to_tensors
 from .models import (CandidateModel, MovieModel, QueryModel, RankingModel, RetrievalModel,
-                     UserModel, build_ranking_model, build_retrieval_model, keras_init_,
-                     masked_mean)
+                     UserModel, bag_mean, build_ranking_model, build_retrieval_model,
+                     get_keras_weights, keras_init_, masked_mean, set_keras_weights)
 from .tasks import Ranking, Retrieval, make_ranking_task, make_retrieval_task
 from .train import (KerasAdagrad, factorized_top_k, fit_ranking, fit_retrieval, make_optimizer,
                     ranking_loss, retrieval_loss, train_step)
@@ -30,7 +30,8 @@ from .train import (KerasAdagrad, factorized_top_k, fit_ranking, fit_retrieval, 
 __all__ = [
     "batch_iter", "encode_queries", "encode_titles", "select_rows", "to_tensors",
     "UserModel", "QueryModel", "MovieModel", "CandidateModel", "RetrievalModel", "RankingModel",
-    "build_retrieval_model", "build_ranking_model", "keras_init_", "masked_mean",
+    "build_retrieval_model", "build_ranking_model", "keras_init_", "masked_mean", "bag_mean",
+    "get_keras_weights", "set_keras_weights",
     "Retrieval", "Ranking", "make_retrieval_task", "make_ranking_task",
     "KerasAdagrad", "make_optimizer", "retrieval_loss", "ranking_loss", "train_step",
     "fit_retrieval", "fit_ranking", "factorized_top_k",

@@ -7,7 +7,7 @@ and this module only moves those arrays into tensors:
 - ``user_index``, ``ts_bucket``, ``title_index``  [N] int64 (0 = out of vocabulary, as Keras)
 - ``ts_norm``                                     [N] float32
 - ``title_tokens``                                [N, L] int64, 0 = padding
-- ``label``, ``sampling_probability``, ``sample_weight`` (optional) [N] float32
+- ``label``, ``candidate_sampling_probability``, ``sample_weight`` (optional) [N] float32
 
 Tensors are made once per fit (the whole training split) and indexed per batch, so the training
 loop allocates nothing but the batch itself.
@@ -24,6 +24,7 @@ from data.features import FeatureSpec
 QUERY_KEYS: tuple[str, ...] = ("user_index", "ts_bucket", "ts_norm")
 CANDIDATE_KEYS: tuple[str, ...] = ("title_index", "title_tokens")
 FEATURE_KEYS: tuple[str, ...] = QUERY_KEYS + CANDIDATE_KEYS
+SAMPLING_PROBABILITY = "candidate_sampling_probability"  # the key tfrs_impl uses too
 
 Batch = dict[str, torch.Tensor]
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from data.features import FeatureSpec
@@ -48,6 +50,20 @@ def masked_mean(embedded: torch.Tensor, mask: torch.Tensor, empty: str = "zero")
     count = weights.sum(dim=1, keepdim=True)
     if empty == "zero":
         count = count.clamp_min(1.0)  # the sum of an empty row is exactly 0, so the mean is 0
+    return total / count
+
+
+def bag_mean(tokens: torch.Tensor, weight: torch.Tensor, empty: str = "zero") -> torch.Tensor:
+    """:func:`masked_mean` of ``weight[tokens]`` with mask ``tokens != 0``, fused: one
+    ``embedding_bag`` sum that skips the padding id 0 (forward and backward ~1.5x faster than
+    gather * mask + sum; the padding row gets no gradient, as Keras' masked product gives it 0).
+    tokens [B, L] int64, weight [V, D] -> [B, D]."""
+    if empty not in EMPTY_TITLE_MODES:
+        raise ValueError(f"empty={empty!r} must be one of {EMPTY_TITLE_MODES}")
+    total = F.embedding_bag(tokens, weight, mode="sum", padding_idx=0)
+    count = (tokens != 0).sum(dim=1, keepdim=True).to(total.dtype)
+    if empty == "zero":
+        count = count.clamp_min(1.0)
     return total / count
 
 
@@ -128,7 +144,7 @@ class MovieModel(nn.Module):
 
     def forward(self, inputs: Batch) -> torch.Tensor:
         tokens = inputs["title_tokens"]
-        text = masked_mean(self.title_text_embedding(tokens), tokens != 0, self.empty_title)
+        text = bag_mean(tokens, self.title_text_embedding.weight, self.empty_title)
         return torch.cat([self.title_embedding(inputs["title_index"]), text], dim=1)
 
 
@@ -238,3 +254,45 @@ def build_ranking_model(spec: FeatureSpec, config: Config, *, empty_title: str =
                          config.ranking_layer_sizes)
     keras_init_(model, torch.Generator().manual_seed(config.seed + 1))
     return model.to(device)
+
+
+# --- Keras-layout weights (names as tfrs_impl.models.named_variables) ---------------------------
+
+def keras_weight_names(model: nn.Module, prefix: str = "") -> dict[str, tuple[str, bool]]:
+    """{Keras name: (torch parameter name, transposed)}: "a.b.weight" of an Embedding ->
+    "a/b/embeddings", of a Linear -> "a/b/kernel" (transposed), "bias" -> "bias"."""
+    kinds = {name: type(m) for name, m in model.named_modules()}
+    out = {}
+    for name, _ in model.named_parameters():
+        owner, _, leaf = name.rpartition(".")
+        linear = issubclass(kinds[owner], nn.Linear)
+        if leaf == "weight":
+            leaf = "kernel" if linear else "embeddings"
+        keras = f"{prefix}{owner.replace('.', '/')}/{leaf}"
+        out[keras] = (name, linear and leaf == "kernel")
+    return out
+
+
+def get_keras_weights(model: nn.Module, prefix: str = "") -> dict[str, np.ndarray]:
+    """All parameters as numpy copies in Keras layout (Dense kernel [in, out])."""
+    params = dict(model.named_parameters())
+    return {k: (params[n].detach().cpu().numpy().T if t else params[n].detach().cpu().numpy()
+                ).copy() for k, (n, t) in keras_weight_names(model, prefix).items()}
+
+
+def set_keras_weights(model: nn.Module, weights: dict[str, np.ndarray], prefix: str = "") -> None:
+    """Assign every parameter from Keras-layout arrays; names and shapes must match exactly."""
+    names = keras_weight_names(model, prefix)
+    missing, unexpected = sorted(set(names) - set(weights)), sorted(set(weights) - set(names))
+    if missing or unexpected:
+        raise KeyError(f"weight names do not match {type(model).__name__}: missing {missing}, "
+                       f"unexpected {unexpected}")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for keras, (name, transposed) in names.items():
+            value = np.asarray(weights[keras], dtype=np.float32)
+            value = value.T if transposed else value
+            if tuple(value.shape) != tuple(params[name].shape):
+                raise ValueError(f"{keras}: shape {np.asarray(weights[keras]).shape} does not fit "
+                                 f"the model (built from another spec/config?)")
+            params[name].copy_(torch.from_numpy(np.ascontiguousarray(value)))

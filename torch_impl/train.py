@@ -19,7 +19,6 @@ evaluation batches and ``val["last_batch_loss"]`` the Keras figure.
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
@@ -33,7 +32,7 @@ from twostage.backend import History
 from twostage.config import Config
 from twostage.dataset import Dataset
 
-from .features import FEATURE_KEYS, Batch, batch_iter, num_rows, select_rows, to_tensors
+from .features import SAMPLING_PROBABILITY, Batch, batch_iter, num_rows, select_rows, to_tensors
 from .models import RankingModel, RetrievalModel
 from .tasks import (Ranking, Retrieval, binary_accuracy, make_ranking_task,
                     make_retrieval_task)
@@ -131,16 +130,16 @@ def retrieval_loss(model: RetrievalModel, task: Retrieval, batch: Mapping[str, t
                    use_sampling_probability: bool = False) -> torch.Tensor:
     """The seed's ``MovielensRetrievalModel.compute_loss``: task(query_model(batch),
     candidate_model(batch)); candidate ids = ``title_index`` when the task removes accidental
-    hits; ``sampling_probability`` [B] and ``sample_weight`` [B] are taken from the batch when
+    hits; ``candidate_sampling_probability`` [B] and ``sample_weight`` [B] are taken from the batch when
     used / present."""
     query = model.query_model(batch)
     candidate = model.candidate_model(batch)
     probability = None
     if use_sampling_probability:
-        if "sampling_probability" not in batch:
-            raise KeyError("use_sampling_probability needs a 'sampling_probability' column "
+        if SAMPLING_PROBABILITY not in batch:
+            raise KeyError(f"use_sampling_probability needs a '{SAMPLING_PROBABILITY}' column "
                            "(twostage.sampling.candidate_sampling_probability(dataset))")
-        probability = batch["sampling_probability"]
+        probability = batch[SAMPLING_PROBABILITY]
     ids = batch["title_index"] if task.remove_accidental_hits else None
     return task(query, candidate, sample_weight=batch.get("sample_weight"),
                 candidate_sampling_probability=probability, candidate_ids=ids)
@@ -258,7 +257,7 @@ def _split_tensors(dataset: Dataset, rows: np.ndarray, device: torch.device,
                    sampling: Optional[np.ndarray] = None) -> Batch:
     arrays = dataset.encoded(rows)
     if sampling is not None:
-        arrays["sampling_probability"] = sampling[rows]
+        arrays[SAMPLING_PROBABILITY] = sampling[rows]
     return to_tensors(arrays, device)
 
 
