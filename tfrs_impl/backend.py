@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
 from data.features import FeatureSpec
 from twostage.backend import History
@@ -25,13 +24,15 @@ class TfrsBackend:
 
     name = "tfrs"
 
-    def __init__(self, config: Config, spec: FeatureSpec):
+    def __init__(self, config: Config, spec: FeatureSpec, *, retrieval_model=None,
+                 ranking_model=None):
         self.config = config
         self.spec = spec
-        self.retrieval_model = models.build_retrieval_model(spec, config)
-        self.ranking_model = models.build_ranking_model(spec, config)
+        self.retrieval_model = (models.build_retrieval_model(spec, config)
+                                if retrieval_model is None else retrieval_model)
+        self.ranking_model = (models.build_ranking_model(spec, config)
+                              if ranking_model is None else ranking_model)
         self._index = None
-        self._index_size = 0
         self._corpus_attached = False
 
     # --- training ------------------------------------------------------------------------------
@@ -75,7 +76,6 @@ class TfrsBackend:
         """BruteForce over ``titles`` (the corpus, duplicates kept); ids = row positions."""
         self._index = index_lib.build_index(self.retrieval_model.query_model,
                                             self.retrieval_model.candidate_model, titles)
-        self._index_size = len(titles)
 
     def retrieve(self, user_ids: np.ndarray, timestamps: np.ndarray, k: int
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -109,11 +109,7 @@ class TfrsBackend:
     @classmethod
     def load(cls, directory: Path) -> "TfrsBackend":
         config, spec, retrieval, ranking = checkpoint.load(directory)
-        backend = cls.__new__(cls)
-        backend.config, backend.spec = config, spec
-        backend.retrieval_model, backend.ranking_model = retrieval, ranking
-        backend._index, backend._index_size, backend._corpus_attached = None, 0, False
-        return backend
+        return cls(config, spec, retrieval_model=retrieval, ranking_model=ranking)
 
     def export_saved_model(self, directory: Path, corpus_titles: np.ndarray,
                            k: int = index_lib.DEFAULT_K) -> Path:

@@ -145,7 +145,15 @@ def export_saved_model(directory: Path | str, retrieval_model, corpus_titles: np
     module = ServingModule(index)
 
     def write(tmp: Path) -> None:
-        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
+        # Keras warns once per subclassed model that it has no get_config(); irrelevant here
+        # (the SavedModel is loaded with tf.saved_model.load, not rebuilt from configs).
+        logger = tf.get_logger()
+        level = logger.level
+        logger.setLevel("ERROR")
+        try:
+            tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
+        finally:
+            logger.setLevel(level)
     return write_directory_atomic(directory, write)
 
 

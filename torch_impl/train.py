@@ -130,8 +130,8 @@ def retrieval_loss(model: RetrievalModel, task: Retrieval, batch: Mapping[str, t
                    use_sampling_probability: bool = False) -> torch.Tensor:
     """The seed's ``MovielensRetrievalModel.compute_loss``: task(query_model(batch),
     candidate_model(batch)); candidate ids = ``title_index`` when the task removes accidental
-    hits; ``candidate_sampling_probability`` [B] and ``sample_weight`` [B] are taken from the batch when
-    used / present."""
+    hits; ``candidate_sampling_probability`` [B] and ``sample_weight`` [B] are taken from the
+    batch when used / present."""
     query = model.query_model(batch)
     candidate = model.candidate_model(batch)
     probability = None
@@ -283,15 +283,21 @@ def _progress(config: Config, stage: str, epoch: int, epochs: int, steps: int):
                 disable=config.quiet, unit="step")
 
 
+StepCallback = Callable[[int, int, float], None]
+
+
 def _run_epoch(stage: str, step_fn: Callable[[Batch], torch.Tensor], train: Batch,
-               batches: list[torch.Tensor], config: Config, epoch: int, epochs: int
-               ) -> torch.Tensor:
-    """Run one epoch -> step losses [S] (device tensor); raise on a non-finite loss."""
+               batches: list[torch.Tensor], config: Config, epoch: int, epochs: int,
+               on_step: Optional[StepCallback] = None) -> torch.Tensor:
+    """Run one epoch -> step losses [S] (device tensor); raise on a non-finite loss.
+    ``on_step(epoch, step, loss)`` (1-based) sees every step's loss (it syncs the device)."""
     device = batches[0].device
     step_losses = torch.empty(len(batches), dtype=torch.float32, device=device)
     with _progress(config, stage, epoch, epochs, len(batches)) as bar:
         for step, rows in enumerate(batches):
             step_losses[step] = step_fn(select_rows(train, rows))
+            if on_step is not None:
+                on_step(epoch, step + 1, step_losses[step].item())
             if not bar.disable:
                 bar.update(1)
                 if step % 10 == 9 or step == len(batches) - 1:
@@ -302,12 +308,13 @@ def _run_epoch(stage: str, step_fn: Callable[[Batch], torch.Tensor], train: Batc
 
 def _record_epoch(history: History, step_losses: torch.Tensor, seconds: float) -> None:
     history.loss.append(float(step_losses.double().mean()))
-    history.metrics.setdefault("last_batch_loss", []).append(float(step_losses[-1]))
     history.epoch_seconds.append(seconds)
 
 
 def _record_val(history: History, epoch: int, values: Mapping[str, float]) -> None:
     for name, value in values.items():
+        if name == "last_batch_loss":
+            continue  # kept out of History so both backends report the same keys
         history.val.setdefault(name, []).append((epoch, float(value)))
 
 
@@ -319,12 +326,13 @@ def fit_retrieval(model: RetrievalModel, dataset: Dataset, config: Config, *,
                   task: Optional[Retrieval] = None,
                   optimizer: Optional[torch.optim.Optimizer] = None,
                   epochs: Optional[int] = None, epoch_offset: int = 0,
-                  validate: bool = True) -> History:
+                  validate: bool = True, on_step: Optional[StepCallback] = None) -> History:
     """Train the towers on ``dataset.split.train`` (the model's device); validate on the test
     split every ``config.validation_freq`` epochs and after the last.
 
     ``epoch_offset``: epochs already run (batch orders continue from there). History epochs in
-    ``val`` are 1-based within this call; ``epoch_seconds`` time training only.
+    ``val`` are 1-based within this call; ``epoch_seconds`` time training only. ``on_step``:
+    optional ``(epoch, step, loss)`` callback (e.g. step-by-step parity checks).
     """
     _check_train_size(dataset, "retrieval")
     epochs = config.retrieval_epochs if epochs is None else epochs
@@ -348,7 +356,7 @@ def fit_retrieval(model: RetrievalModel, dataset: Dataset, config: Config, *,
     for local in range(1, epochs + 1):
         start = time.perf_counter()
         batches = epoch_order(num_rows(train), config, epoch_offset + local - 1, device)
-        losses = _run_epoch("retrieval", step_fn, train, batches, config, local, epochs)
+        losses = _run_epoch("retrieval", step_fn, train, batches, config, local, epochs, on_step)
         _record_epoch(history, losses, time.perf_counter() - start)
         if validate and len(dataset.split.test) and _should_validate(local, epochs, config):
             _record_val(history, local, validate_retrieval(model, task, test, corpus, config))
@@ -359,7 +367,7 @@ def fit_ranking(model: RankingModel, dataset: Dataset, config: Config, *,
                 task: Optional[Ranking] = None,
                 optimizer: Optional[torch.optim.Optimizer] = None,
                 epochs: Optional[int] = None, epoch_offset: int = 0,
-                validate: bool = True) -> History:
+                validate: bool = True, on_step: Optional[StepCallback] = None) -> History:
     """Train the ranking model on the training labels; ``metrics["binary_accuracy"][e]`` is
     the epoch's running training accuracy (Keras resets metrics at each epoch start and the
     seed's Ranking task updates BinaryAccuracy in every train step); validation as
@@ -387,7 +395,7 @@ def fit_ranking(model: RankingModel, dataset: Dataset, config: Config, *,
         start = time.perf_counter()
         correct.zero_()
         batches = epoch_order(n, config, epoch_offset + local - 1, device)
-        losses = _run_epoch("ranking", step_fn, train, batches, config, local, epochs)
+        losses = _run_epoch("ranking", step_fn, train, batches, config, local, epochs, on_step)
         _record_epoch(history, losses, time.perf_counter() - start)
         history.metrics.setdefault("binary_accuracy", []).append(correct.item() / n)
         if validate and len(dataset.split.test) and _should_validate(local, epochs, config):

@@ -1,0 +1,205 @@
+"""Retrieval and Ranking losses against hand-computed numpy values (float64 references)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from torch_impl.tasks import (MIN_FLOAT, Ranking, Retrieval, binary_accuracy,
+                              make_ranking_task, make_retrieval_task)
+from twostage.config import Config
+
+Q = np.array([[1.0, 0.0], [0.5, 1.0], [-1.0, 2.0]])
+C = np.array([[1.0, 1.0], [0.0, 1.0], [2.0, -1.0], [0.5, 0.5], [-1.0, 0.0]])  # 2 extra rows
+
+
+def t(x, dtype=torch.float32):
+    return torch.tensor(np.asarray(x), dtype=dtype)
+
+
+def logsumexp(s: np.ndarray) -> np.ndarray:
+    m = s.max(axis=1, keepdims=True)
+    return (m + np.log(np.exp(s - m).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def ce_rows(scores: np.ndarray) -> np.ndarray:
+    """Softmax cross-entropy of row i against column i."""
+    return logsumexp(scores) - scores[np.arange(len(scores)), np.arange(len(scores))]
+
+
+def loss(task: Retrieval, q=Q, c=C[:3], **kw) -> float:
+    return float(task(t(q), t(c), **kw))
+
+
+def test_plain_in_batch_softmax_is_a_sum_of_row_losses():
+    expected = ce_rows(Q @ C[:3].T).sum()
+    assert loss(Retrieval()) == pytest.approx(expected, rel=1e-6)
+
+
+def test_extra_candidates_are_negatives_for_every_row():
+    expected = ce_rows(Q @ C.T).sum()  # labels eye(3, 5): columns 3, 4 are never positive
+    assert loss(Retrieval(), c=C) == pytest.approx(expected, rel=1e-6)
+
+
+def test_fewer_candidates_than_queries_gives_zero_loss_rows():
+    s = Q @ C[:2].T
+    expected = (logsumexp(s[:2]) - s[[0, 1], [0, 1]]).sum()  # row 2 has no label: loss 0
+    assert loss(Retrieval(), c=C[:2]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_temperature_divides_the_scores():
+    expected = ce_rows(Q @ C[:3].T / 0.2).sum()
+    assert loss(Retrieval(temperature=0.2)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_sampling_probability_correction_subtracts_clipped_log_p():
+    p = np.array([0.5, 1e-9, 3.0, 0.25, 0.1])  # 1e-9 -> 1e-6, 3.0 -> 1.0
+    s = Q @ C.T - np.log(np.clip(p, 1e-6, 1.0))[None, :]
+    expected = ce_rows(s).sum()
+    got = loss(Retrieval(), c=C, candidate_sampling_probability=t(p))
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_remove_accidental_hits_masks_same_id_negatives_only():
+    ids = np.array([7, 8, 7, 8, 9])  # row 0 (id 7): column 2 is a hit; row 1 (id 8): column 3
+    task = Retrieval(remove_accidental_hits=True)
+    s = Q @ C.T
+    logits = task.logits(t(Q), t(C), candidate_ids=torch.tensor(ids)).numpy()
+    hit = np.zeros_like(s, dtype=bool)
+    hit[0, 2] = hit[1, 3] = hit[2, 0] = True  # row 2's positive is column 2 (id 7): column 0 hit
+    np.testing.assert_allclose(logits[~hit], s[~hit].astype(np.float32), rtol=1e-6)
+    assert np.all(logits[hit] == np.float32(MIN_FLOAT))  # s + MIN_FLOAT rounds to MIN_FLOAT
+    rows = [logsumexp(s[i: i + 1, ~hit[i]])[0] - s[i, i] for i in range(3)]
+    assert loss(task, c=C, candidate_ids=torch.tensor(ids)) == pytest.approx(sum(rows), rel=1e-6)
+
+
+def test_remove_accidental_hits_needs_ids():
+    with pytest.raises(ValueError, match="candidate ids"):
+        loss(Retrieval(remove_accidental_hits=True))
+
+
+def test_hard_negative_mining_keeps_positive_and_top_negatives():
+    s = Q @ C.T
+    expected = 0.0
+    for i in range(3):
+        negatives = np.sort(np.delete(s[i], i))[::-1][:2]
+        kept = np.concatenate([[s[i, i]], negatives])
+        expected += logsumexp(kept[None])[0] - s[i, i]
+    assert loss(Retrieval(num_hard_negatives=2), c=C) == pytest.approx(expected, rel=1e-6)
+    # More hard negatives than candidates: everything is kept.
+    assert loss(Retrieval(num_hard_negatives=50), c=C) == pytest.approx(ce_rows(s).sum(),
+                                                                        rel=1e-6)
+
+
+def test_sample_weight_weights_each_row_then_sums():
+    w = np.array([1.0, 0.0, 2.5])
+    expected = (ce_rows(Q @ C.T) * w).sum()
+    assert loss(Retrieval(), c=C, sample_weight=t(w)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_all_options_together_follow_tfrs_order():
+    """temperature -> logQ -> accidental hits -> hard negatives -> weighted SUM."""
+    p = np.array([0.5, 0.2, 0.1, 0.4, 0.3])
+    ids = np.array([1, 2, 1, 3, 4])
+    w = np.array([0.5, 1.0, 2.0])
+    s = Q @ C.T / 0.5 - np.log(p)[None, :]
+    s[0, 2] = s[2, 0] = -np.inf  # accidental hits
+    expected = 0.0
+    for i in range(3):
+        negatives = np.sort(np.delete(s[i], i))[::-1][:1]
+        kept = np.concatenate([[s[i, i]], negatives])
+        expected += w[i] * (logsumexp(kept[None])[0] - s[i, i])
+    task = Retrieval(temperature=0.5, remove_accidental_hits=True, num_hard_negatives=1)
+    got = loss(task, c=C, candidate_sampling_probability=t(p), candidate_ids=torch.tensor(ids),
+               sample_weight=t(w))
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_gradient_is_softmax_minus_labels():
+    c = t(C).requires_grad_(True)
+    Retrieval()(t(Q), c).backward()
+    s = Q @ C.T
+    probs = np.exp(s - logsumexp(s)[:, None])
+    probs[np.arange(3), np.arange(3)] -= 1.0
+    np.testing.assert_allclose(c.grad.numpy(), probs.T @ Q, rtol=1e-5, atol=1e-6)
+
+
+def test_multi_head_queries_take_the_max_over_heads():
+    q3 = np.stack([Q, Q[::-1]], axis=1)  # [3, 2 heads, 2]
+    s = np.maximum(Q @ C[:3].T, Q[::-1] @ C[:3].T)
+    assert float(Retrieval()(t(q3), t(C[:3]))) == pytest.approx(ce_rows(s).sum(), rel=1e-6)
+
+
+def test_make_retrieval_task_passes_config_options():
+    task = make_retrieval_task(Config(temperature=0.1, num_hard_negatives=5,
+                                      remove_accidental_hits=True))
+    assert (task.temperature, task.num_hard_negatives, task.remove_accidental_hits) == (0.1, 5,
+                                                                                       True)
+
+
+# --- ranking ------------------------------------------------------------------------------------
+
+LOGITS = np.array([30.0, -30.0, 0.5, 20.0, -2.0, 1.0], dtype=np.float32)
+LABELS = np.array([0.0, 1.0, 1.0, 1.0, 0.0, 0.0], dtype=np.float32)
+
+
+def clipped_bce(p: np.ndarray, y: np.ndarray, graph: bool) -> np.ndarray:
+    """Keras' probability formula in float32, as tf_keras/src/backend.py binary_crossentropy."""
+    eps = np.float32(1e-7)
+    p = np.clip(p.astype(np.float32), eps, np.float32(1) - eps)
+    negative = np.log((np.float32(1) + eps) - p) if graph else np.log((np.float32(1) - p) + eps)
+    return -(y * np.log(p + eps) + (1 - y) * negative)
+
+
+def ranking_loss(mode: str, **kw) -> float:
+    z = t(LOGITS)[:, None]
+    return float(Ranking(mode)(t(LABELS), torch.sigmoid(z), logits=z, **kw))
+
+
+@pytest.mark.parametrize("mode,graph", [("keras_graph", True), ("keras_eager", False)])
+def test_ranking_clipped_probability_modes(mode, graph):
+    p = (1 / (1 + np.exp(-LOGITS.astype(np.float64)))).astype(np.float32)
+    expected = clipped_bce(p, LABELS, graph).mean()
+    assert ranking_loss(mode) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_graph_mode_saturated_value_is_grapplers_constant_folding():
+    """p = 1 - eps with label 0: eager -log(2**-23 + 1e-7) = 15.3332; graph -log(2**-22) =
+    15.2492 (tf_keras 2.21 measured values)."""
+    z = torch.tensor([[30.0]])
+    graph = Ranking("keras_graph")(torch.zeros(1), torch.sigmoid(z))
+    eager = Ranking("keras_eager")(torch.zeros(1), torch.sigmoid(z))
+    assert float(graph) == pytest.approx(22 * np.log(2), rel=1e-6)
+    assert float(eager) == pytest.approx(15.333239, rel=1e-6)
+
+
+def test_ranking_logits_mode_is_sigmoid_cross_entropy_with_logits():
+    z = LOGITS.astype(np.float64)
+    expected = (np.maximum(z, 0) - z * LABELS + np.log1p(np.exp(-np.abs(z)))).mean()
+    assert ranking_loss("logits") == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="logits"):
+        Ranking("logits")(t(LABELS), torch.sigmoid(t(LOGITS)))
+
+
+def test_ranking_sample_weight_is_weighted_sum_over_batch_size():
+    w = np.array([1.0, 0.0, 2.0, 1.0, 0.5, 3.0], dtype=np.float32)
+    p = (1 / (1 + np.exp(-LOGITS.astype(np.float64)))).astype(np.float32)
+    expected = (clipped_bce(p, LABELS, True) * w).sum() / len(w)
+    assert ranking_loss("keras_graph", sample_weight=t(w)) == pytest.approx(float(expected),
+                                                                            rel=1e-6)
+
+
+def test_ranking_accepts_column_labels_and_rejects_unknown_modes():
+    z = t(LOGITS)[:, None]
+    a = Ranking()(t(LABELS)[:, None], torch.sigmoid(z))
+    b = Ranking()(t(LABELS), torch.sigmoid(z))
+    assert float(a) == float(b)
+    with pytest.raises(ValueError, match="loss_mode"):
+        Ranking("bogus")
+    assert make_ranking_task().loss_mode == "keras_graph"
+
+
+def test_binary_accuracy_threshold_is_strict():
+    p = t([[0.5], [0.51], [0.2], [0.9]])
+    y = t([0.0, 1.0, 1.0, 0.0])
+    assert binary_accuracy(y, p).tolist() == [1.0, 1.0, 0.0, 0.0]
