@@ -89,7 +89,7 @@ class DenseStack(nn.ModuleList):
         for layer, activation in zip(self, self.activations):
             x = layer(x)
             if activation == "relu":
-                x = torch.relu(x)
+                x = torch.relu_(x)  # in place: Linear's backward does not need its output
             elif activation == "sigmoid":
                 x = torch.sigmoid(x)
         return x

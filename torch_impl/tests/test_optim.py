@@ -102,3 +102,24 @@ def test_invalid_arguments_are_rejected():
         KerasAdagrad([nn.Parameter(torch.ones(1))], lr=0.0)
     with pytest.raises(ValueError):
         KerasAdagrad([nn.Parameter(torch.ones(1))], initial_accumulator_value=-1.0)
+
+
+def test_row_sparse_path_equals_the_dense_update_bitwise():
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(1000, 8, generator=g)
+    grads = [torch.zeros(1000, 8) for _ in range(3)]
+    for i, grad in enumerate(grads):  # a few touched rows, one with a zero column
+        rows = torch.randint(0, 1000, (40,), generator=g)
+        grad[rows] = torch.randn(40, 8, generator=g)
+        grad[rows[0], 3] = 0.0
+    grads.append(torch.randn(1000, 8, generator=g))  # all rows touched: the dense fallback
+    results = []
+    for min_rows in (None, 512):
+        p = nn.Parameter(table.clone())
+        opt = KerasAdagrad([p], lr=0.1, row_sparse_min_rows=min_rows)
+        for grad in grads:
+            p.grad = grad.clone()
+            opt.step()
+        results.append((p.detach().clone(), opt.state[p]["accumulator"].clone()))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])

@@ -203,3 +203,27 @@ def test_binary_accuracy_threshold_is_strict():
     p = t([[0.5], [0.51], [0.2], [0.9]])
     y = t([0.0, 1.0, 1.0, 0.0])
     assert binary_accuracy(y, p).tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_fused_diagonal_cross_entropy_matches_autograd_reference():
+    from torch_impl.tasks import diagonal_softmax_cross_entropy
+    g = torch.Generator().manual_seed(0)
+    scores = (torch.randn(6, 9, generator=g) * 5).requires_grad_(True)
+    ref_scores = scores.detach().clone().requires_grad_(True)
+    weights = torch.rand(6, generator=g)
+    (diagonal_softmax_cross_entropy(scores) * weights).sum().backward()
+    ref = torch.nn.functional.cross_entropy(ref_scores, torch.arange(6), reduction="none")
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(diagonal_softmax_cross_entropy(scores.detach()), ref.detach())
+    torch.testing.assert_close(scores.grad, ref_scores.grad)
+    with pytest.raises(ValueError, match="candidates"):
+        diagonal_softmax_cross_entropy(torch.zeros(3, 2))
+
+
+def test_fused_cross_entropy_refuses_a_second_backward():
+    from torch_impl.tasks import diagonal_softmax_cross_entropy
+    scores = torch.randn(3, 3, requires_grad=True)
+    out = diagonal_softmax_cross_entropy(scores).sum()
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="twice"):
+        out.backward()

@@ -1,0 +1,27 @@
+"""Every parity tolerance, named, with the reason it is not zero."""
+
+# Integer features (lookups, buckets, token ids) come from one FeatureSpec: no rounding exists.
+FEATURE_INT_EXACT = 0
+# Normalized timestamp: both compute (float32(x) - mean) / std in float32; 1e-6 covers the order
+# of float32 operations between numpy and TF kernels (values are O(1), ulp ~1e-7).
+FEATURE_NORM_ATOL = 1e-6
+# Forward outputs in float32: matmul and reduction order differ between oneDNN/Eigen and torch's
+# BLAS; relative 1e-5 is ~100 float32 ulps through three layers.
+FORWARD_RTOL = 1e-5
+FORWARD_ATOL = 1e-6
+# Losses: the retrieval loss sums 2048 per-row cross-entropies; float32 summation order alone
+# moves it by ~1e-6 relative.
+LOSS_RTOL = 1e-5
+# Gradients go through one more chain of float32 products and scatter-adds (embedding rows are
+# summed over repeated ids in a different order by the two frameworks).
+GRAD_RTOL = 1e-4
+GRAD_ATOL = 1e-6
+# 20 Adagrad steps: per-step rounding differences compound through the accumulators.
+TRAJECTORY_RTOL = 1e-4
+TRAJECTORY_ATOL = 1e-5
+TRAJECTORY_STEPS = 20
+# Metrics computed from identical float32 embeddings with the same summation order: exact.
+METRIC_EXACT = 0.0
+# Index: FAISS's BLAS and TF's matmul may round two near-equal scores differently, so the
+# ordering of candidates whose scores differ by less than this (absolute) may swap.
+INDEX_SCORE_ATOL = 1e-5
