@@ -15,7 +15,10 @@ LOSS_RTOL = 1e-5
 # Gradients go through one more chain of float32 products and scatter-adds (embedding rows are
 # summed over repeated ids in a different order by the two frameworks).
 GRAD_RTOL = 1e-4
-GRAD_ATOL = 1e-6
+# Absolute floor, as a fraction of the largest gradient of the stage: some gradients are
+# analytically zero (the candidate tower's last bias shifts every logit of a row equally, which
+# the softmax cancels), so their computed value is pure float32 rounding (~1e-5 of the scale).
+GRAD_ATOL_OF_MAX = 1e-5
 # 20 Adagrad steps: per-step rounding differences compound through the accumulators.
 TRAJECTORY_RTOL = 1e-4
 TRAJECTORY_ATOL = 1e-5

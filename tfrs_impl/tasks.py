@@ -51,13 +51,15 @@ def attach_corpus_metrics(model, corpus_titles: np.ndarray, ks=None) -> None:
 def retrieval_loss(task: tfrs.tasks.Retrieval, config: Config, query_embeddings: tf.Tensor,
                    candidate_embeddings: tf.Tensor, features: Mapping, training: bool
                    ) -> tf.Tensor:
-    """Scalar batch loss; updates factorized metrics when not training (score-based)."""
+    """Scalar batch loss (``sample_weight`` [B] from the batch when present); updates
+    factorized metrics when not training (score-based)."""
     probability = features.get(SAMPLING_PROBABILITY) if config.use_sampling_probability else None
     if config.use_sampling_probability and probability is None:
         raise KeyError(f"use_sampling_probability is set but the batch has no "
                        f"'{SAMPLING_PROBABILITY}' (see twostage.sampling)")
     ids = features["movie_title"] if config.remove_accidental_hits else None
     loss = task(query_embeddings, candidate_embeddings,
+                sample_weight=features.get("sample_weight"),
                 candidate_sampling_probability=probability, candidate_ids=ids,
                 compute_metrics=(not training) and ids is None)
     if not training and ids is not None:

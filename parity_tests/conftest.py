@@ -1,0 +1,46 @@
+"""Shared fixtures: one dataset (real when TWOSTAGE_DATA_DIR is set, else synthetic) and a
+briefly trained weight set shared by both backends (untrained towers score everything alike,
+which would make every ranking comparison a tie)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from twostage.config import Config
+
+from . import checks
+
+
+@pytest.fixture(scope="session")
+def config() -> Config:
+    return Config(quiet=True, retrieval_epochs=3, ranking_epochs=2, validation_freq=10 ** 6)
+
+
+@pytest.fixture(scope="session")
+def dataset_and_kind(config, tmp_path_factory):
+    return checks.parity_dataset(config, tmp_path_factory.mktemp("synthetic-ml"))
+
+
+@pytest.fixture(scope="session")
+def dataset(dataset_and_kind):
+    return dataset_and_kind[0]
+
+
+@pytest.fixture(scope="session")
+def eval_rows(dataset) -> np.ndarray:
+    return dataset.split.test[:4096]
+
+
+@pytest.fixture(scope="session")
+def trained_pair(dataset, config) -> checks.Pair:
+    """Torch trained for a few epochs, its weights copied into TFRS (both stages)."""
+    from tfrs_impl.backend import TfrsBackend
+    from torch_impl.backend import TorchBackend
+    from twostage.export import copy_weights
+
+    t = TorchBackend(config, dataset.spec)
+    t.fit_retrieval(dataset)
+    t.fit_ranking(dataset)
+    f = TfrsBackend(config, dataset.spec)
+    copy_weights(t, f)
+    return checks.Pair(t, f, config)
