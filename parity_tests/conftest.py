@@ -10,6 +10,8 @@ from twostage.config import Config
 
 from . import checks
 
+TRAINED_STEPS = 120
+
 
 @pytest.fixture(scope="session")
 def config() -> Config:
@@ -38,9 +40,12 @@ def trained_pair(dataset, config) -> checks.Pair:
     from torch_impl.backend import TorchBackend
     from twostage.export import copy_weights
 
+    # About 120 optimizer steps per stage whatever the data size (3 epochs of ml-100k).
+    steps_per_epoch = -(-len(dataset.split.train) // config.batch_size)
+    epochs = max(1, -(-TRAINED_STEPS // steps_per_epoch))
     t = TorchBackend(config, dataset.spec)
-    t.fit_retrieval(dataset)
-    t.fit_ranking(dataset)
+    t.fit_retrieval(dataset, epochs=epochs)
+    t.fit_ranking(dataset, epochs=epochs)
     f = TfrsBackend(config, dataset.spec)
     copy_weights(t, f)
     return checks.Pair(t, f, config)

@@ -22,6 +22,10 @@ def test_trajectory(dataset, config, stage):
 def test_trajectory_at_seed_learning_rate(dataset, config, stage):
     assert config.learning_rate == 0.1
     pair = checks.make_pair(dataset, config)
-    # Losses only: by step 10 single weights (a bias element near a ReLU kink) already differ by
-    # ~2e-4 relative at this rate, the onset of the chaos described in tolerances.py.
-    checks.check_trajectory(pair, stage, _batches(dataset, config, SEED_LR_STEPS), weights=False)
+    batches = _batches(dataset, config, SEED_LR_STEPS)
+    # Only the steps TF itself reproduces under float32-sized perturbations (on ml-100k all 10;
+    # the small synthetic set turns chaotic sooner), and losses only: by step 10 single weights
+    # (a bias element near a ReLU kink) already differ by ~2e-4 relative at this rate.
+    steps = checks.stable_steps(pair.tfrs, stage, batches)
+    assert steps >= 3, f"TF's own trajectory is chaotic from step {steps}: nothing to compare"
+    checks.check_trajectory(pair, stage, batches[:steps], weights=False)
