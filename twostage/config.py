@@ -5,7 +5,7 @@ Defaults are the seed's protocol (see ``../shared/seed/SUMMARY.md``) and Keras/T
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 BackendName = Literal["torch", "tfrs"]
