@@ -25,7 +25,8 @@ from .models import (CandidateModel, MovieModel, QueryModel, RankingModel, Retri
                      get_keras_weights, keras_init_, masked_mean, set_keras_weights)
 from .tasks import Ranking, Retrieval, make_ranking_task, make_retrieval_task
 from .train import (KerasAdagrad, factorized_top_k, fit_ranking, fit_retrieval, make_optimizer,
-                    ranking_loss, retrieval_loss, train_step)
+                    ranking_loss, retrieval_loss, train_step, tune_malloc, validate_ranking,
+                    validate_retrieval)
 
 __all__ = [
     "batch_iter", "encode_queries", "encode_titles", "select_rows", "to_tensors",
@@ -34,5 +35,6 @@ __all__ = [
     "get_keras_weights", "set_keras_weights",
     "Retrieval", "Ranking", "make_retrieval_task", "make_ranking_task",
     "KerasAdagrad", "make_optimizer", "retrieval_loss", "ranking_loss", "train_step",
-    "fit_retrieval", "fit_ranking", "factorized_top_k",
+    "fit_retrieval", "fit_ranking", "factorized_top_k", "validate_retrieval",
+    "validate_ranking", "tune_malloc",
 ]

@@ -11,11 +11,13 @@ not move in either. Verified with tf_keras 2.21 (gather [1, 1, 2], one step).
 
 Loop (tensorflow_recommenders/models/base.py ``train_step``): loss = task loss (no
 regularisation losses here), gradients of it, one optimizer step per batch. History:
-``loss[e]`` = mean of the epoch's step losses; ``metrics["last_batch_loss"][e]`` = the last
-step's loss, which is what Keras' History records as "loss" for a TFRS model (``train_step``
-returns the raw batch loss and ``fit`` keeps the last step's logs). Validation (``evaluate``)
-likewise reports the last batch's loss as "val_loss"; here ``val["loss"]`` is the mean over the
-evaluation batches and ``val["last_batch_loss"]`` the Keras figure.
+``loss[e]`` = mean of the epoch's step losses (as tfrs_impl records it). NOTE: Keras' own
+History of a TFRS model records the LAST step's loss as "loss" (``train_step`` returns the raw
+batch loss and ``fit`` keeps the last step's logs), and ``evaluate`` likewise reports the last
+test batch's loss as "val_loss"; here ``val["loss"]`` is the mean over the evaluation batches.
+Per-step losses are available through the ``on_step`` callback of the fit functions; the
+validate_* functions also return "last_batch_loss" (the Keras figure), kept out of History so
+both backends report the same keys.
 """
 from __future__ import annotations
 
