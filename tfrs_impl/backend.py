@@ -8,7 +8,7 @@ import numpy as np
 from data.features import FeatureSpec
 from twostage.backend import History
 from twostage.config import Config
-from twostage.dataset import Dataset
+from twostage.dataset import Dataset, check_same_spec
 
 from . import checkpoint, index as index_lib, models, tasks, train
 
@@ -37,9 +37,7 @@ class TfrsBackend:
 
     # --- training ------------------------------------------------------------------------------
     def _check_dataset(self, dataset: Dataset) -> None:
-        if dataset.spec.fingerprint() != self.spec.fingerprint():
-            raise ValueError("the dataset's feature spec differs from the one this backend was "
-                             "built with; build the backend from dataset.spec")
+        check_same_spec(dataset, self.spec)
 
     def fit_retrieval(self, dataset: Dataset, epochs: int | None = None) -> History:
         self._check_dataset(dataset)

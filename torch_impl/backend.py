@@ -17,7 +17,7 @@ import torch
 from data.features import FeatureSpec
 from twostage.backend import History
 from twostage.config import Config
-from twostage.dataset import Dataset
+from twostage.dataset import Dataset, check_same_spec
 
 from . import checkpoint as ckpt
 from .features import SAMPLING_PROBABILITY, Batch, batch_iter, resolve_device, to_tensors
@@ -76,9 +76,7 @@ class TorchBackend:
 
     # --- training -------------------------------------------------------------------------------
     def _check_dataset(self, dataset: Dataset) -> None:
-        if dataset.spec.fingerprint() != self.spec.fingerprint():
-            raise ValueError("the dataset's feature spec differs from the one this backend was "
-                             "built with; build the backend from dataset.spec")
+        check_same_spec(dataset, self.spec)
 
     def fit_retrieval(self, dataset: Dataset, epochs: int | None = None) -> History:
         """Train the towers (see ``torch_impl.train.fit_retrieval``); drops a built index."""

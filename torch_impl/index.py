@@ -24,11 +24,13 @@ _threads_configured = False
 
 
 def configure_threads() -> int:
-    """Limit FAISS's OpenMP threads to half the cores (at least 1, at most 8), once per process,
-    since the machines running this are shared. An explicit OMP_NUM_THREADS is left alone."""
+    """FAISS's OpenMP thread count, left at the process default.
+
+    It is deliberately not lowered here: FAISS and torch share one OpenMP runtime on Linux, so
+    ``faiss.omp_set_num_threads(1)`` also dropped torch's intra-op threads to 1 for every later
+    training step of the process (seen in the speed benchmark). Set OMP_NUM_THREADS to limit both.
+    """
     global _threads_configured
-    if not _threads_configured and "OMP_NUM_THREADS" not in os.environ:
-        faiss.omp_set_num_threads(max(1, min(8, (os.cpu_count() or 2) // 2)))
     _threads_configured = True
     return faiss.omp_get_max_threads()
 

@@ -88,3 +88,20 @@ def load_dataset(config: Config, data_dir: str | Path | None = None,
     """Locate the raw files (flag, env, cache, download), parse, fit and encode."""
     directory = resolve_data_dir(data_dir or config.data_dir, progress=progress)
     return from_movielens(load_movielens(directory), config)
+
+
+def synthetic_dataset(directory: str | Path, config: Config, *, num_users: int = 60,
+                      num_movies: int = 50, num_ratings: int = 3000, seed: int = 0) -> Dataset:
+    """Generate a seeded synthetic ml-100k folder in ``directory`` and prepare it (for tests and
+    smoke runs; see data.synthetic)."""
+    from data.synthetic import generate
+    return from_movielens(load_movielens(generate(directory, num_users=num_users,
+                                                  num_movies=num_movies,
+                                                  num_ratings=num_ratings, seed=seed)), config)
+
+
+def check_same_spec(dataset: Dataset, spec: FeatureSpec) -> None:
+    """A backend must be trained on the dataset whose spec it was built from."""
+    if dataset.spec.fingerprint() != spec.fingerprint():
+        raise ValueError("the dataset's feature spec differs from the one this backend was "
+                         "built with; build the backend from dataset.spec")

@@ -28,12 +28,8 @@ def small_config() -> Config:
 def synthetic_dataset(tmp_path_factory):
     """Synthetic ml-100k folder (60 users, 50 movies incl. a duplicate title and the token-less
     title "!!!", 3,000 ratings) encoded with SMALL."""
-    from data.movielens import load_movielens
-    from data.synthetic import generate
-    from twostage.dataset import from_movielens
-    directory = generate(tmp_path_factory.mktemp("synthetic"), num_users=60, num_movies=50,
-                         num_ratings=3000, seed=0)
-    return from_movielens(load_movielens(directory), SMALL)
+    from twostage.dataset import synthetic_dataset
+    return synthetic_dataset(tmp_path_factory.mktemp("synthetic"), SMALL)
 
 
 @pytest.fixture(scope="session")

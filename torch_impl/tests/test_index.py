@@ -161,3 +161,20 @@ def test_errors(tmp_path):
     (tmp_path / "junk").write_bytes(b"not an index")
     with pytest.raises(ValueError, match="FaissIndex.save"):
         FaissIndex.load(tmp_path / "junk")
+
+
+def test_index_leaves_torch_threads_alone():
+    """FAISS and torch share the OpenMP runtime: the index must not lower torch's threads."""
+    import torch
+
+    from torch_impl.index import FaissIndex
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        index = FaissIndex("flat")
+        index.add(np.random.default_rng(0).random((20, 4), dtype=np.float32))
+        index.search(np.ones((3, 4), np.float32), 5)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
