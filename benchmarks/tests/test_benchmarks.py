@@ -1,0 +1,54 @@
+"""Smoke runs of the benchmarks on small synthetic data: they finish and report what they say."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import seeds, speed
+from data.synthetic import generate
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("ml"), num_users=80, num_movies=60,
+                    num_ratings=2000, seed=5)
+
+
+def test_speed_reports_both_backends_and_ratios(data_dir, tmp_path, capsys):
+    assert speed.main(["--backend", "both", "--data-dir", str(data_dir), "--epochs", "2",
+                       "--repeats", "1", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "speed.json").read_text())
+    figures = {"retrieval_epoch_s", "ranking_epoch_s", "evaluation_s", "index_build_s",
+               "queries_per_s_k10", "queries_per_s_k100"}
+    for name in ("torch", "tfrs"):
+        assert set(report["results"][name]) == figures
+        assert all(v > 0 for v in report["results"][name].values())
+    assert set(report["speedup_tfrs_over_torch"]) == figures
+    assert report["machine"]["cpus"] >= 1
+    assert "speed-up" in capsys.readouterr().out
+
+
+def test_speed_rejects_one_epoch(data_dir):
+    with pytest.raises(SystemExit):
+        speed.main(["--data-dir", str(data_dir), "--epochs", "1"])
+
+
+def test_seeds_reports_mean_spread_and_noise_verdict(data_dir, tmp_path, capsys):
+    assert seeds.main(["--seeds", "2", "--data-dir", str(data_dir), "--retrieval-epochs", "1",
+                       "--ranking-epochs", "1", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "seeds.json").read_text())["summary"]
+    assert set(summary) == set(seeds.METRICS)
+    for row in summary.values():
+        for name in ("torch", "tfrs"):
+            assert set(row[name]) == {"mean", "std"}
+        assert isinstance(row["within_noise"], bool)
+    assert "seed noise" in capsys.readouterr().out
+
+
+def test_summarise_flags_differences_outside_noise():
+    runs = {"torch": [{m: 0.50 for m in seeds.METRICS}, {m: 0.52 for m in seeds.METRICS}],
+            "tfrs": [{m: 0.30 for m in seeds.METRICS}, {m: 0.32 for m in seeds.METRICS}]}
+    row = seeds.summarise(runs)[seeds.METRICS[0]]
+    assert row["diff"] == pytest.approx(0.20)
+    assert row["within_noise"] is False
