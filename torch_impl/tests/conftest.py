@@ -1,26 +1,10 @@
-"""Fixtures for the torch backend tests: a small synthetic dataset and its config (no TF)."""
+"""Fixtures for the torch backend tests (no TF)."""
 from __future__ import annotations
 
 import pytest
 
-from twostage.config import Config
 
-# Small but not trivial (as tfrs_impl's tests): ~2,400 train / ~600 test ratings, batches of 256.
-SMALL = Config(batch_size=256, eval_batch_size=512, retrieval_epochs=2, ranking_epochs=2,
-               validation_freq=1, quiet=True)
-
-
-@pytest.fixture(scope="session")
-def small_config() -> Config:
-    return SMALL
-
-
-@pytest.fixture(scope="session")
-def synthetic_dataset(tmp_path_factory):
-    """Synthetic ml-100k folder (60 users, 50 movies incl. a duplicate title and the token-less
-    title "!!!", 3,000 ratings) encoded with SMALL."""
-    from twostage.dataset import synthetic_dataset
-    return synthetic_dataset(tmp_path_factory.mktemp("synthetic"), SMALL)
+# small_config and synthetic_dataset come from the repository-level conftest.py.
 
 
 @pytest.fixture(autouse=True)
