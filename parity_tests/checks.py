@@ -17,10 +17,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
 
-from data.features import FeatureSpec  # noqa: E402
-from data.movielens import load_movielens  # noqa: E402
-from data.split import epoch_batches  # noqa: E402
-from data.synthetic import generate  # noqa: E402
+from twostage.data.features import FeatureSpec  # noqa: E402
+from twostage.data.movielens import load_movielens  # noqa: E402
+from twostage.data.split import epoch_batches  # noqa: E402
+from twostage.data.synthetic import generate  # noqa: E402
 from tfrs_impl import features as tf_features  # noqa: E402
 from tfrs_impl import train as tf_train  # noqa: E402
 from tfrs_impl.backend import TfrsBackend  # noqa: E402

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.features import FeatureSpec
+from twostage.data.features import FeatureSpec
 from twostage import evaluation
 
 from . import checks

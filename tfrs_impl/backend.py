@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.features import FeatureSpec
+from twostage.data.features import FeatureSpec
 from twostage.backend import History
 from twostage.config import Config
 from twostage.dataset import Dataset, check_same_spec

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from data.features import FeatureSpec
+from twostage.data.features import FeatureSpec
 from twostage.config import Config
 
 from . import index as index_lib

@@ -12,7 +12,7 @@ from typing import Iterable
 import numpy as np
 import tensorflow as tf
 
-from data.features import FeatureSpec
+from twostage.data.features import FeatureSpec
 
 layers = tf.keras.layers
 

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from data.features import FeatureSpec
+from twostage.data.features import FeatureSpec
 from twostage.config import Config
 
 from . import features

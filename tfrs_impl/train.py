@@ -26,7 +26,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
-from data.split import epoch_batches
+from twostage.data.split import epoch_batches
 from twostage.backend import History
 from twostage.config import Config
 from twostage.dataset import Dataset

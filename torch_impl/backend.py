@@ -14,7 +14,7 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 
-from data.features import FeatureSpec
+from twostage.data.features import FeatureSpec
 from twostage.backend import History
 from twostage.config import Config
 from twostage.dataset import Dataset, check_same_spec

@@ -26,7 +26,7 @@ from typing import Mapping, Optional
 
 import torch
 
-from data.features import FeatureSpec
+from twostage.data.features import FeatureSpec
 from twostage.config import Config
 
 FORMAT = "twostage-torch-checkpoint"

@@ -19,7 +19,7 @@ from typing import Iterable, Iterator, Mapping
 import numpy as np
 import torch
 
-from data.features import FeatureSpec
+from twostage.data.features import FeatureSpec
 
 QUERY_KEYS: tuple[str, ...] = ("user_index", "ts_bucket", "ts_norm")
 CANDIDATE_KEYS: tuple[str, ...] = ("title_index", "title_tokens")

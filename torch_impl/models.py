@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.features import FeatureSpec
+from twostage.data.features import FeatureSpec
 from twostage.config import Config
 
 Batch = Mapping[str, torch.Tensor]

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from data.split import epoch_batches
+from twostage.data.split import epoch_batches
 from twostage.backend import History
 from twostage.config import Config
 from twostage.dataset import Dataset

@@ -187,8 +187,8 @@ COMMANDS = {"run": cmd_run, "recommend": cmd_recommend, "export": cmd_export}
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from data.download import DataNotFoundError
-    from data.movielens import DataFormatError
+    from twostage.data.download import DataNotFoundError
+    from twostage.data.movielens import DataFormatError
     try:
         return COMMANDS[args.command](args)
     except UsageError as e:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data.download import resolve_data_dir
-from data.features import FeatureSpec
-from data.movielens import MovieLens, load_movielens
-from data.split import Split, train_test_split
+from twostage.data.download import resolve_data_dir
+from twostage.data.features import FeatureSpec
+from twostage.data.movielens import MovieLens, load_movielens
+from twostage.data.split import Split, train_test_split
 
 from .config import Config
 
@@ -94,7 +94,7 @@ def synthetic_dataset(directory: str | Path, config: Config, *, num_users: int =
                       num_movies: int = 50, num_ratings: int = 3000, seed: int = 0) -> Dataset:
     """Generate a seeded synthetic ml-100k folder in ``directory`` and prepare it (for tests and
     smoke runs; see data.synthetic)."""
-    from data.synthetic import generate
+    from twostage.data.synthetic import generate
     return from_movielens(load_movielens(generate(directory, num_users=num_users,
                                                   num_movies=num_movies,
                                                   num_ratings=num_ratings, seed=seed)), config)

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from benchmarks import seeds, speed
-from data.synthetic import generate
+from twostage.data.synthetic import generate
 
 
 @pytest.fixture(scope="module")

@@ -31,19 +31,19 @@ def real_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
     """A default-size synthetic ml-100k folder (seed 0), generated once per session."""
-    from data.synthetic import generate
+    from twostage.data.synthetic import generate
     return generate(tmp_path_factory.mktemp("synthetic"), seed=0)
 
 
 @pytest.fixture(scope="session")
 def synthetic_movielens(synthetic_dir):
-    from data.movielens import load_movielens
+    from twostage.data.movielens import load_movielens
     return load_movielens(synthetic_dir)
 
 
 @pytest.fixture(scope="session")
 def real_movielens(real_data_dir):
-    from data.movielens import load_movielens
+    from twostage.data.movielens import load_movielens
     return load_movielens(real_data_dir)
 
 

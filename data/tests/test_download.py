@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from data import download as dl
-from data.download import ChecksumError, DataNotFoundError, resolve_data_dir
+from twostage.data import download as dl
+from twostage.data.download import ChecksumError, DataNotFoundError, resolve_data_dir
 
 FILES = {
     "u.data": "1\t1\t5\t874965758\n2\t1\t3\t876893171\n",

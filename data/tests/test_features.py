@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.features import SPEC_VERSION, FeatureSpec, standardize, tokenize
-from data.movielens import MovieLens
+from twostage.data.features import SPEC_VERSION, FeatureSpec, standardize, tokenize
+from twostage.data.movielens import MovieLens
 
 NUM_BUCKETS, MAX_TOKENS = 1000, 10_000
 # Normalization.adapt casts the timestamps to float32 before taking moments (float32 spacing is

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.movielens import DataFormatError, load_movielens, read_movies
-from data.synthetic import generate
+from twostage.data.movielens import DataFormatError, load_movielens, read_movies
+from twostage.data.synthetic import generate
 
 RATING_FIELDS = ("movie_id", "movie_title", "movie_genres", "user_id", "user_rating", "timestamp",
                  "user_gender", "bucketized_user_age", "raw_user_age", "user_occupation_label",

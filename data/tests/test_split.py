@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data.split import (Split, batch_schedule, epoch_batches, sequential_batches,
+from twostage.data.split import (Split, batch_schedule, epoch_batches, sequential_batches,
                         train_test_split)
 
 

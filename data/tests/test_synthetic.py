@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data.features import FeatureSpec, tokenize
-from data.movielens import GENRES, load_movielens
-from data.synthetic import BASE_TIMESTAMP, SPAN_SECONDS, generate
+from twostage.data.features import FeatureSpec, tokenize
+from twostage.data.movielens import GENRES, load_movielens
+from twostage.data.synthetic import BASE_TIMESTAMP, SPAN_SECONDS, generate
 
 FILES = ("u.data", "u.item", "u.user", "u.genre")
 

@@ -25,6 +25,6 @@ def real_dataset():
     path = Path(REAL_DATA_DIR)
     if not (path / "u.data").is_file():
         pytest.fail(f"TWOSTAGE_DATA_DIR={REAL_DATA_DIR} has no u.data; fix or unset it")
-    from data.movielens import load_movielens
+    from twostage.data.movielens import load_movielens
     from twostage.dataset import from_movielens
     return from_movielens(load_movielens(path), Config())

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data.split import epoch_batches
+from twostage.data.split import epoch_batches
 from tfrs_impl import models, tasks, train
 from twostage import evaluation
 

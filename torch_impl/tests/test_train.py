@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.split import Split, epoch_batches
+from twostage.data.split import Split, epoch_batches
 from torch_impl.models import build_ranking_model, build_retrieval_model
 from torch_impl.train import epoch_order, factorized_top_k, fit_ranking, fit_retrieval
 

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from data.synthetic import generate
+from twostage.data.synthetic import generate
 from twostage.cli import main
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
