@@ -1,18 +1,47 @@
-"""Fixtures shared by the backends' tests: the small configuration and a synthetic dataset."""
+"""Fixtures shared by every test package: process set-up, the small test configuration, the real
+MovieLens folder (found one way, here), and a synthetic dataset."""
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 
+from twostage import env
 from twostage.config import Config
 
+env.setup_process()  # TF's environment before any test module imports TensorFlow
+
 # Small but not trivial: ~2,400 train / ~600 test ratings, batches of 256 -> 10 steps per epoch.
-SMALL = Config(batch_size=256, eval_batch_size=512, retrieval_epochs=2, ranking_epochs=2,
-               validation_freq=1, quiet=True)
+SMALL = Config.of(batch_size=256, eval_batch_size=512, retrieval_epochs=2, ranking_epochs=2,
+                  validation_freq=1, quiet=True)
+# Read once at import: some tests (data/tests/test_download.py) clear the variable per test.
+REAL_DATA_DIR = os.environ.get("TWOSTAGE_DATA_DIR") or None
 
 
 @pytest.fixture(scope="session")
 def small_config() -> Config:
     return SMALL
+
+
+@pytest.fixture(scope="session")
+def real_data_path() -> Path | None:
+    """The real ml-100k folder named by TWOSTAGE_DATA_DIR (CI sets it), or None when unset.
+    A set variable that names no ml-100k folder fails loudly instead of skipping."""
+    if REAL_DATA_DIR is None:
+        return None
+    path = Path(REAL_DATA_DIR)
+    if not (path / "u.data").is_file():
+        pytest.fail(f"TWOSTAGE_DATA_DIR={REAL_DATA_DIR} has no u.data; fix or unset it")
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_data_dir(real_data_path) -> Path:
+    """The real ml-100k folder; the test is skipped when TWOSTAGE_DATA_DIR is unset."""
+    if real_data_path is None:
+        pytest.skip("TWOSTAGE_DATA_DIR is not set (point it at the ml-100k folder)")
+    return real_data_path
 
 
 @pytest.fixture(scope="session")

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-from twostage.config import BACKENDS, Config  # noqa: E402
+from twostage import env
+from twostage.config import BACKENDS, Config
 
 METRICS = ("retrieval.top_k_accuracy.10", "retrieval.top_k_accuracy.100",
            "ranking.binary_accuracy", "ranking.auc",
@@ -56,12 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ranking-epochs", type=int, default=100)
     p.add_argument("--out", default="runs/seeds")
     args = p.parse_args(argv)
+    env.setup_process()
     if args.seeds < 2:
         p.error("--seeds must be >= 2 to measure a spread")
     from twostage.dataset import load_dataset
     from twostage.pipeline import flatten, run_backend
 
-    base = Config(data_dir=args.data_dir, retrieval_epochs=args.retrieval_epochs,
+    base = Config.of(data_dir=args.data_dir, retrieval_epochs=args.retrieval_epochs,
                   ranking_epochs=args.ranking_epochs, quiet=True)
     dataset = load_dataset(base)
     names = list(BACKENDS) if args.backend == "both" else [args.backend]

@@ -17,10 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-from twostage.config import BACKENDS, Config  # noqa: E402
+from twostage import env
+from twostage.config import BACKENDS, Config
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -77,11 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="runs/speed")
     args = p.parse_args(argv)
+    env.setup_process()
     if args.epochs < 2:
         p.error("--epochs must be >= 2 (the first epoch is dropped as warm-up)")
     from twostage.dataset import load_dataset
 
-    config = Config(data_dir=args.data_dir, retrieval_epochs=args.epochs,
+    config = Config.of(data_dir=args.data_dir, retrieval_epochs=args.epochs,
                     ranking_epochs=args.epochs, validation_freq=10 ** 6, device=args.device,
                     quiet=True)
     dataset = load_dataset(config)

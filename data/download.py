@@ -5,12 +5,20 @@ Resolution order of :func:`resolve_data_dir`:
 1. an explicit ``data_dir`` (the ``--data-dir`` flag), else the ``TWOSTAGE_DATA_DIR`` environment
    variable. The named directory must hold ``u.data``, ``u.item`` and ``u.user`` itself or in an
    ``ml-100k/`` subdirectory; otherwise :class:`DataNotFoundError` names the directory and the
-   missing files. A directory the user named is never written to and never silently skipped.
+   missing files (or says what they are instead: a directory, a dangling link, a link loop). A
+   directory the user named is never written to and never silently skipped.
 2. the cache, ``<cache>/ml-100k/`` where ``<cache>`` is ``cache_dir``, else ``$TWOSTAGE_CACHE``,
-   else ``~/.cache/twostage``.
+   else ``~/.cache/twostage``. Its files are checked against the size and SHA-256 recorded in
+   ``ml-100k/.twostage-checksums.json`` when it was unpacked (milliseconds for ml-100k), so a
+   cached file that was cut short or changed is never trained on. A damaged copy is moved aside and
+   deleted and a fresh one downloaded, with a logged warning naming the damage; with
+   ``download=False`` :class:`CacheDamagedError` says what is damaged and to delete the folder. A
+   cached folder without the manifest (unpacked by an older version, or copied there by hand) has
+   nothing to check against: it is used as is, with a warning logged once per process.
 3. with ``download=True``: the official GroupLens zip is streamed into a temporary file inside the
    cache, its size and SHA-256 are checked, it is unpacked into a temporary directory inside the
-   cache, and the verified ``ml-100k/`` folder is moved into place with one atomic ``os.replace``.
+   cache, the checksum manifest of the unpacked files is written into it, and the verified
+   ``ml-100k/`` folder is moved into place with one atomic ``os.replace``.
    Whatever goes wrong (no network, truncated or corrupt download, bad zip, Ctrl-C) nothing is left
    behind in the cache, so the next run starts clean.
 
@@ -19,12 +27,15 @@ when it is installed.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
+import json
 import logging
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import urllib.error
 import urllib.request
@@ -32,9 +43,12 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+from .. import io
+
 __all__ = [
     "OFFICIAL_URL", "OFFICIAL_SHA256", "OFFICIAL_SIZE", "REQUIRED_FILES", "DATA_DIR_ENV",
-    "CACHE_ENV", "DataNotFoundError", "ChecksumError", "default_cache_dir", "resolve_data_dir",
+    "CACHE_ENV", "MANIFEST", "DataNotFoundError", "ChecksumError", "CacheDamagedError",
+    "default_cache_dir", "file_problem", "resolve_data_dir",
 ]
 
 OFFICIAL_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
@@ -45,9 +59,11 @@ REQUIRED_FILES = ("u.data", "u.item", "u.user")
 DATA_DIR_ENV = "TWOSTAGE_DATA_DIR"
 CACHE_ENV = "TWOSTAGE_CACHE"
 SUBDIR = "ml-100k"
+MANIFEST = ".twostage-checksums.json"  # inside the cached ml-100k/: size and SHA-256 per file
 
 _CHUNK = 1 << 16
-_TMP_PREFIX = ".ml-100k-"
+# Temporaries carry the writer's pid, so a later run removes those of dead processes only.
+_TMP_PREFIX = f".ml-100k-{os.getpid()}-"
 _USER_AGENT = "twostage-movielens-download/0.1 (+python urllib)"
 
 log = logging.getLogger(__name__)
@@ -78,6 +94,10 @@ class ChecksumError(DataNotFoundError):
     """The downloaded archive does not have the expected size or SHA-256."""
 
 
+class CacheDamagedError(DataNotFoundError):
+    """A cached file no longer matches the size or SHA-256 recorded when it was unpacked."""
+
+
 def default_cache_dir() -> Path:
     """``$TWOSTAGE_CACHE`` if set (and non-empty), else ``~/.cache/twostage``."""
     env = os.environ.get(CACHE_ENV)
@@ -86,8 +106,43 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "twostage"
 
 
+def file_problem(path: Path) -> str | None:
+    """None if ``path`` is a regular file (links followed), else what it is: 'missing', or e.g.
+    'a directory, not a file', so that errors name the real problem instead of 'missing'."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"a dangling symbolic link (to {os.readlink(path)!r}, which does not exist)"
+        return "missing"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        return f"not accessible ({exc.strerror or exc})"
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory, not a file"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a device, FIFO or socket)"
+    return None
+
+
+def _problems(directory: Path) -> dict[str, str]:
+    """REQUIRED_FILES that are not usable files in ``directory``, each with what it is instead."""
+    found = {name: file_problem(directory / name) for name in REQUIRED_FILES}
+    return {name: problem for name, problem in found.items() if problem is not None}
+
+
 def _missing(directory: Path) -> list[str]:
-    return [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+    return list(_problems(directory))
+
+
+def _describe(problems: dict[str, str]) -> str:
+    """'is missing u.user; has a u.data that is a directory, not a file' (after a folder name)."""
+    missing = [name for name, problem in problems.items() if problem == "missing"]
+    parts = [f"is missing {', '.join(missing)}"] if missing else []
+    parts += [f"has a {name} that is {problem}" for name, problem in problems.items()
+              if problem != "missing"]
+    return "; ".join(parts)
 
 
 def _locate_user_dir(path: Path, source: str) -> Path:
@@ -100,20 +155,20 @@ def _locate_user_dir(path: Path, source: str) -> Path:
             f"{source} points at {path}, which is not a directory "
             f"(it must be the unzipped ml-100k folder, not the zip)."
         )
-    missing = _missing(path)
-    if not missing:
+    problems = _problems(path)
+    if not problems:
         return path.resolve()
     sub = path / SUBDIR
     if sub.is_dir():
-        sub_missing = _missing(sub)
-        if not sub_missing:
+        sub_problems = _problems(sub)
+        if not sub_problems:
             return sub.resolve()
         raise DataNotFoundError(
             f"{source} points at {path}, but neither it nor {sub} holds all MovieLens 100k files: "
-            f"{sub} is missing {', '.join(sub_missing)}."
+            f"{sub} {_describe(sub_problems)}."
         )
     raise DataNotFoundError(
-        f"{source} points at {path}, which is missing {', '.join(missing)} "
+        f"{source} points at {path}, which {_describe(problems)} "
         f"(and has no {SUBDIR}/ subdirectory)."
     )
 
@@ -142,8 +197,19 @@ def resolve_data_dir(
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = cache / SUBDIR
+    _clean_leftovers(cache)
     if target.is_dir() and not _missing(target):
-        return target.resolve()
+        damage = _verify_cached(target)
+        if damage is None:
+            return target.resolve()
+        if not download:
+            raise CacheDamagedError(
+                f"the cached copy {target} is damaged: {damage}. Delete {target} and run again "
+                f"with downloading enabled to re-download it."
+            )
+        log.warning("the cached copy %s is damaged: %s; deleting it and downloading a fresh copy",
+                    target, damage)
+        _discard(target, damage)
     if not download:
         raise DataNotFoundError(
             f"MovieLens 100k is not in the cache ({target}) and downloading is disabled."
@@ -188,6 +254,7 @@ def _download_into_cache(cache: Path, *, url: str, sha256: str | None, size: int
                 f"the archive from {url} has no complete {SUBDIR}/ folder "
                 f"(missing {', '.join(SUBDIR + '/' + m for m in missing)})."
             )
+        _write_manifest(unpacked, source=url)
         _install(unpacked, target)
     finally:
         # Runs on success, on any error and on KeyboardInterrupt alike.
@@ -228,6 +295,127 @@ def _install(unpacked: Path, target: Path) -> None:
         except OSError:
             if not (target.is_dir() and not _missing(target)):
                 raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- cache checksums
+
+
+def _clean_leftovers(cache: Path) -> None:
+    """Remove what killed downloads left in the cache (``.ml-100k-<pid>-*.part`` files and
+    unpack folders) when their process is gone, and say so."""
+    if not cache.is_dir():
+        return
+    for path in cache.glob(".ml-100k-*"):
+        pid = path.name.split("-")[2] if path.name.count("-") >= 3 else ""
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        log.warning("removed %s, left by an interrupted download", path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_manifest(folder: Path, *, source: str) -> None:
+    """Record size and SHA-256 of every file unpacked into ``folder`` (written atomically).
+
+    Runs before ``folder`` is moved into the cache, so a cached copy never lacks its manifest.
+    """
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.is_symlink() and path.name != MANIFEST:
+            files[path.relative_to(folder).as_posix()] = {
+                "size": path.stat().st_size, "sha256": _sha256_of(path)}
+    payload = json.dumps({"format": 1, "source": source, "files": files}, indent=1,
+                         sort_keys=True)
+    io.write_text(folder / MANIFEST, payload + "\n")
+
+
+def _read_manifest(folder: Path) -> dict[str, tuple[int, str]]:
+    """{relative path: (size, sha256)}; ValueError if the manifest is not one we wrote."""
+    entries = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
+    out = {}
+    for name, entry in entries.items():
+        parts = PurePosixPath(name).parts
+        if not parts or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"unsafe file name {name!r}")
+        size, sha = entry["size"], entry["sha256"]
+        if not isinstance(size, int) or not isinstance(sha, str) or len(sha) != 64:
+            raise ValueError(f"bad entry for {name!r}")
+        out[name] = (size, sha.lower())
+    return out
+
+
+_UNVERIFIED_WARNED: set[str] = set()
+
+
+def _verify_cached(folder: Path) -> str | None:
+    """None if every file listed in the manifest has its size and SHA-256, else the first damage.
+
+    Sizes are compared first (a truncated file is found without hashing anything).
+    """
+    if not os.path.lexists(folder / MANIFEST):
+        if str(folder) not in _UNVERIFIED_WARNED:
+            _UNVERIFIED_WARNED.add(str(folder))
+            log.warning("the cached copy %s has no %s (it was unpacked by an older version or "
+                        "copied by hand), so it cannot be checked for damage; using it as it is. "
+                        "Delete it to have a verifiable copy downloaded.", folder, MANIFEST)
+        return None
+    try:
+        expected = _read_manifest(folder)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"its checksum manifest {MANIFEST} is unreadable or corrupt ({exc})"
+    for name, (size, _) in expected.items():
+        problem = file_problem(folder / name)
+        if problem is not None:
+            return f"{name} is {problem} (expected a file of {size} bytes)"
+        actual = (folder / name).stat().st_size
+        if actual != size:
+            return f"{name} has {actual} bytes, expected {size}"
+    for name, (_, sha) in expected.items():
+        try:
+            actual_sha = _sha256_of(folder / name)
+        except OSError as exc:
+            return f"{name} cannot be read ({exc.strerror or exc})"
+        if actual_sha != sha:
+            return f"{name} has SHA-256 {actual_sha}, expected {sha} (same size, changed content)"
+    return None
+
+
+def _discard(target: Path, damage: str) -> None:
+    """Move the damaged cached ``target`` aside (atomically, so no run sees half of it), delete it."""
+    try:
+        trash = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, suffix=".damaged", dir=target.parent))
+    except OSError as exc:
+        raise CacheDamagedError(f"the cached copy {target} is damaged: {damage}, and it cannot be "
+                                f"moved aside ({exc}). Delete {target} and run again.") from exc
+    try:
+        os.replace(target, trash / SUBDIR)
+    except FileNotFoundError:
+        pass  # a concurrent run moved it already
+    except OSError as exc:
+        raise CacheDamagedError(f"the cached copy {target} is damaged: {damage}, and it cannot be "
+                                f"moved aside ({exc}). Delete {target} and run again.") from exc
     finally:
         shutil.rmtree(trash, ignore_errors=True)
 

@@ -20,9 +20,7 @@ features. Each mapping reproduces the tf_keras layer the seed uses (sources in
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .. import io
 from .movielens import MovieLens
 
 # tf_keras text_vectorization.DEFAULT_STRIP_REGEX, verbatim.
@@ -195,7 +194,7 @@ class FeatureSpec:
 
     def save(self, path: Path | str) -> None:
         """Write JSON atomically (floats round-trip exactly through repr)."""
-        write_json_atomic(Path(path), self.to_dict())
+        io.write_json(Path(path), self.to_dict())
 
     @classmethod
     def load(cls, path: Path | str) -> "FeatureSpec":
@@ -212,16 +211,3 @@ class FeatureSpec:
         import hashlib
         blob = json.dumps(self.to_dict(), sort_keys=True).encode("utf-8")
         return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to a temp file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -8,12 +8,11 @@ so that the models have something to learn.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .. import io
 from .movielens import GENRES, OCCUPATION_LABELS
 
 _WORDS = ("star", "love", "night", "city", "dark", "war", "king", "river", "ghost", "dream",
@@ -70,16 +69,5 @@ def generate(directory: Path | str, *, num_users: int = 200, num_movies: int = 1
     files = {"u.user": users, "u.item": items, "u.data": ratings,
              "u.genre": [f"{g}|{i}" for i, g in enumerate(GENRES)]}
     for name, lines in files.items():
-        _write_atomic(out / name, ("\n".join(lines) + "\n").encode("ISO-8859-1"))
+        io.write_bytes(out / name, ("\n".join(lines) + "\n").encode("ISO-8859-1"))
     return out
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

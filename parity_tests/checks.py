@@ -5,45 +5,45 @@ Tests call them on correct backends (they must pass) and on deliberately broken 
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from twostage import env
+
+env.setup_tensorflow()  # before TensorFlow is imported below (also done by the root conftest)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
 
-from twostage.data.features import FeatureSpec  # noqa: E402
-from twostage.data.movielens import load_movielens  # noqa: E402
-from twostage.data.split import epoch_batches  # noqa: E402
-from twostage.data.synthetic import generate  # noqa: E402
 from tfrs_impl import features as tf_features  # noqa: E402
-from tfrs_impl import train as tf_train  # noqa: E402
 from tfrs_impl.backend import TfrsBackend  # noqa: E402
-from tfrs_impl.tasks import to_tensors  # noqa: E402
-from torch_impl import train as torch_train  # noqa: E402
 from torch_impl.backend import TorchBackend  # noqa: E402
 from twostage import evaluation  # noqa: E402
 from twostage.config import Config  # noqa: E402
+from twostage.data.features import FeatureSpec  # noqa: E402
+from twostage.data.movielens import load_movielens  # noqa: E402
+from twostage.data.synthetic import generate  # noqa: E402
 from twostage.dataset import Dataset, from_movielens  # noqa: E402
 from twostage.export import copy_weights  # noqa: E402
-from twostage.sampling import candidate_sampling_probability  # noqa: E402
+from twostage.pipeline import recommend  # noqa: E402
+from twostage.sampling import SAMPLING_PROBABILITY, candidate_sampling_probability  # noqa: E402
+from twostage.schedule import BatchPlan  # noqa: E402
 
 from . import tolerances as tol  # noqa: E402
 from .compare import ParityError, assert_close, assert_equal, assert_weights_close  # noqa: E402
+from .tf_order import tf_positive_scores  # noqa: E402
 
 STAGES = ("retrieval", "ranking")
 
 
 # --- data -------------------------------------------------------------------------------------
-def parity_dataset(config: Config, synthetic_dir: Path) -> tuple[Dataset, str]:
-    """The real MovieLens 100k when TWOSTAGE_DATA_DIR names it, else seeded synthetic data."""
-    real = os.environ.get("TWOSTAGE_DATA_DIR")
-    if real and Path(real, "u.data").is_file():
+def parity_dataset(config: Config, synthetic_dir: Path, real: Path | None
+                   ) -> tuple[Dataset, str]:
+    """The real MovieLens 100k when ``real`` names it (the root conftest's real_data_path), else
+    seeded synthetic data."""
+    if real is not None:
         return from_movielens(load_movielens(real), config), "real"
     directory = generate(synthetic_dir, num_users=300, num_movies=200, num_ratings=8000, seed=7)
     return from_movielens(load_movielens(directory), config), "synthetic"
@@ -52,20 +52,14 @@ def parity_dataset(config: Config, synthetic_dir: Path) -> tuple[Dataset, str]:
 def raw_batch(dataset: Dataset, rows: np.ndarray, config: Config) -> dict[str, np.ndarray]:
     """Raw columns of ``rows`` (+ logQ probabilities when the config uses them)."""
     batch = dataset.raw(rows)
-    if config.use_sampling_probability:
-        batch["candidate_sampling_probability"] = candidate_sampling_probability(dataset)[rows]
+    if config.task.use_sampling_probability:
+        batch[SAMPLING_PROBABILITY] = candidate_sampling_probability(dataset)[rows]
     return batch
 
 
 def training_batches(dataset: Dataset, config: Config, steps: int) -> list[np.ndarray]:
-    """The shared batch order (data.split.epoch_batches), as rating rows, first ``steps``."""
-    out, epoch = [], 0
-    while len(out) < steps:
-        order = epoch_batches(len(dataset.split.train), config.batch_size, seed=config.seed,
-                              epoch=epoch)
-        out.extend(dataset.split.train[b] for b in order)
-        epoch += 1
-    return out[:steps]
+    """The shared batch order (twostage.schedule.BatchPlan), as rating rows, first ``steps``."""
+    return BatchPlan(dataset.split.train, config.train.batch_size, config.seed).first_steps(steps)
 
 
 @dataclass
@@ -77,12 +71,11 @@ class Pair:
     config: Config
 
 
-def make_pair(dataset: Dataset, config: Config, torch_config: Config | None = None,
-              **torch_options) -> Pair:
+def make_pair(dataset: Dataset, config: Config, torch_config: Config | None = None) -> Pair:
     """Independently built backends, then retrieval weights copied torch -> TFRS and ranking
     weights TFRS -> torch (both directions of the export exercised). ``torch_config`` lets a
     break test give the torch side other (wrong) settings."""
-    t = TorchBackend(torch_config or config, dataset.spec, **torch_options)
+    t = TorchBackend(torch_config or config, dataset.spec)
     return pair_from(t, TfrsBackend(config, dataset.spec), config)
 
 
@@ -147,37 +140,6 @@ def check_loss_and_gradients(pair: Pair, stage: str, batch: dict[str, np.ndarray
 
 
 # --- 4. training trajectory -------------------------------------------------------------------
-def torch_steps(backend: TorchBackend, stage: str, batches: list[dict]) -> list[float]:
-    """Optimizer steps of the torch path on raw batches -> per-step losses."""
-    model = backend.retrieval_model if stage == "retrieval" else backend.ranking_model
-    optimizer = backend.optimizers[stage]
-    losses = []
-    for batch in batches:
-        tensors = backend.encode_batch(batch)
-        if stage == "retrieval":
-            fn = lambda: torch_train.retrieval_loss(  # noqa: E731
-                model, backend.retrieval_task, tensors, backend.config.use_sampling_probability)
-        else:
-            fn = lambda: torch_train.ranking_loss(model, backend.ranking_task, tensors)[0]  # noqa
-        losses.append(float(torch_train.train_step(model, optimizer, fn)))
-    return losses
-
-
-def tfrs_steps(backend: TfrsBackend, stage: str, batches: list[dict]) -> list[float]:
-    """``model.fit`` over exactly these batches (tfrs.models.Model.train_step + Keras Adagrad,
-    traced as in training) -> the per-step losses its train_step reports."""
-    model = backend.retrieval_model if stage == "retrieval" else backend.ranking_model
-    tf_train.compile_model(model, backend.config)
-    data = tf.data.Dataset.from_tensors(to_tensors(batches[0]))
-    for batch in batches[1:]:
-        data = data.concatenate(tf.data.Dataset.from_tensors(to_tensors(batch)))
-    losses: list[float] = []
-    record = tf.keras.callbacks.LambdaCallback(
-        on_train_batch_end=lambda step, logs: losses.append(float(logs["loss"])))
-    model.fit(data, epochs=1, verbose=0, callbacks=[record])
-    return losses
-
-
 def stable_steps(backend: TfrsBackend, stage: str, batches: list[dict]) -> int:
     """How many leading steps TF itself reproduces to TRAJECTORY_RTOL / 10 when its initial
     weights are perturbed by 1e-7 relative (float32 noise): beyond that the trajectory is chaotic
@@ -190,7 +152,7 @@ def stable_steps(backend: TfrsBackend, stage: str, batches: list[dict]) -> int:
     a.set_weights(stage, weights)
     b.set_weights(stage, {k: (v * (1 + 1e-7 * rng.choice([-1, 1], v.shape))).astype(v.dtype)
                           for k, v in weights.items()})
-    la, lb = np.array(tfrs_steps(a, stage, batches)), np.array(tfrs_steps(b, stage, batches))
+    la, lb = np.array(a.train_steps(stage, batches)), np.array(b.train_steps(stage, batches))
     drift = np.abs(la - lb) > tol.TRAJECTORY_RTOL / 10 * np.abs(lb)
     return int(np.argmax(drift)) if drift.any() else len(batches)
 
@@ -199,8 +161,8 @@ def check_trajectory(pair: Pair, stage: str, batches: list[dict], weights: bool 
                      ) -> None:
     """Per-step losses and (unless ``weights=False``) the final weights after the same
     optimizer steps."""
-    t_losses = torch_steps(pair.torch, stage, batches)
-    f_losses = tfrs_steps(pair.tfrs, stage, batches)
+    t_losses = pair.torch.train_steps(stage, batches)
+    f_losses = pair.tfrs.train_steps(stage, batches)
     assert_close(f"{stage} per-step losses", t_losses, f_losses, rtol=tol.TRAJECTORY_RTOL)
     if not weights:
         return
@@ -222,9 +184,15 @@ def tfrs_factorized_top_k(query: np.ndarray, truth: np.ndarray, corpus: np.ndarr
 MetricFn = Callable[[np.ndarray, np.ndarray, np.ndarray, tuple], dict]
 
 
+def framework_agnostic_top_k(query, truth, corpus, ks) -> dict[int, float]:
+    """twostage.evaluation's FactorizedTopK given TF's positive scores (parity_tests/tf_order)."""
+    return evaluation.factorized_top_k_accuracy(query, truth, corpus, ks,
+                                                positive=tf_positive_scores(query, truth))
+
+
 def check_metric_semantics(query: np.ndarray, truth: np.ndarray, corpus: np.ndarray,
-                           ks: tuple[int, ...],
-                           metric: MetricFn = evaluation.factorized_top_k_accuracy) -> None:
+                           ks: tuple[int, ...], metric: MetricFn = framework_agnostic_top_k
+                           ) -> None:
     """The framework-agnostic FactorizedTopK equals TFRS's on the same embeddings, exactly."""
     ours = metric(query, truth, corpus, ks)
     theirs = tfrs_factorized_top_k(query, truth, corpus, ks)
@@ -243,7 +211,7 @@ def check_end_to_end_metrics(pair: Pair, dataset: Dataset, rows: np.ndarray) -> 
     the numpy evaluation, and two-stage nDCG/hit from FAISS+torch vs BruteForce+TFRS. Rows
     whose outcome hinges on a near-tie (scores within INDEX_SCORE_ATOL, where float32 rounding
     of either framework decides) may differ; every other row must agree exactly."""
-    ks = pair.config.top_ks
+    ks = pair.config.eval.top_ks
     u, ts, titles = dataset.user_id[rows], dataset.timestamp[rows], dataset.movie_title[rows]
     tq, tt = pair.torch.query_embeddings(u, ts), pair.torch.candidate_embeddings(titles)
     tc = pair.torch.candidate_embeddings(dataset.corpus_titles)
@@ -252,7 +220,7 @@ def check_end_to_end_metrics(pair: Pair, dataset: Dataset, rows: np.ndarray) -> 
     ours = evaluation.factorized_top_k_accuracy(tq, tt, tc, ks)
     theirs = tfrs_factorized_top_k(fq, ft, fc, ks)
     # A row is fragile at k when the positive's score is within atol of the k-th corpus score.
-    pos = evaluation.positive_scores(fq, ft)
+    pos = tf_positive_scores(fq, ft)
     scores = np.sort(fq @ fc.T, axis=1)[:, ::-1]
     for k in ks:
         kk = min(k, scores.shape[1])
@@ -265,24 +233,22 @@ def check_end_to_end_metrics(pair: Pair, dataset: Dataset, rows: np.ndarray) -> 
     check_two_stage(pair, dataset, rows)
 
 
-def two_stage_report(backend, dataset: Dataset, rows: np.ndarray, c: int, k: int):
-    scores, idx = backend.retrieve(dataset.user_id[rows], dataset.timestamp[rows], c)
-    cand_titles = dataset.corpus_titles[idx]
-    rank = backend.ranking_scores(np.repeat(dataset.user_id[rows], c),
-                                  np.repeat(dataset.timestamp[rows], c),
-                                  cand_titles.ravel()).reshape(len(rows), c)
-    ids = dataset.corpus_features["title_index"][idx]
-    truth = dataset.features["title_index"][rows]
-    return scores, ids, rank, truth
+def two_stage_report(backend, dataset: Dataset, rows: np.ndarray, c: int):
+    """pipeline.recommend of the test rows -> (retrieval scores, candidate title ids, ranking
+    scores [rows, c] in retrieval order, true title ids)."""
+    recs = recommend(backend, dataset.user_id[rows], dataset.timestamp[rows], c,
+                     dataset.corpus_titles)
+    ids = dataset.corpus_features["title_index"][recs.rows]
+    return recs.retrieval_scores, ids, recs.ranking_scores, dataset.features["title_index"][rows]
 
 
 def check_two_stage(pair: Pair, dataset: Dataset, rows: np.ndarray) -> None:
     """nDCG@k / hit@k before and after re-ranking, per query, on rows without near-ties."""
-    c, k = pair.config.num_candidates, pair.config.ndcg_k
+    c, k = pair.config.eval.num_candidates, pair.config.eval.ndcg_k
     pair.torch.build_index(dataset.corpus_titles)
     pair.tfrs.build_index(dataset.corpus_titles)
-    ts_, t_ids, t_rank, truth = two_stage_report(pair.torch, dataset, rows, c + 1, k)
-    fs_, f_ids, f_rank, _ = two_stage_report(pair.tfrs, dataset, rows, c + 1, k)
+    ts_, t_ids, t_rank, truth = two_stage_report(pair.torch, dataset, rows, c + 1)
+    fs_, f_ids, f_rank, _ = two_stage_report(pair.tfrs, dataset, rows, c + 1)
     stable = ~(fragile_rows(fs_, tol.INDEX_SCORE_ATOL)
                | fragile_rows(np.sort(f_rank[:, :c], axis=1), tol.INDEX_SCORE_ATOL))
     if stable.mean() < 0.5:

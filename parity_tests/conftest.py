@@ -1,4 +1,4 @@
-"""Shared fixtures: one dataset (real when TWOSTAGE_DATA_DIR is set, else synthetic) and a
+"""Shared fixtures: one dataset (real when the root conftest finds it, else synthetic) and a
 briefly trained weight set shared by both backends (untrained towers score everything alike,
 which would make every ranking comparison a tie)."""
 from __future__ import annotations
@@ -15,12 +15,12 @@ TRAINED_STEPS = 120
 
 @pytest.fixture(scope="session")
 def config() -> Config:
-    return Config(quiet=True, retrieval_epochs=3, ranking_epochs=2, validation_freq=10 ** 6)
+    return Config.of(quiet=True, retrieval_epochs=3, ranking_epochs=2, validation_freq=10 ** 6)
 
 
 @pytest.fixture(scope="session")
-def dataset_and_kind(config, tmp_path_factory):
-    return checks.parity_dataset(config, tmp_path_factory.mktemp("synthetic-ml"))
+def dataset_and_kind(config, tmp_path_factory, real_data_path):
+    return checks.parity_dataset(config, tmp_path_factory.mktemp("synthetic-ml"), real_data_path)
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +41,7 @@ def trained_pair(dataset, config) -> checks.Pair:
     from twostage.export import copy_weights
 
     # About 120 optimizer steps per stage whatever the data size (3 epochs of ml-100k).
-    steps_per_epoch = -(-len(dataset.split.train) // config.batch_size)
+    steps_per_epoch = -(-len(dataset.split.train) // config.train.batch_size)
     epochs = max(1, -(-TRAINED_STEPS // steps_per_epoch))
     t = TorchBackend(config, dataset.spec)
     t.fit_retrieval(dataset, epochs=epochs)

@@ -20,7 +20,7 @@ def test_trajectory(dataset, config, stage):
 
 @pytest.mark.parametrize("stage", checks.STAGES)
 def test_trajectory_at_seed_learning_rate(dataset, config, stage):
-    assert config.learning_rate == 0.1
+    assert config.train.learning_rate == 0.1
     pair = checks.make_pair(dataset, config)
     batches = _batches(dataset, config, SEED_LR_STEPS)
     # Only the steps TF itself reproduces under float32-sized perturbations (on ml-100k all 10;

@@ -8,7 +8,7 @@ def test_top_k_semantics_equal_on_same_embeddings(trained_pair, dataset, eval_ro
     t = trained_pair.torch
     checks.check_metric_semantics(t.query_embeddings(u, ts),
                                   t.candidate_embeddings(dataset.movie_title[eval_rows]),
-                                  t.candidate_embeddings(dataset.corpus_titles), config.top_ks)
+                                  t.candidate_embeddings(dataset.corpus_titles), config.eval.top_ks)
 
 
 def test_end_to_end_metrics(trained_pair, dataset, eval_rows):

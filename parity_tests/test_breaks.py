@@ -80,7 +80,7 @@ def test_ties_against_positive_fail_metric_parity(trained_pair, dataset, eval_ro
         checks.check_metric_semantics(t.query_embeddings(u, ts),
                                       t.candidate_embeddings(dataset.movie_title[eval_rows]),
                                       t.candidate_embeddings(dataset.corpus_titles),
-                                      config.top_ks, metric=ties_against_positive)
+                                      config.eval.top_ks, metric=ties_against_positive)
 
 
 def test_unmasked_token_mean_fails_forward_parity(dataset, config, eval_rows, monkeypatch):

@@ -1,57 +1,126 @@
-"""The interface both backends implement, so the pipeline, CLI and benchmarks treat them alike.
+"""The protocol both backends implement, so the pipeline, CLI, export, benchmarks and parity suite
+treat them alike.
 
 ``torch_impl.backend.TorchBackend`` and ``tfrs_impl.backend.TfrsBackend`` implement it; the
-modules behind them mirror each other file for file (features, models, tasks, train, index,
-checkpoint). Everything crossing this interface is numpy, so evaluation stays framework-agnostic.
+modules behind them mirror each other file for file (docs/CONTRIBUTING.md has the table, and
+``twostage/tests/test_mirror.py`` checks it). Everything crossing this interface is numpy, so
+evaluation stays framework-agnostic. Weights are named by the Keras attribute path of the seed's
+models, Dense kernels [in, out], in both backends.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
 from .config import Config
+from .data.features import FeatureSpec
 from .dataset import Dataset
+
+STAGES: tuple[str, ...] = ("retrieval", "ranking")
+RawBatch = Mapping[str, np.ndarray]
+# Called after every training epoch: (stage, 1-based epoch within the fit, the History so far).
+EpochCallback = Callable[[str, int, "History"], None]
+
+
+class UnsupportedOptionError(ValueError):
+    """A backend was given a configuration value it cannot honour (never silently ignored)."""
+
+
+def check_supported(backend: str, config: Config,
+                    allowed: Mapping[str, tuple]) -> None:
+    """Raise UnsupportedOptionError for every ``"section.field"`` of ``config`` whose value is
+    not in ``allowed[...]`` (the backend's declared limits)."""
+    problems = []
+    for path, values in allowed.items():
+        section, name = path.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in values:
+            problems.append(f"{name}={value!r} (supported: {', '.join(map(str, values))})")
+    if problems:
+        raise UnsupportedOptionError(f"the {backend} backend does not support "
+                                     f"{'; '.join(problems)}; use --backend torch for these "
+                                     "options or change them")
+
+
+def check_stage(stage: str) -> str:
+    if stage not in STAGES:
+        raise ValueError(f"stage {stage!r} must be one of {STAGES}")
+    return stage
 
 
 @dataclass
 class History:
-    """Per-epoch training curves. ``loss[e]`` is the mean of the step losses of epoch e (what
-    Keras' fit reports); ``val`` maps a metric name to [(epoch, value), ...] (1-based epochs)."""
+    """Per-epoch training curves of one fit.
+
+    ``loss[e]``: mean of the step losses of epoch e (what Keras' fit reports per step; the
+    retrieval loss is a SUM over the batch, the ranking loss a batch mean).
+    ``loss_per_example[e]``: the epoch's loss per training example (retrieval: sum of the step
+    losses / examples; ranking: the example-weighted mean), comparable with
+    ``val["loss_per_example"]`` whatever the batch sizes. ``metrics``: per-epoch training metrics.
+    ``val``: metric name -> [(1-based epoch, value), ...]. ``epoch_seconds``: training time.
+    """
 
     loss: list[float] = field(default_factory=list)
+    loss_per_example: list[float] = field(default_factory=list)
     metrics: dict[str, list[float]] = field(default_factory=dict)
     val: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     epoch_seconds: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"loss": self.loss, "metrics": self.metrics,
+        return {"loss": self.loss, "loss_per_example": self.loss_per_example,
+                "metrics": self.metrics,
                 "val": {k: [list(p) for p in v] for k, v in self.val.items()},
                 "epoch_seconds": self.epoch_seconds}
 
     @classmethod
     def from_dict(cls, d: dict) -> "History":
-        return cls(loss=list(d.get("loss", [])), metrics=dict(d.get("metrics", {})),
+        return cls(loss=list(d.get("loss", [])),
+                   loss_per_example=list(d.get("loss_per_example", [])),
+                   metrics=dict(d.get("metrics", {})),
                    val={k: [(int(e), float(x)) for e, x in v] for k, v in d.get("val", {}).items()},
                    epoch_seconds=list(d.get("epoch_seconds", [])))
 
 
+def per_example(stage: str, step_losses, batch_sizes) -> float:
+    """An epoch's loss per example from its step losses and batch sizes (see History)."""
+    losses = np.asarray(step_losses, dtype=np.float64)
+    sizes = np.asarray(batch_sizes, dtype=np.float64)
+    total = losses.sum() if stage == "retrieval" else (losses * sizes).sum()
+    return float(total / max(sizes.sum(), 1.0))
+
+
 @runtime_checkable
 class Backend(Protocol):
-    """A trained-or-trainable pair of models (retrieval + ranking) on one framework."""
+    """A trained-or-trainable pair of models (retrieval + ranking) on one framework.
+
+    ``epochs_done``: epochs trained so far per stage (a later fit continues the shared batch
+    order from there; saved in checkpoints). A config value the backend cannot honour is refused
+    at construction with :class:`UnsupportedOptionError`.
+    """
 
     name: str
     config: Config
+    spec: FeatureSpec
+    epochs_done: dict[str, int]
 
-    def fit_retrieval(self, dataset: Dataset, epochs: int | None = None) -> History:
+    # --- training ------------------------------------------------------------------------
+    def fit_retrieval(self, dataset: Dataset, epochs: int | None = None,
+                      on_epoch: EpochCallback | None = None) -> History:
         """Train the two towers on ``dataset.split.train`` (in-batch softmax); validate on
-        ``dataset.split.test`` every ``config.validation_freq`` epochs and after the last."""
+        ``dataset.split.test`` every ``config.train.validation_freq`` epochs and after the last."""
 
-    def fit_ranking(self, dataset: Dataset, epochs: int | None = None) -> History:
+    def fit_ranking(self, dataset: Dataset, epochs: int | None = None,
+                    on_epoch: EpochCallback | None = None) -> History:
         """Train the ranking model on ``dataset.split.train`` labels (rating >= threshold)."""
 
+    def train_steps(self, stage: str, batches: list[RawBatch]) -> list[float]:
+        """One optimizer step per raw batch (user_id, timestamp, movie_title, label [,
+        candidate_sampling_probability, sample_weight]) -> the per-step losses."""
+
+    # --- inference -----------------------------------------------------------------------
     def query_embeddings(self, user_ids: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
         """[N] str, [N] int64 -> [N, D] float32 query-tower outputs."""
 
@@ -63,12 +132,28 @@ class Backend(Protocol):
 
     def retrieve(self, user_ids: np.ndarray, timestamps: np.ndarray, k: int
                  ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k over the built index: scores [N, k] float32 (descending), rows [N, k] int64
-        (positions into the indexed titles)."""
+        """Top-k over the built index: scores [N, k'] float32 (descending), rows [N, k'] int64
+        (positions into the indexed titles), k' = min(k, corpus size)."""
 
     def ranking_scores(self, user_ids: np.ndarray, timestamps: np.ndarray, titles: np.ndarray
                        ) -> np.ndarray:
         """[N] inputs -> [N] float32 sigmoid probabilities of the ranking model."""
 
+    # --- weights and losses (export, parity) ---------------------------------------------
+    def get_weights(self, stage: str) -> dict[str, np.ndarray]:
+        """All weights of a stage by Keras name (Dense kernels [in, out]), numpy copies."""
+
+    def set_weights(self, stage: str, weights: Mapping[str, np.ndarray]) -> None:
+        """Assign every weight of a stage; names and shapes must match exactly."""
+
+    def batch_loss(self, stage: str, batch: RawBatch, training: bool = True) -> float:
+        """The task loss of one raw batch (retrieval: SUM over the batch; ranking: mean BCE)."""
+
+    def loss_and_gradients(self, stage: str, batch: RawBatch
+                           ) -> tuple[float, dict[str, np.ndarray]]:
+        """(loss, dense gradient of every weight by Keras name) of one training step."""
+
+    # --- persistence ---------------------------------------------------------------------
     def save(self, directory: Path) -> None:
-        """Write models, feature spec and config under ``directory`` atomically."""
+        """Write weights, Adagrad accumulators, epochs done, spec and config atomically
+        (``twostage.checkpoint`` format, the same for both backends)."""

@@ -1,183 +1,251 @@
 """The ``twostage`` command line: run (train + evaluate), recommend, export.
 
-Exit codes: 0 success, 1 a runtime failure (no data, bad data, training diverged), 2 bad usage.
+Exit codes: 0 success, 1 a runtime failure (no data, bad data, a damaged run folder, training
+diverged), 2 bad usage (a bad flag value, a path the project refuses to overwrite), 130 Ctrl-C.
+Every failure is one line; ``--debug`` adds the traceback.
+
+The flags of ``run`` are generated from the field metadata of :mod:`twostage.config`: adding an
+option there puts it on the command line, with its help text, choices and parser.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import dataclasses
+import logging
 import sys
 import time
+import traceback
+import typing
 from pathlib import Path
 
 import numpy as np
 
-from .config import BACKENDS, INDEX_KINDS, Config
+from . import env, io
+from .config import BACKENDS, FIELD_SECTION, SECTIONS, Config, field_types
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+log = logging.getLogger("twostage")
+INT64 = np.iinfo(np.int64)
 
 
 class UsageError(Exception):
-    """Bad flag values or a missing input the user must fix (exit code 2)."""
+    """Bad flag values or a path the user must change (exit code 2)."""
 
 
-def _int_list(text: str) -> tuple[int, ...]:
+# --- flags generated from the config ---------------------------------------------------------
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not np.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
+
+
+def _parser_of(kind, parse):
+    """argparse ``type`` for a field: its own parser, else from its annotation."""
+    fn = parse or {int: int, float: _finite_float, str: str}[kind]
+
+    def convert(text: str):
+        try:
+            return fn(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    convert.__name__ = getattr(fn, "__name__", "value")
+    return convert
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field with ``cli`` metadata (plus ``--seed``); unset flags keep the
+    config default (argparse.SUPPRESS), so ``config_from_args`` only applies what was given."""
+    defaults = Config()
+    parser.add_argument("--seed", type=int, default=argparse.SUPPRESS,
+                        help=f"split, batch orders and initialisation (default: {defaults.seed})")
+    for section, cls in SECTIONS.items():
+        group = parser.add_argument_group(f"{section} options")
+        types = field_types(cls)
+        for f in dataclasses.fields(cls):
+            md = f.metadata
+            if not md.get("cli", False):
+                continue
+            flag = md["flag"] or "--" + f.name.replace("_", "-")
+            default = getattr(getattr(defaults, section), f.name)
+            kind = types[f.name]
+            args = typing.get_args(kind)
+            if type(None) in args:
+                kind = next(a for a in args if a is not type(None))
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            if kind is bool:
+                group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS,
+                                   action="store_false" if md["invert"] else "store_true",
+                                   help=md["help"])
+                continue
+            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS,
+                               choices=md["choices"], metavar=md["metavar"],
+                               type=_parser_of(kind, md["parse"]),
+                               help=f"{md['help']} (default: {shown})")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The config of the flags that were given (UsageError naming the bad value otherwise)."""
+    given = {k: v for k, v in vars(args).items() if k in FIELD_SECTION or k == "seed"}
     try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, "
-                                         "e.g. 64,32") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: sizes must be positive integers, e.g. 64,32")
-    return values
+        return Config.of(**given)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
+# --- parser ----------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="twostage", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="print tracebacks of errors")
     sub = p.add_subparsers(dest="command", required=True)
-    d = Config()
 
-    run = sub.add_parser("run", help="train both stages on a backend, evaluate, write results")
-    run.add_argument("--backend", choices=(*BACKENDS, "both"), default="torch")
-    run.add_argument("--data-dir", help="folder with u.data/u.item/u.user (else "
-                     "TWOSTAGE_DATA_DIR, the cache, then a checksum-verified download)")
-    run.add_argument("--retrieval-epochs", type=int, default=d.retrieval_epochs)
-    run.add_argument("--ranking-epochs", type=int, default=d.ranking_epochs)
-    run.add_argument("--layer-sizes", type=_int_list, default=d.layer_sizes,
-                     help="query/candidate tower sizes, e.g. 64,32")
-    run.add_argument("--batch-size", type=int, default=d.batch_size)
-    run.add_argument("--validation-freq", type=int, default=d.validation_freq)
-    run.add_argument("--seed", type=int, default=d.seed)
-    run.add_argument("--device", default=d.device, help="torch device: cpu or cuda")
-    run.add_argument("--index", choices=INDEX_KINDS, default=d.index)
-    run.add_argument("--temperature", type=float, default=None)
-    run.add_argument("--num-hard-negatives", type=int, default=None)
-    run.add_argument("--remove-accidental-hits", action="store_true")
-    run.add_argument("--logq", action="store_true", dest="use_sampling_probability",
-                     help="logQ correction with in-batch title frequencies")
-    run.add_argument("--framework-shuffle", action="store_true",
-                     help="each backend shuffles its own batches instead of the shared order")
-    run.add_argument("--out", default="runs/latest", help="output directory (default runs/latest)")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run = sub.add_parser("run", help="train both stages on a backend, evaluate, write a run "
+                         "folder")
+    run.add_argument("--backend", choices=(*BACKENDS, "both"), default="torch",
+                     help="which framework trains (both: one after the other, same data)")
+    run.add_argument("--out", default="runs/latest",
+                     help="run folder to write (default runs/latest); replaced only if it is a "
+                     "run folder of ours")
+    run.add_argument("--force", action="store_true",
+                     help="replace --out even if it holds other files (they are moved aside "
+                     "to <out>.replaced-<time>, never deleted)")
+    add_config_flags(run)
 
     rec = sub.add_parser("recommend", help="two-stage recommendations for one user from a run")
-    rec.add_argument("--run", required=True, help="a directory written by `twostage run`")
-    rec.add_argument("--user", required=True, help="user id as in u.data, e.g. 42")
+    rec.add_argument("--run", required=True, help="a folder written by `twostage run`")
+    rec.add_argument("--user", required=True, help="user id as in the ratings file, e.g. 42")
     rec.add_argument("--timestamp", type=int, default=None,
                      help="query time (unix seconds; default: the latest time in the data)")
-    rec.add_argument("-k", type=int, default=10, help="how many recommendations")
+    rec.add_argument("-k", type=int, default=10, help="how many recommendations (default 10)")
     rec.add_argument("--backend", choices=BACKENDS, default=None,
-                     help="which saved backend (default: torch if present)")
+                     help="which saved backend (default: the first one saved)")
+    rec.add_argument("--device", default="cpu",
+                     help="torch device to load the models on (default cpu)")
 
-    exp = sub.add_parser("export", help="export a run's retrieval model to another framework")
-    exp.add_argument("--run", required=True)
-    exp.add_argument("--to", choices=("tfrs",), default="tfrs")
-    exp.add_argument("--out", required=True, help="where the TF SavedModel goes")
-    exp.add_argument("-k", type=int, default=100, help="top-k the SavedModel returns (>= 10)")
+    exp = sub.add_parser("export", help="export a run's torch retrieval model as a TF "
+                         "SavedModel")
+    exp.add_argument("--run", required=True, help="a folder written by `twostage run`")
+    exp.add_argument("--to", choices=("tfrs",), default="tfrs", help="target framework")
+    exp.add_argument("--out", required=True, help="where the TF SavedModel goes (replaced only "
+                     "if it is a SavedModel export of ours)")
+    exp.add_argument("--force", action="store_true",
+                     help="replace --out even if it holds other files (moved aside, never "
+                     "deleted)")
+    exp.add_argument("-k", type=int, default=100,
+                     help="top-k the SavedModel returns (10 <= k <= corpus size; default 100)")
     return p
 
 
-def _config(args: argparse.Namespace) -> Config:
-    return Config(
-        data_dir=args.data_dir, retrieval_epochs=args.retrieval_epochs,
-        ranking_epochs=args.ranking_epochs, layer_sizes=tuple(args.layer_sizes),
-        batch_size=args.batch_size, validation_freq=args.validation_freq, seed=args.seed,
-        device=args.device, index=args.index, temperature=args.temperature,
-        num_hard_negatives=args.num_hard_negatives,
-        remove_accidental_hits=args.remove_accidental_hits,
-        use_sampling_probability=args.use_sampling_probability,
-        shared_batches=not args.framework_shuffle, quiet=args.quiet)
-
-
+# --- commands --------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
+    from . import rundir
     from .dataset import load_dataset
-    from .pipeline import run_backend
-    from .report import table, write_run
+    from .pipeline import check_trainable, run_backend
+    from .report import TensorBoardWriter, table, write_results
 
-    try:
-        config = _config(args)
-    except ValueError as e:
-        raise UsageError(str(e)) from e
-    if config.device.startswith("cuda") and args.backend in ("torch", "both"):
-        import torch
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda was given but torch sees no CUDA device; "
-                             "use --device cpu")
-    out = Path(args.out)
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
-    dataset = load_dataset(config, progress=not args.quiet)
-    log(f"data: {dataset.facts()}")
+    config = config_from_args(args)
     names = list(BACKENDS) if args.backend == "both" else [args.backend]
-    reports = {}
+    _check_backends(names, config)
+    try:  # before any data is loaded: a bad --out must not cost a whole training
+        out = rundir.prepare(Path(args.out), force=args.force)
+    except (NotADirectoryError, PermissionError) as e:
+        raise UsageError(f"--out {args.out}: {e}") from None
+    quiet = config.output.quiet
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
+    dataset = load_dataset(config, progress=not quiet)
+    say(f"data: {dataset.facts()}")
+    try:
+        check_trainable(dataset, config)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    reports, backends = {}, {}
     for name in names:
-        log(f"[{name}] training retrieval ({config.retrieval_epochs} epochs) and ranking "
-            f"({config.ranking_epochs} epochs)")
-        _, report, _ = run_backend(name, dataset, config, out_dir=out)
-        reports[name] = report
+        say(f"[{name}] training retrieval ({config.train.retrieval_epochs} epochs) and ranking "
+            f"({config.train.ranking_epochs} epochs)")
+        writer = (TensorBoardWriter(Path(config.output.tensorboard) / name)
+                  if config.output.tensorboard else None)
+        try:
+            backends[name], reports[name], _ = run_backend(name, dataset, config,
+                                                           on_epoch=writer)
+        finally:
+            if writer is not None:
+                writer.close()
     header = (f"# twostage run ({', '.join(names)}) on {dataset.facts()['source']}, "
               f"{time.strftime('%Y-%m-%d %H:%M')}")
-    (out / "corpus.json").parent.mkdir(parents=True, exist_ok=True)
-    from .report import write_atomic
-    write_atomic(out / "corpus.json", json.dumps(
-        {"titles": dataset.corpus_titles.tolist(),
-         "max_timestamp": int(dataset.timestamp.max())}, ensure_ascii=False))
-    written = write_run(out, reports, header)
+    rundir.write(out, reports=reports, corpus_titles=dataset.corpus_titles,
+                 max_timestamp=int(dataset.timestamp.max()),
+                 spec_fingerprint=dataset.spec.fingerprint(), data=dataset.facts(),
+                 save_backend=lambda name, path: backends[name].save(path),
+                 write_results=lambda tmp: write_results(tmp, reports, header),
+                 force=args.force)
     print(table(reports))
-    log("wrote " + ", ".join(str(p) for p in written) + f" and models under {out}/")
+    say(f"wrote the run folder {out}/ (results.json, results.md, curves, models)")
     return 0
 
 
-def _saved_backend(run: Path, wanted: str | None) -> str:
-    if not run.is_dir():
-        raise UsageError(f"run directory {run} does not exist; create one with `twostage run "
-                         f"--out {run}`")
-    present = [b for b in BACKENDS if (run / b).is_dir()]
-    if wanted is not None and wanted not in present:
-        raise UsageError(f"{run} has no saved {wanted} models (it has: {present or 'none'})")
-    if not present:
-        raise UsageError(f"{run} holds no saved models (expected {run}/torch or {run}/tfrs)")
-    return wanted or present[0]
+def _check_backends(names: list[str], config: Config) -> None:
+    """Refuse, before any data is loaded, what a backend cannot do (no torch/TF import here
+    beyond what the chosen backend needs)."""
+    from .pipeline import backend_class
+    for name in names:
+        check = getattr(backend_class(name), "check_config", None)
+        if check is not None:
+            try:
+                check(config)
+            except (ValueError, RuntimeError) as e:
+                raise UsageError(str(e)) from None
+
+
+def _query_time(args: argparse.Namespace, default: int) -> int:
+    ts = default if args.timestamp is None else args.timestamp
+    if not INT64.min <= ts <= INT64.max:
+        raise UsageError(f"--timestamp {ts} does not fit a 64-bit timestamp; pass unix seconds "
+                         f"such as {default}")
+    return ts
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from .pipeline import load_backend
+    from .checkpoint import stored_config
+    from .pipeline import load_backend, recommend
+    from .rundir import RunDir
 
-    run = Path(args.run)
-    name = _saved_backend(run, args.backend)
     if args.k < 1:
         raise UsageError(f"-k {args.k}: must be >= 1")
-    corpus = json.loads((run / "corpus.json").read_text(encoding="utf-8"))
-    titles = np.asarray(corpus["titles"], dtype=object)
-    backend = load_backend(name, run / name)
+    run = RunDir.open(args.run)
+    name, folder = run.backend_dir(args.backend)
+    try:
+        config = stored_config(folder).replace(device=args.device)
+    except ValueError as e:
+        raise UsageError(f"--device {args.device}: {e}") from None
+    backend = load_backend(name, folder, config)
     if args.user not in set(backend.spec.user_vocab):
         print(f"warning: user {args.user!r} was not in the training data; the out-of-vocabulary "
               "embedding is used", file=sys.stderr)
-    ts = corpus["max_timestamp"] if args.timestamp is None else args.timestamp
+    ts = _query_time(args, run.max_timestamp)
+    titles = run.corpus_titles
     backend.build_index(titles)
-    c = min(max(args.k, backend.config.num_candidates), len(titles))
-    scores, rows = backend.retrieve(np.array([args.user], dtype=object),
-                                    np.array([ts], dtype=np.int64), c)
-    cand = titles[rows[0]]
-    rank = backend.ranking_scores(np.array([args.user] * c, dtype=object),
-                                  np.full(c, ts, dtype=np.int64), cand)
-    order = np.argsort(-rank, kind="stable")[: args.k]
+    c = min(max(args.k, backend.config.eval.num_candidates), len(titles))
+    recs = recommend(backend, np.array([args.user], dtype=object), np.array([ts], np.int64), c,
+                     titles)
     print(f"user {args.user} at {ts} ({name}): {c} retrieved, re-ranked")
     print(f"{'#':>3}  {'retrieval':>9}  {'ranking':>7}  title")
-    for i, j in enumerate(order, start=1):
-        print(f"{i:>3}  {scores[0, j]:9.4f}  {rank[j]:7.4f}  {cand[j]}")
+    for i, j in enumerate(recs.reranked()[0, : args.k], start=1):
+        print(f"{i:>3}  {recs.retrieval_scores[0, j]:9.4f}  {recs.ranking_scores[0, j]:7.4f}  "
+              f"{titles[recs.rows[0, j]]}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_run_to_tfrs
+    from .rundir import RunDir
 
-    run = Path(args.run)
-    _saved_backend(run, "torch")
-    if args.k < 10:
-        raise UsageError(f"-k {args.k}: the exported index returns k >= 10")
-    path = export_run_to_tfrs(run, Path(args.out), k=args.k)
+    run = RunDir.open(args.run)
+    _, folder = run.backend_dir("torch")
+    if not 10 <= args.k <= len(run.corpus_titles):
+        raise UsageError(f"-k {args.k}: the exported index returns 10 <= k <= "
+                         f"{len(run.corpus_titles)} (the run's corpus size)")
+    io.check_replaceable(Path(args.out), "savedmodel", force=args.force)
+    path = export_run_to_tfrs(folder, run.corpus_titles, Path(args.out), k=args.k,
+                              force=args.force)
     print(f"wrote TF SavedModel to {path}")
     return 0
 
@@ -185,18 +253,48 @@ def cmd_export(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "recommend": cmd_recommend, "export": cmd_export}
 
 
+def _project_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(usage errors -> exit 2, runtime errors -> exit 1) known to the project."""
+    from .backend import UnsupportedOptionError
+    from .checkpoint import CheckpointError, CheckpointNotFoundError
+    from .data.download import DataNotFoundError
+    from .data.movielens import DataFormatError
+    from .rundir import RunDirError, RunDirNotFoundError
+    usage = (UsageError, io.OwnershipError, UnsupportedOptionError, RunDirNotFoundError)
+    runtime = (DataNotFoundError, DataFormatError, CheckpointError, CheckpointNotFoundError,
+               RunDirError, FloatingPointError, OSError, ValueError, RuntimeError)
+    return usage, runtime
+
+
 def main(argv: list[str] | None = None) -> int:
+    env.setup_process()
     args = _parser().parse_args(argv)
-    from twostage.data.download import DataNotFoundError
-    from twostage.data.movielens import DataFormatError
+    logging.basicConfig(level=logging.WARNING, format="twostage: %(message)s")
+    usage, runtime = _project_errors()
+    prefix = f"twostage {args.command}: error:"
     try:
         return COMMANDS[args.command](args)
-    except UsageError as e:
-        print(f"twostage {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"twostage {args.command}: interrupted; nothing half-written was left in place",
+              file=sys.stderr)
+        return 130
+    except usage as e:
+        _report(prefix, e, args.debug)
         return 2
-    except (DataNotFoundError, DataFormatError, FloatingPointError, RuntimeError) as e:
-        print(f"twostage {args.command}: error: {e}", file=sys.stderr)
+    except runtime as e:
+        _report(prefix, e, args.debug)
         return 1
+    except Exception as e:  # a bug: still one line unless --debug
+        _report(f"{prefix} internal error ({type(e).__name__}; rerun with --debug and report "
+                "it):", e, args.debug)
+        return 1
+
+
+def _report(prefix: str, error: BaseException, debug: bool) -> None:
+    if debug:
+        traceback.print_exception(error)
+    message = str(error).strip() or type(error).__name__
+    print(f"{prefix} {' '.join(message.split())}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,97 +1,377 @@
-"""One typed configuration for the CLI, the benchmarks and the tests.
+"""One typed configuration, grouped by concern, shared by the CLI, the benchmarks and the tests.
 
-Defaults are the seed's protocol (see ``../shared/seed/SUMMARY.md``) and Keras/TFRS defaults.
+Defaults are the seed's protocol (``../shared/seed/SUMMARY.md``) and Keras/TFRS defaults.
+
+Every field carries its command-line help (and, where needed, its flag, choices and parser) in
+its metadata, so ``twostage.cli`` generates the flags from this file: adding an option is one
+field here plus its use. ``Config.to_dict`` is versioned; ``Config.from_dict`` reads the current
+layout and the flat layout of version 1 run folders, and names the file's bad field otherwise.
+
+Access is by section: ``config.train.batch_size``, ``config.index.kind``. ``Config.of(**flat)``
+and ``config.replace(**flat)`` accept field names without their section (they are unique), which
+is what tests and benchmarks use to state a variant in one line.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Literal
+import math
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
 
 BackendName = Literal["torch", "tfrs"]
 BACKENDS: tuple[str, ...] = ("torch", "tfrs")
 INDEX_KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw")
+EMPTY_TITLE_MODES: tuple[str, ...] = ("zero", "nan")
+RANKING_LOSSES: tuple[str, ...] = ("keras_graph", "keras_eager", "logits")
+CONFIG_VERSION = 2
+# Sizes a configuration may ask for (a hostile or mistyped run folder must fail before it
+# allocates): far above any MovieLens model, far below what would exhaust a machine.
+MAX_WIDTH = 65_536
+MAX_BUCKETS = 10_000_000
+MAX_TOKENS = 10_000_000
+
+
+def option(default: Any, help: str, *, flag: str | None = None, choices: tuple | None = None,
+           parse: Callable[[str], Any] | None = None, invert: bool = False,
+           cli: bool = True, metavar: str | None = None) -> Any:
+    """A config field with its command-line description.
+
+    ``flag``: the CLI flag (default ``--field-name``); ``invert``: a bool flag that stores
+    False (``--framework-shuffle`` clears ``shared_batches``); ``parse``: how the CLI reads the
+    text (default: from the field's type); ``cli=False``: not on the command line.
+    """
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices,
+                                            "parse": parse, "invert": invert, "cli": cli,
+                                            "metavar": metavar})
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """'64,32' -> (64, 32); a clear message otherwise (used by the CLI for tuple fields)."""
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a comma-separated list of integers, e.g. 64,32"
+                         ) from None
+    if not values:
+        raise ValueError(f"{text!r} holds no integer, e.g. 64,32")
+    return values
+
+
+# --- sections --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataConfig:
+    data_dir: str | None = option(None, "folder with the MovieLens files (else "
+                                  "TWOSTAGE_DATA_DIR, the cache, then a verified download)")
+    train_fraction: float = option(0.8, "share of the shuffled ratings used for training "
+                                   "(80,000 / 20,000 on ml-100k)")
+    rating_threshold: float = option(4.0, "ranking label: rating >= threshold")
+    num_buckets: int = option(1000, "timestamp buckets: boundaries linspace(min, max, n) "
+                              "(Keras Discretization)")
+    max_tokens: int = option(10_000, "title vocabulary size incl. padding and OOV "
+                             "(Keras TextVectorization max_tokens)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    embedding_dim: int = option(32, "width of every embedding table")
+    layer_sizes: tuple[int, ...] = option((64, 32), "query/candidate tower sizes, e.g. 64,32",
+                                          parse=int_list, metavar="N,N")
+    ranking_layer_sizes: tuple[int, ...] = option(
+        (256, 64), "ranking MLP sizes before the sigmoid unit, e.g. 256,64", parse=int_list,
+        metavar="N,N")
+    empty_title: str = option("zero", "pooling of a title with no token: zero vector, or NaN "
+                              "as Keras' GlobalAveragePooling1D", choices=EMPTY_TITLE_MODES)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    temperature: float | None = option(None, "divide retrieval logits by T (TFRS Retrieval)")
+    use_sampling_probability: bool = option(False, "logQ correction with in-batch title "
+                                            "frequencies", flag="--logq")
+    remove_accidental_hits: bool = option(False, "mask in-batch negatives that share the "
+                                          "positive's title")
+    num_hard_negatives: int | None = option(None, "keep only the N highest-scoring negatives "
+                                            "per row (TFRS HardNegativeMining)")
+    ranking_loss: str = option("keras_graph", "ranking BCE: what Keras fit computes "
+                               "(keras_graph), eager Keras (keras_eager), or from logits; "
+                               "the TFRS backend supports keras_graph only",
+                               choices=RANKING_LOSSES)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = option(2048, "training batch size (>= 2: in-batch negatives)")
+    retrieval_epochs: int = option(100, "epochs of the retrieval stage")
+    ranking_epochs: int = option(100, "epochs of the ranking stage")
+    learning_rate: float = option(0.1, "Adagrad learning rate (the seed's 0.1)")
+    initial_accumulator_value: float = option(0.1, "Adagrad accumulator start (Keras 0.1; "
+                                              "torch's own default is 0)", cli=False)
+    adagrad_epsilon: float = option(1e-7, "Adagrad epsilon inside the square root (Keras "
+                                    "1e-7; torch's own is 1e-10 outside it)", cli=False)
+    shared_batches: bool = option(True, "each backend shuffles its own batches instead of the "
+                                  "shared order", flag="--framework-shuffle", invert=True)
+    validation_freq: int = option(10, "validate every N epochs (and after the last)")
+    device: str = option("cpu", "torch device: cpu, cuda or cuda:N (the TFRS backend runs "
+                         "on cpu only)")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    eval_batch_size: int = option(4096, "batch size of inference and evaluation")
+    top_ks: tuple[int, ...] = option((1, 5, 10, 50, 100), "k of the top-k accuracies",
+                                     parse=int_list, metavar="K,K")
+    num_candidates: int = option(10, "candidates retrieved per query, then re-ranked")
+    ndcg_k: int = option(10, "k of nDCG@k / hit@k (<= num_candidates)")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    kind: str = option("flat", "candidate index: flat (exact), ivf or hnsw (FAISS, torch "
+                       "backend; the TFRS backend serves with BruteForce = flat)",
+                       flag="--index", choices=INDEX_KINDS)
+    nlist: int = option(64, "ivf: number of k-means cells", flag="--ivf-nlist")
+    nprobe: int = option(8, "ivf: cells searched per query", flag="--ivf-nprobe")
+    hnsw_m: int = option(32, "hnsw: links per node")
+    ef_search: int = option(128, "hnsw: candidates explored per query", flag="--hnsw-ef-search")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    quiet: bool = option(False, "no progress bars or log lines")
+    tensorboard: str | None = option(None, "write TensorBoard event files of both stages "
+                                     "under DIR/<backend>/", metavar="DIR")
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "task": TaskConfig,
+                             "train": TrainConfig, "eval": EvalConfig, "index": IndexConfig,
+                             "output": OutputConfig}
+# Flat names that are not field names: ``replace(index="hnsw")`` sets ``index.kind``.
+ALIASES = {"index": "kind"}
+# Version 1 (flat) names that changed in version 2.
+_V1_RENAMES = {"index": ("index", "kind"), "ivf_nlist": ("index", "nlist"),
+               "ivf_nprobe": ("index", "nprobe"), "hnsw_ef_search": ("index", "ef_search")}
+
+
+def _field_sections() -> dict[str, str]:
+    out = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            if f.name in out or f.name == "seed":
+                raise TypeError(f"config field {f.name!r} is defined twice")
+            out[f.name] = section
+    return out
+
+
+FIELD_SECTION: dict[str, str] = _field_sections()
 
 
 @dataclass(frozen=True)
 class Config:
-    # data
-    data_dir: str | None = None          # None: TWOSTAGE_DATA_DIR, the cache, then download
-    seed: int = 42                       # split, batch orders and initialisation
-    train_fraction: float = 0.8          # 80,000 / 20,000 on ml-100k
-    rating_threshold: float = 4.0        # user_pref = rating >= threshold (ranking label)
-    num_buckets: int = 1000              # timestamp bucket boundaries linspace(min, max, n)
-    max_tokens: int = 10_000             # TextVectorization max_tokens
-    # models
-    embedding_dim: int = 32
-    layer_sizes: tuple[int, ...] = (64, 32)          # query/candidate tower MLP
-    ranking_layer_sizes: tuple[int, ...] = (256, 64)  # ranking MLP before the sigmoid unit
-    # retrieval task options (tfrs.tasks.Retrieval; None/False = TFRS default)
-    temperature: float | None = None
-    use_sampling_probability: bool = False   # logQ correction with in-batch title frequencies
-    remove_accidental_hits: bool = False     # candidate id = title
-    num_hard_negatives: int | None = None
-    # training
-    batch_size: int = 2048
-    eval_batch_size: int = 4096
-    retrieval_epochs: int = 100
-    ranking_epochs: int = 100
-    validation_freq: int = 10            # validate every N epochs (and after the last)
-    learning_rate: float = 0.1           # Adagrad(0.1) as the seed
-    initial_accumulator_value: float = 0.1  # Keras Adagrad default (torch's default is 0)
-    adagrad_epsilon: float = 1e-7        # Keras Adagrad default (torch's default is 1e-10)
-    shared_batches: bool = True          # feed both backends data.split's batch order
-    device: str = "cpu"                  # torch only: cpu | cuda
-    # evaluation and serving
-    top_ks: tuple[int, ...] = (1, 5, 10, 50, 100)
-    num_candidates: int = 10             # candidates retrieved per query in the two-stage eval
-    ndcg_k: int = 10
-    index: str = "flat"                  # flat (exact) | ivf | hnsw  (torch/FAISS)
-    ivf_nlist: int = 64
-    ivf_nprobe: int = 8
-    hnsw_m: int = 32
-    hnsw_ef_search: int = 128
-    quiet: bool = False
+    """The whole configuration: ``seed`` (split, batch orders and initialisation) and one
+    section per concern."""
+
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("batch_size", "eval_batch_size", "embedding_dim", "num_buckets",
-                     "num_candidates", "ndcg_k", "validation_freq"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name}={getattr(self, name)} must be >= 1")
-        for name in ("retrieval_epochs", "ranking_epochs"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name}={getattr(self, name)} must be >= 0")
-        if not self.layer_sizes or any(s < 1 for s in self.layer_sizes):
-            problems.append(f"layer_sizes={self.layer_sizes} must be positive sizes, e.g. 64,32")
-        if any(s < 1 for s in self.ranking_layer_sizes):
-            problems.append(f"ranking_layer_sizes={self.ranking_layer_sizes} must be positive")
-        if not self.top_ks or any(k < 1 for k in self.top_ks):
-            problems.append(f"top_ks={self.top_ks} must be positive")
-        if self.learning_rate <= 0:
-            problems.append(f"learning_rate={self.learning_rate} must be > 0")
-        if self.temperature is not None and self.temperature <= 0:
-            problems.append(f"temperature={self.temperature} must be > 0")
-        if self.num_hard_negatives is not None and self.num_hard_negatives < 1:
-            problems.append(f"num_hard_negatives={self.num_hard_negatives} must be >= 1")
-        if self.index not in INDEX_KINDS:
-            problems.append(f"index={self.index!r} must be one of {', '.join(INDEX_KINDS)}")
-        if self.ndcg_k > self.num_candidates:
-            problems.append(f"ndcg_k={self.ndcg_k} exceeds num_candidates={self.num_candidates}")
+        problems = _problems(self)
         if problems:
             raise ValueError("invalid configuration: " + "; ".join(problems))
 
-    def replace(self, **changes) -> "Config":
-        return dataclasses.replace(self, **changes)
+    # --- construction ----------------------------------------------------------------------
+    @classmethod
+    def of(cls, **changes: Any) -> "Config":
+        """``Config().replace(**changes)``: e.g. ``Config.of(batch_size=256, quiet=True)``."""
+        return cls().replace(**changes)
 
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with ``changes``: ``seed``, whole sections, or field names of any section."""
+        top: dict[str, Any] = {}
+        per_section: dict[str, dict[str, Any]] = {}
+        for name, value in changes.items():
+            if name in ALIASES and not isinstance(value, SECTIONS.get(name, ())):
+                name = ALIASES[name]
+            if name == "seed" or name in SECTIONS:
+                top[name] = value
+            elif name in FIELD_SECTION:
+                per_section.setdefault(FIELD_SECTION[name], {})[name] = value
+            else:
+                raise ValueError(f"unknown configuration field {name!r}; known: "
+                                 f"seed, {', '.join(sorted(FIELD_SECTION))}")
+        for section, fields in per_section.items():
+            base = top.get(section, getattr(self, section))
+            top[section] = dataclasses.replace(base, **fields)
+        return dataclasses.replace(self, **top)
+
+    # --- persistence -----------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """``{"version": 2, "seed": ..., "<section>": {field: value}}`` (JSON-ready)."""
+        out: dict[str, Any] = {"version": CONFIG_VERSION, "seed": self.seed}
+        for section in SECTIONS:
+            out[section] = {f.name: _jsonable(getattr(getattr(self, section), f.name))
+                            for f in dataclasses.fields(SECTIONS[section])}
+        return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Config":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+    def from_dict(cls, d: Any, source: str = "configuration") -> "Config":
+        """Read :meth:`to_dict` output (or the flat version 1 layout). Every problem (unknown
+        key, wrong type, bad value) raises ValueError naming ``source`` and the field."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{source}: a configuration is a JSON object, got "
+                             f"{type(d).__name__}")
+        version = d.get("version", 1)
+        if version == 1:
+            d = _from_v1(d, source)
+        elif version != CONFIG_VERSION:
+            raise ValueError(f"{source}: configuration version {version!r} is not supported "
+                             f"(this twostage reads 1 and {CONFIG_VERSION}); retrain with this "
+                             "version")
+        unknown = sorted(set(d) - {"version", "seed", *SECTIONS})
         if unknown:
-            raise ValueError(f"unknown configuration keys {unknown}")
-        tuples = {f.name for f in dataclasses.fields(cls) if "tuple" in str(f.type)}
-        return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in d.items()})
+            raise ValueError(f"{source}: unknown configuration keys {unknown}; known sections: "
+                             f"seed, {', '.join(SECTIONS)}")
+        kwargs: dict[str, Any] = {}
+        if "seed" in d:
+            kwargs["seed"] = _coerce(source, "seed", int, d["seed"])
+        for section, cls_ in SECTIONS.items():
+            if section in d:
+                kwargs[section] = _section_from_dict(cls_, d[section], f"{source}: {section}")
+        try:
+            return cls(**kwargs)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
+
+
+# --- validation ------------------------------------------------------------------------------
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _problems(c: Config) -> list[str]:
+    problems = [f"{name}={value!r} is not a finite number" for name, value in _floats(c)
+                if not math.isfinite(value)]
+    if problems:
+        return problems
+    t, m, d, e, i = c.train, c.model, c.data, c.eval, c.index
+    positive = {"batch_size": t.batch_size, "eval_batch_size": e.eval_batch_size,
+                "embedding_dim": m.embedding_dim, "num_buckets": d.num_buckets,
+                "num_candidates": e.num_candidates, "ndcg_k": e.ndcg_k,
+                "validation_freq": t.validation_freq, "nlist": i.nlist, "nprobe": i.nprobe,
+                "hnsw_m": i.hnsw_m, "ef_search": i.ef_search}
+    problems += [f"{k}={v} must be >= 1" for k, v in positive.items() if v < 1]
+    if t.batch_size == 1:
+        problems.append("batch_size=1 must be >= 2: with one row the in-batch softmax has no "
+                        "negative and the retrieval loss is exactly 0")
+    problems += [f"{k}={v} must be >= 0" for k, v in (("retrieval_epochs", t.retrieval_epochs),
+                                                     ("ranking_epochs", t.ranking_epochs))
+                 if v < 0]
+    for name, sizes in (("layer_sizes", m.layer_sizes),
+                        ("ranking_layer_sizes", m.ranking_layer_sizes)):
+        if (name == "layer_sizes" and not sizes) or any(s < 1 or s > MAX_WIDTH for s in sizes):
+            problems.append(f"{name}={sizes} must be sizes from 1 to {MAX_WIDTH}, e.g. 64,32")
+    for name, value, limit in (("embedding_dim", m.embedding_dim, MAX_WIDTH),
+                               ("num_buckets", d.num_buckets, MAX_BUCKETS),
+                               ("max_tokens", d.max_tokens, MAX_TOKENS)):
+        if value > limit:
+            problems.append(f"{name}={value} exceeds the limit {limit}")
+    if d.max_tokens < 3:
+        problems.append(f"max_tokens={d.max_tokens} must be >= 3 (padding, OOV, one token)")
+    if not 0.0 < d.train_fraction < 1.0:
+        problems.append(f"train_fraction={d.train_fraction} must be strictly between 0 and 1")
+    if not e.top_ks or any(k < 1 for k in e.top_ks):
+        problems.append(f"top_ks={e.top_ks} must be positive")
+    if t.learning_rate <= 0:
+        problems.append(f"learning_rate={t.learning_rate} must be > 0")
+    if c.task.temperature is not None and c.task.temperature <= 0:
+        problems.append(f"temperature={c.task.temperature} must be > 0")
+    if c.task.num_hard_negatives is not None and c.task.num_hard_negatives < 1:
+        problems.append(f"num_hard_negatives={c.task.num_hard_negatives} must be >= 1")
+    for name, value, choices in (("index", i.kind, INDEX_KINDS),
+                                 ("empty_title", m.empty_title, EMPTY_TITLE_MODES),
+                                 ("ranking_loss", c.task.ranking_loss, RANKING_LOSSES)):
+        if value not in choices:
+            problems.append(f"{name}={value!r} must be one of {', '.join(choices)}")
+    if e.ndcg_k > e.num_candidates:
+        problems.append(f"ndcg_k={e.ndcg_k} exceeds num_candidates={e.num_candidates}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", t.device):
+        problems.append(f"device={t.device!r} must be cpu, cuda or cuda:N")
+    if c.seed < 0:
+        problems.append(f"seed={c.seed} must be >= 0")
+    return problems
+
+
+def _floats(c: Config) -> list[tuple[str, float]]:
+    out = []
+    for section in SECTIONS:
+        for f in dataclasses.fields(SECTIONS[section]):
+            value = getattr(getattr(c, section), f.name)
+            if isinstance(value, float):
+                out.append((f.name, value))
+    return out
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Resolved annotations of a section (``from __future__`` keeps them as strings)."""
+    return typing.get_type_hints(cls)
+
+
+def _coerce(source: str, name: str, kind: Any, value: Any) -> Any:
+    """``value`` as the field's type, or ValueError naming ``source`` and the field."""
+    args = typing.get_args(kind)
+    optional = type(None) in args
+    if optional:
+        if value is None:
+            return None
+        kind = next(a for a in args if a is not type(None))
+    ok = {int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          bool: isinstance(value, bool), str: isinstance(value, str)}
+    if kind in ok:
+        if not ok[kind]:
+            raise ValueError(f"{source}: {name} must be {kind.__name__}"
+                             f"{' or null' if optional else ''}, got {value!r}")
+        return float(value) if kind is float else value
+    if typing.get_origin(kind) is tuple:
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"{source}: {name} must be a list of integers, got {value!r}")
+        return tuple(value)
+    raise TypeError(f"unsupported config field type {kind!r} for {name}")
+
+
+def _section_from_dict(cls: type, d: Any, source: str) -> Any:
+    if not isinstance(d, dict):
+        raise ValueError(f"{source} must be a JSON object, got {type(d).__name__}")
+    types = field_types(cls)
+    unknown = sorted(set(d) - set(types))
+    if unknown:
+        raise ValueError(f"{source}: unknown configuration keys {unknown}; known: "
+                         f"{', '.join(types)}")
+    return cls(**{k: _coerce(source, k, types[k], v) for k, v in d.items()})
+
+
+def _from_v1(d: dict, source: str) -> dict:
+    """The flat version 1 layout -> the sectioned one (old run folders keep loading)."""
+    out: dict[str, Any] = {"version": CONFIG_VERSION}
+    unknown = []
+    for key, value in d.items():
+        if key in ("version", "seed"):
+            out[key] = value if key == "seed" else CONFIG_VERSION
+        elif key in _V1_RENAMES:
+            section, name = _V1_RENAMES[key]
+            out.setdefault(section, {})[name] = value
+        elif key in FIELD_SECTION:
+            out.setdefault(FIELD_SECTION[key], {})[key] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"{source}: unknown configuration keys {sorted(unknown)}")
+    return out

@@ -64,7 +64,7 @@ class Dataset:
 
 def from_movielens(movielens: MovieLens, config: Config) -> Dataset:
     """Fit the spec on ``movielens`` and encode every rating and the corpus."""
-    spec = FeatureSpec.fit(movielens, num_buckets=config.num_buckets, max_tokens=config.max_tokens)
+    spec = FeatureSpec.fit(movielens, num_buckets=config.data.num_buckets, max_tokens=config.data.max_tokens)
     r = movielens.ratings
     user_id = r["user_id"].to_numpy(dtype=object)
     timestamp = r["timestamp"].to_numpy(dtype=np.int64)
@@ -77,16 +77,16 @@ def from_movielens(movielens: MovieLens, config: Config) -> Dataset:
                 "title_tokens": spec.title_tokens(movie_title, length=width)}
     return Dataset(
         movielens=movielens, spec=spec,
-        split=train_test_split(len(r), seed=config.seed, train_fraction=config.train_fraction),
+        split=train_test_split(len(r), seed=config.seed, train_fraction=config.data.train_fraction),
         user_id=user_id, timestamp=timestamp, movie_title=movie_title,
-        label=(r["user_rating"].to_numpy() >= config.rating_threshold).astype(np.float32),
+        label=(r["user_rating"].to_numpy() >= config.data.rating_threshold).astype(np.float32),
         features=features, corpus_titles=corpus_titles, corpus_features=corpus_features)
 
 
 def load_dataset(config: Config, data_dir: str | Path | None = None,
                  progress: bool = True) -> Dataset:
     """Locate the raw files (flag, env, cache, download), parse, fit and encode."""
-    directory = resolve_data_dir(data_dir or config.data_dir, progress=progress)
+    directory = resolve_data_dir(data_dir or config.data.data_dir, progress=progress)
     return from_movielens(load_movielens(directory), config)
 
 

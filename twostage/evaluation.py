@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 50, 100)
-DEFAULT_CHUNK = 4096  # query rows per [chunk, M] score block: 4096 x 1682 float32 = 27 MB
+DEFAULT_CHUNK_BYTES = 64 << 20  # one [rows, M] float32 score block: 64 MB whatever M is
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,89 +108,47 @@ def _check_binary(labels, probs, name: str = "probs") -> tuple[np.ndarray, np.nd
 # retrieval: TFRS FactorizedTopK
 # --------------------------------------------------------------------------------------------
 
-TF_PACKET_SIZE = 8  # Eigen float packet of the x86 TensorFlow wheels (AVX: 8 x float32)
-
-
-def tf_row_sum(x, packet_size: int = TF_PACKET_SIZE) -> np.ndarray:
-    """[N, D] float32 -> [N] float32 row sums, bit-for-bit in TensorFlow's CPU summation order.
-
-    ``tf.reduce_sum(x, axis=1)`` runs Eigen's ``InnerMostDimReducer<Self, Op, true, false>``
-    (tensorflow/include/unsupported/Eigen/CXX11/src/Tensor/TensorReduction.h): while 4 packets
-    remain, 4 packet accumulators; they are folded as ((a0 + a1) + a2) + a3; remaining whole
-    packets are added into that accumulator; the scalar tail is summed in order; the result is
-    ``tail + predux(acc)`` where ``predux`` adds halves (lane i + lane i + P/2, ...). Each step is
-    a float32 add here too, so the result is identical (checked against TF 2.21 for
-    D = 7, 13, 16, 24, 32, 40, 64, 100). ``packet_size`` is 4 for NEON (aarch64) builds.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    n, d = x.shape
-    p = int(packet_size)
-    acc = None
-    start = 0
-    if d >= 4 * p:
-        stop = (d // (4 * p)) * (4 * p)
-        lanes = [x[:, j * p:(j + 1) * p].copy() for j in range(4)]   # 0 + x is exact
-        for block in range(4 * p, stop, 4 * p):
-            for j in range(4):
-                lanes[j] += x[:, block + j * p:block + (j + 1) * p]
-        acc = ((lanes[0] + lanes[1]) + lanes[2]) + lanes[3]
-        start = stop
-    if start <= d - p:
-        stop = (d // p) * p
-        for block in range(start, stop, p):
-            packet = x[:, block:block + p]
-            acc = packet.copy() if acc is None else acc + packet
-        start = stop
-    tail = np.zeros(n, dtype=np.float32)
-    for j in range(start, d):
-        tail += x[:, j]
-    if acc is None:
-        return tail
-    while acc.shape[1] > 1:                                          # predux: fold halves
-        half = acc.shape[1] // 2
-        acc = acc[:, :half] + acc[:, half:]
-    return tail + acc[:, 0]
-
-
-def positive_scores(query_emb, true_cand_emb, summation: str = "tf") -> np.ndarray:
-    """[N, D], [N, D] -> [N] float32 row-wise dot products (TFRS: ``tf.reduce_sum(q * c, 1)``).
-
-    The products are float32 like TF's ``q * c``; ``summation="tf"`` adds them in TF's CPU
-    order (``tf_row_sum``), ``"numpy"`` with ``np.sum`` (pairwise; differs by an ulp in about
-    half of the rows, which matters because the true item's own corpus score is compared with
-    this value).
-    """
+def positive_scores(query_emb, true_cand_emb) -> np.ndarray:
+    """[N, D], [N, D] -> [N] float32 row-wise dot products (TFRS: ``tf.reduce_sum(q * c, 1)``),
+    products in float32, summed by numpy. TF sums in another order, so about half of the rows
+    differ by an ulp; the parity suite passes TF's exact order through ``positive=`` of
+    :func:`num_scoring_higher` (``parity_tests/tf_order.py``)."""
     q = _float32_matrix(query_emb, "query_emb")
     c = _float32_matrix(true_cand_emb, "true_cand_emb")
     if q.shape != c.shape:
         raise ValueError(f"query_emb {q.shape} and true_cand_emb {c.shape} must have the same "
                          "shape: one true candidate embedding per query")
-    if summation == "tf":
-        return tf_row_sum(q * c)
-    if summation == "numpy":
-        return np.sum(q * c, axis=1, dtype=np.float32)
-    raise ValueError(f"summation={summation!r} must be 'tf' or 'numpy'")
+    return np.sum(q * c, axis=1, dtype=np.float32)
 
 
-def num_scoring_higher(query_emb, true_cand_emb, corpus_emb, chunk: int = DEFAULT_CHUNK,
-                       summation: str = "tf") -> tuple[np.ndarray, np.ndarray]:
+def chunk_rows(num_columns: int, budget_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Rows of a [rows, num_columns] float32 score block that fit in ``budget_bytes``."""
+    return max(1, int(budget_bytes) // (4 * max(int(num_columns), 1)))
+
+
+def num_scoring_higher(query_emb, true_cand_emb, corpus_emb,
+                       budget_bytes: int = DEFAULT_CHUNK_BYTES, positive=None
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """For each query, how many corpus items score STRICTLY above its positive.
 
     query_emb [N, D], true_cand_emb [N, D], corpus_emb [M, D] (cast to float32; scores are
     float32 ``q @ corpus.T`` like TFRS's ``tf.matmul``). Returns (``greater`` [N] int64,
     ``finite`` [N] bool: the positive and all M corpus scores of that row are finite).
     The 1-based rank of the positive with ties in its favour is ``greater + 1``.
-    ``summation``: see ``positive_scores``.
+    ``positive`` [N]: the positive scores, if computed otherwise than :func:`positive_scores`;
+    the score matrix is processed in blocks of ``budget_bytes``.
     """
     q = _float32_matrix(query_emb, "query_emb")
     corpus = _float32_matrix(corpus_emb, "corpus_emb")
-    pos = positive_scores(q, true_cand_emb, summation=summation)
+    pos = (positive_scores(q, true_cand_emb) if positive is None
+           else np.asarray(positive, dtype=np.float32).reshape(-1))
+    if pos.shape[0] != q.shape[0]:
+        raise ValueError(f"positive has {pos.shape[0]} scores for {q.shape[0]} queries")
     if corpus.shape[1] != q.shape[1]:
         raise ValueError(f"corpus_emb dim {corpus.shape[1]} != query_emb dim {q.shape[1]}")
     if corpus.shape[0] == 0:
         raise ValueError("corpus_emb is empty: index at least one candidate")
-    if chunk < 1:
-        raise ValueError(f"chunk={chunk} must be >= 1")
+    chunk = chunk_rows(corpus.shape[0], budget_bytes)
     n = q.shape[0]
     greater = np.empty(n, dtype=np.int64)
     finite = np.isfinite(pos)
@@ -204,8 +162,9 @@ def num_scoring_higher(query_emb, true_cand_emb, corpus_emb, chunk: int = DEFAUL
 
 
 def factorized_top_k_accuracy(query_emb, true_cand_emb, corpus_emb,
-                              ks: Sequence[int] = DEFAULT_KS, chunk: int = DEFAULT_CHUNK,
-                              summation: str = "tf") -> dict[int, float]:
+                              ks: Sequence[int] = DEFAULT_KS,
+                              budget_bytes: int = DEFAULT_CHUNK_BYTES, positive=None
+                              ) -> dict[int, float]:
     """TFRS ``FactorizedTopK`` top-k categorical accuracy, score-based (no candidate ids).
 
     query_emb [N, D], true_cand_emb [N, D] (the embedding of each query's true candidate),
@@ -229,16 +188,17 @@ def factorized_top_k_accuracy(query_emb, true_cand_emb, corpus_emb,
     Rounding matters: the true item (and its duplicate titles) is in the corpus, and its corpus
     score (a GEMM dot product) rounded strictly above the positive (a row reduction) in about a
     third of the queries of a random test, in which case it counts as one item scoring higher.
-    So the positive is summed in TF's exact CPU order (``summation="tf"``, see ``tf_row_sum``),
-    and the corpus scores are float32 ``q @ corpus.T``, which equalled ``tf.matmul`` bit for bit
-    on the dev machine (numpy 2.4 BLAS vs TF 2.21, x86 AVX-512). With the same embeddings the
-    result then equalled TFRS's metric exactly (0 queries differ at every k in 20,000); with
-    ``summation="numpy"`` up to 33 of 6,000 queries moved at k=1. On other BLAS builds GEMM
-    rounding may differ, moving a query only when exactly k-1 other items score higher.
+    Here the positive is summed by numpy (plain and portable); TF sums it in its Eigen order,
+    and up to 33 of 6,000 queries moved at k=1 between the two on the dev machine. Given TF's
+    order through ``positive=`` (``parity_tests/tf_order.py``) and float32 ``q @ corpus.T`` (which
+    equalled ``tf.matmul`` bit for bit there, numpy 2.4 BLAS vs TF 2.21, x86 AVX-512), the result
+    equals TFRS's metric exactly (0 queries differ at every k in 20,000): the parity suite checks
+    that. On other BLAS builds GEMM rounding may differ, moving a query only when exactly k-1
+    other items score higher.
     """
     ks = _check_ks(ks)
-    greater, finite = num_scoring_higher(query_emb, true_cand_emb, corpus_emb, chunk=chunk,
-                                         summation=summation)
+    greater, finite = num_scoring_higher(query_emb, true_cand_emb, corpus_emb,
+                                         budget_bytes=budget_bytes, positive=positive)
     _check_nonempty(greater.shape[0], "queries")
     return {k: float(np.mean(finite & (greater < k))) for k in ks}
 

@@ -7,7 +7,6 @@ shape (``set_weights`` refuses anything partial).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,9 @@ def torch_to_tfrs(torch_backend):
     """A TfrsBackend with the same config, spec and weights as ``torch_backend``."""
     from tfrs_impl.backend import TfrsBackend
 
-    tfrs_backend = TfrsBackend(torch_backend.config, torch_backend.spec)
+    # BruteForce is TFRS's index and the torch device does not apply: serve the same weights.
+    config = torch_backend.config.replace(index="flat", device="cpu")
+    tfrs_backend = TfrsBackend(config, torch_backend.spec)
     copy_weights(torch_backend, tfrs_backend)
     return tfrs_backend
 
@@ -42,24 +43,19 @@ def tfrs_to_torch(tfrs_backend):
     return torch_backend
 
 
-def corpus_titles(run_dir: Path) -> np.ndarray:
-    """The corpus a run was evaluated on (``corpus.json`` written by ``twostage run``)."""
-    path = Path(run_dir) / "corpus.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; it is written by `twostage run`")
-    return np.asarray(json.loads(path.read_text(encoding="utf-8"))["titles"], dtype=object)
-
-
-def export_run_to_tfrs(run_dir: Path, out: Path, k: int = 100) -> Path:
-    """Load ``run_dir/torch``, move its weights into the TFRS models and write a SavedModel of
-    query model + BruteForce(k) over the run's corpus. Call it as
+def export_run_to_tfrs(torch_dir: Path, corpus_titles: np.ndarray, out: Path, k: int = 100,
+                       force: bool = False) -> Path:
+    """Load the torch checkpoint ``torch_dir`` (a run folder's ``torch/``, validated by
+    ``twostage.rundir.RunDir``), move its weights into the TFRS models and write a SavedModel of
+    query model + BruteForce(k) over ``corpus_titles``. ``out`` is replaced only if it is a
+    SavedModel export of ours (``force``: anything, moved aside). Call it as
     ``m = tf.saved_model.load(out); scores, titles = m({"user_id": tf.constant(["42"]),
     "timestamp": tf.constant([879000000], tf.int64)})``."""
     from tfrs_impl.checkpoint import export_saved_model
     from torch_impl.backend import TorchBackend
 
-    titles = corpus_titles(run_dir)
-    if k > len(titles):
-        raise ValueError(f"k={k} exceeds the corpus size {len(titles)}")
-    tfrs_backend = torch_to_tfrs(TorchBackend.load(Path(run_dir) / "torch"))
-    return export_saved_model(out, tfrs_backend.retrieval_model, titles, k=k)
+    if k > len(corpus_titles):
+        raise ValueError(f"k={k} exceeds the corpus size {len(corpus_titles)}")
+    torch_backend = TorchBackend.load(Path(torch_dir))
+    tfrs_backend = torch_to_tfrs(torch_backend)
+    return export_saved_model(out, tfrs_backend.retrieval_model, corpus_titles, k=k, force=force)

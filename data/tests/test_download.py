@@ -4,7 +4,10 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import json
+import logging
 import os
+import re
 import socket
 import threading
 import zipfile
@@ -13,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from twostage.data import download as dl
-from twostage.data.download import ChecksumError, DataNotFoundError, resolve_data_dir
+from twostage.data.download import (CacheDamagedError, ChecksumError, DataNotFoundError,
+                                    resolve_data_dir)
 
 FILES = {
     "u.data": "1\t1\t5\t874965758\n2\t1\t3\t876893171\n",
@@ -363,3 +367,206 @@ def test_every_error_mentions_local_copy():
     assert "--data-dir" in str(ChecksumError("bad"))
     assert issubclass(ChecksumError, DataNotFoundError)
     assert issubclass(DataNotFoundError, RuntimeError)
+
+
+# ------------------------------------------------------------------------------ cache checksums
+
+
+def _manifest(folder: Path) -> dict:
+    return json.loads((folder / dl.MANIFEST).read_text())["files"]
+
+
+def _cut(path: Path, size: int) -> None:
+    path.write_bytes(path.read_bytes()[:size])
+
+
+def test_download_writes_checksum_manifest(server, tmp_path):
+    base, _ = server
+    cache = tmp_path / "cache"
+    got = _get(base, cache)
+    files = _manifest(got)
+    assert sorted(files) == ["u.data", "u.genre", "u.item", "u.user"]  # every unpacked file
+    for name, entry in files.items():
+        raw = (got / name).read_bytes()
+        assert entry == {"size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+    assert sorted(os.listdir(got)) == sorted([dl.MANIFEST, *FILES])  # no temp file left
+    assert _leftovers(cache) == ["ml-100k"]
+
+
+@pytest.fixture
+def cached(server, tmp_path):
+    """(cache, folder): a cache holding a verified download."""
+    base, _ = server
+    cache = tmp_path / "cache"
+    return cache, _get(base, cache)
+
+
+def test_truncated_cached_file_is_an_error_when_download_is_disabled(cached):
+    """The report: a cached u.data cut short trained on what was left, with exit 0."""
+    cache, folder = cached
+    _cut(folder / "u.data", 20)
+    size = len(FILES["u.data"])
+    with pytest.raises(CacheDamagedError, match=(
+            rf"the cached copy {re.escape(str(cache / 'ml-100k'))} is damaged: u.data has 20 "
+            rf"bytes, expected {size}\. Delete .*ml-100k and run again with downloading enabled")):
+        resolve_data_dir(cache_dir=cache, download=False)
+    assert (folder / "u.data").read_bytes() == FILES["u.data"].encode()[:20]  # left as it was
+
+
+def test_changed_content_same_size_is_found_by_sha256(cached):
+    cache, folder = cached
+    (folder / "u.user").write_text(FILES["u.user"].replace("technician", "technicia1"))
+    with pytest.raises(CacheDamagedError, match=r"u.user has SHA-256 [0-9a-f]{64}, expected "
+                                                r"[0-9a-f]{64} \(same size, changed content\)"):
+        resolve_data_dir(cache_dir=cache, download=False)
+
+
+def test_listed_extra_file_missing_is_damage(cached):
+    cache, folder = cached
+    (folder / "u.genre").unlink()
+    with pytest.raises(CacheDamagedError, match=r"u.genre is missing \(expected a file of \d+ "
+                                                r"bytes\)"):
+        resolve_data_dir(cache_dir=cache, download=False)
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"files": {"../u.data": {"size": 1, "sha256": '
+                                                '"x"}}}', "[]"])
+def test_corrupt_manifest_is_damage(cached, text):
+    cache, folder = cached
+    (folder / dl.MANIFEST).write_text(text)
+    with pytest.raises(CacheDamagedError, match=f"its checksum manifest {re.escape(dl.MANIFEST)} "
+                                                "is unreadable or corrupt"):
+        resolve_data_dir(cache_dir=cache, download=False)
+
+
+def test_damaged_cache_is_replaced_by_a_fresh_download(cached, server, caplog):
+    base, _ = server
+    cache, folder = cached
+    _cut(folder / "u.data", 20)
+    with caplog.at_level(logging.WARNING, logger=dl.__name__):
+        got = _get(base, cache)
+    assert got == folder
+    assert (got / "u.data").read_text() == FILES["u.data"]
+    assert _Handler.hits == ["/ml-100k.zip", "/ml-100k.zip"]
+    assert f"the cached copy {cache / 'ml-100k'} is damaged: u.data has 20 bytes" in caplog.text
+    assert "deleting it and downloading a fresh copy" in caplog.text
+    assert _leftovers(cache) == ["ml-100k"]  # the damaged copy is gone, no temp folder left
+    assert resolve_data_dir(cache_dir=cache, download=False) == got  # and it verifies
+
+
+def test_damaged_cache_and_no_network(cached, server, caplog):
+    """The damaged copy is gone either way; the error is the download's."""
+    cache, folder = cached
+    _cut(folder / "u.data", 20)
+    base, stop = server
+    stop()
+    with caplog.at_level(logging.WARNING, logger=dl.__name__):
+        with pytest.raises(DataNotFoundError, match="could not download"):
+            _get(base, cache, timeout=2)
+    assert "is damaged: u.data has 20 bytes" in caplog.text
+    assert _leftovers(cache) == []
+
+
+def test_cache_without_manifest_is_used_with_one_warning(tmp_path, caplog, refused_url):
+    """A copy unpacked by an older version has nothing to check against: used, warned once."""
+    cache = tmp_path / "cache"
+    folder = _write_raw(cache / "ml-100k")
+    with caplog.at_level(logging.WARNING, logger=dl.__name__):
+        assert resolve_data_dir(cache_dir=cache, url=refused_url) == folder.resolve()
+        assert resolve_data_dir(cache_dir=cache, download=False) == folder.resolve()
+    warnings = [r for r in caplog.records if dl.MANIFEST in r.getMessage()]
+    assert len(warnings) == 1
+    assert "cannot be checked for damage" in warnings[0].getMessage()
+    assert sorted(os.listdir(folder)) == ["u.data", "u.item", "u.user"]  # nothing written
+
+
+def test_user_named_folder_is_neither_verified_nor_written(tmp_path, monkeypatch):
+    """A --data-dir / TWOSTAGE_DATA_DIR folder is the user's: no manifest check, no writes."""
+    d = _write_raw(tmp_path / "raw")
+    (d / dl.MANIFEST).write_text(json.dumps({"files": {"u.data": {"size": 1, "sha256": "0" * 64}}}))
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in d.iterdir()}
+    assert resolve_data_dir(d, cache_dir=tmp_path / "cache") == d.resolve()
+    monkeypatch.setenv("TWOSTAGE_DATA_DIR", str(d))
+    assert resolve_data_dir(cache_dir=tmp_path / "cache") == d.resolve()
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in d.iterdir()} == before
+
+
+# ------------------------------------------------------------------------------ not-a-file names
+
+
+def _replace_with(folder: Path, name: str, kind: str, tmp_path: Path) -> None:
+    (folder / name).unlink()
+    if kind == "directory":
+        (folder / name).mkdir()
+    elif kind == "loop":
+        os.symlink(name, folder / name)
+    else:
+        os.symlink(tmp_path / "gone", folder / name)
+
+
+@pytest.mark.parametrize("kind, says", [
+    ("directory", "has a u.data that is a directory, not a file"),
+    ("loop", "has a u.data that is a symbolic link loop"),
+    ("dangling", "has a u.data that is a dangling symbolic link (to '{gone}', which does not exist)"),
+])
+def test_required_file_that_is_not_a_file_is_named(tmp_path, kind, says):
+    d = _write_raw(tmp_path / "raw")
+    _replace_with(d, "u.data", kind, tmp_path)
+    with pytest.raises(DataNotFoundError) as info:
+        resolve_data_dir(d, cache_dir=tmp_path / "cache")
+    msg = str(info.value)
+    assert f"points at {d}, which {says.format(gone=tmp_path / 'gone')} (and has no ml-100k/" in msg
+    assert "missing" not in msg.split("(and has no")[0]
+
+
+def test_not_a_file_in_ml100k_subfolder_is_named(tmp_path):
+    sub = _write_raw(tmp_path / "datasets" / "ml-100k")
+    _replace_with(sub, "u.item", "directory", tmp_path)
+    (sub / "u.user").unlink()
+    with pytest.raises(DataNotFoundError, match=re.escape(
+            f"{sub} is missing u.user; has a u.item that is a directory, not a file.")):
+        resolve_data_dir(tmp_path / "datasets")
+
+
+def test_file_problem():
+    assert dl.file_problem(Path(__file__)) is None
+    assert dl.file_problem(Path(__file__).parent) == "a directory, not a file"
+    assert dl.file_problem(Path(__file__).parent / "no-such-file") == "missing"
+
+
+def test_damaged_cache_that_cannot_be_moved_aside(cached, server, monkeypatch):
+    base, _ = server
+    cache, folder = cached
+    _cut(folder / "u.data", 20)
+    real_replace = os.replace
+
+    def refuse(src, dst):
+        if Path(src) == cache / "ml-100k":
+            raise PermissionError(13, "Permission denied")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(dl.os, "replace", refuse)
+    with pytest.raises(CacheDamagedError, match=r"is damaged: u.data has 20 bytes, expected \d+, "
+                                                r"and it cannot be moved aside \(.*Permission "
+                                                r"denied\)\. Delete .* and run again"):
+        _get(base, cache)
+    assert _leftovers(cache) == ["ml-100k"]  # no trash folder left behind
+
+
+def test_leftovers_of_killed_downloads_are_cleaned(tmp_path, monkeypatch, caplog):
+    """A download killed mid-way leaves .ml-100k-<pid>-*.zip.part / unpack folders; the next
+    resolve removes those of dead processes (never those of a live one) and says so."""
+    import subprocess
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / f".ml-100k-{dead.pid}-abc.zip.part").write_bytes(b"partial")
+    (cache / f".ml-100k-{dead.pid}-def.tmp").mkdir()
+    live = cache / f".ml-100k-{os.getpid()}-ghi.zip.part"
+    live.write_bytes(b"in progress")
+    monkeypatch.delenv("TWOSTAGE_DATA_DIR", raising=False)
+    with pytest.raises(dl.DataNotFoundError):
+        dl.resolve_data_dir(cache_dir=cache, download=False)
+    assert sorted(p.name for p in cache.iterdir()) == [live.name]
+    assert "interrupted download" in caplog.text

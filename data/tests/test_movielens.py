@@ -91,12 +91,16 @@ def test_synthetic_records_equal_tfds(synthetic_dir, tfds_features):
 
 
 def test_quirky_layout_records_equal_tfds(tmp_path, tfds_features):
-    """CRLF line ends, no final newline, spaces and Latin-1 bytes in titles parse as in TFDS."""
+    """CRLF line ends, spaces and Latin-1 bytes in titles parse as in TFDS.
+
+    (A missing final newline, which TFDS accepts, is now rejected as a truncated file: see
+    test_hostile_data.py::test_no_final_newline_is_truncation.)
+    """
     folder = generate(tmp_path, num_users=12, num_movies=20, num_ratings=60, seed=3)
     item = folder / "u.item"
     set_line(item, 2, with_field(item, 2, 1, " Misérables, Les \xa0(1995)  "))
     for name in ("u.item", "u.user", "u.data"):
-        raw = (folder / name).read_bytes().rstrip(b"\n").replace(b"\n", b"\r\n")
+        raw = (folder / name).read_bytes().replace(b"\n", b"\r\n")
         (folder / name).write_bytes(raw)
     assert load_movielens(folder).movies["movie_title"][1] == " Misérables, Les \xa0(1995)  "
     check_against_tfds(folder, tfds_features)

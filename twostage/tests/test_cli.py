@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ import pytest
 from twostage.data.synthetic import generate
 from twostage.cli import main
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +46,7 @@ def test_run_writes_results_for_both_backends(run_dir):
             assert report["timings_s"][key] > 0
         assert len(report["history"]["retrieval"]["loss"]) == 3
         assert len(report["history"]["ranking"]["loss"]) == 2
-        assert report["config"]["batch_size"] == 512
+        assert report["config"]["train"]["batch_size"] == 512
         assert report["dataset"]["num_ratings"] == 3000
     table = (run_dir / "results.md").read_text()
     assert "torch - tfrs" in table and "retrieval.top_k_accuracy.100" in table
@@ -72,7 +70,7 @@ def test_export_matches_faiss_top_k(run_dir, tmp_path):
     import tensorflow as tf
 
     from torch_impl.backend import TorchBackend
-    from twostage.export import corpus_titles
+    from twostage.rundir import RunDir
 
     out = tmp_path / "saved"
     assert main(["export", "--run", str(run_dir), "--to", "tfrs", "--out", str(out), "-k", "10"]) == 0
@@ -82,7 +80,7 @@ def test_export_matches_faiss_top_k(run_dir, tmp_path):
                             "timestamp": tf.constant(stamps, tf.int64)})
     assert tuple(scores.shape) == (3, 10) and tuple(titles.shape) == (3, 10)
     backend = TorchBackend.load(run_dir / "torch")
-    corpus = corpus_titles(run_dir)
+    corpus = RunDir.open(run_dir).corpus_titles
     backend.build_index(corpus)
     f_scores, rows = backend.retrieve(np.array(users, dtype=object), np.array(stamps), 10)
     np.testing.assert_allclose(scores.numpy(), f_scores, rtol=1e-5, atol=1e-6)

@@ -7,18 +7,19 @@ from twostage.report import table
 
 def test_defaults_are_the_seed_protocol_and_keras_defaults():
     c = Config()
-    assert (c.seed, c.train_fraction, c.batch_size, c.eval_batch_size) == (42, 0.8, 2048, 4096)
-    assert (c.retrieval_epochs, c.ranking_epochs, c.validation_freq) == (100, 100, 10)
-    assert c.layer_sizes == (64, 32) and c.ranking_layer_sizes == (256, 64)
-    assert (c.learning_rate, c.initial_accumulator_value, c.adagrad_epsilon) == (0.1, 0.1, 1e-7)
-    assert (c.num_buckets, c.max_tokens, c.embedding_dim) == (1000, 10_000, 32)
-    assert c.top_ks == (1, 5, 10, 50, 100) and (c.num_candidates, c.ndcg_k) == (10, 10)
-    assert c.temperature is None and c.num_hard_negatives is None
-    assert not c.remove_accidental_hits and not c.use_sampling_probability
+    t, e, m, d, task = c.train, c.eval, c.model, c.data, c.task
+    assert (c.seed, d.train_fraction, t.batch_size, e.eval_batch_size) == (42, 0.8, 2048, 4096)
+    assert (t.retrieval_epochs, t.ranking_epochs, t.validation_freq) == (100, 100, 10)
+    assert m.layer_sizes == (64, 32) and m.ranking_layer_sizes == (256, 64)
+    assert (t.learning_rate, t.initial_accumulator_value, t.adagrad_epsilon) == (0.1, 0.1, 1e-7)
+    assert (d.num_buckets, d.max_tokens, m.embedding_dim) == (1000, 10_000, 32)
+    assert e.top_ks == (1, 5, 10, 50, 100) and (e.num_candidates, e.ndcg_k) == (10, 10)
+    assert task.temperature is None and task.num_hard_negatives is None
+    assert not task.remove_accidental_hits and not task.use_sampling_probability
 
 
 def test_round_trip_through_dict():
-    c = Config(layer_sizes=(128, 64, 32), temperature=0.5)
+    c = Config.of(layer_sizes=(128, 64, 32), temperature=0.5)
     assert Config.from_dict(c.to_dict()) == c
 
 
@@ -33,7 +34,7 @@ def test_round_trip_through_dict():
 ])
 def test_bad_values_name_the_field(changes, message):
     with pytest.raises(ValueError, match=message):
-        Config(**changes)
+        Config.of(**changes)
 
 
 def test_unknown_keys_are_rejected():

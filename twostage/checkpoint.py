@@ -1,0 +1,278 @@
+"""The checkpoint format both backends write and read (numpy only; no torch, no tensorflow).
+
+A checkpoint is a folder, written by :func:`twostage.io.replace_directory` (temporary sibling,
+then one rename; an existing folder is replaced only if it is a checkpoint of ours)::
+
+    .twostage          marker {"kind": "checkpoint"}
+    meta.json          format, version, backend, spec fingerprint, epochs done, stages
+    config.json        Config.to_dict()
+    feature_spec.json  FeatureSpec.to_dict()
+    retrieval.npz      "weights/<Keras name>" and "accumulators/<Keras name>" (Adagrad state)
+    ranking.npz        idem
+
+Both backends name weights by the Keras attribute path of the seed's models with Dense kernels
+[in, out] (``torch_impl.models`` transposes Linear weights), and store the Keras Adagrad
+accumulator of every weight under the same name, so a resumed run of either backend continues
+the same optimizer state. Everything read back is validated before anything is allocated:
+every failure is one :class:`CheckpointError` line naming the file, the field and the fix.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from . import io
+from .config import Config
+from .data.features import FeatureSpec
+
+FORMAT = "twostage-checkpoint"
+VERSION = 2
+KIND = "checkpoint"
+STAGES = ("retrieval", "ranking")
+STAGE_FILES = {"retrieval": "retrieval.npz", "ranking": "ranking.npz"}
+WEIGHTS, ACCUMULATORS = "weights/", "accumulators/"
+# Config fields that decide parameter shapes or the meaning of the inputs.
+ARCHITECTURE_FIELDS = ("embedding_dim", "layer_sizes", "ranking_layer_sizes", "num_buckets",
+                       "max_tokens")
+MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32: far above any MovieLens model
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is malformed, or does not belong to the given spec / config / backend."""
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """No checkpoint at the given path."""
+
+
+@dataclass
+class StageState:
+    """One model's weights and optimizer accumulators, by Keras name."""
+
+    weights: dict[str, np.ndarray]
+    accumulators: dict[str, np.ndarray] | None = None
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`load_checkpoint` returns."""
+
+    directory: Path
+    backend: str
+    config: Config
+    spec: FeatureSpec
+    stages: dict[str, StageState] = field(default_factory=dict)
+    epochs_done: dict[str, int] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+
+# --- writing ---------------------------------------------------------------------------------
+def save_checkpoint(directory: Path | str, *, backend: str, config: Config, spec: FeatureSpec,
+                    stages: Mapping[str, StageState], epochs_done: Mapping[str, int],
+                    framework: str = "") -> Path:
+    """Write a checkpoint atomically to ``directory`` (replacing an older checkpoint only)."""
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}; use {STAGES}")
+
+    def write(tmp: Path) -> None:
+        for stage, state in stages.items():
+            arrays = {WEIGHTS + k: np.asarray(v) for k, v in state.weights.items()}
+            if state.accumulators is not None:
+                arrays.update({ACCUMULATORS + k: np.asarray(v)
+                               for k, v in state.accumulators.items()})
+            io.write_with(tmp / STAGE_FILES[stage], lambda p, a=arrays: _savez(p, a))
+        io.write_json(tmp / "config.json", config.to_dict())
+        io.write_json(tmp / "feature_spec.json", spec.to_dict())
+        io.write_json(tmp / "meta.json", {
+            "format": FORMAT, "version": VERSION, "backend": backend,
+            "spec_fingerprint": spec.fingerprint(), "framework": framework,
+            "stages": sorted(stages), "epochs_done": {s: int(epochs_done.get(s, 0))
+                                                      for s in STAGES}})
+    return io.replace_directory(Path(directory), write, KIND)
+
+
+def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+# --- reading ---------------------------------------------------------------------------------
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing ({what}); the checkpoint is incomplete: "
+                              "train and save again") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable {what} ({e}); train and save again"
+                              ) from None
+
+
+def _check_meta(meta, path: Path, backend: str | None) -> dict:
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise CheckpointError(f"{path}: format {meta.get('format')!r} v{meta.get('version')!r} "
+                              f"is not a {FORMAT} v{VERSION}; retrain with this version")
+    if backend is not None and meta.get("backend") != backend:
+        raise CheckpointError(f"{path.parent} holds a {meta.get('backend')!r} checkpoint, not "
+                              f"{backend}; load it with its own backend (or move its weights "
+                              "with twostage.export)")
+    stages = meta.get("stages")
+    if not isinstance(stages, list) or not set(stages) <= set(STAGES):
+        raise CheckpointError(f"{path}: 'stages' must be a list drawn from {list(STAGES)}, "
+                              f"got {stages!r}")
+    epochs = meta.get("epochs_done")
+    if not isinstance(epochs, dict) or not all(
+            s in STAGES and isinstance(n, int) and n >= 0 for s, n in epochs.items()):
+        raise CheckpointError(f"{path}: 'epochs_done' must map stages to counts >= 0, got "
+                              f"{epochs!r}")
+    if not isinstance(meta.get("spec_fingerprint"), str):
+        raise CheckpointError(f"{path}: 'spec_fingerprint' is missing")
+    return meta
+
+
+def config_differences(stored: Config, given: Config,
+                       fields: tuple[str, ...] = ARCHITECTURE_FIELDS) -> dict[str, tuple]:
+    """{field: (stored, given)} for the architecture ``fields`` that differ."""
+    def get(c: Config, name: str):
+        section = "data" if name in ("num_buckets", "max_tokens") else "model"
+        return getattr(getattr(c, section), name)
+    return {f: (get(stored, f), get(given, f)) for f in fields if get(stored, f) != get(given, f)}
+
+
+def parameter_count(config: Config, spec: FeatureSpec) -> int:
+    """Trainable parameters of both models of ``config`` over ``spec`` (before allocating)."""
+    d, m = config.model.embedding_dim, config.model
+    tables = spec.num_user_rows + spec.num_bucket_rows  # UserModel
+    movie = spec.num_title_rows + spec.max_tokens        # MovieModel
+    per_pair = (tables + movie) * d
+
+    def mlp(width: int, sizes) -> int:
+        total = 0
+        for s in sizes:
+            total += width * s + s
+            width = s
+        return total
+    towers = mlp(2 * d + 1, m.layer_sizes) + mlp(2 * d, m.layer_sizes)
+    ranking = mlp(4 * d + 1, [*m.ranking_layer_sizes, 1])
+    return 2 * per_pair + towers + ranking
+
+
+def _load_stage(path: Path) -> StageState:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise CheckpointError(f"{path}: not a readable weight file ({e}); train and save again"
+                              ) from None
+    bad = sorted(k for k in arrays if not k.startswith((WEIGHTS, ACCUMULATORS)))
+    if bad:
+        raise CheckpointError(f"{path}: unexpected entries {bad[:3]} (expected "
+                              f"'{WEIGHTS}<name>' and '{ACCUMULATORS}<name>')")
+    floats = [k for k, v in arrays.items() if v.dtype != np.float32]
+    if floats:
+        raise CheckpointError(f"{path}: {floats[0]} has dtype {arrays[floats[0]].dtype}, "
+                              "expected float32")
+    weights = {k[len(WEIGHTS):]: v for k, v in arrays.items() if k.startswith(WEIGHTS)}
+    accs = {k[len(ACCUMULATORS):]: v for k, v in arrays.items() if k.startswith(ACCUMULATORS)}
+    if accs and set(accs) != set(weights):
+        raise CheckpointError(f"{path}: optimizer accumulators do not match the weights")
+    return StageState(weights, accs or None)
+
+
+def load_checkpoint(directory: Path | str, *, backend: str | None = None,
+                    config: Config | None = None, spec: FeatureSpec | None = None
+                    ) -> Checkpoint:
+    """Read and validate a checkpoint written by :func:`save_checkpoint`.
+
+    ``backend``: the stored backend must be this one. ``spec``: must have the stored fingerprint.
+    ``config``: must agree on ARCHITECTURE_FIELDS; its runtime options (device, epochs, index)
+    are used then. Raises CheckpointNotFoundError / CheckpointError.
+    """
+    directory = Path(directory)
+    what = f"a {backend} checkpoint" if backend else "a checkpoint"
+    if not directory.is_dir():
+        raise CheckpointNotFoundError(f"no checkpoint folder at {directory} (not {what}); "
+                                      "train and save one first")
+    if not (directory / "meta.json").is_file():
+        raise CheckpointNotFoundError(f"{directory} is not {what}: no meta.json; save one "
+                                      "with the backend's save()")
+    meta = _check_meta(_read_json(directory / "meta.json", "metadata"), directory / "meta.json",
+                       backend)
+    try:
+        stored_spec = FeatureSpec.from_dict(_read_json(directory / "feature_spec.json", "spec"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{directory / 'feature_spec.json'}: not a feature spec ({e})"
+                              ) from None
+    if stored_spec.fingerprint() != meta["spec_fingerprint"]:
+        raise CheckpointError(
+            f"{directory}: feature_spec.json (fingerprint {stored_spec.fingerprint()}) does not "
+            f"match the one the models were trained with ({meta['spec_fingerprint']}); the "
+            "checkpoint was edited or mixed up: retrain and save again")
+    if spec is not None and spec.fingerprint() != stored_spec.fingerprint():
+        raise CheckpointError(
+            f"{directory}: the models were trained with feature spec {stored_spec.fingerprint()} "
+            f"but spec {spec.fingerprint()} was given (different data, num_buckets or "
+            "max_tokens): load without a spec to use the stored one, or retrain")
+    stored_config = Config.from_dict(_read_json(directory / "config.json", "config"),
+                                     source=str(directory / "config.json"))
+    _check_sizes(directory, stored_config, stored_spec)
+    if config is not None:
+        diff = config_differences(stored_config, config)
+        if diff:
+            details = ", ".join(f"{k}: checkpoint {a!r} vs given {b!r}"
+                                for k, (a, b) in diff.items())
+            raise CheckpointError(f"{directory}: the checkpoint's architecture differs from the "
+                                  f"given config ({details}); load without a config or with "
+                                  "matching values")
+    stages = {s: _load_stage(directory / STAGE_FILES[s]) for s in meta["stages"]}
+    return Checkpoint(directory=directory, backend=meta.get("backend", ""),
+                      config=config or stored_config, spec=stored_spec, stages=stages,
+                      epochs_done={**{s: 0 for s in STAGES}, **meta["epochs_done"]}, meta=meta)
+
+
+def stored_config(directory: Path | str) -> Config:
+    """The config a checkpoint was saved with (validated), without loading any weight."""
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise CheckpointNotFoundError(f"{directory} is not a checkpoint: no config.json")
+    return Config.from_dict(_read_json(directory / "config.json", "config"),
+                            source=str(directory / "config.json"))
+
+
+def _check_sizes(directory: Path, config: Config, spec: FeatureSpec) -> None:
+    """Refuse a config that would allocate absurd tables for this spec (a hostile or mistyped
+    run folder), before any model is built."""
+    if len(spec.ts_boundaries) != config.data.num_buckets or \
+            spec.max_tokens != config.data.max_tokens:
+        raise CheckpointError(f"{directory}: config.json and feature_spec.json disagree "
+                              f"(num_buckets {config.data.num_buckets} vs "
+                              f"{len(spec.ts_boundaries)} boundaries, max_tokens "
+                              f"{config.data.max_tokens} vs {spec.max_tokens}); the checkpoint "
+                              "was edited or mixed up: retrain")
+    count = parameter_count(config, spec)
+    if count > MAX_PARAMETERS:
+        raise CheckpointError(f"{directory}: config.json asks for {count:,} parameters (more "
+                              f"than {MAX_PARAMETERS:,}); the file was edited or is not ours")
+
+
+def check_weights(directory: Path, stage: str, got: Mapping[str, np.ndarray],
+                  expected: Mapping[str, tuple[int, ...]]) -> None:
+    """Names and shapes of a stored stage against the model built from its config and spec."""
+    path = Path(directory) / STAGE_FILES[stage]
+    missing, unexpected = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weight names do not match the {stage} model "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for name, shape in expected.items():
+        if tuple(got[name].shape) != tuple(shape):
+            raise CheckpointError(f"{path}: {name} has shape {tuple(got[name].shape)}, the "
+                                  f"model built from the checkpoint's config needs {shape}")

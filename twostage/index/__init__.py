@@ -1,0 +1,32 @@
+"""Candidate indexes: maximum-inner-product top-k on FAISS (faiss + numpy; no torch, no TF).
+
+- :mod:`twostage.index.base`    ``Index``: add / search / params / save / load, the kind
+  registry ``KINDS``, ``create_index``, input validation
+- :mod:`twostage.index.flat`    ``FlatIndex``: exact (``IndexFlatIP``), TFRS's ``BruteForce``
+- :mod:`twostage.index.ivf`     ``IVFIndex(nlist, nprobe)``: approximate (``IndexIVFFlat``)
+- :mod:`twostage.index.hnsw`    ``HNSWIndex(hnsw_m, ef_search)``: approximate (``IndexHNSWFlat``)
+- :mod:`twostage.index.factory` ``make_index(config)``: the kind and settings of ``config.index``
+- :mod:`twostage.index.threads` ``configure_threads``: FAISS's OpenMP threads are left alone
+
+Typical use::
+
+    index = make_index(config).add(candidate_embeddings)      # [M, D] float32
+    scores, rows = index.search(query_embeddings, k)           # [N, k'] float32, int64
+    index.save(path)
+    index = Index.load(path, expect_dim=D, expect_ntotal=M)    # the stored kind's class
+
+Evaluate approximate kinds (``not index.is_exact()``) with
+``twostage.evaluation.top_k_accuracy_from_ids``: their scores can't be compared with an exact
+positive score.
+"""
+from __future__ import annotations
+
+from .base import FORMAT, KINDS, Index, create_index, index_class
+from .flat import FlatIndex        # registration order = KINDS order: flat, ivf, hnsw
+from .ivf import IVFIndex
+from .hnsw import HNSWIndex
+from .factory import make_index
+from .threads import configure_threads
+
+__all__ = ["FORMAT", "KINDS", "Index", "FlatIndex", "IVFIndex", "HNSWIndex", "create_index",
+           "index_class", "make_index", "configure_threads"]

@@ -1,0 +1,19 @@
+"""The configured index: ``config.index`` -> an empty :class:`~twostage.index.Index`."""
+from __future__ import annotations
+
+from twostage.config import Config, IndexConfig
+
+from .base import Index, index_class
+
+
+def make_index(config: Config | IndexConfig) -> Index:
+    """An empty index of ``config.index.kind`` with that kind's settings from ``config.index``
+    (ivf: nlist, nprobe; hnsw: hnsw_m, ef_search; flat: none). Pass a whole ``Config`` or its
+    ``IndexConfig`` section. ValueError for an unknown kind or impossible settings (e.g. ivf
+    nprobe > nlist)."""
+    section = config.index if isinstance(config, Config) else config
+    if not isinstance(section, IndexConfig):
+        raise TypeError(f"make_index takes a twostage.config.Config (or its IndexConfig), got "
+                        f"{type(config).__name__}")
+    cls = index_class(section.kind)
+    return cls(**{name: getattr(section, name) for name in cls.PARAMS})

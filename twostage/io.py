@@ -1,0 +1,221 @@
+"""Atomic writes and safe replacement: the only code in the project that creates output files.
+
+Rules (README "What is safe to point it at"):
+
+- A file is written to a temporary sibling and renamed into place: a reader sees the old or the
+  new complete file, never half of one.
+- A folder (checkpoint, run, SavedModel) is written to a temporary sibling folder and renamed into
+  place. An existing target is replaced only if this project wrote it, recognised by the
+  :data:`MARKER` file inside; anything else is refused with :class:`OwnershipError` unless the
+  caller passes ``force=True``, which moves it aside to ``<name>.replaced-<time>`` (never deletes).
+- Temporary names carry :data:`TMP_TAG`, so leftovers of a killed process are recognisable:
+  :func:`recover_leftovers` restores a target whose replacement was interrupted between its two
+  renames, and removes stale temporaries, saying what it did.
+- Files and folders get the permissions the user's umask gives (``mkstemp``/``mkdtemp`` would
+  create them 0600/0700, unreadable to teammates sharing a results folder).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger("twostage")
+
+MARKER = ".twostage"          # inside every folder the project writes: {"kind": ...}
+TMP_TAG = ".twostage-tmp-"    # <parent>/.<name>.twostage-tmp-XXXX (being written)
+OLD_TAG = ".twostage-old-"    # <parent>/.<name>.twostage-old-XXXX (being replaced)
+STALE_SECONDS = 0             # leftovers of dead processes; see recover_leftovers
+
+
+class OwnershipError(FileExistsError):
+    """The target exists and was not written by this project (or is of another kind)."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _chmod_default(path: Path, directory: bool) -> None:
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+# --- files -----------------------------------------------------------------------------------
+def write_bytes(path: Path | str, payload: bytes) -> Path:
+    """Write ``payload`` to ``path`` atomically (temporary sibling, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_TAG}", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        _chmod_default(Path(tmp), directory=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: Path | str, text: str) -> Path:
+    """UTF-8 text, atomically."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path | str, obj, indent: int | None = 1) -> Path:
+    """JSON (UTF-8, non-ASCII kept), atomically."""
+    return write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False))
+
+
+def write_with(path: Path | str, write: Callable[[Path], None]) -> Path:
+    """Atomic write through a writer that takes a path (numpy.savez, matplotlib savefig, ...).
+    The temporary keeps ``path``'s suffix, which some writers use to pick a format."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_TAG}", suffix=path.suffix,
+                               dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        _chmod_default(Path(tmp), directory=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --- folders ---------------------------------------------------------------------------------
+def marker_kind(directory: Path) -> str | None:
+    """The kind this project recorded in ``directory`` (None: not ours, or not a folder)."""
+    try:
+        data = json.loads((Path(directory) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("kind") if isinstance(data, dict) else None
+
+
+def check_replaceable(target: Path | str, kind: str, *, force: bool = False) -> None:
+    """Raise OwnershipError unless ``target`` may be replaced by a folder of ``kind``: it does
+    not exist, is an empty folder, or holds our marker of the same kind (``force`` accepts
+    anything but moves it aside instead of deleting it, see :func:`replace_directory`)."""
+    target = Path(target)
+    if not os.path.lexists(target) or force:
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise OwnershipError(f"{target} exists and is not a folder; choose another path, or "
+                             "pass --force to move it aside (nothing is deleted)")
+    if not any(target.iterdir()):
+        return
+    found = marker_kind(target)
+    if found == kind:
+        return
+    what = (f"a twostage {found}, not a {kind}" if found else
+            "files this project did not write")
+    raise OwnershipError(f"{target} holds {what}; refusing to replace it. Choose a new folder, "
+                         f"or pass --force to move it aside to {target.name}.replaced-<time> "
+                         "(nothing is deleted)")
+
+
+def _move_aside(target: Path) -> Path:
+    aside = target.with_name(f"{target.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while os.path.lexists(aside):
+        aside = aside.with_name(f"{aside.name.split('~')[0]}~{n}")
+        n += 1
+    os.replace(target, aside)
+    log.warning("moved %s aside to %s", target, aside)
+    return aside
+
+
+def replace_directory(target: Path | str, write: Callable[[Path], None], kind: str, *,
+                      force: bool = False, extra_marker: dict | None = None) -> Path:
+    """Build a folder with ``write(tmp)`` beside ``target``, stamp our marker, and rename it into
+    place. An existing target is replaced only after :func:`check_replaceable`; the old copy is
+    renamed to an ``OLD_TAG`` sibling first and removed last, so at every instant ``target`` is
+    the old or the new complete folder (or, after a kill between the renames, the old copy sits
+    in the sibling where :func:`recover_leftovers` finds it)."""
+    target = Path(target)
+    check_replaceable(target, kind, force=force)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    recover_leftovers(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{TMP_TAG}", dir=target.parent))
+    old: Path | None = None
+    try:
+        _chmod_default(tmp, directory=True)
+        write(tmp)
+        write_json(tmp / MARKER, {"kind": kind, **(extra_marker or {})})
+        if os.path.lexists(target):
+            if force and marker_kind(target) != kind and (
+                    not target.is_dir() or target.is_symlink() or any(target.iterdir())):
+                _move_aside(target)
+            else:
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}{OLD_TAG}",
+                                            dir=target.parent))
+                os.replace(target, old / "previous")
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and (old / "previous").exists() and not os.path.lexists(target):
+            os.replace(old / "previous", target)  # put the previous folder back
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def recover_leftovers(target: Path | str) -> list[str]:
+    """Repair what a killed process left beside ``target`` and say so (returns the notes).
+
+    - ``target`` missing but an ``OLD_TAG`` sibling holds the previous copy: the kill came between
+      the two renames of :func:`replace_directory`; the previous copy is renamed back.
+    - other ``OLD_TAG`` / ``TMP_TAG`` siblings of ``target``: incomplete or superseded copies of
+      our own, removed.
+    """
+    target = Path(target)
+    notes: list[str] = []
+    parent = target.parent
+    if not parent.is_dir():
+        return notes
+    olds = sorted(parent.glob(f".{target.name}{OLD_TAG}*"))
+    for old in olds:
+        previous = old / "previous"
+        if previous.exists() and not os.path.lexists(target):
+            os.replace(previous, target)
+            notes.append(f"restored {target} from an interrupted replacement ({old.name})")
+        shutil.rmtree(old, ignore_errors=True)
+        notes.append(f"removed leftover {old}")
+    for tmp in sorted(parent.glob(f".{target.name}{TMP_TAG}*")):
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        notes.append(f"removed incomplete {tmp} left by an interrupted write")
+    for note in notes:
+        log.warning("%s", note)
+    return notes
+
+
+def ensure_writable_dir(path: Path | str, what: str) -> Path:
+    """Create ``path`` (and parents) if needed and check it is a writable folder, before any
+    long work starts; OSError with the path and the fix otherwise."""
+    path = Path(path)
+    if os.path.lexists(path) and not path.is_dir():
+        raise NotADirectoryError(f"{what} {path} exists and is not a folder; choose another path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=f".probe{TMP_TAG}", delete=True)
+        probe.close()
+    except OSError as e:
+        raise PermissionError(f"{what} {path} is not writable ({e.strerror or e}); choose a "
+                              "folder you can write to") from None
+    return path
