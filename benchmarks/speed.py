@@ -1,10 +1,17 @@
 """Side-by-side speed of the torch and TFRS paths, in one process, medians of repetitions.
 
     python -m benchmarks.speed --backend both [--epochs 5] [--repeats 5] [--out DIR]
+    python -m benchmarks.speed --contention [--epochs 3]
 
 Prints median seconds per training epoch of each stage (first epoch dropped as warm-up),
 full-corpus evaluation time, index build time and query throughput at k=10 and k=100, and the
 torch/TFRS ratios; writes ``speed.json`` with the machine facts.
+
+``--contention``: how each backend's training epochs degrade beside one competing CPU-bound
+process (a busy loop pinned to nothing, as another user's job would be). Each measurement runs in
+a fresh process, because the OpenMP wait policy under test (``OMP_WAIT_POLICY``: libgomp spins
+waiting threads by default, which starves them when a core is taken) is read once at start-up.
+Writes ``contention.json`` and prints alone / contended seconds and the slowdown ratios.
 """
 from __future__ import annotations
 
@@ -30,19 +37,29 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(name: str, dataset, config: Config, repeats: int) -> dict:
-    """Figures for one backend; training epochs come from its own per-epoch clock."""
-    from twostage.pipeline import evaluate_retrieval, make_backend
+def epoch_times(name: str, dataset, config: Config):
+    """Train both stages -> (backend, median seconds per retrieval / ranking epoch, the first
+    epoch dropped as warm-up: tracing, allocator)."""
+    from twostage.pipeline import make_backend
 
     backend = make_backend(name, config, dataset)
     r_hist = backend.fit_retrieval(dataset)
     k_hist = backend.fit_ranking(dataset)
+    return (backend, statistics.median(r_hist.epoch_seconds[1:] or r_hist.epoch_seconds),
+            statistics.median(k_hist.epoch_seconds[1:] or k_hist.epoch_seconds))
+
+
+def measure(name: str, dataset, config: Config, repeats: int) -> dict:
+    """Figures for one backend; training epochs come from its own per-epoch clock."""
+    from twostage.pipeline import evaluate_retrieval
+
+    backend, retrieval_s, ranking_s = epoch_times(name, dataset, config)
     backend.build_index(dataset.corpus_titles)
     test = dataset.split.test
     users, stamps = dataset.user_id[test], dataset.timestamp[test]
     out = {
-        "retrieval_epoch_s": statistics.median(r_hist.epoch_seconds[1:] or r_hist.epoch_seconds),
-        "ranking_epoch_s": statistics.median(k_hist.epoch_seconds[1:] or k_hist.epoch_seconds),
+        "retrieval_epoch_s": retrieval_s,
+        "ranking_epoch_s": ranking_s,
         "evaluation_s": _median_time(lambda: evaluate_retrieval(backend, dataset, config),
                                      repeats),
         "index_build_s": _median_time(lambda: backend.build_index(dataset.corpus_titles),
@@ -66,6 +83,47 @@ def machine() -> dict:
     return facts
 
 
+# --- contention ---------------------------------------------------------------------------------
+POLICIES = {"spin (libgomp default)": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
+BUSY_LOOP = "while True: pass"
+
+
+def _child(args: list[str], extra_env: dict[str, str], competitor: bool) -> dict:
+    """Epoch times measured by a fresh ``--child`` process, alone or beside a busy loop."""
+    import subprocess
+    environment = {**os.environ, **extra_env}
+    if not extra_env:  # the default: what the project would otherwise set
+        environment.pop("OMP_WAIT_POLICY", None)
+    busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) if competitor else None
+    try:
+        done = subprocess.run([sys.executable, "-m", "benchmarks.speed", *args], env=environment,
+                              capture_output=True, text=True, check=True)
+    finally:
+        if busy is not None:
+            busy.kill()
+            busy.wait()
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def contention(args) -> dict:
+    """Alone vs beside one busy process, per backend and (torch) wait policy."""
+    common = ["--epochs", str(args.epochs)] + (["--data-dir", args.data_dir] if args.data_dir
+                                                else [])
+    rows = []
+    for name in (BACKENDS if args.backend == "both" else (args.backend,)):
+        policies = POLICIES if name == "torch" else {"tf default": {}}
+        for policy, extra in policies.items():
+            alone = _child(["--child", name, *common], extra, competitor=False)
+            busy = _child(["--child", name, *common], extra, competitor=True)
+            rows.append({"backend": name, "policy": policy, "alone": alone, "contended": busy,
+                         "slowdown": {k: busy[k] / alone[k] for k in alone}})
+            print(f"{name:<6} {policy:<24} " + "  ".join(
+                f"{k}: {alone[k]:.3f} s alone, {busy[k]:.3f} s contended "
+                f"({busy[k] / alone[k]:.1f}x)" for k in alone), flush=True)
+    return {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "epochs": args.epochs, "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__)
     p.add_argument("--backend", choices=(*BACKENDS, "both"), default="both")
@@ -74,16 +132,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="repetitions of timed evaluation")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="runs/speed")
+    p.add_argument("--contention", action="store_true",
+                   help="training epochs alone and beside a competing process, in fresh "
+                   "processes per backend and OpenMP wait policy")
+    p.add_argument("--child", choices=BACKENDS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     env.setup_process()
     if args.epochs < 2:
         p.error("--epochs must be >= 2 (the first epoch is dropped as warm-up)")
+    if args.contention:
+        report = contention(args)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "contention.json").write_text(json.dumps(report, indent=1))
+        return 0
     from twostage.dataset import load_dataset
 
     config = Config.of(data_dir=args.data_dir, retrieval_epochs=args.epochs,
                     ranking_epochs=args.epochs, validation_freq=10 ** 6, device=args.device,
                     quiet=True)
-    dataset = load_dataset(config)
+    dataset = load_dataset(config, progress=False)
+    if args.child:  # one measurement for --contention, as one JSON line
+        _, retrieval_s, ranking_s = epoch_times(args.child, dataset, config)
+        print(json.dumps({"retrieval_epoch_s": retrieval_s, "ranking_epoch_s": ranking_s}))
+        return 0
     names = list(BACKENDS) if args.backend == "both" else [args.backend]
     results = {}
     for name in names:

@@ -2,21 +2,25 @@
 
 TFRS 0.7 is written against Keras 2 (``tf_keras``). TensorFlow >= 2.16 binds ``tf.keras`` to
 Keras 3 unless ``TF_USE_LEGACY_KERAS=1`` is set before ``tf.keras`` is first touched, so this
-package sets it on import and refuses to run if Keras 3 already won.
+package calls :func:`twostage.env.setup_tensorflow` before importing TensorFlow and refuses to run
+if Keras 3 already won.
+
+Modules (each the twin of the torch_impl module of the same name): ``features`` (preprocessing
+layers from the FeatureSpec, raw numpy -> tensors, tf.data input columns), ``models``, ``tasks``
+(losses + metrics), ``optim`` (Keras Adagrad and its accumulators by weight name), ``train`` (one
+fit for both stages), ``index`` (BruteForce), ``checkpoint``, ``backend`` (:class:`TfrsBackend`).
 """
 from __future__ import annotations
 
-import os
+from twostage.env import setup_tensorflow
 
-# Must precede the first access of tf.keras (tensorflow resolves it lazily, once).
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+setup_tensorflow()  # must precede the first access of tf.keras (TF resolves it lazily, once)
 
 import tensorflow as tf  # noqa: E402
 
 
 def _check_legacy_keras() -> None:
-    """Raise ImportError if tf.keras is Keras 3 (it was resolved before this package set the env)."""
+    """Raise ImportError if tf.keras is Keras 3 (resolved before this package set the env)."""
     module = getattr(tf.keras, "__name__", "")
     version = str(getattr(tf.keras, "__version__", ""))
     if not module.startswith("tf_keras") or version.startswith("3"):

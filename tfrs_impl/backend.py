@@ -1,74 +1,133 @@
-"""``TfrsBackend``: the seed's TFRS models behind ``twostage.backend.Backend`` (numpy in, out)."""
+"""``TfrsBackend``: the seed's TFRS models behind ``twostage.backend.Backend`` (numpy in, out).
+
+The twin of torch_impl/backend.py. What this backend cannot honour is refused at construction
+(:data:`SUPPORTED`, ``twostage.backend.check_supported``): it serves with BruteForce (exact, so
+``index.kind="flat"`` only), runs on the CPU, and its ranking loss is what Keras fit computes
+(``task.ranking_loss="keras_graph"``).
+"""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
-from twostage.data.features import FeatureSpec
-from twostage.backend import History
+from twostage.backend import STAGES, EpochCallback, History, RawBatch, check_stage, \
+    check_supported
 from twostage.config import Config
-from twostage.dataset import Dataset, check_same_spec
+from twostage.data.features import FeatureSpec
+from twostage.dataset import Dataset, check_same_spec, check_spec_matches_config
 
-from . import checkpoint, index as index_lib, models, tasks, train
+from . import checkpoint, index as index_lib, models, optim, tasks, train
+from .features import to_tensors
 
-STAGES = ("retrieval", "ranking")
+# "section.field" -> the values this backend honours.
+SUPPORTED: dict[str, tuple] = {"index.kind": ("flat",), "train.device": ("cpu",),
+                               "task.ranking_loss": ("keras_graph",)}
 
 
 class TfrsBackend:
     """Retrieval (two towers) + ranking models of the seed, on TensorFlow Recommenders.
 
-    Both models exist from construction (variables created, init seeded by ``config.seed``);
-    ``fit_*`` train them; ``build_index`` + ``retrieve`` serve with BruteForce.
+    Both models exist from construction (variables created, init seeded by ``config.seed``),
+    each with its own Keras Adagrad (``optimizers``; compiled into the model at its first
+    training step). ``fit_*`` train them, counting ``epochs_done`` per stage (where the shared
+    batch order resumes; saved in checkpoints with the Adagrad accumulators); ``build_index`` +
+    ``retrieve`` serve with BruteForce.
     """
 
     name = "tfrs"
 
-    def __init__(self, config: Config, spec: FeatureSpec, *, retrieval_model=None,
-                 ranking_model=None):
+    def __init__(self, config: Config, spec: FeatureSpec):
+        self.check_config(config)
+        check_spec_matches_config(spec, config)
+        self._setup(config, spec,
+                    {"retrieval": models.build_retrieval_model(spec, config),
+                     "ranking": models.build_ranking_model(spec, config)},
+                    {stage: optim.make_optimizer(config) for stage in STAGES},
+                    {stage: 0 for stage in STAGES})
+
+    @classmethod
+    def check_config(cls, config: Config) -> None:
+        """Refuse, before any data is loaded, a config this backend cannot honour
+        (UnsupportedOptionError, a ValueError, naming the option and the fix; see SUPPORTED)."""
+        check_supported(cls.name, config, SUPPORTED)
+
+    @classmethod
+    def _from_parts(cls, config: Config, spec: FeatureSpec, stage_models: Mapping,
+                    optimizers: Mapping[str, optim.Adagrad], epochs_done: Mapping[str, int]
+                    ) -> "TfrsBackend":
+        """A backend around models built elsewhere (:meth:`load`, which has checked ``config``
+        with :meth:`check_config` as __init__ does)."""
+        backend = cls.__new__(cls)
+        backend._setup(config, spec, stage_models, optimizers, epochs_done)
+        return backend
+
+    def _setup(self, config: Config, spec: FeatureSpec, stage_models: Mapping,
+               optimizers: Mapping[str, optim.Adagrad], epochs_done: Mapping[str, int]) -> None:
         self.config = config
         self.spec = spec
-        self.retrieval_model = (models.build_retrieval_model(spec, config)
-                                if retrieval_model is None else retrieval_model)
-        self.ranking_model = (models.build_ranking_model(spec, config)
-                              if ranking_model is None else ranking_model)
+        self.retrieval_model = stage_models["retrieval"]
+        self.ranking_model = stage_models["ranking"]
+        self.optimizers: dict[str, optim.Adagrad] = dict(optimizers)
+        self.epochs_done: dict[str, int] = {stage: int(epochs_done.get(stage, 0))
+                                            for stage in STAGES}
         self._index = None
         self._corpus_attached = False
 
-    # --- training ------------------------------------------------------------------------------
-    def _check_dataset(self, dataset: Dataset) -> None:
-        check_same_spec(dataset, self.spec)
+    @property
+    def models(self) -> dict:
+        """The two tfrs.models.Model, by stage."""
+        return {"retrieval": self.retrieval_model, "ranking": self.ranking_model}
 
-    def fit_retrieval(self, dataset: Dataset, epochs: int | None = None) -> History:
-        self._check_dataset(dataset)
-        if not self._corpus_attached:  # before compile: Keras collects metrics at fit time
+    # --- training ------------------------------------------------------------------------------
+    def _trainable(self, stage: str):
+        """The stage's model, compiled with its optimizer (once)."""
+        model = self._model(stage)
+        train.compile_model(model, self.config, self.optimizers[stage])
+        return model
+
+    def fit_retrieval(self, dataset: Dataset, epochs: int | None = None,
+                      on_epoch: EpochCallback | None = None) -> History:
+        check_same_spec(dataset, self.spec)
+        if not self._corpus_attached:  # Keras collects the metrics when fit builds its functions
             tasks.attach_corpus_metrics(self.retrieval_model, dataset.corpus_titles)
             self._corpus_attached = True
         self._index = None  # the towers change; a built index would be stale
-        return train.fit_retrieval(self.retrieval_model, dataset, self.config, epochs)
+        return train.fit_retrieval(self._trainable("retrieval"), dataset, self.config, epochs,
+                                   epochs_done=self.epochs_done, on_epoch=on_epoch)
 
-    def fit_ranking(self, dataset: Dataset, epochs: int | None = None) -> History:
-        self._check_dataset(dataset)
-        return train.fit_ranking(self.ranking_model, dataset, self.config, epochs)
+    def fit_ranking(self, dataset: Dataset, epochs: int | None = None,
+                    on_epoch: EpochCallback | None = None) -> History:
+        check_same_spec(dataset, self.spec)
+        return train.fit_ranking(self._trainable("ranking"), dataset, self.config, epochs,
+                                 epochs_done=self.epochs_done, on_epoch=on_epoch)
+
+    def train_steps(self, stage: str, batches: list[RawBatch]) -> list[float]:
+        """One Keras fit step per raw batch -> per-step losses (``train.train_steps``)."""
+        losses = train.train_steps(self._trainable(stage), self.config, batches)
+        if stage == "retrieval":
+            self._index = None
+        return losses
 
     # --- inference -----------------------------------------------------------------------------
     def query_embeddings(self, user_ids: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
         """[N] str, [N] int64 -> [N, D] float32."""
         user_ids = np.asarray(user_ids, dtype=object)
         timestamps = np.asarray(timestamps, dtype=np.int64)
-        bs = self.config.eval_batch_size
-        parts = [self.retrieval_model.query_model(tasks.to_tensors(
+        bs = self.config.eval.eval_batch_size
+        parts = [self.retrieval_model.query_model(to_tensors(
                      {"user_id": user_ids[i: i + bs], "timestamp": timestamps[i: i + bs]})).numpy()
                  for i in range(0, len(user_ids), bs)]
         return (np.concatenate(parts) if parts else
-                np.zeros((0, self.config.layer_sizes[-1]), np.float32)).astype(np.float32)
+                np.zeros((0, self.config.model.layer_sizes[-1]), np.float32)).astype(np.float32)
 
     def candidate_embeddings(self, titles: np.ndarray) -> np.ndarray:
         """[M] str -> [M, D] float32."""
         if len(titles) == 0:
-            return np.zeros((0, self.config.layer_sizes[-1]), np.float32)
+            return np.zeros((0, self.config.model.layer_sizes[-1]), np.float32)
         return index_lib.candidate_embeddings(self.retrieval_model.candidate_model, titles,
-                                              self.config.eval_batch_size).numpy()
+                                              self.config.eval.eval_batch_size).numpy()
 
     def build_index(self, titles: np.ndarray) -> None:
         """BruteForce over ``titles`` (the corpus, duplicates kept); ids = row positions."""
@@ -83,7 +142,7 @@ class TfrsBackend:
             raise RuntimeError("no index: call build_index(dataset.corpus_titles) first (and "
                                "again after training)")
         scores, rows = index_lib.query(self._index, user_ids, timestamps, k,
-                                       self.config.eval_batch_size)
+                                       self.config.eval.eval_batch_size)
         return scores, rows.astype(np.int64)
 
     def ranking_scores(self, user_ids: np.ndarray, timestamps: np.ndarray, titles: np.ndarray
@@ -92,56 +151,69 @@ class TfrsBackend:
         user_ids = np.asarray(user_ids, dtype=object)
         timestamps = np.asarray(timestamps, dtype=np.int64)
         titles = np.asarray(titles, dtype=object)
-        bs = self.config.eval_batch_size
-        parts = [self.ranking_model.ranking_model(tasks.to_tensors(
+        bs = self.config.eval.eval_batch_size
+        parts = [self.ranking_model.ranking_model(to_tensors(
                      {"user_id": user_ids[i: i + bs], "timestamp": timestamps[i: i + bs],
                       "movie_title": titles[i: i + bs]})).numpy()[:, 0]
                  for i in range(0, len(user_ids), bs)]
         return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
 
     # --- persistence ---------------------------------------------------------------------------
-    def save(self, directory: Path) -> None:
-        checkpoint.save(directory, self.retrieval_model, self.ranking_model, self.spec,
-                        self.config)
+    def save(self, directory: Path | str) -> None:
+        """Weights, Adagrad accumulators, epochs done, spec and config (twostage.checkpoint)."""
+        checkpoint.save(directory, config=self.config, spec=self.spec,
+                        models=self.models,
+                        optimizers=self.optimizers, epochs_done=self.epochs_done)
 
     @classmethod
-    def load(cls, directory: Path) -> "TfrsBackend":
-        config, spec, retrieval, ranking = checkpoint.load(directory)
-        return cls(config, spec, retrieval_model=retrieval, ranking_model=ranking)
+    def load(cls, directory: Path | str, config: Config | None = None,
+             spec: FeatureSpec | None = None) -> "TfrsBackend":
+        """A backend from a checkpoint written by :meth:`save`. ``config``: must agree with the
+        stored one on the architecture fields; its runtime options are used (and must be ones
+        this backend supports). ``spec``: must be the stored one."""
+        stored = checkpoint.read(directory, config=config, spec=spec)
+        cls.check_config(stored.config)  # before building anything
+        built = {"retrieval": models.build_retrieval_model(stored.spec, stored.config),
+                 "ranking": models.build_ranking_model(stored.spec, stored.config)}
+        optimizers = {stage: optim.make_optimizer(stored.config) for stage in STAGES}
+        checkpoint.restore(stored, built, optimizers)
+        return cls._from_parts(stored.config, stored.spec, built, optimizers, stored.epochs_done)
 
-    def export_saved_model(self, directory: Path, corpus_titles: np.ndarray,
-                           k: int = index_lib.DEFAULT_K) -> Path:
+    def export_saved_model(self, directory: Path | str, corpus_titles: np.ndarray,
+                           k: int = index_lib.DEFAULT_K, force: bool = False) -> Path:
         """SavedModel of query model + BruteForce over ``corpus_titles`` (see checkpoint)."""
-        return checkpoint.export_saved_model(directory, self.retrieval_model, corpus_titles, k)
+        return checkpoint.export_saved_model(directory, self.retrieval_model, corpus_titles, k,
+                                             force=force)
 
-    # --- parity helpers ------------------------------------------------------------------------
+    # --- weights and losses (export, parity) ---------------------------------------------------
     def _model(self, stage: str):
-        if stage not in STAGES:
-            raise ValueError(f"stage {stage!r} must be one of {STAGES}")
-        return self.retrieval_model if stage == "retrieval" else self.ranking_model
+        return self.models[check_stage(stage)]
 
     def get_weights(self, stage: str) -> dict[str, np.ndarray]:
         """All trainable weights of a stage by name (Keras layout: kernel [in, out])."""
         return models.get_weights(self._model(stage))
 
-    def set_weights(self, stage: str, weights: dict[str, np.ndarray]) -> None:
-        models.set_weights(self._model(stage), weights)
+    def set_weights(self, stage: str, weights: Mapping[str, np.ndarray]) -> None:
+        models.set_weights(self._model(stage), dict(weights))
         if stage == "retrieval":
             self._index = None
 
-    def batch_loss(self, stage: str, batch: dict[str, np.ndarray], training: bool = True
-                   ) -> float:
+    def get_accumulators(self, stage: str) -> dict[str, np.ndarray]:
+        """The stage's Adagrad accumulators by weight name (what a checkpoint stores)."""
+        return optim.get_accumulators(self.optimizers[stage], self._model(stage))
+
+    def batch_loss(self, stage: str, batch: RawBatch, training: bool = True) -> float:
         """The task loss of one raw batch (retrieval: SUM over the batch; ranking: mean BCE).
         Retrieval batches need ``candidate_sampling_probability`` when the config uses it."""
-        return tasks.batch_loss(self._model(stage), batch, training)
+        return train.batch_loss(self._model(stage), batch, training)
 
-    def loss_and_gradients(self, stage: str, batch: dict[str, np.ndarray]
+    def loss_and_gradients(self, stage: str, batch: RawBatch
                            ) -> tuple[float, dict[str, np.ndarray]]:
         """(loss, dense gradients by weight name) of one training step, via tf.GradientTape."""
-        return tasks.loss_and_gradients(self._model(stage), batch)
+        return train.loss_and_gradients(self._model(stage), batch)
 
-    def retrieval_loss(self, batch: dict[str, np.ndarray], training: bool = True) -> float:
+    def retrieval_loss(self, batch: RawBatch, training: bool = True) -> float:
         return self.batch_loss("retrieval", batch, training)
 
-    def ranking_loss(self, batch: dict[str, np.ndarray], training: bool = True) -> float:
+    def ranking_loss(self, batch: RawBatch, training: bool = True) -> float:
         return self.batch_loss("ranking", batch, training)

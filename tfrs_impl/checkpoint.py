@@ -1,118 +1,89 @@
-"""Checkpoints (weights + spec + config, written atomically) and a SavedModel for serving.
+"""The TensorFlow side of ``twostage.checkpoint`` (the one format of both backends), and a
+SavedModel for serving. The twin of torch_impl/checkpoint.py.
 
-Checkpoint layout (a directory):
-  meta.json       {"backend": "tfrs", "format": 1, "spec_fingerprint": ...}
-  config.json     Config.to_dict()
-  spec.json       FeatureSpec.save()
-  retrieval.npz   weights by name (models.get_weights), ranking.npz likewise
-The directory is written under a temporary name beside the target and renamed into place, so a
-crash never leaves a half-written checkpoint under the target name.
+Checkpoint: :func:`save` collects every weight and its Keras Adagrad accumulator by Keras name
+(``models.named_variables``, ``optim.get_accumulators``) plus the epochs done per stage, and hands
+them to ``twostage.checkpoint.save_checkpoint`` (layout, validation and the atomic folder write
+live there). :func:`read` reads them back with ``load_checkpoint`` (CheckpointNotFoundError /
+CheckpointError, naming the file and the fix); :func:`restore` checks names and shapes against
+the models built from the stored (or given, architecture-compatible) config with
+``check_weights`` and assigns weights and accumulators, so a resumed run continues Adagrad
+instead of restarting it. No index is stored: ``build_index`` rebuilds the BruteForce.
 
 SavedModel export: the query model + a BruteForce index over the corpus with title identifiers,
 callable after ``tf.saved_model.load`` as ``m({"user_id": [B] string, "timestamp": [B] int64})``
 -> (scores [B, k] float32, titles [B, k] string); also a ``serving_default`` signature returning
-{"scores", "titles"}.
+{"scores", "titles"}. Written through ``twostage.io.replace_directory(kind="savedmodel")``.
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from twostage.data.features import FeatureSpec
+from twostage import io
+from twostage import checkpoint as core
 from twostage.config import Config
+from twostage.data.features import FeatureSpec
 
 from . import index as index_lib
-from . import models
+from .models import get_weights, named_variables, set_weights
+from .optim import Adagrad, get_accumulators, set_accumulators
 
-FORMAT = 1
 BACKEND = "tfrs"
+SAVEDMODEL_KIND = "savedmodel"  # twostage.io marker kind of an exported SavedModel folder
 
 
-def write_directory_atomic(directory: Path | str, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a fresh temp dir beside ``directory``, then swap it into place."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    old = None
-    try:
-        write(tmp)
-        if directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-            os.replace(directory, old / "x")
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and (old / "x").exists() and not directory.exists():
-            os.replace(old / "x", directory)  # put the previous checkpoint back
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return directory
+def framework() -> str:
+    """The versions a checkpoint was written with (informational, in meta.json)."""
+    import tensorflow_recommenders as tfrs
+    import tf_keras
+    return f"tensorflow {tf.__version__}, tf_keras {tf_keras.__version__}, tfrs {tfrs.__version__}"
 
 
-def _save_npz(path: Path, weights: dict[str, np.ndarray]) -> None:
-    # Names contain '/', which npz keeps as zip member paths; np.load returns them unchanged.
-    np.savez(path, **weights)
+def stage_state(stage: str, model, optimizer: Adagrad) -> core.StageState:
+    """A stage's weights and Adagrad accumulators by Keras name (numpy copies)."""
+    return core.StageState(weights=get_weights(model),
+                           accumulators=get_accumulators(optimizer, model))
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+def save(directory: Path | str, *, config: Config, spec: FeatureSpec, models: Mapping,
+         optimizers: Mapping[str, Adagrad], epochs_done: Mapping[str, int]) -> Path:
+    """Write both stages' weights and accumulators, the epochs done, the spec and the config
+    (``twostage.checkpoint`` format, atomically). ``models`` / ``optimizers``: by stage."""
+    stages = {stage: stage_state(stage, model, optimizers[stage])
+              for stage, model in models.items()}
+    return core.save_checkpoint(directory, backend=BACKEND, config=config, spec=spec,
+                                stages=stages, epochs_done=epochs_done, framework=framework())
 
 
-def save(directory: Path | str, retrieval_model, ranking_model, spec: FeatureSpec,
-         config: Config) -> Path:
-    """Write both models' weights, the spec and the config atomically under ``directory``."""
-    def write(tmp: Path) -> None:
-        (tmp / "meta.json").write_text(json.dumps(
-            {"backend": BACKEND, "format": FORMAT, "spec_fingerprint": spec.fingerprint()},
-            indent=1), encoding="utf-8")
-        (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=1),
-                                         encoding="utf-8")
-        spec.save(tmp / "spec.json")
-        _save_npz(tmp / "retrieval.npz", models.get_weights(retrieval_model))
-        _save_npz(tmp / "ranking.npz", models.get_weights(ranking_model))
-    return write_directory_atomic(directory, write)
+def read(directory: Path | str, *, config: Optional[Config] = None,
+         spec: Optional[FeatureSpec] = None) -> core.Checkpoint:
+    """``twostage.checkpoint.load_checkpoint`` of a tfrs checkpoint: a given ``config`` must
+    agree on the architecture fields (its runtime options are used then); a given ``spec`` must
+    be the stored one. Raises CheckpointNotFoundError (a FileNotFoundError) / CheckpointError
+    (a ValueError)."""
+    return core.load_checkpoint(directory, backend=BACKEND, config=config, spec=spec)
 
 
-def read_meta(directory: Path) -> dict:
-    path = directory / "meta.json"
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{directory}: not a tfrs checkpoint ({e}); save one with "
-                         "TfrsBackend.save") from e
-    if meta.get("backend") != BACKEND:
-        raise ValueError(f"{directory} holds a {meta.get('backend')!r} checkpoint, not tfrs; "
-                         "load it with its own backend")
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{directory}: checkpoint format {meta.get('format')!r} unsupported "
-                         f"(expected {FORMAT}); retrain to rebuild it")
-    return meta
+def restore_stage(directory: Path, stage: str, model, optimizer: Adagrad,
+                  state: core.StageState) -> None:
+    """Assign a stored stage to ``model`` and ``optimizer`` after checking names and shapes
+    against the model (CheckpointError naming the file otherwise)."""
+    shapes = {name: tuple(v.shape) for name, v in named_variables(model).items()}
+    core.check_weights(directory, stage, state.weights, shapes)
+    set_weights(model, state.weights)
+    if state.accumulators is not None:
+        core.check_weights(directory, stage, state.accumulators, shapes)
+        set_accumulators(optimizer, model, state.accumulators)
 
 
-def load(directory: Path | str):
-    """-> (config, spec, retrieval_model, ranking_model) rebuilt and filled from ``directory``."""
-    directory = Path(directory)
-    meta = read_meta(directory)
-    config = Config.from_dict(json.loads((directory / "config.json").read_text("utf-8")))
-    spec = FeatureSpec.load(directory / "spec.json")
-    if spec.fingerprint() != meta.get("spec_fingerprint"):
-        raise ValueError(f"{directory}: spec.json does not match the fingerprint the weights "
-                         "were saved with; the checkpoint is corrupt or was edited")
-    retrieval = models.build_retrieval_model(spec, config)
-    ranking = models.build_ranking_model(spec, config)
-    models.set_weights(retrieval, _load_npz(directory / "retrieval.npz"))
-    models.set_weights(ranking, _load_npz(directory / "ranking.npz"))
-    return config, spec, retrieval, ranking
+def restore(stored: core.Checkpoint, models: Mapping, optimizers: Mapping[str, Adagrad]) -> None:
+    """Assign every stored stage to the models and optimizers of the same stage."""
+    for stage, state in stored.stages.items():
+        restore_stage(stored.directory, stage, models[stage], optimizers[stage], state)
 
 
 # --- SavedModel for serving --------------------------------------------------------------------
@@ -138,8 +109,10 @@ class ServingModule(tf.Module):
 
 
 def export_saved_model(directory: Path | str, retrieval_model, corpus_titles: np.ndarray,
-                       k: int = index_lib.DEFAULT_K) -> Path:
-    """Export query model + BruteForce(k) over ``corpus_titles`` (titles as ids), atomically."""
+                       k: int = index_lib.DEFAULT_K, force: bool = False) -> Path:
+    """Export query model + BruteForce(k) over ``corpus_titles`` (titles as ids), atomically.
+    An existing folder is replaced only if it is a SavedModel export of ours (``force``:
+    anything, moved aside to ``<name>.replaced-<time>``, never deleted; twostage.io)."""
     index = index_lib.build_index(retrieval_model.query_model, retrieval_model.candidate_model,
                                   corpus_titles, k=k, identifiers="titles")
     module = ServingModule(index)
@@ -154,7 +127,7 @@ def export_saved_model(directory: Path | str, retrieval_model, corpus_titles: np
             tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
         finally:
             logger.setLevel(level)
-    return write_directory_atomic(directory, write)
+    return io.replace_directory(Path(directory), write, SAVEDMODEL_KIND, force=force)
 
 
 def load_saved_model(directory: Path | str):

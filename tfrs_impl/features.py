@@ -1,20 +1,28 @@
-"""Keras preprocessing layers built from the shared :class:`data.features.FeatureSpec` (no adapt).
+"""What the TFRS models are fed: Keras preprocessing layers built from the shared
+:class:`FeatureSpec` (no adapt), raw numpy batches as tensors, and the tf.data input columns.
 
-Every layer here reproduces one numpy mapping of the spec exactly (tests check it), so the TFRS
-models see the same integer ids and normalized timestamps as the torch models, which consume the
-spec's encoded arrays. ``adapt_seed_way`` rebuilds the layers as the seed does (adapt on the data)
-for the tests that show both routes agree.
+The TFRS models take RAW features, as the seed's: ``user_id`` [B] string, ``timestamp`` [B]
+int64, ``movie_title`` [B] string (plus ``label``, ``candidate_sampling_probability``,
+``sample_weight`` [B] float32 where a loss needs them). Every preprocessing layer here reproduces
+one numpy mapping of the spec exactly (tests check it), so the TFRS models see the same integer
+ids and normalized timestamps as the torch models, which consume the spec's encoded arrays
+(torch_impl/features.py is the twin). ``adapt_seed_way`` rebuilds the layers as the seed does
+(adapt on the data) for the tests that show both routes agree.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import tensorflow as tf
 
 from twostage.data.features import FeatureSpec
+from twostage.dataset import Dataset
+from twostage.sampling import SAMPLING_PROBABILITY, candidate_sampling_probability
 
 layers = tf.keras.layers
+STRING_KEYS: tuple[str, ...] = ("user_id", "movie_title")
+Batch = dict[str, tf.Tensor]
 
 
 def user_lookup(spec: FeatureSpec) -> layers.StringLookup:
@@ -76,3 +84,44 @@ def adapt_seed_way(user_ids: Iterable, timestamps: np.ndarray, corpus_titles: It
         "timestamp_normalization": norm,
         "title_vectorizer": vectorizer,
     }
+
+
+# --- raw numpy -> tensors ----------------------------------------------------------------------
+def _strings(values: np.ndarray) -> tf.Tensor:
+    """[N] str / bytes / objects -> [N] tf.string (UTF-8)."""
+    return tf.constant([v.decode() if isinstance(v, bytes) else str(v) for v in values],
+                       dtype=tf.string, shape=[len(values)])
+
+
+def to_tensors(batch: Mapping[str, np.ndarray]) -> Batch:
+    """Raw numpy batch -> tensors with the dtypes the models expect: ``user_id`` /
+    ``movie_title`` [N] tf.string, ``timestamp`` [N] int64, anything else (label, sampling
+    probability, sample weight) [N] float32."""
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        if key in STRING_KEYS:
+            out[key] = _strings(value)
+        elif key == "timestamp":
+            out[key] = tf.constant(value.astype(np.int64))
+        else:
+            out[key] = tf.constant(value.astype(np.float32))
+    return out
+
+
+# --- tf.data input columns ---------------------------------------------------------------------
+def feature_columns(dataset: Dataset, with_sampling_probability: bool = False) -> Batch:
+    """All rating rows as constant tensors: user_id/movie_title string, timestamp int64,
+    label float32 [N] (+ candidate_sampling_probability float32 [N], twostage.sampling)."""
+    columns = {"user_id": tf.constant(dataset.user_id.astype(str)),
+               "timestamp": tf.constant(dataset.timestamp.astype(np.int64)),
+               "movie_title": tf.constant(dataset.movie_title.astype(str)),
+               "label": tf.constant(dataset.label.astype(np.float32))}
+    if with_sampling_probability:
+        columns[SAMPLING_PROBABILITY] = tf.constant(candidate_sampling_probability(dataset))
+    return columns
+
+
+def select_rows(columns: Mapping[str, tf.Tensor], rows: tf.Tensor) -> Batch:
+    """Rows ``rows`` ([B] int64) of every column (``tf.gather``; usable inside tf.data map)."""
+    return {key: tf.gather(column, rows) for key, column in columns.items()}

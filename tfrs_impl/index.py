@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from .tasks import to_tensors
+from .features import to_tensors
 
 DEFAULT_K = 100          # the seed's BruteForce(query_model, k=100)
 CANDIDATE_BATCH = 100    # the seed's movies.batch(100).map(candidate_model)

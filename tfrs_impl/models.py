@@ -7,9 +7,10 @@ docs/CONTRIBUTING-helpers.md). All models take RAW features:
 Deviation from the seed's text, as in the TFRS tutorials it copies: the normalized timestamp
 ([B]) is reshaped to [B, 1] before the concat (the seed's concat of [B, 32] with [B] cannot run).
 
-Weights are named by attribute path, e.g. ``query_model/dense_layers/0/kernel`` (Keras layout
-[in, out]; torch Linear weight = kernel.T) and
-``candidate_model/embedding_model/title_text_embedding/embeddings`` ([rows, dim]).
+Weights are named by attribute path (:func:`named_variables`, derived by walking the models'
+attributes), e.g. ``query_model/dense_layers/0/kernel`` (Keras layout [in, out]; torch Linear
+weight = kernel.T), ``candidate_model/embedding_model/title_text_embedding/embeddings``
+([rows, dim]) and ``ranking_model/ratings/2/bias``; the parity suite compares them with torch's.
 """
 from __future__ import annotations
 
@@ -21,14 +22,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from twostage.config import EMPTY_TITLE_MODES, Config
 from twostage.data.features import FeatureSpec
-from twostage.config import Config
 
 from . import features
 from . import tasks
 
 keras = tf.keras
-EMPTY_TITLE_MODES = ("zero", "nan")  # as torch_impl.models
 
 
 class MaskedAveragePooling1D(keras.layers.GlobalAveragePooling1D):
@@ -89,10 +89,6 @@ class UserModel(keras.Model):
             tf.reshape(self.normalized_timestamp(inputs["timestamp"]), (-1, 1)),
         ], axis=1)
 
-    def named_variables(self) -> dict[str, tf.Variable]:
-        return {"user_embedding/embeddings": self.user_embedding.layers[-1].embeddings,
-                "timestamp_embedding/embeddings": self.timestamp_embedding.layers[-1].embeddings}
-
 
 class MovieModel(keras.Model):
     """[B] str titles -> [B, 2 * dim] = concat[title embedding, masked mean of token embeddings].
@@ -122,22 +118,6 @@ class MovieModel(keras.Model):
             self.title_text_embedding(titles),
         ], axis=1)
 
-    def named_variables(self) -> dict[str, tf.Variable]:
-        return {"title_embedding/embeddings": self.title_embedding.layers[-1].embeddings,
-                "title_text_embedding/embeddings": self.title_text_embedding.layers[1].embeddings}
-
-
-def _dense_variables(stack: keras.Sequential) -> dict[str, tf.Variable]:
-    out = {}
-    for i, layer in enumerate(stack.layers):
-        out[f"{i}/kernel"] = layer.kernel
-        out[f"{i}/bias"] = layer.bias
-    return out
-
-
-def _prefixed(prefix: str, variables: dict[str, tf.Variable]) -> dict[str, tf.Variable]:
-    return {f"{prefix}/{k}": v for k, v in variables.items()}
-
 
 class QueryModel(keras.Model):
     """Raw query features -> [B, layer_sizes[-1]] query embeddings."""
@@ -150,10 +130,6 @@ class QueryModel(keras.Model):
 
     def call(self, inputs):
         return self.dense_layers(self.embedding_model(inputs))
-
-    def named_variables(self) -> dict[str, tf.Variable]:
-        return {**_prefixed("embedding_model", self.embedding_model.named_variables()),
-                **_prefixed("dense_layers", _dense_variables(self.dense_layers))}
 
 
 class CandidateModel(keras.Model):
@@ -168,27 +144,24 @@ class CandidateModel(keras.Model):
     def call(self, inputs):
         return self.dense_layers(self.embedding_model(inputs))
 
-    def named_variables(self) -> dict[str, tf.Variable]:
-        return {**_prefixed("embedding_model", self.embedding_model.named_variables()),
-                **_prefixed("dense_layers", _dense_variables(self.dense_layers))}
-
 
 class MovielensRetrievalModel(tfrs.models.Model):
     """Two towers + tfrs.tasks.Retrieval (in-batch softmax, SUM over the batch).
 
     Batch features: user_id, timestamp, movie_title, and ``candidate_sampling_probability`` [B]
-    when ``config.use_sampling_probability``. Factorized top-k metrics (over the corpus given to
-    :func:`tasks.attach_corpus_metrics`) are computed only when not training, as the seed does,
-    and always score-based: with ``remove_accidental_hits`` the title ids go to the loss only
-    (TFRS would otherwise switch the metric to id-based matching against an id-less index).
+    when ``config.task.use_sampling_probability``. Factorized top-k metrics (over the corpus
+    given to :func:`tasks.attach_corpus_metrics`) are computed only when not training, as the
+    seed does, and always score-based: with ``remove_accidental_hits`` the title ids go to the
+    loss only (TFRS would otherwise switch the metric to id-based matching against an id-less
+    index). A title with no token pools as ``config.model.empty_title`` says.
     """
 
-    def __init__(self, spec: FeatureSpec, config: Config, empty_title: str = "zero", **kwargs):
+    def __init__(self, spec: FeatureSpec, config: Config, **kwargs):
         super().__init__(**kwargs)
         self.config = config
-        self.query_model = QueryModel(spec, config.layer_sizes, config.embedding_dim)
-        self.candidate_model = CandidateModel(spec, config.layer_sizes, config.embedding_dim,
-                                              empty_title)
+        m = config.model
+        self.query_model = QueryModel(spec, m.layer_sizes, m.embedding_dim)
+        self.candidate_model = CandidateModel(spec, m.layer_sizes, m.embedding_dim, m.empty_title)
         self.task = tasks.make_retrieval_task(config)
 
     def embeddings(self, features: dict) -> tuple[tf.Tensor, tf.Tensor]:
@@ -201,10 +174,6 @@ class MovielensRetrievalModel(tfrs.models.Model):
         query_embeddings, movie_embeddings = self.embeddings(features)
         return tasks.retrieval_loss(self.task, self.config, query_embeddings, movie_embeddings,
                                     features, training=training)
-
-    def named_variables(self) -> dict[str, tf.Variable]:
-        return {**_prefixed("query_model", self.query_model.named_variables()),
-                **_prefixed("candidate_model", self.candidate_model.named_variables())}
 
 
 class RankingModel(keras.Model):
@@ -225,21 +194,17 @@ class RankingModel(keras.Model):
         movie_embedding = self.movie_embeddings(inputs["movie_title"])
         return self.ratings(tf.concat([user_embedding, movie_embedding], axis=1))
 
-    def named_variables(self) -> dict[str, tf.Variable]:
-        return {**_prefixed("user_embeddings", self.user_embeddings.named_variables()),
-                **_prefixed("movie_embeddings", self.movie_embeddings.named_variables()),
-                **_prefixed("ratings", _dense_variables(self.ratings))}
-
 
 class MovielensRankingModel(tfrs.models.Model):
     """RankingModel + tfrs.tasks.Ranking(BinaryCrossentropy, [BinaryAccuracy]) on ``label``
     (the seed's user_pref = rating >= threshold). Metrics update in training too, as the seed."""
 
-    def __init__(self, spec: FeatureSpec, config: Config, empty_title: str = "zero", **kwargs):
+    def __init__(self, spec: FeatureSpec, config: Config, **kwargs):
         super().__init__(**kwargs)
         self.config = config
-        self.ranking_model = RankingModel(spec, config.ranking_layer_sizes, config.embedding_dim,
-                                          empty_title)
+        m = config.model
+        self.ranking_model = RankingModel(spec, m.ranking_layer_sizes, m.embedding_dim,
+                                          m.empty_title)
         self.task = tasks.make_ranking_task(config)
 
     def compute_loss(self, features, training=False):
@@ -247,9 +212,6 @@ class MovielensRankingModel(tfrs.models.Model):
                                           "timestamp": features["timestamp"],
                                           "movie_title": features["movie_title"]})
         return self.task(labels=features["label"], predictions=predictions)
-
-    def named_variables(self) -> dict[str, tf.Variable]:
-        return _prefixed("ranking_model", self.ranking_model.named_variables())
 
 
 # --- construction ------------------------------------------------------------------------------
@@ -275,40 +237,92 @@ def _sample_inputs(spec: FeatureSpec) -> dict[str, tf.Tensor]:
 
 
 def build_retrieval_model(spec: FeatureSpec, config: Config,
-                          corpus_titles: np.ndarray | None = None, *, empty_title: str = "zero"
-                          ) -> MovielensRetrievalModel:
+                          corpus_titles: np.ndarray | None = None) -> MovielensRetrievalModel:
     """The seed's retrieval model with all variables created (init seeded by ``config.seed``).
 
     ``corpus_titles`` [M] (Dataset.corpus_titles): attach FactorizedTopK over that corpus;
     without it the task has no factorized metrics (enough for losses, gradients, serving).
     """
     with seeded(config.seed):
-        model = MovielensRetrievalModel(spec, config, empty_title)
+        model = MovielensRetrievalModel(spec, config)
         model.embeddings(_sample_inputs(spec))
     if corpus_titles is not None:
         tasks.attach_corpus_metrics(model, corpus_titles)
     return model
 
 
-def build_ranking_model(spec: FeatureSpec, config: Config, *, empty_title: str = "zero"
-                        ) -> MovielensRankingModel:
+def build_ranking_model(spec: FeatureSpec, config: Config) -> MovielensRankingModel:
     """The seed's ranking model with all variables created (init seeded by ``config.seed + 1``,
     so it does not start from the retrieval towers' draws)."""
     with seeded(config.seed + 1):
-        model = MovielensRankingModel(spec, config, empty_title)
+        model = MovielensRankingModel(spec, config)
         model.ranking_model(_sample_inputs(spec))
     return model
 
 
 # --- weights by name ---------------------------------------------------------------------------
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}" if prefix and name else prefix or name
+
+
+def _short_name(variable: tf.Variable) -> str:
+    """``.../dense_3/kernel:0`` -> ``kernel`` (the name the layer gave ``add_weight``)."""
+    return variable.name.split("/")[-1].split(":")[0]
+
+
+def _weight_children(layer: keras.layers.Layer) -> list[tuple[str, keras.layers.Layer]]:
+    """(name, sub-layer) of every sub-layer of ``layer`` that owns trainable weights.
+
+    A Sequential names its layers by their index among the layers that own weights, and by
+    nothing when only one does (``user_embedding`` = [StringLookup, Embedding] ->
+    ``user_embedding/embeddings``; ``ratings`` = 3 Dense -> ``ratings/2/bias``). Any other layer
+    names them by the public attribute holding them, in assignment order (``vars``)."""
+    if isinstance(layer, keras.Sequential):
+        owners = [child for child in layer.layers if child.trainable_weights]
+        return [("" if len(owners) == 1 else str(i), child) for i, child in enumerate(owners)]
+    return [(name, value) for name, value in vars(layer).items()
+            if not name.startswith("_") and isinstance(value, keras.layers.Layer)
+            and value.trainable_weights]
+
+
+def _walk(layer: keras.layers.Layer, prefix: str, out: dict[str, tf.Variable]) -> None:
+    """Add ``layer``'s weights to ``out`` by attribute path: its sub-layers' (recursively), then
+    the weights it created itself with ``add_weight`` (``Dense.kernel``, ``Embedding.embeddings``;
+    tf_keras keeps those in ``_trainable_weights``, base_layer.py ``add_weight``)."""
+    for name, child in _weight_children(layer):
+        _walk(child, _join(prefix, name), out)
+    for variable in layer._trainable_weights:
+        name = _join(prefix, _short_name(variable))
+        if name in out and out[name] is not variable:
+            raise RuntimeError(f"two weights of {type(layer).__name__} are both named {name!r}; "
+                               "give them distinct names (add_weight(name=...))")
+        out[name] = variable
+
+
+def named_variables(model: keras.layers.Layer) -> dict[str, tf.Variable]:
+    """Every trainable variable of ``model`` by attribute path, e.g.
+    ``query_model/embedding_model/user_embedding/embeddings``, ``query_model/dense_layers/0/kernel``
+    (path rules: :func:`_weight_children`). Raises if a variable is reachable only through a
+    private attribute (it would otherwise go unsaved, untransferred and unchecked)."""
+    out: dict[str, tf.Variable] = {}
+    _walk(model, "", out)
+    named = {id(v) for v in out.values()}
+    unnamed = [v.name for v in model.trainable_variables if id(v) not in named]
+    if unnamed or len(named) != len(out):
+        raise RuntimeError(f"{type(model).__name__}: trainable variables {unnamed[:3]} have no "
+                           "attribute path (or one variable has two); assign their layers to "
+                           "public attributes")
+    return out
+
+
 def get_weights(model) -> dict[str, np.ndarray]:
     """All trainable weights by attribute path -> numpy copies (see module docstring)."""
-    return {name: v.numpy().copy() for name, v in model.named_variables().items()}
+    return {name: v.numpy().copy() for name, v in named_variables(model).items()}
 
 
 def set_weights(model, weights: dict[str, np.ndarray]) -> None:
     """Assign every named weight; names and shapes must match exactly (nothing partial)."""
-    variables = model.named_variables()
+    variables = named_variables(model)
     missing = sorted(set(variables) - set(weights))
     unexpected = sorted(set(weights) - set(variables))
     if missing or unexpected:

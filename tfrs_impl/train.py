@@ -1,15 +1,18 @@
-"""Keras ``fit`` of the TFRS models on tf.data pipelines built from the shared split.
+"""Keras ``fit`` of the TFRS models on tf.data pipelines built from the shared split: one fit
+skeleton for both stages (the twin of torch_impl/train.py).
 
-Batches: with ``config.shared_batches`` epoch e (0-based) feeds exactly
-``data.split.epoch_batches(len(train), batch_size, seed=config.seed, epoch=e)`` (positions into
-``dataset.split.train``), in order, one fit over all epochs; otherwise the seed's
-``train.shuffle(100_000).batch(2048)`` (reshuffled every epoch by tf.data).
-Validation: ``dataset.split.test`` in order, batches of ``eval_batch_size``, after epochs
-``validation_freq, 2 * validation_freq, ...`` and after the last.
+Batches: with ``config.train.shared_batches`` epoch e (0-based, counted over all fits of the
+stage: ``epochs_done``) feeds exactly ``twostage.schedule.BatchPlan(...).positions(e)``
+(positions into ``dataset.split.train``), in order, one Keras fit over all epochs; otherwise the
+seed's ``train.shuffle(100_000).batch(2048)`` (reshuffled every epoch by tf.data).
+Validation: ``dataset.split.test`` in order, batches of ``eval_batch_size``, after the epochs
+``twostage.schedule.validation_epochs`` names (every ``validation_freq`` and the last).
 
 History semantics (``twostage.backend.History``):
 - ``loss[e]``: mean of the per-step training losses of epoch e. (The "loss" Keras logs for a TFRS
   model is the LAST batch's loss, since ``train_step`` returns the raw batch loss.)
+- ``loss_per_example[e]``: ``twostage.backend.per_example`` of the epoch's step losses and batch
+  sizes; ``val["loss_per_example"]`` likewise over the test batches, beside ``val["loss"]``.
 - ``metrics``: per-epoch training metrics that the model updates while training (ranking:
   ``binary_accuracy`` accumulated over the epoch; retrieval: none, its top-k metrics are skipped
   in training as in the seed).
@@ -21,87 +24,72 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Iterator
+from typing import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from twostage.data.split import epoch_batches
-from twostage.backend import History
+from twostage.backend import EpochCallback, History, RawBatch, check_stage, per_example
 from twostage.config import Config
 from twostage.dataset import Dataset
-from twostage.sampling import candidate_sampling_probability
+from twostage.schedule import BatchPlan, validation_epochs
 
-from .tasks import SAMPLING_PROBABILITY
+from . import optim
+from .features import Batch, feature_columns, select_rows, to_tensors
+from .models import named_variables
 
 SEED_SHUFFLE_BUFFER = 100_000  # the seed's train.shuffle(100_000)
 _LOSS_KEYS = ("loss", "regularization_loss", "total_loss")
 
 
 # --- data --------------------------------------------------------------------------------------
-def feature_columns(dataset: Dataset, with_sampling_probability: bool = False
-                    ) -> dict[str, tf.Tensor]:
-    """All rating rows as constant tensors: user_id/movie_title string, timestamp int64,
-    label float32 [N] (+ candidate_sampling_probability float32 [N])."""
-    columns = {"user_id": tf.constant(dataset.user_id.astype(str)),
-               "timestamp": tf.constant(dataset.timestamp.astype(np.int64)),
-               "movie_title": tf.constant(dataset.movie_title.astype(str)),
-               "label": tf.constant(dataset.label.astype(np.float32))}
-    if with_sampling_probability:
-        columns[SAMPLING_PROBABILITY] = tf.constant(candidate_sampling_probability(dataset))
-    return columns
+def batch_plan(dataset: Dataset, config: Config) -> BatchPlan:
+    """The shared batch order of ``dataset``'s training split."""
+    return BatchPlan(dataset.split.train, config.train.batch_size, config.seed)
 
 
-def _gather(columns: dict[str, tf.Tensor]):
-    def gather(rows: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {key: tf.gather(col, rows) for key, col in columns.items()}
-    return gather
+def batch_sizes(num_examples: int, batch_size: int) -> list[int]:
+    """Sizes of the batches of one pass over ``num_examples`` (the last may be smaller)."""
+    return [min(batch_size, num_examples - i) for i in range(0, num_examples, batch_size)]
 
 
-def shared_batch_rows(dataset: Dataset, config: Config, epochs: int,
-                      first_epoch: int = 0) -> Iterator[np.ndarray]:
-    """Rating rows of every batch of epochs first_epoch .. first_epoch + epochs - 1, in order."""
-    train = dataset.split.train
-    for epoch in range(first_epoch, first_epoch + epochs):
-        for positions in epoch_batches(len(train), config.batch_size, seed=config.seed,
-                                       epoch=epoch):
-            yield train[positions]
-
-
-def train_dataset(dataset: Dataset, config: Config, epochs: int, columns: dict[str, tf.Tensor],
+def train_dataset(dataset: Dataset, config: Config, epochs: int, columns: Batch,
                   first_epoch: int = 0) -> tf.data.Dataset:
     """The training stream for all ``epochs`` (see the module docstring)."""
-    if config.shared_batches:
+    if config.train.shared_batches:
+        plan = batch_plan(dataset, config)
         rows = tf.data.Dataset.from_generator(
-            lambda: shared_batch_rows(dataset, config, epochs, first_epoch),
+            lambda: plan.rows(first_epoch, epochs),
             output_signature=tf.TensorSpec([None], tf.int64))
     else:
         rows = (tf.data.Dataset.from_tensor_slices(dataset.split.train)
-                .shuffle(SEED_SHUFFLE_BUFFER).batch(config.batch_size))
-    return rows.map(_gather(columns)).prefetch(2)
+                .shuffle(SEED_SHUFFLE_BUFFER).batch(config.train.batch_size))
+    return rows.map(lambda r: select_rows(columns, r)).prefetch(2)
 
 
-def eval_dataset(dataset: Dataset, config: Config, columns: dict[str, tf.Tensor]
-                 ) -> tf.data.Dataset:
+def eval_dataset(dataset: Dataset, config: Config, columns: Batch) -> tf.data.Dataset:
     """The test split in order, batches of eval_batch_size (the seed's test.batch(4096))."""
     return (tf.data.Dataset.from_tensor_slices(dataset.split.test)
-            .batch(config.eval_batch_size).map(_gather(columns)).cache())
-
-
-def validation_epochs(epochs: int, every: int) -> list[int]:
-    """1-based epochs to validate after: every ``every`` epochs, and the last."""
-    return sorted(set(range(every, epochs + 1, every)) | ({epochs} if epochs else set()))
+            .batch(config.eval.eval_batch_size).map(lambda r: select_rows(columns, r)).cache())
 
 
 # --- callbacks ---------------------------------------------------------------------------------
 class HistoryCallback(tf.keras.callbacks.Callback):
     """Collects per-step losses into a History; raises FloatingPointError (naming epoch and step)
-    as soon as the loss or any weight is non-finite."""
+    as soon as the loss or any weight is non-finite. After every epoch (after its validation)
+    it counts the epoch in ``epochs_done[stage]`` and calls ``on_epoch(stage, epoch, history)``.
 
-    def __init__(self, stage: str, skip_train_metrics: tuple[str, ...] = ()):
+    ``train_sizes`` / ``test_sizes``: the batch sizes of one epoch / of the test pass, for the
+    per-example losses (an empty sequence leaves those out)."""
+
+    def __init__(self, stage: str, skip_train_metrics: tuple[str, ...] = (), *,
+                 train_sizes: Sequence[int] = (), test_sizes: Sequence[int] = (),
+                 epochs_done: dict[str, int] | None = None, on_epoch: EpochCallback | None = None):
         super().__init__()
         self.stage = stage
         self.skip = skip_train_metrics
+        self.train_sizes, self.test_sizes = list(train_sizes), list(test_sizes)
+        self.epochs_done, self.on_epoch = epochs_done, on_epoch
         self.history = History()
         self._steps: list[float] = []
         self._test_losses: list[float] = []
@@ -144,11 +132,19 @@ class HistoryCallback(tf.keras.callbacks.Callback):
     def on_test_end(self, logs=None):
         self._test_seconds += time.perf_counter() - self._test_start
 
+    def _per_example(self, losses: list[float], sizes: list[int]) -> float | None:
+        if not sizes or not losses:
+            return None
+        return per_example(self.stage, losses, sizes[:len(losses)])
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         h = self.history
         h.epoch_seconds.append(time.perf_counter() - self._start - self._test_seconds)
         h.loss.append(float(np.mean(self._steps)) if self._steps else float("nan"))
+        train_pe = self._per_example(self._steps, self.train_sizes)
+        if train_pe is not None:
+            h.loss_per_example.append(train_pe)
         for key, value in logs.items():
             if key.startswith("val_"):
                 name = key[4:]
@@ -156,74 +152,156 @@ class HistoryCallback(tf.keras.callbacks.Callback):
                     continue
                 if name == "loss":
                     value = float(np.mean(self._test_losses))
+                    val_pe = self._per_example(self._test_losses, self.test_sizes)
+                    if val_pe is not None:
+                        h.val.setdefault("loss_per_example", []).append((epoch + 1, val_pe))
                 h.val.setdefault(name, []).append((epoch + 1, float(value)))
             elif key not in _LOSS_KEYS and not key.startswith(self.skip):
                 h.metrics.setdefault(key, []).append(float(value))
+        if self.epochs_done is not None:
+            self.epochs_done[self.stage] = self.epochs_done.get(self.stage, 0) + 1
+        if self.on_epoch is not None:
+            self.on_epoch(self.stage, epoch + 1, h)
 
 
 class ProgressCallback(tf.keras.callbacks.Callback):
-    """tqdm bar over epochs with the mean step loss and the latest validation metric."""
+    """ONE tqdm bar per stage over all steps of the fit, showing the epoch, the step and the
+    loss: the step loss Keras already logged (no extra device read), then the epoch's mean and
+    the latest validation value of ``watch`` at the end of each epoch."""
 
-    def __init__(self, stage: str, epochs: int, history: History, watch: str):
+    def __init__(self, stage: str, epochs: int, steps_per_epoch: int, history: History,
+                 watch: str):
         super().__init__()
         from tqdm.auto import tqdm
-        self.bar = tqdm(total=epochs, desc=f"tfrs {stage}", unit="epoch", leave=False)
-        self.history, self.watch = history, watch
+        self.bar = tqdm(total=epochs * steps_per_epoch, desc=f"tfrs {stage}", unit="step",
+                        leave=False)
+        self.epochs, self.history, self.watch = epochs, history, watch
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.set_postfix({"epoch": f"{self._epoch + 1}/{self.epochs}", "step": batch + 1,
+                              "loss": f"{float(logs['loss']):.4g}"}, refresh=False)
+        self.bar.update(1)
 
     def on_epoch_end(self, epoch, logs=None):
-        postfix = {"loss": f"{self.history.loss[-1]:.4g}"}
+        postfix = {"epoch": f"{epoch + 1}/{self.epochs}", "loss": f"{self.history.loss[-1]:.4g}"}
         if self.history.val.get(self.watch):
             postfix[self.watch.split("/")[-1]] = f"{self.history.val[self.watch][-1][1]:.4f}"
         self.bar.set_postfix(postfix)
-        self.bar.update(1)
 
     def on_train_end(self, logs=None):
         self.bar.close()
 
 
 # --- fit ---------------------------------------------------------------------------------------
-def compile_model(model, config: Config) -> None:
-    """Adagrad(learning_rate) with Keras' defaults spelled out from the config; compiled once, so
-    a second fit continues with the same accumulators."""
-    if getattr(model, "optimizer", None) is not None:
-        return
-    model.compile(optimizer=tf.keras.optimizers.Adagrad(
-        learning_rate=config.learning_rate,
-        initial_accumulator_value=config.initial_accumulator_value,
-        epsilon=config.adagrad_epsilon))
+def compile_model(model, config: Config, optimizer: optim.Adagrad | None = None
+                  ) -> optim.Adagrad:
+    """Compile ``model`` once with ``optimizer`` (default: ``optim.make_optimizer(config)``) and
+    return its optimizer; a compiled model keeps it, so a later fit continues its accumulators."""
+    if getattr(model, "optimizer", None) is None:
+        model.compile(optimizer=optimizer or optim.make_optimizer(config))
+    elif optimizer is not None and model.optimizer is not optimizer:
+        raise ValueError(f"{type(model).__name__} is compiled with another optimizer; one "
+                         "optimizer per model (its accumulators are the training state)")
+    return model.optimizer
 
 
-def _fit(model, dataset: Dataset, config: Config, epochs: int, stage: str, watch: str,
-         skip_train_metrics: tuple[str, ...], with_probability: bool) -> History:
-    recorder = HistoryCallback(stage, skip_train_metrics)
+def _watch(stage: str, config: Config) -> str:
+    """The validation metric the progress bar shows."""
+    return (f"factorized_top_k/top_{max(config.eval.top_ks)}_categorical_accuracy"
+            if stage == "retrieval" else "binary_accuracy")
+
+
+def fit(stage: str, model, dataset: Dataset, config: Config, epochs: int | None = None, *,
+        epochs_done: dict[str, int] | None = None, on_epoch: EpochCallback | None = None
+        ) -> History:
+    """Train a stage's model (retrieval: a MovielensRetrievalModel with corpus metrics attached;
+    ranking: a MovielensRankingModel on ``label``) on the training split; validate on the test
+    split. ``epochs_done[stage]`` (counted up per epoch) is where the shared batch order
+    resumes; ``on_epoch`` is called after every epoch, after its validation."""
+    check_stage(stage)
+    default = config.train.retrieval_epochs if stage == "retrieval" else config.train.ranking_epochs
+    epochs = default if epochs is None else epochs
+    retrieval = stage == "retrieval"
+    train_rows, test_rows = len(dataset.split.train), len(dataset.split.test)
+    recorder = HistoryCallback(
+        stage, ("factorized_top_k",) if retrieval else (),
+        train_sizes=batch_sizes(train_rows, config.train.batch_size),
+        test_sizes=batch_sizes(test_rows, config.eval.eval_batch_size),
+        epochs_done=epochs_done, on_epoch=on_epoch)
     if epochs == 0:
         return recorder.history
     compile_model(model, config)
-    columns = feature_columns(dataset, with_probability)
-    first_epoch = getattr(model, "_twostage_epochs_done", 0)
+    columns = feature_columns(dataset, retrieval and config.task.use_sampling_probability)
+    first_epoch = (epochs_done or {}).get(stage, 0)
+    steps = math.ceil(train_rows / config.train.batch_size)
     callbacks = [recorder]
-    if not config.quiet:
-        callbacks.append(ProgressCallback(stage, epochs, recorder.history, watch))
-    steps = math.ceil(len(dataset.split.train) / config.batch_size)
+    if not config.output.quiet:
+        callbacks.append(ProgressCallback(stage, epochs, steps, recorder.history,
+                                          _watch(stage, config)))
     model.fit(train_dataset(dataset, config, epochs, columns, first_epoch),
-              epochs=epochs, steps_per_epoch=steps if config.shared_batches else None,
+              epochs=epochs, steps_per_epoch=steps if config.train.shared_batches else None,
               validation_data=eval_dataset(dataset, config, columns),
-              validation_freq=validation_epochs(epochs, config.validation_freq),
+              validation_freq=validation_epochs(epochs, config.train.validation_freq),
               callbacks=callbacks, verbose=0)
-    # A later fit continues the shared batch schedule where this one stopped.
-    model._twostage_epochs_done = first_epoch + epochs
     return recorder.history
 
 
-def fit_retrieval(model, dataset: Dataset, config: Config, epochs: int | None = None) -> History:
-    """Train a MovielensRetrievalModel (with corpus metrics attached) on the training split."""
-    epochs = config.retrieval_epochs if epochs is None else epochs
-    watch = f"factorized_top_k/top_{max(config.top_ks)}_categorical_accuracy"
-    return _fit(model, dataset, config, epochs, "retrieval", watch, ("factorized_top_k",),
-                config.use_sampling_probability)
+def fit_retrieval(model, dataset: Dataset, config: Config, epochs: int | None = None, *,
+                  epochs_done: dict[str, int] | None = None,
+                  on_epoch: EpochCallback | None = None) -> History:
+    """:func:`fit` of the retrieval stage."""
+    return fit("retrieval", model, dataset, config, epochs, epochs_done=epochs_done,
+               on_epoch=on_epoch)
 
 
-def fit_ranking(model, dataset: Dataset, config: Config, epochs: int | None = None) -> History:
-    """Train a MovielensRankingModel on ``label`` (rating >= threshold)."""
-    epochs = config.ranking_epochs if epochs is None else epochs
-    return _fit(model, dataset, config, epochs, "ranking", "binary_accuracy", (), False)
+def fit_ranking(model, dataset: Dataset, config: Config, epochs: int | None = None, *,
+                epochs_done: dict[str, int] | None = None,
+                on_epoch: EpochCallback | None = None) -> History:
+    """:func:`fit` of the ranking stage."""
+    return fit("ranking", model, dataset, config, epochs, epochs_done=epochs_done,
+               on_epoch=on_epoch)
+
+
+def train_steps(model, config: Config, raw_batches: Sequence[RawBatch]) -> list[float]:
+    """``model.fit`` over exactly ``raw_batches``, one optimizer step each (tfrs.models.Model
+    .train_step + the model's Keras Adagrad, traced as in training) -> the per-step losses its
+    train_step reports. Retrieval batches need ``candidate_sampling_probability`` when the
+    config uses it."""
+    compile_model(model, config)
+    if not raw_batches:
+        return []
+    data = tf.data.Dataset.from_tensors(to_tensors(raw_batches[0]))
+    for batch in raw_batches[1:]:
+        data = data.concatenate(tf.data.Dataset.from_tensors(to_tensors(batch)))
+    losses: list[float] = []
+    record = tf.keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda step, logs: losses.append(float(logs["loss"])))
+    model.fit(data, epochs=1, verbose=0, callbacks=[record])
+    return losses
+
+
+# --- one batch: loss and gradients (parity, export checks) ------------------------------------
+def batch_loss(model, batch: Mapping[str, np.ndarray], training: bool = True) -> float:
+    """``model.compute_loss`` of one raw batch (no regularization losses exist in these models)."""
+    return float(model.compute_loss(to_tensors(batch), training=training).numpy())
+
+
+def loss_and_gradients(model, batch: Mapping[str, np.ndarray]
+                       ) -> tuple[float, dict[str, np.ndarray]]:
+    """(loss, {weight name: dense gradient}) of one training step's loss, via tf.GradientTape,
+    exactly what ``tfrs.models.Model.train_step`` differentiates (embedding gradients, which
+    TF returns as IndexedSlices, are densified and summed over repeated rows)."""
+    variables = named_variables(model)
+    features = to_tensors(batch)
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(features, training=True)
+    grads = tape.gradient(loss, list(variables.values()))
+    out = {}
+    for (name, variable), grad in zip(variables.items(), grads):
+        out[name] = (np.zeros(variable.shape, variable.dtype.as_numpy_dtype) if grad is None
+                     else tf.convert_to_tensor(grad).numpy())
+    return float(loss.numpy()), out

@@ -9,8 +9,8 @@ and this module only moves those arrays into tensors:
 - ``title_tokens``                                [N, L] int64, 0 = padding
 - ``label``, ``candidate_sampling_probability``, ``sample_weight`` (optional) [N] float32
 
-Tensors are made once per fit (the whole training split) and indexed per batch, so the training
-loop allocates nothing but the batch itself.
+Tensors are made once per fit (the whole training split, on the model's device) and indexed per
+batch, so a training step copies nothing from the host and allocates nothing but the batch.
 """
 from __future__ import annotations
 
@@ -20,21 +20,32 @@ import numpy as np
 import torch
 
 from twostage.data.features import FeatureSpec
+from twostage.sampling import SAMPLING_PROBABILITY  # noqa: F401  (the batch key, re-exported)
 
 QUERY_KEYS: tuple[str, ...] = ("user_index", "ts_bucket", "ts_norm")
 CANDIDATE_KEYS: tuple[str, ...] = ("title_index", "title_tokens")
 FEATURE_KEYS: tuple[str, ...] = QUERY_KEYS + CANDIDATE_KEYS
-SAMPLING_PROBABILITY = "candidate_sampling_probability"  # the key tfrs_impl uses too
 
 Batch = dict[str, torch.Tensor]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"cpu"`` / ``"cuda"`` / ``"cuda:1"`` -> torch.device; a clear error without CUDA."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} requested but CUDA is not available in this torch "
-                           f"build ({torch.__version__}); use device='cpu'")
+    """``config.train.device`` (``"cpu"`` / ``"cuda"`` / ``"cuda:1"``) -> torch.device; a clear
+    error for a malformed name, or a CUDA device this machine or torch build does not have."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a torch device name ({e}); use cpu, cuda "
+                         "or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device={device!r} requested but CUDA is not available (torch "
+                               f"{torch.__version__}, {torch.cuda.device_count()} GPU(s) "
+                               "visible); use device='cpu' (--device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device={device!r} requested but only "
+                               f"{torch.cuda.device_count()} CUDA device(s) are visible; use "
+                               f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     return dev
 
 

@@ -24,12 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from twostage.config import EMPTY_TITLE_MODES, Config
 from twostage.data.features import FeatureSpec
-from twostage.config import Config
 
 Batch = Mapping[str, torch.Tensor]
 EMBEDDING_INIT_LIMIT = 0.05  # Keras RandomUniform default bounds of Embedding
-EMPTY_TITLE_MODES = ("zero", "nan")
+# Keras weight-name prefix of each stage's model (tfrs_impl's names: the ranking model's layers
+# live under the seed's ``ranking_model`` attribute of MovielensRankingModel).
+KERAS_PREFIX: dict[str, str] = {"retrieval": "", "ranking": "ranking_model/"}
 
 
 def masked_mean(embedded: torch.Tensor, mask: torch.Tensor, empty: str = "zero") -> torch.Tensor:
@@ -53,19 +55,30 @@ def masked_mean(embedded: torch.Tensor, mask: torch.Tensor, empty: str = "zero")
     return total / count
 
 
-def bag_mean(tokens: torch.Tensor, weight: torch.Tensor, empty: str = "zero") -> torch.Tensor:
-    """:func:`masked_mean` of ``weight[tokens]`` with mask ``tokens != 0``, fused: one
-    ``embedding_bag`` sum over the non-padding tokens only (passed flat with bag offsets, so the
-    backward sorts ~1/3 of the ids a padded [B, L] input would give it). Each bag sums its tokens
-    in order, as the masked sum does; the padding row gets no gradient (Keras' masked product
-    gives it 0). About 2x faster than gather * mask + sum. tokens [B, L] int64, weight [V, D]
-    -> [B, D]."""
+def bag_mean(tokens: torch.Tensor, weight: torch.Tensor, empty: str = "zero",
+             flat: bool | None = None) -> torch.Tensor:
+    """:func:`masked_mean` of ``weight[tokens]`` with mask ``tokens != 0``, fused in one
+    ``embedding_bag`` sum over the non-padding tokens (each bag sums its tokens in order, as the
+    masked sum does; the padding row gets no gradient, as Keras' masked product gives it 0).
+    About 2x faster than gather * mask + sum. tokens [B, L] int64, weight [V, D] -> [B, D].
+
+    ``flat`` (default: on the CPU): pass only the non-padding tokens, with bag offsets, so the
+    backward sorts ~1/3 of the ids a padded [B, L] input would give it. Selecting them
+    (``tokens[mask]``) sizes a tensor on the host, so elsewhere (an accelerator, where that would
+    stall every step) the padded [B, L] input goes in with ``padding_idx=0``, which skips the
+    same tokens in the same order: the same numbers.
+    """
     if empty not in EMPTY_TITLE_MODES:
         raise ValueError(f"empty={empty!r} must be one of {EMPTY_TITLE_MODES}")
     mask = tokens != 0
     counts = mask.sum(dim=1)
-    offsets = counts.cumsum(dim=0) - counts
-    total = F.embedding_bag(tokens[mask], weight, offsets, mode="sum")
+    if flat is None:
+        flat = tokens.device.type == "cpu"
+    if flat:
+        offsets = counts.cumsum(dim=0) - counts
+        total = F.embedding_bag(tokens[mask], weight, offsets, mode="sum")
+    else:
+        total = F.embedding_bag(tokens, weight, mode="sum", padding_idx=0)
     count = counts.unsqueeze(1).to(total.dtype)
     if empty == "zero":
         count = count.clamp_min(1.0)
@@ -233,30 +246,31 @@ def keras_init_(module: nn.Module, generator: torch.Generator) -> nn.Module:
 
 
 def _user_model(spec: FeatureSpec, config: Config) -> UserModel:
-    return UserModel(spec.num_user_rows, spec.num_bucket_rows, config.embedding_dim)
+    return UserModel(spec.num_user_rows, spec.num_bucket_rows, config.model.embedding_dim)
 
 
-def _movie_model(spec: FeatureSpec, config: Config, empty_title: str) -> MovieModel:
-    return MovieModel(spec.num_title_rows, spec.max_tokens, config.embedding_dim, empty_title)
+def _movie_model(spec: FeatureSpec, config: Config) -> MovieModel:
+    return MovieModel(spec.num_title_rows, spec.max_tokens, config.model.embedding_dim,
+                      config.model.empty_title)
 
 
-def build_retrieval_model(spec: FeatureSpec, config: Config, *, empty_title: str = "zero",
+def build_retrieval_model(spec: FeatureSpec, config: Config, *,
                           device: str | torch.device = "cpu") -> RetrievalModel:
-    """Query and candidate towers sized by ``spec``/``config``, Keras-initialised from
-    ``torch.Generator().manual_seed(config.seed)`` on the CPU (same values on any device)."""
-    model = RetrievalModel(QueryModel(_user_model(spec, config), config.layer_sizes),
-                           CandidateModel(_movie_model(spec, config, empty_title),
-                                          config.layer_sizes))
+    """Query and candidate towers sized by ``spec``/``config`` (token-less titles pooled as
+    ``config.model.empty_title``), Keras-initialised from ``torch.Generator().manual_seed(
+    config.seed)`` on the CPU (same values on any device)."""
+    model = RetrievalModel(QueryModel(_user_model(spec, config), config.model.layer_sizes),
+                           CandidateModel(_movie_model(spec, config), config.model.layer_sizes))
     keras_init_(model, torch.Generator().manual_seed(config.seed))
     return model.to(device)
 
 
-def build_ranking_model(spec: FeatureSpec, config: Config, *, empty_title: str = "zero",
+def build_ranking_model(spec: FeatureSpec, config: Config, *,
                         device: str | torch.device = "cpu") -> RankingModel:
     """The ranking model, Keras-initialised from ``torch.Generator().manual_seed(config.seed
     + 1)`` (+1 so that its embeddings do not start equal to the retrieval model's)."""
-    model = RankingModel(_user_model(spec, config), _movie_model(spec, config, empty_title),
-                         config.ranking_layer_sizes)
+    model = RankingModel(_user_model(spec, config), _movie_model(spec, config),
+                         config.model.ranking_layer_sizes)
     keras_init_(model, torch.Generator().manual_seed(config.seed + 1))
     return model.to(device)
 
@@ -278,26 +292,51 @@ def keras_weight_names(model: nn.Module, prefix: str = "") -> dict[str, tuple[st
     return out
 
 
-def get_keras_weights(model: nn.Module, prefix: str = "") -> dict[str, np.ndarray]:
-    """All parameters as numpy copies in Keras layout (Dense kernel [in, out])."""
+def keras_weight_shapes(model: nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """{Keras name: shape in Keras layout} (what a checkpoint of this model must hold)."""
     params = dict(model.named_parameters())
-    return {k: (params[n].detach().cpu().numpy().T if t else params[n].detach().cpu().numpy()
-                ).copy() for k, (n, t) in keras_weight_names(model, prefix).items()}
+    return {k: tuple(params[n].shape[::-1] if t else params[n].shape)
+            for k, (n, t) in keras_weight_names(model, prefix).items()}
 
 
-def set_keras_weights(model: nn.Module, weights: dict[str, np.ndarray], prefix: str = "") -> None:
-    """Assign every parameter from Keras-layout arrays; names and shapes must match exactly."""
+def to_keras(tensors: Mapping[str, torch.Tensor], model: nn.Module, prefix: str = ""
+             ) -> dict[str, np.ndarray]:
+    """Per-parameter tensors keyed by torch parameter name (the parameters themselves, or their
+    optimizer accumulators) -> {Keras name: numpy copy in Keras layout}."""
+    out = {}
+    for keras, (name, transposed) in keras_weight_names(model, prefix).items():
+        value = tensors[name].detach().cpu().numpy()
+        out[keras] = (value.T if transposed else value).copy()
+    return out
+
+
+def assign_from_keras(targets: Mapping[str, torch.Tensor], model: nn.Module,
+                      values: Mapping[str, np.ndarray], prefix: str = "",
+                      what: str = "weight") -> None:
+    """Copy Keras-layout arrays into ``targets`` (keyed by torch parameter name, as in
+    :func:`to_keras`); names and shapes must match exactly (KeyError / ValueError)."""
     names = keras_weight_names(model, prefix)
-    missing, unexpected = sorted(set(names) - set(weights)), sorted(set(weights) - set(names))
+    missing, unexpected = sorted(set(names) - set(values)), sorted(set(values) - set(names))
     if missing or unexpected:
-        raise KeyError(f"weight names do not match {type(model).__name__}: missing {missing}, "
+        raise KeyError(f"{what} names do not match {type(model).__name__}: missing {missing}, "
                        f"unexpected {unexpected}")
-    params = dict(model.named_parameters())
     with torch.no_grad():
         for keras, (name, transposed) in names.items():
-            value = np.asarray(weights[keras], dtype=np.float32)
+            value = np.asarray(values[keras], dtype=np.float32)
             value = value.T if transposed else value
-            if tuple(value.shape) != tuple(params[name].shape):
-                raise ValueError(f"{keras}: shape {np.asarray(weights[keras]).shape} does not fit "
-                                 f"the model (built from another spec/config?)")
-            params[name].copy_(torch.from_numpy(np.ascontiguousarray(value)))
+            target = targets[name]
+            if tuple(value.shape) != tuple(target.shape):
+                raise ValueError(f"{keras}: {what} shape {np.asarray(values[keras]).shape} does "
+                                 "not fit the model (built from another spec/config?)")
+            target.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+
+
+def get_keras_weights(model: nn.Module, prefix: str = "") -> dict[str, np.ndarray]:
+    """All parameters as numpy copies in Keras layout (Dense kernel [in, out])."""
+    return to_keras(dict(model.named_parameters()), model, prefix)
+
+
+def set_keras_weights(model: nn.Module, weights: Mapping[str, np.ndarray],
+                      prefix: str = "") -> None:
+    """Assign every parameter from Keras-layout arrays; names and shapes must match exactly."""
+    assign_from_keras(dict(model.named_parameters()), model, weights, prefix)

@@ -1,40 +1,53 @@
-"""The TFRS tasks in torch: ``Retrieval`` (tfrs.tasks.Retrieval) and ``Ranking``
-(tfrs.tasks.Ranking with the seed's Keras BinaryCrossentropy and BinaryAccuracy).
+"""The TFRS tasks in torch: the losses of both stages and the metrics computed while training.
 
 Sources followed (TFRS 0.7.7, tf_keras 2.21, under site-packages):
 
-- tensorflow_recommenders/tasks/retrieval.py ``Retrieval.call``: scores = q @ c^T (or max over
-  query heads for [Q, H, D] queries); labels = tf.eye(num_queries, num_candidates); then in this
-  order: ``/ temperature``; ``SamplingProbablityCorrection``; ``RemoveAccidentalHits``;
-  ``score_mask`` (tf.where(mask, scores, MIN_FLOAT)); ``HardNegativeMining``; loss =
+- tensorflow_recommenders/tasks/retrieval.py ``Retrieval.call`` (lines 172-210): scores = q @ c^T
+  (or max over query heads for [Q, H, D] queries); labels = tf.eye(num_queries, num_candidates);
+  then in this order: ``/ temperature``; ``SamplingProbablityCorrection`` (when probabilities are
+  given); ``RemoveAccidentalHits`` (when enabled); ``score_mask`` (tf.where(mask, scores,
+  MIN_FLOAT), when given); ``HardNegativeMining`` (when enabled); loss =
   ``CategoricalCrossentropy(from_logits=True, reduction=SUM)(labels, scores, sample_weight)``.
   Candidates beyond the first num_queries rows are extra negatives for every query (their label
-  columns are all zero because ``eye`` is rectangular).
-- tensorflow_recommenders/layers/loss.py: ``SamplingProbablityCorrection``: scores -
-  log(clip(p, 1e-6, 1)) per candidate column; ``RemoveAccidentalHits``: scores + MIN_FLOAT where
-  the candidate id equals the row's positive id, except the positive itself;
-  ``HardNegativeMining``: top_k(scores + labels * MAX_FLOAT, min(n + 1, C)) then gather scores and
-  labels; MIN_FLOAT / MAX_FLOAT = float32 min / max divided by 100.
+  columns are all zero because ``eye`` is rectangular). Here each step is one small
+  :class:`Correction` and :class:`Retrieval` applies its list in that order.
+- tensorflow_recommenders/layers/loss.py: ``SamplingProbablityCorrection`` (lines 150-158):
+  scores - log(clip(p, 1e-6, 1)) per candidate column; ``RemoveAccidentalHits`` (lines 114-147):
+  scores + MIN_FLOAT where the candidate id equals the row's positive id, except the positive
+  itself; ``HardNegativeMining`` (lines 61-111): top_k(scores + labels * MAX_FLOAT, min(n + 1, C))
+  then gather scores and labels; MIN_FLOAT / MAX_FLOAT = float32 min / max divided by 100.
 - tf_keras/src/losses.py + utils/losses_utils.py ``compute_weighted_loss``: per-row softmax
   cross-entropy times sample_weight, reduced with SUM (no division).
-- Ranking: see :class:`Ranking` for what Keras BinaryCrossentropy computes in the seed.
+- Ranking: ``tfrs.tasks.Ranking(loss=BinaryCrossentropy(), metrics=[BinaryAccuracy()])``; the
+  loss classes below say what Keras computes in the seed (``config.task.ranking_loss`` picks one).
+- Metrics: tensorflow_recommenders/metrics/factorized_top_k.py (:func:`factorized_top_k`) and
+  Keras ``BinaryAccuracy`` (:class:`BinaryAccuracy`, the ranking task's training metric).
+
+The loss of one batch of a model (:func:`retrieval_loss`, :func:`ranking_loss`) is the seed's
+``compute_loss``; ``torch_impl.train`` trains on it, ``torch_impl.backend`` evaluates it.
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from twostage.config import Config
+from twostage.config import RANKING_LOSSES, Config
+
+from .features import SAMPLING_PROBABILITY
+from .models import RankingModel, RetrievalModel
 
 MIN_FLOAT = float(np.finfo(np.float32).min / 100.0)
 MAX_FLOAT = float(np.finfo(np.float32).max / 100.0)
 SAMPLING_PROBABILITY_FLOOR = 1e-6  # SamplingProbablityCorrection's clip
 KERAS_EPSILON = 1e-7  # tf_keras.backend.epsilon()
-RANKING_LOSS_MODES = ("keras_graph", "keras_eager", "logits")
+TOP_K_METRIC = "factorized_top_k/top_{}_categorical_accuracy"  # TFRS FactorizedTopK's names
+
+Labels = Optional[torch.Tensor]  # [Q, C] float one-hot, or None: eye(Q, C), never materialised
 
 
 def _weighted_sum(losses: torch.Tensor, sample_weight: Optional[torch.Tensor]) -> torch.Tensor:
@@ -44,56 +57,202 @@ def _weighted_sum(losses: torch.Tensor, sample_weight: Optional[torch.Tensor]) -
     return (losses * sample_weight.reshape(-1).to(losses.dtype)).sum()
 
 
-class Retrieval(nn.Module):
-    """In-batch softmax retrieval loss, exactly ``tfrs.tasks.Retrieval.call`` (no metrics: the
-    FactorizedTopK metric is ``torch_impl.train.factorized_top_k``).
+# --- retrieval: logits corrections, in TFRS's order -----------------------------------------------
 
-    Args mirror TFRS: ``temperature`` divides the scores; ``num_hard_negatives`` keeps, per row,
-    the positive and the n highest-scoring other candidates; ``remove_accidental_hits`` pushes
-    negatives sharing the positive's candidate id to MIN_FLOAT (then ``candidate_ids`` is needed).
+@dataclass(frozen=True)
+class RetrievalInputs:
+    """The optional per-batch inputs of ``tfrs.tasks.Retrieval.call`` the corrections read:
+    candidate_sampling_probability [C], candidate_ids [C], score_mask [Q, C] bool (False =
+    excluded)."""
+
+    candidate_sampling_probability: Optional[torch.Tensor] = None
+    candidate_ids: Optional[torch.Tensor] = None
+    score_mask: Optional[torch.Tensor] = None
+
+
+class Correction(Protocol):
+    """One step of ``Retrieval.call`` between the scores and the loss:
+    (scores [Q, C], labels, inputs) -> (scores, labels); labels None stands for eye(Q, C)."""
+
+    def __call__(self, scores: torch.Tensor, labels: Labels, inputs: RetrievalInputs
+                 ) -> tuple[torch.Tensor, Labels]: ...
+
+
+class Temperature:
+    """``scores / temperature`` (retrieval.py line 188)."""
+
+    def __init__(self, temperature: float) -> None:
+        if not temperature > 0:
+            raise ValueError(f"temperature={temperature} must be > 0")
+        self.temperature = temperature
+
+    def __repr__(self) -> str:
+        return f"Temperature({self.temperature})"
+
+    def __call__(self, scores, labels, inputs):
+        return scores / self.temperature, labels
+
+
+class SamplingProbabilityCorrection:
+    """logQ: ``scores - log(clip(p, 1e-6, 1))`` per candidate column (layers/loss.py
+    SamplingProbablityCorrection); nothing when the batch has no probabilities (retrieval.py
+    line 190 applies it only when they are given)."""
+
+    def __repr__(self) -> str:
+        return "SamplingProbabilityCorrection()"
+
+    def __call__(self, scores, labels, inputs):
+        p = inputs.candidate_sampling_probability
+        if p is None:
+            return scores, labels
+        p = p.reshape(-1).to(scores.dtype)
+        return scores - torch.log(p.clamp(SAMPLING_PROBABILITY_FLOOR, 1.0)), labels
+
+
+class RemoveAccidentalHits:
+    """Negatives with the positive's candidate id get ``+ MIN_FLOAT`` (layers/loss.py
+    RemoveAccidentalHits: ``logits + (equal(ids[argmax(labels)], ids^T) - labels) *
+    MIN_FLOAT``); needs ``candidate_ids``."""
+
+    def __repr__(self) -> str:
+        return "RemoveAccidentalHits()"
+
+    def __call__(self, scores, labels, inputs):
+        ids = inputs.candidate_ids
+        if ids is None:
+            raise ValueError("When accidental hit removal is enabled, candidate ids must be "
+                             "supplied (pass candidate_ids=[C] ids, e.g. title_index).")
+        if labels is None:
+            # scores + 1 * MIN_FLOAT on hits, scores + 0 elsewhere: the same floats as TFRS.
+            return torch.where(accidental_hits(ids, *scores.shape), scores + MIN_FLOAT,
+                               scores), labels
+        ids = ids.reshape(-1)
+        positive = ids[labels.argmax(dim=1)]
+        duplicate = (positive.unsqueeze(1) == ids.unsqueeze(0)).to(labels.dtype) - labels
+        return scores + duplicate * MIN_FLOAT, labels
+
+
+class ScoreMask:
+    """``tf.where(score_mask, scores, MIN_FLOAT)`` (retrieval.py line 203); nothing without a
+    mask."""
+
+    def __repr__(self) -> str:
+        return "ScoreMask()"
+
+    def __call__(self, scores, labels, inputs):
+        if inputs.score_mask is None:
+            return scores, labels
+        return scores.masked_fill(~inputs.score_mask, MIN_FLOAT), labels
+
+
+class HardNegativeMining:
+    """Keep per row the positive and the ``num_hard_negatives`` largest other scores (layers/
+    loss.py HardNegativeMining) -> scores and labels [Q, k], k = min(n + 1, C)."""
+
+    def __init__(self, num_hard_negatives: int) -> None:
+        if int(num_hard_negatives) < 1:
+            raise ValueError(f"num_hard_negatives={num_hard_negatives} must be >= 1")
+        self.num_hard_negatives = int(num_hard_negatives)
+
+    def __repr__(self) -> str:
+        return f"HardNegativeMining({self.num_hard_negatives})"
+
+    def __call__(self, scores, labels, inputs):
+        if labels is None:
+            labels = torch.eye(*scores.shape, dtype=scores.dtype, device=scores.device)
+        return hard_negative_mining(scores, labels, self.num_hard_negatives)
+
+
+def retrieval_corrections(temperature: float | None = None,
+                          num_hard_negatives: int | None = None,
+                          remove_accidental_hits: bool = False) -> list[Correction]:
+    """The corrections ``tfrs.tasks.Retrieval(temperature, num_hard_negatives,
+    remove_accidental_hits)`` applies, in its order. logQ and the score mask are always in the
+    list: like TFRS, they act when the batch brings their input."""
+    out: list[Correction] = []
+    if temperature is not None:
+        out.append(Temperature(temperature))
+    out.append(SamplingProbabilityCorrection())
+    if remove_accidental_hits:
+        out.append(RemoveAccidentalHits())
+    out.append(ScoreMask())
+    if num_hard_negatives is not None:
+        out.append(HardNegativeMining(num_hard_negatives))
+    return out
+
+
+class Retrieval(nn.Module):
+    """In-batch softmax retrieval loss, exactly ``tfrs.tasks.Retrieval.call`` (its metrics are
+    :func:`factorized_top_k`, computed at validation).
+
+    Built from TFRS's arguments (``temperature`` divides the scores; ``num_hard_negatives`` keeps,
+    per row, the positive and the n highest-scoring other candidates; ``remove_accidental_hits``
+    pushes negatives sharing the positive's candidate id to MIN_FLOAT, then ``candidate_ids`` is
+    needed), or from an explicit ``corrections`` list applied in order.
     """
 
     def __init__(self, temperature: float | None = None, num_hard_negatives: int | None = None,
-                 remove_accidental_hits: bool = False) -> None:
+                 remove_accidental_hits: bool = False,
+                 corrections: Sequence[Correction] | None = None) -> None:
         super().__init__()
-        self.temperature = temperature
-        self.num_hard_negatives = num_hard_negatives
-        self.remove_accidental_hits = remove_accidental_hits
+        if corrections is None:
+            corrections = retrieval_corrections(temperature, num_hard_negatives,
+                                                remove_accidental_hits)
+        elif temperature is not None or num_hard_negatives is not None or \
+                remove_accidental_hits:
+            raise ValueError("pass either corrections=[...] or the TFRS options (temperature, "
+                             "num_hard_negatives, remove_accidental_hits), not both")
+        self.corrections = list(corrections)
+
+    def _find(self, kind: type):
+        return next((c for c in self.corrections if isinstance(c, kind)), None)
+
+    @property
+    def temperature(self) -> float | None:
+        found = self._find(Temperature)
+        return None if found is None else found.temperature
+
+    @property
+    def num_hard_negatives(self) -> int | None:
+        found = self._find(HardNegativeMining)
+        return None if found is None else found.num_hard_negatives
+
+    @property
+    def remove_accidental_hits(self) -> bool:
+        return self._find(RemoveAccidentalHits) is not None
 
     def extra_repr(self) -> str:
-        return (f"temperature={self.temperature}, num_hard_negatives={self.num_hard_negatives}, "
-                f"remove_accidental_hits={self.remove_accidental_hits}")
+        return f"corrections={self.corrections}"
 
-    def logits(self, query_embeddings: torch.Tensor, candidate_embeddings: torch.Tensor,
-               candidate_sampling_probability: Optional[torch.Tensor] = None,
-               candidate_ids: Optional[torch.Tensor] = None,
-               score_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Scores after temperature, logQ, accidental-hit removal and score_mask: [Q, C].
+    def corrected(self, query_embeddings: torch.Tensor, candidate_embeddings: torch.Tensor,
+                  candidate_sampling_probability: Optional[torch.Tensor] = None,
+                  candidate_ids: Optional[torch.Tensor] = None,
+                  score_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Labels]:
+        """(scores, labels) after every correction: [Q, C] and None (= eye(Q, C)), or [Q, k]
+        and their one-hot labels after hard-negative mining.
 
         query_embeddings [Q, D] (or [Q, H, D]: max over heads), candidate_embeddings [C, D]
-        with C >= Q normally (rows Q.. are extra negatives); candidate_sampling_probability [C];
-        candidate_ids [C]; score_mask [Q, C] bool (False = excluded).
+        with C >= Q normally (rows Q.. are extra negatives); the other inputs as
+        :class:`RetrievalInputs`.
         """
         if query_embeddings.dim() == 3:
             scores = torch.einsum("qne,ce->qnc", query_embeddings, candidate_embeddings)
             scores = scores.amax(dim=1)
         else:
             scores = query_embeddings @ candidate_embeddings.T
-        if self.temperature is not None:
-            scores = scores / self.temperature
-        if candidate_sampling_probability is not None:
-            p = candidate_sampling_probability.reshape(-1).to(scores.dtype)
-            scores = scores - torch.log(p.clamp(SAMPLING_PROBABILITY_FLOOR, 1.0))
-        if self.remove_accidental_hits:
-            if candidate_ids is None:
-                raise ValueError("When accidental hit removal is enabled, candidate ids must be "
-                                 "supplied (pass candidate_ids=[C] ids, e.g. title_index).")
-            # scores + 1 * MIN_FLOAT on hits, scores + 0 elsewhere: the same floats as TFRS.
-            scores = torch.where(accidental_hits(candidate_ids, *scores.shape),
-                                 scores + MIN_FLOAT, scores)
-        if score_mask is not None:
-            scores = torch.where(score_mask, scores, torch.full_like(scores, MIN_FLOAT))
-        return scores
+        inputs = RetrievalInputs(candidate_sampling_probability, candidate_ids, score_mask)
+        labels: Labels = None
+        for correction in self.corrections:
+            scores, labels = correction(scores, labels, inputs)
+        return scores, labels
+
+    def logits(self, query_embeddings: torch.Tensor, candidate_embeddings: torch.Tensor,
+               candidate_sampling_probability: Optional[torch.Tensor] = None,
+               candidate_ids: Optional[torch.Tensor] = None,
+               score_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The scores of :meth:`corrected` alone."""
+        return self.corrected(query_embeddings, candidate_embeddings,
+                              candidate_sampling_probability, candidate_ids, score_mask)[0]
 
     def forward(self, query_embeddings: torch.Tensor, candidate_embeddings: torch.Tensor,
                 sample_weight: Optional[torch.Tensor] = None,
@@ -101,22 +260,20 @@ class Retrieval(nn.Module):
                 candidate_ids: Optional[torch.Tensor] = None,
                 score_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Scalar loss: SUM over query rows of sample_weight * softmax cross-entropy."""
-        scores = self.logits(query_embeddings, candidate_embeddings,
-                             candidate_sampling_probability, candidate_ids, score_mask)
-        return _weighted_sum(self.row_losses(scores), sample_weight)
+        scores, labels = self.corrected(query_embeddings, candidate_embeddings,
+                                        candidate_sampling_probability, candidate_ids,
+                                        score_mask)
+        return _weighted_sum(row_losses(scores, labels), sample_weight)
 
-    def row_losses(self, scores: torch.Tensor) -> torch.Tensor:
-        """[Q, C] final scores -> [Q] cross-entropy against eye(Q, C) (after hard negatives)."""
-        q, c = scores.shape
-        if self.num_hard_negatives is not None:
-            labels = torch.eye(q, c, dtype=scores.dtype, device=scores.device)
-            scores, labels = hard_negative_mining(scores, labels, self.num_hard_negatives)
-            return -(labels * torch.log_softmax(scores, dim=1)).sum(dim=1)
-        if c >= q:  # the usual case: row i's positive is column i; no [Q, C] label matrix needed
-            return diagonal_softmax_cross_entropy(scores)
-        # Fewer candidates than queries: rows >= C have all-zero labels, hence zero loss in Keras.
+
+def row_losses(scores: torch.Tensor, labels: Labels = None) -> torch.Tensor:
+    """[Q, C] final scores -> [Q] softmax cross-entropy against ``labels`` (None: eye(Q, C))."""
+    q, c = scores.shape
+    if labels is None and c >= q:  # the usual case: row i's positive is column i, fused
+        return diagonal_softmax_cross_entropy(scores)
+    if labels is None:  # fewer candidates than queries: rows >= C have all-zero labels, loss 0
         labels = torch.eye(q, c, dtype=scores.dtype, device=scores.device)
-        return -(labels * torch.log_softmax(scores, dim=1)).sum(dim=1)
+    return -(labels * torch.log_softmax(scores, dim=1)).sum(dim=1)
 
 
 class _DiagonalSoftmaxCrossEntropy(torch.autograd.Function):
@@ -159,8 +316,8 @@ def diagonal_softmax_cross_entropy(scores: torch.Tensor) -> torch.Tensor:
 def accidental_hits(candidate_ids: torch.Tensor, num_queries: int, num_candidates: int
                     ) -> torch.Tensor:
     """[Q, C] bool: candidate j has the id of row i's positive and is not that positive
-    (RemoveAccidentalHits: ``equal(ids[argmax(labels)], ids^T) - labels``; the argmax of an
-    all-zero label row, rows i >= C, is 0)."""
+    (RemoveAccidentalHits with labels eye(Q, C); the argmax of an all-zero label row, rows
+    i >= C, is 0)."""
     ids = candidate_ids.reshape(-1)
     rows = torch.arange(num_queries, device=ids.device)
     positive = torch.where(rows < num_candidates, rows, torch.zeros_like(rows))
@@ -178,36 +335,105 @@ def hard_negative_mining(scores: torch.Tensor, labels: torch.Tensor, num_hard_ne
     return scores.gather(1, cols), labels.gather(1, cols)
 
 
+# --- ranking: the binary cross-entropy Keras computes in the seed ---------------------------------
+#
+# What Keras computes (tf_keras/src/losses.py ``LossFunctionWrapper.call`` and
+# ``binary_crossentropy``; backend.py ``binary_crossentropy`` and ``_get_logits``):
+#
+# 1. The seed's labels are [B] and predictions [B, 1]: ``squeeze_or_expand_dimensions`` squeezes
+#    the predictions to [B], so their op is ``Squeeze``, not ``Sigmoid``, and ``_get_logits``
+#    does NOT recover the logits, in graph mode (fit/evaluate) as well as eagerly. The loss is
+#    the clipped-probability formula: ``p = clip(p, eps, 1 - eps)``,
+#    ``-(y log(p + eps) + (1 - y) log(1 - p + eps))``, eps = 1e-7.
+# 2. In a tf.function (fit / evaluate) Grappler's arithmetic optimiser folds the constants of
+#    ``1 - p + eps`` into ``(1 + eps) - p`` with 1 + eps rounded to float32 (1 + 2**-23). For a
+#    saturated p = 1 - eps this gives -log(2**-22) = 15.2492 instead of the eager 15.3332
+#    (measured: tf_keras 2.21 evaluate vs eager on p = sigmoid(30), label 0).
+# 3. ``mean`` over the last axis, then SUM_OVER_BATCH_SIZE: the batch mean.
+#
+# The float32 constants are Python floats holding float32 values exactly, so the arithmetic is
+# the float32 arithmetic of Keras without a tensor made (and copied to the device) per step.
+_EPS = float(np.float32(KERAS_EPSILON))
+_ONE_MINUS_EPS = float(np.float32(1.0) - np.float32(KERAS_EPSILON))
+_ONE_PLUS_EPS = float(np.float32(1.0) + np.float32(KERAS_EPSILON))
+
+
+class RankingLoss(Protocol):
+    """Per-example binary cross-entropy: labels [B] (or [B, 1]), probabilities [B, 1],
+    logits [B, 1] (or None) -> [B]."""
+
+    name: str
+
+    def __call__(self, labels: torch.Tensor, predictions: torch.Tensor,
+                 logits: Optional[torch.Tensor]) -> torch.Tensor: ...
+
+
+class KerasGraphBCE:
+    """What ``model.fit`` / ``evaluate`` report and differentiate (points 1 + 2 + 3 above):
+    clipped probabilities, and Grappler's ``log((1 + eps) - p)`` for the negative term."""
+
+    name = "keras_graph"
+
+    def negative_term(self, p: torch.Tensor) -> torch.Tensor:
+        return torch.log(_ONE_PLUS_EPS - p)
+
+    def __call__(self, labels, predictions, logits=None):
+        y = labels.reshape(-1).to(predictions.dtype)
+        p = predictions.reshape(-1).clamp(_EPS, _ONE_MINUS_EPS)  # 1 - eps in float32, as Keras
+        return -(y * torch.log(p + _EPS) + (1.0 - y) * self.negative_term(p))
+
+
+class KerasEagerBCE(KerasGraphBCE):
+    """Keras run eagerly (points 1 + 3): ``log((1 - p) + eps)`` for the negative term."""
+
+    name = "keras_eager"
+
+    def negative_term(self, p: torch.Tensor) -> torch.Tensor:
+        return torch.log((1.0 - p) + _EPS)
+
+
+class LogitsBCE:
+    """``sigmoid_cross_entropy_with_logits`` on the pre-sigmoid logits: what Keras does in graph
+    mode when the labels are [B, 1] (``_get_logits`` then finds the Sigmoid). Needs logits."""
+
+    name = "logits"
+
+    def __call__(self, labels, predictions, logits=None):
+        if logits is None:
+            raise ValueError("loss_mode='logits' needs the pre-sigmoid logits "
+                             "(RankingModel.logits(batch))")
+        y = labels.reshape(-1).to(logits.dtype)
+        return F.binary_cross_entropy_with_logits(logits.reshape(-1), y, reduction="none")
+
+
+RANKING_LOSS_CLASSES: dict[str, type] = {c.name: c for c in (KerasGraphBCE, KerasEagerBCE,
+                                                              LogitsBCE)}
+assert tuple(RANKING_LOSS_CLASSES) == RANKING_LOSSES, "twostage.config.RANKING_LOSSES changed"
+
+
+def make_ranking_loss(mode: str) -> RankingLoss:
+    """The loss class named ``mode`` (one of twostage.config.RANKING_LOSSES)."""
+    if mode not in RANKING_LOSS_CLASSES:
+        raise ValueError(f"loss_mode={mode!r} must be one of {RANKING_LOSSES}")
+    return RANKING_LOSS_CLASSES[mode]()
+
+
 class Ranking(nn.Module):
     """``tfrs.tasks.Ranking(loss=BinaryCrossentropy())`` as the seed runs it inside ``fit``.
 
-    What Keras computes (tf_keras/src/losses.py ``LossFunctionWrapper.call`` and
-    ``binary_crossentropy``; backend.py ``binary_crossentropy`` and ``_get_logits``):
-
-    1. The seed's labels are [B] and predictions [B, 1]: ``squeeze_or_expand_dimensions`` squeezes
-       the predictions to [B], so their op is ``Squeeze``, not ``Sigmoid``, and ``_get_logits``
-       does NOT recover the logits, in graph mode (fit/evaluate) as well as eagerly. The loss is
-       the clipped-probability formula: ``p = clip(p, eps, 1 - eps)``,
-       ``-(y log(p + eps) + (1 - y) log(1 - p + eps))``, eps = 1e-7.
-    2. In a tf.function (fit / evaluate) Grappler's arithmetic optimiser folds the constants of
-       ``1 - p + eps`` into ``(1 + eps) - p`` with 1 + eps rounded to float32 (1 + 2**-23). For a
-       saturated p = 1 - eps this gives -log(2**-22) = 15.2492 instead of the eager 15.3332
-       (measured: tf_keras 2.21 evaluate vs eager on p = sigmoid(30), label 0).
-    3. ``mean`` over the last axis, then SUM_OVER_BATCH_SIZE: the batch mean.
-
-    ``loss_mode``: "keras_graph" (default; 1 + 2 + 3: what model.fit reports and differentiates),
-    "keras_eager" (1 + 3), "logits" (``sigmoid_cross_entropy_with_logits`` on the pre-sigmoid
-    logits: what Keras does in graph mode when the labels are [B, 1]; needs ``logits``).
-
+    ``loss``: a mode name of ``twostage.config.RANKING_LOSSES`` ("keras_graph", the default:
+    what model.fit reports and differentiates; "keras_eager"; "logits") or a :class:`RankingLoss`.
     ``sample_weight`` [B]: Keras raises for [B] labels + weights (it tries to squeeze the weights
     to the scalar loss); here it is the [B, 1]-label meaning: sum(w * loss_i) / B.
     """
 
-    def __init__(self, loss_mode: str = "keras_graph") -> None:
+    def __init__(self, loss: str | RankingLoss = "keras_graph") -> None:
         super().__init__()
-        if loss_mode not in RANKING_LOSS_MODES:
-            raise ValueError(f"loss_mode={loss_mode!r} must be one of {RANKING_LOSS_MODES}")
-        self.loss_mode = loss_mode
+        self.loss = make_ranking_loss(loss) if isinstance(loss, str) else loss
+
+    @property
+    def loss_mode(self) -> str:
+        return self.loss.name
 
     def extra_repr(self) -> str:
         return f"loss_mode={self.loss_mode!r}"
@@ -215,19 +441,7 @@ class Ranking(nn.Module):
     def row_losses(self, labels: torch.Tensor, predictions: torch.Tensor,
                    logits: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Per-example binary cross-entropy [B] (labels [B] or [B, 1] in {0, 1})."""
-        y = labels.reshape(-1).to(predictions.dtype)
-        if self.loss_mode == "logits":
-            if logits is None:
-                raise ValueError("loss_mode='logits' needs the pre-sigmoid logits "
-                                 "(RankingModel.logits(batch))")
-            return F.binary_cross_entropy_with_logits(logits.reshape(-1), y, reduction="none")
-        eps = torch.tensor(KERAS_EPSILON, dtype=predictions.dtype, device=predictions.device)
-        p = predictions.reshape(-1).clamp(eps, 1.0 - eps)  # 1 - eps in float32, as Keras
-        if self.loss_mode == "keras_graph":
-            negative = torch.log((1.0 + eps) - p)     # Grappler's (1 + eps) - p
-        else:
-            negative = torch.log((1.0 - p) + eps)
-        return -(y * torch.log(p + eps) + (1.0 - y) * negative)
+        return self.loss(labels, predictions, logits)
 
     def forward(self, labels: torch.Tensor, predictions: torch.Tensor,
                 logits: Optional[torch.Tensor] = None,
@@ -239,6 +453,52 @@ class Ranking(nn.Module):
         return _weighted_sum(losses, sample_weight) / losses.shape[0]
 
 
+def make_retrieval_task(config: Config) -> Retrieval:
+    """The Retrieval task of ``config.task`` (temperature, num_hard_negatives, accidental hits)."""
+    return Retrieval(temperature=config.task.temperature,
+                     num_hard_negatives=config.task.num_hard_negatives,
+                     remove_accidental_hits=config.task.remove_accidental_hits)
+
+
+def make_ranking_task(config: Config | None = None) -> Ranking:
+    """The seed's Ranking task with the loss of ``config.task.ranking_loss`` (default
+    keras_graph)."""
+    return Ranking(config.task.ranking_loss if config is not None else "keras_graph")
+
+
+# --- the loss of one batch (the seed's compute_loss) ----------------------------------------------
+
+def retrieval_loss(model: RetrievalModel, task: Retrieval, batch: Mapping[str, torch.Tensor],
+                   use_sampling_probability: bool = False) -> torch.Tensor:
+    """The seed's ``MovielensRetrievalModel.compute_loss``: task(query_model(batch),
+    candidate_model(batch)) -> scalar; candidate ids = ``title_index`` when the task removes
+    accidental hits; ``candidate_sampling_probability`` [B] and ``sample_weight`` [B] are taken
+    from the batch when used / present."""
+    query = model.query_model(batch)
+    candidate = model.candidate_model(batch)
+    probability = None
+    if use_sampling_probability:
+        if SAMPLING_PROBABILITY not in batch:
+            raise KeyError(f"use_sampling_probability needs a '{SAMPLING_PROBABILITY}' column "
+                           "(twostage.sampling.candidate_sampling_probability(dataset))")
+        probability = batch[SAMPLING_PROBABILITY]
+    ids = batch["title_index"] if task.remove_accidental_hits else None
+    return task(query, candidate, sample_weight=batch.get("sample_weight"),
+                candidate_sampling_probability=probability, candidate_ids=ids)
+
+
+def ranking_loss(model: RankingModel, task: Ranking, batch: Mapping[str, torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seed's ``MovielensRankingModel.compute_loss`` -> (loss, probabilities [B, 1])."""
+    logits = model.logits(batch)
+    predictions = torch.sigmoid(logits)
+    loss = task(batch["label"], predictions, logits=logits,
+                sample_weight=batch.get("sample_weight"))
+    return loss, predictions
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
 def binary_accuracy(labels: torch.Tensor, predictions: torch.Tensor,
                     threshold: float = 0.5) -> torch.Tensor:
     """Keras ``binary_accuracy`` per example [B] float: (prediction > threshold) == label."""
@@ -246,13 +506,56 @@ def binary_accuracy(labels: torch.Tensor, predictions: torch.Tensor,
     return (hit == labels.reshape(-1).to(predictions.dtype)).to(predictions.dtype)
 
 
-def make_retrieval_task(config: Config) -> Retrieval:
-    """The Retrieval task of ``config`` (temperature, num_hard_negatives, accidental hits)."""
-    return Retrieval(temperature=config.temperature,
-                     num_hard_negatives=config.num_hard_negatives,
-                     remove_accidental_hits=config.remove_accidental_hits)
+class BinaryAccuracy:
+    """The ranking task's running training metric (Keras ``BinaryAccuracy``, reset at every
+    epoch start by ``fit``), kept on the device: :meth:`update` only queues additions,
+    :meth:`result` reads the count once."""
+
+    name = "binary_accuracy"
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = threshold
+        self.reset()
+
+    def reset(self) -> None:
+        self._correct: Optional[torch.Tensor] = None
+        self._count = 0
+
+    def update(self, batch: Mapping[str, torch.Tensor], predictions: torch.Tensor) -> None:
+        """Add a batch: labels ``batch["label"]`` [B], probabilities [B, 1]."""
+        hits = binary_accuracy(batch["label"], predictions.detach(), self.threshold)
+        hits = hits.sum(dtype=torch.float64)
+        self._correct = hits if self._correct is None else self._correct.add_(hits)
+        self._count += int(predictions.shape[0])
+
+    def result(self) -> float:
+        if self._correct is None or self._count == 0:
+            raise ValueError("BinaryAccuracy.result before any update")
+        return float(self._correct) / self._count
 
 
-def make_ranking_task(config: Config | None = None, loss_mode: str = "keras_graph") -> Ranking:
-    """The seed's Ranking task (``config`` carries no ranking-loss option today)."""
-    return Ranking(loss_mode=loss_mode)
+def factorized_top_k(query_embeddings: torch.Tensor, true_candidate_embeddings: torch.Tensor,
+                     corpus_embeddings: torch.Tensor, ks: Sequence[int] = (1, 5, 10, 50, 100),
+                     chunk: int = 4096) -> dict[str, float]:
+    """TFRS FactorizedTopK, score-based (metrics/factorized_top_k.py ``update_state`` without
+    candidate ids): positive score = rowwise ``sum(q * c_true)``; a query is a hit at k iff
+    ``tf.math.in_top_k([positive, top-K corpus scores], 0, k)``, i.e. fewer than k corpus scores
+    (``q @ corpus^T``) are STRICTLY greater than the positive score (ties favour the positive);
+    in_top_k is False when a score it looks at is not finite (here: any score of the row).
+
+    query/true_candidate [N, D], corpus [M, D] -> {"factorized_top_k/top_{k}_categorical_accuracy":
+    mean over the N queries}. The hit counts are read from the device once.
+    """
+    n = query_embeddings.shape[0]
+    if n == 0:
+        raise ValueError("factorized_top_k: no queries to evaluate")
+    hits = torch.zeros(len(ks), dtype=torch.int64, device=query_embeddings.device)
+    kt = torch.tensor(list(ks), device=query_embeddings.device).unsqueeze(0)
+    for start in range(0, n, chunk):
+        q = query_embeddings[start: start + chunk]
+        positive = (q * true_candidate_embeddings[start: start + chunk]).sum(dim=1, keepdim=True)
+        scores = q @ corpus_embeddings.T
+        greater = (scores > positive).sum(dim=1, keepdim=True)
+        valid = torch.isfinite(positive) & torch.isfinite(scores).all(dim=1, keepdim=True)
+        hits += ((greater < kt) & valid).sum(dim=0)
+    return {TOP_K_METRIC.format(k): count / n for k, count in zip(ks, hits.tolist())}

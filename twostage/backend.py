@@ -106,6 +106,11 @@ class Backend(Protocol):
     spec: FeatureSpec
     epochs_done: dict[str, int]
 
+    @classmethod
+    def check_config(cls, config: Config) -> None:
+        """Raise UnsupportedOptionError (or a clear RuntimeError, e.g. no CUDA) for what this
+        backend cannot honour; the CLI calls it before any data is loaded."""
+
     # --- training ------------------------------------------------------------------------
     def fit_retrieval(self, dataset: Dataset, epochs: int | None = None,
                       on_epoch: EpochCallback | None = None) -> History:

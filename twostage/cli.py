@@ -71,7 +71,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             args = typing.get_args(kind)
             if type(None) in args:
                 kind = next(a for a in args if a is not type(None))
-            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            shown = (",".join(map(str, default)) if isinstance(default, tuple) else
+                     "off" if default is None else default)
             if kind is bool:
                 group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS,
                                    action="store_false" if md["invert"] else "store_true",

@@ -105,3 +105,17 @@ def check_same_spec(dataset: Dataset, spec: FeatureSpec) -> None:
     if dataset.spec.fingerprint() != spec.fingerprint():
         raise ValueError("the dataset's feature spec differs from the one this backend was "
                          "built with; build the backend from dataset.spec")
+
+
+def check_spec_matches_config(spec: FeatureSpec, config: Config) -> None:
+    """The spec's table sizes must be the ones the config asks for."""
+    problems = []
+    if len(spec.ts_boundaries) != config.data.num_buckets:
+        problems.append(f"spec has {len(spec.ts_boundaries)} timestamp boundaries but "
+                        f"config.num_buckets={config.data.num_buckets}")
+    if spec.max_tokens != config.data.max_tokens:
+        problems.append(f"spec.max_tokens={spec.max_tokens} but config.max_tokens="
+                        f"{config.data.max_tokens}")
+    if problems:
+        raise ValueError("feature spec and config disagree: " + "; ".join(problems)
+                         + " (fit the spec with this config: twostage.dataset.from_movielens)")

@@ -27,8 +27,8 @@ def torch_to_tfrs(torch_backend):
     """A TfrsBackend with the same config, spec and weights as ``torch_backend``."""
     from tfrs_impl.backend import TfrsBackend
 
-    # BruteForce is TFRS's index and the torch device does not apply: serve the same weights.
-    config = torch_backend.config.replace(index="flat", device="cpu")
+    # What TFRS supports (BruteForce, CPU, the fit loss); none of it changes a weight.
+    config = torch_backend.config.replace(index="flat", device="cpu", ranking_loss="keras_graph")
     tfrs_backend = TfrsBackend(config, torch_backend.spec)
     copy_weights(torch_backend, tfrs_backend)
     return tfrs_backend

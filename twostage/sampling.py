@@ -12,6 +12,9 @@ import numpy as np
 
 from .dataset import Dataset
 
+# The batch column both backends read the per-example probabilities from.
+SAMPLING_PROBABILITY = "candidate_sampling_probability"
+
 
 def candidate_sampling_probability(dataset: Dataset) -> np.ndarray:
     """[N] float32: for every rating row, the frequency of its movie title in the training split.

@@ -1,5 +1,5 @@
-"""TfrsBackend against the Backend protocol and the framework-agnostic pipeline; the package's
-Keras guard; the shared logQ probabilities."""
+"""TfrsBackend against the Backend protocol and the framework-agnostic pipeline; what it refuses;
+the package's Keras guard; the shared logQ probabilities."""
 from __future__ import annotations
 
 import os
@@ -7,13 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import inspect
+
 import numpy as np
 import pytest
 
+from tfrs_impl import models
 from tfrs_impl.backend import TfrsBackend
 from twostage import pipeline
-from twostage.backend import Backend
+from twostage.backend import Backend, UnsupportedOptionError
 from twostage.sampling import candidate_sampling_probability
+from twostage.schedule import BatchPlan
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,7 +34,7 @@ def test_backend_protocol_and_pipeline(synthetic_dataset, small_config):
     report = pipeline.evaluate(backend, ds, config)
     retrieval = report["retrieval"]
     for name in ("top_k_accuracy", "top_k_accuracy_index"):
-        values = [retrieval[name][str(k)] for k in config.top_ks]
+        values = [retrieval[name][str(k)] for k in config.eval.top_ks]
         assert values == sorted(values) and 0 <= values[0] and values[-1] <= 1
     assert report["two_stage"]["num_queries"] == int(ds.label[ds.split.test].sum())
     assert 0 < report["ranking"]["binary_accuracy"] <= 1
@@ -101,3 +105,74 @@ def test_import_after_keras3_is_refused():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "ImportError" in result.stderr and "TF_USE_LEGACY_KERAS=1" in result.stderr
+
+
+def test_protocol_signatures_match_exactly():
+    """Every member of twostage.backend.Backend exists with the same parameters."""
+    for name, member in vars(Backend).items():
+        if name.startswith("_") or not callable(member):
+            continue
+        ours = getattr(TfrsBackend, name)
+        assert list(inspect.signature(ours).parameters) == list(
+            inspect.signature(member).parameters), name
+    assert list(inspect.signature(TfrsBackend.load).parameters) == ["directory", "config", "spec"]
+    assert list(inspect.signature(TfrsBackend).parameters) == ["config", "spec"]
+
+
+@pytest.mark.parametrize("option, value", [("kind", "ivf"), ("kind", "hnsw"),
+                                           ("device", "cuda"), ("ranking_loss", "logits"),
+                                           ("ranking_loss", "keras_eager")])
+def test_unsupported_options_are_refused_at_construction(synthetic_dataset, small_config,
+                                                         option, value):
+    config = small_config.replace(**{option: value})
+    message = rf"tfrs backend does not support {option}={value!r}"
+    with pytest.raises(UnsupportedOptionError, match=message):
+        TfrsBackend.check_config(config)  # what the CLI calls before loading any data
+    with pytest.raises(UnsupportedOptionError, match=message):
+        TfrsBackend(config, synthetic_dataset.spec)
+    TfrsBackend.check_config(small_config)  # the defaults are supported
+
+
+def test_train_steps_and_epochs_done(synthetic_dataset, small_config):
+    ds, config = synthetic_dataset, small_config
+    backend = TfrsBackend(config, ds.spec)
+    assert backend.epochs_done == {"retrieval": 0, "ranking": 0}
+    plan = BatchPlan(ds.split.train, config.train.batch_size, config.seed)
+    batches = [ds.raw(rows) for rows in plan.first_steps(3)]
+    before = backend.get_weights("ranking")
+    losses = backend.train_steps("ranking", batches)
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    after = backend.get_weights("ranking")
+    assert any(not np.array_equal(before[k], after[k]) for k in before)
+    assert backend.epochs_done == {"retrieval": 0, "ranking": 0}  # raw steps are no epochs
+    # the accumulators grew by the squared gradients: Adagrad state lives in backend.optimizers
+    accumulators = backend.get_accumulators("ranking")
+    assert accumulators.keys() == after.keys()
+    assert all((a >= config.train.initial_accumulator_value - 1e-7).all()
+               for a in accumulators.values())
+    assert (accumulators["ranking_model/ratings/2/bias"]
+            > config.train.initial_accumulator_value).all()
+    backend.build_index(ds.corpus_titles)
+    backend.train_steps("retrieval", batches[:1])
+    with pytest.raises(RuntimeError, match="build_index"):  # the towers changed
+        backend.retrieve(ds.user_id[:2], ds.timestamp[:2], 3)
+    backend.fit_ranking(ds, epochs=2)
+    backend.fit_retrieval(ds, epochs=1)
+    assert backend.epochs_done == {"retrieval": 1, "ranking": 2}
+    with pytest.raises(ValueError, match="stage"):
+        backend.train_steps("both", batches)
+
+
+def test_epoch_callback_is_passed_through(synthetic_dataset, small_config):
+    backend = TfrsBackend(small_config, synthetic_dataset.spec)
+    seen = []
+    history = backend.fit_ranking(synthetic_dataset, epochs=2,
+                                  on_epoch=lambda stage, epoch, h: seen.append((stage, epoch)))
+    assert seen == [("ranking", 1), ("ranking", 2)] and len(history.loss_per_example) == 2
+
+
+def test_empty_title_comes_from_the_config(synthetic_dataset, small_config):
+    backend = TfrsBackend(small_config.replace(empty_title="nan"), synthetic_dataset.spec)
+    pooling = backend.retrieval_model.candidate_model.embedding_model.title_text_embedding
+    assert not isinstance(pooling.layers[-1], models.MaskedAveragePooling1D)
+    assert np.isnan(backend.candidate_embeddings(np.array(["!!!"], object))).all()

@@ -101,3 +101,34 @@ def test_normalization_output_is_rank_preserving(synthetic_dataset):
     out = features.timestamp_normalization(synthetic_dataset.spec)(
         tf.constant(synthetic_dataset.timestamp[:7]))
     assert out.shape == (7,) and out.dtype == tf.float32
+
+
+def test_to_tensors_dtypes():
+    batch = {"user_id": np.array(["7", b"8"], object),
+             "movie_title": np.array(["Été (1999)", "x"]),
+             "timestamp": np.array([1, 2], np.int32), "label": np.array([1, 0]),
+             "candidate_sampling_probability": np.array([0.5, 0.25], np.float64)}
+    out = features.to_tensors(batch)
+    assert [s.decode() for s in out["user_id"].numpy()] == ["7", "8"]
+    assert out["movie_title"].numpy()[0].decode() == "Été (1999)"
+    assert out["timestamp"].dtype == tf.int64 and out["label"].dtype == tf.float32
+    assert out["candidate_sampling_probability"].dtype == tf.float32
+    empty = features.to_tensors({"user_id": np.array([], object)})["user_id"]
+    assert empty.shape == (0,) and empty.dtype == tf.string
+
+
+def test_feature_columns_and_select_rows(synthetic_dataset):
+    from twostage.sampling import SAMPLING_PROBABILITY, candidate_sampling_probability
+    ds = synthetic_dataset
+    columns = features.feature_columns(ds)
+    assert set(columns) == {"user_id", "timestamp", "movie_title", "label"}
+    columns = features.feature_columns(ds, with_sampling_probability=True)
+    rows = np.array([5, 0, 17])
+    got = features.select_rows(columns, tf.constant(rows))
+    raw = ds.raw(rows)
+    assert [t.decode() for t in got["movie_title"].numpy()] == list(raw["movie_title"])
+    assert [u.decode() for u in got["user_id"].numpy()] == list(raw["user_id"])
+    np.testing.assert_array_equal(got["timestamp"].numpy(), raw["timestamp"])
+    np.testing.assert_array_equal(got["label"].numpy(), ds.label[rows])
+    np.testing.assert_array_equal(got[SAMPLING_PROBABILITY].numpy(),
+                                  candidate_sampling_probability(ds)[rows])

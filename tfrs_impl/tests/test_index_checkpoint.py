@@ -1,4 +1,5 @@
-"""BruteForce index, checkpoints (atomic save/load) and the SavedModel serving export."""
+"""BruteForce index, checkpoints (twostage.checkpoint format: weights, Adagrad accumulators,
+epochs done; atomic save/load) and the SavedModel serving export."""
 from __future__ import annotations
 
 import json
@@ -7,8 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrs_impl import checkpoint, index, models, tasks
+from tfrs_impl import checkpoint, index
 from tfrs_impl.backend import TfrsBackend
+from twostage import io
+from twostage.backend import UnsupportedOptionError
+from twostage.checkpoint import CheckpointError, CheckpointNotFoundError
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +54,8 @@ def test_checkpoint_round_trip(trained, synthetic_dataset, tmp_path):
     ds = synthetic_dataset
     trained.save(tmp_path / "ck")
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
-        "config.json", "meta.json", "ranking.npz", "retrieval.npz", "spec.json"]
+        ".twostage", "config.json", "feature_spec.json", "meta.json", "ranking.npz",
+        "retrieval.npz"]
     loaded = TfrsBackend.load(tmp_path / "ck")
     assert loaded.config == trained.config and loaded.spec == trained.spec
     for stage in ("retrieval", "ranking"):
@@ -76,17 +81,22 @@ def test_checkpoint_errors_are_clear(trained, tmp_path):
     (tmp_path / "ck" / "meta.json").write_text(json.dumps({**meta, "spec_fingerprint": "x"}))
     with pytest.raises(ValueError, match="fingerprint"):
         TfrsBackend.load(tmp_path / "ck")
-    with pytest.raises(ValueError, match="not a tfrs checkpoint"):
+    # twostage.checkpoint: a missing folder is CheckpointNotFoundError, a FileNotFoundError
+    with pytest.raises(CheckpointNotFoundError, match="not a tfrs checkpoint"):
         TfrsBackend.load(tmp_path / "missing")
 
 
-def test_failed_save_keeps_the_previous_checkpoint(trained, tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["collecting weights", "writing files"])
+def test_failed_save_keeps_the_previous_checkpoint(trained, tmp_path, monkeypatch, where):
     trained.save(tmp_path / "ck")
     before = sorted((p.name, p.read_bytes()) for p in (tmp_path / "ck").iterdir())
 
-    def broken(model):
+    def broken(*args, **kwargs):
         raise OSError("disk full")
-    monkeypatch.setattr(models, "get_weights", broken)
+    if where == "collecting weights":
+        monkeypatch.setattr(checkpoint, "get_weights", broken)
+    else:  # inside the temporary folder, after the weight files were written
+        monkeypatch.setattr(io, "write_json", broken)
     with pytest.raises(OSError, match="disk full"):
         trained.save(tmp_path / "ck")
     assert sorted((p.name, p.read_bytes()) for p in (tmp_path / "ck").iterdir()) == before
@@ -111,3 +121,107 @@ def test_saved_model_round_trip(trained, synthetic_dataset, tmp_path):
     sig = served.signatures["serving_default"](user_id=tf.constant(users),
                                                timestamp=tf.constant(ts, tf.int64))
     np.testing.assert_array_equal(sig["titles"].numpy(), titles.numpy())
+
+
+def test_checkpoint_errors_are_value_errors(trained, tmp_path):
+    """CheckpointError (a ValueError) for what does not fit; CheckpointNotFoundError (a
+    FileNotFoundError) for no checkpoint."""
+    assert issubclass(CheckpointError, ValueError)
+    assert issubclass(CheckpointNotFoundError, FileNotFoundError)
+    trained.save(tmp_path / "ck")
+    with pytest.raises(CheckpointError, match="layer_sizes"):
+        TfrsBackend.load(tmp_path / "ck", config=trained.config.replace(layer_sizes=(16, 8)))
+    weights = dict(np.load(tmp_path / "ck" / "ranking.npz"))
+    weights.pop("accumulators/ranking_model/ratings/2/bias")
+    weights.pop("weights/ranking_model/ratings/2/bias")
+    np.savez(tmp_path / "ck" / "ranking.npz", **weights)
+    with pytest.raises(CheckpointError, match="ranking.npz: weight names"):
+        TfrsBackend.load(tmp_path / "ck")
+
+
+def test_load_with_a_config_uses_its_runtime_options(trained, synthetic_dataset, tmp_path):
+    trained.save(tmp_path / "ck")
+    runtime = trained.config.replace(eval_batch_size=64, ranking_epochs=7)
+    loaded = TfrsBackend.load(tmp_path / "ck", config=runtime, spec=synthetic_dataset.spec)
+    assert loaded.config == runtime
+    with pytest.raises(UnsupportedOptionError, match="kind='ivf'"):
+        TfrsBackend.load(tmp_path / "ck", config=trained.config.replace(kind="ivf"))
+    with pytest.raises(CheckpointError, match="spec"):
+        other = synthetic_dataset.spec.__class__(**{**synthetic_dataset.spec.__dict__,
+                                                    "ts_mean": synthetic_dataset.spec.ts_mean + 1})
+        TfrsBackend.load(tmp_path / "ck", spec=other)
+
+
+def test_accumulators_and_epochs_survive_save_load(trained, tmp_path):
+    trained.save(tmp_path / "ck")
+    loaded = TfrsBackend.load(tmp_path / "ck")
+    assert loaded.epochs_done == trained.epochs_done == {"retrieval": 1, "ranking": 1}
+    for stage in ("retrieval", "ranking"):
+        a, b = trained.get_accumulators(stage), loaded.get_accumulators(stage)
+        assert a.keys() == b.keys() == trained.get_weights(stage).keys()
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+        # trained: the accumulators moved away from their initial value
+        assert any((v > trained.config.train.initial_accumulator_value + 1e-6).any()
+                   for v in a.values())
+
+
+@pytest.mark.parametrize("stage", ["retrieval", "ranking"])
+def test_resumed_fit_continues_adagrad_and_the_batch_order(synthetic_dataset, small_config,
+                                                           tmp_path, stage):
+    """Two epochs in one go == one epoch, save, load, one more epoch: same losses and weights
+    (the second epoch sees epoch 1 of the shared order and the saved accumulators)."""
+    ds, config = synthetic_dataset, small_config.replace(validation_freq=100)
+    fit = "fit_retrieval" if stage == "retrieval" else "fit_ranking"
+    straight = TfrsBackend(config, ds.spec)
+    h2 = getattr(straight, fit)(ds, epochs=2)
+    first = TfrsBackend(config, ds.spec)
+    getattr(first, fit)(ds, epochs=1)
+    first.save(tmp_path / "ck")
+    resumed = TfrsBackend.load(tmp_path / "ck")
+    assert resumed.epochs_done[stage] == 1
+    h1b = getattr(resumed, fit)(ds, epochs=1)
+    assert resumed.epochs_done[stage] == 2
+    assert h1b.loss[0] == pytest.approx(h2.loss[1], rel=1e-5)
+    a, b = straight.get_weights(stage), resumed.get_weights(stage)
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    a, b = straight.get_accumulators(stage), resumed.get_accumulators(stage)
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_resume_without_accumulators_would_differ(synthetic_dataset, small_config, tmp_path):
+    """The saved accumulators matter: restarting Adagrad (fresh accumulators) changes the
+    second epoch, so the resume test above really checks the optimizer state."""
+    ds, config = synthetic_dataset, small_config.replace(validation_freq=100)
+    first = TfrsBackend(config, ds.spec)
+    first.fit_ranking(ds, epochs=1)
+    first.save(tmp_path / "ck")
+    resumed, restarted = TfrsBackend.load(tmp_path / "ck"), TfrsBackend.load(tmp_path / "ck")
+    fresh = TfrsBackend(config, ds.spec).get_accumulators("ranking")
+    from tfrs_impl import optim
+    optim.set_accumulators(restarted.optimizers["ranking"], restarted.ranking_model, fresh)
+    h_resumed = resumed.fit_ranking(ds, epochs=1)
+    h_restarted = restarted.fit_ranking(ds, epochs=1)
+    assert h_resumed.loss[0] != pytest.approx(h_restarted.loss[0], rel=1e-4)
+
+
+def test_saved_model_export_replaces_only_its_own_folders(trained, synthetic_dataset, tmp_path):
+    ds = synthetic_dataset
+    out = trained.export_saved_model(tmp_path / "serving", ds.corpus_titles, k=5)
+    assert io.marker_kind(out) == checkpoint.SAVEDMODEL_KIND
+    trained.export_saved_model(tmp_path / "serving", ds.corpus_titles, k=5)  # ours: replaced
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    with pytest.raises(io.OwnershipError):
+        trained.export_saved_model(foreign, ds.corpus_titles, k=5)
+    assert (foreign / "keep.txt").read_text() == "mine"
+    checkpoint.export_saved_model(foreign, trained.retrieval_model, ds.corpus_titles, k=5,
+                                  force=True)  # moved aside, not deleted
+    assert io.marker_kind(foreign) == checkpoint.SAVEDMODEL_KIND
+    [aside] = tmp_path.glob("notes.replaced-*")
+    assert (aside / "keep.txt").read_text() == "mine"
+    with pytest.raises(io.OwnershipError):  # a checkpoint is not a SavedModel
+        trained.save(tmp_path / "ck")
+        trained.export_saved_model(tmp_path / "ck", ds.corpus_titles, k=5)

@@ -53,6 +53,35 @@ def test_fused_bag_mean_equals_masked_mean_with_gradients(empty):
         assert torch.all(w1.grad[0] == 0)
 
 
+
+@pytest.mark.parametrize("empty", ["zero", "nan"])
+def test_bag_mean_padded_input_equals_the_flat_one_bitwise(empty):
+    """The accelerator form (padded [B, L] with padding_idx=0: no host-sized selection) gives
+    the CPU form's numbers and gradients exactly."""
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(60, 8, generator=g)
+    tokens = torch.randint(1, 60, (32, 9), generator=g)
+    tokens[:, 5:] = 0
+    tokens[7] = 0
+    tokens[3, 2] = 0
+    w1, w2 = weight.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+    a, b = bag_mean(tokens, w1, empty, flat=True), bag_mean(tokens, w2, empty, flat=False)
+    assert torch.equal(torch.nan_to_num(a, nan=7.0), torch.nan_to_num(b, nan=7.0))
+    keep = ~torch.isnan(a).any(dim=1)
+    (a[keep] * torch.arange(8.0)).sum().backward()
+    (b[keep] * torch.arange(8.0)).sum().backward()
+    assert torch.equal(w1.grad, w2.grad)
+
+
+def test_empty_title_comes_from_the_config(synthetic_dataset, small_config):
+    nan = small_config.replace(empty_title="nan")
+    for build in (build_retrieval_model, build_ranking_model):
+        for config, mode in ((small_config, "zero"), (nan, "nan")):
+            movies = [m for m in build(synthetic_dataset.spec, config).modules()
+                      if type(m).__name__ == "MovieModel"]
+            assert [m.empty_title for m in movies] == [mode]
+
+
 def test_keras_init_statistics(synthetic_dataset, small_config):
     model = build_retrieval_model(synthetic_dataset.spec, small_config)
     table = model.candidate_model.embedding_model.title_text_embedding.weight.detach()
@@ -96,7 +125,7 @@ def test_shapes_and_attribute_names(synthetic_dataset, small_config):
     assert user(batch).shape == (8, 65)
     assert model.candidate_model.embedding_model(batch).shape == (8, 64)
     q, c = model(batch)
-    assert q.shape == c.shape == (8, small_config.layer_sizes[-1])
+    assert q.shape == c.shape == (8, small_config.model.layer_sizes[-1])
     assert user.user_embedding.num_embeddings == ds.spec.num_user_rows
     assert user.timestamp_embedding.num_embeddings == ds.spec.num_bucket_rows
     movie = model.candidate_model.embedding_model

@@ -1,4 +1,5 @@
-"""KerasAdagrad against hand-computed Keras updates (tf_keras/src/optimizers/adagrad.py)."""
+"""KerasAdagrad against hand-computed Keras updates (tf_keras/src/optimizers/adagrad.py), and its
+accumulators by Keras weight name."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from torch_impl.train import KerasAdagrad, make_optimizer
+from torch_impl.optim import KerasAdagrad, make_optimizer
 from twostage.config import Config
 
 F32 = np.float32
@@ -91,8 +92,8 @@ def test_parameters_without_gradient_are_left_alone():
 
 def test_make_optimizer_uses_the_config():
     model = nn.Linear(2, 2)
-    opt = make_optimizer(model, Config(learning_rate=0.05, initial_accumulator_value=0.2,
-                                       adagrad_epsilon=1e-6))
+    opt = make_optimizer(model, Config.of(learning_rate=0.05, initial_accumulator_value=0.2,
+                                          adagrad_epsilon=1e-6))
     group = opt.param_groups[0]
     assert (group["lr"], group["initial_accumulator_value"], group["epsilon"]) == (0.05, 0.2, 1e-6)
 
@@ -123,3 +124,41 @@ def test_row_sparse_path_equals_the_dense_update_bitwise():
         results.append((p.detach().clone(), opt.state[p]["accumulator"].clone()))
     assert torch.equal(results[0][0], results[1][0])
     assert torch.equal(results[0][1], results[1][1])
+
+
+def test_row_sparse_path_is_cpu_only():
+    """Off the CPU the table takes the dense update: finding the touched rows (``nonzero``)
+    would read the device on the host every step. Meta tensors raise on any such read."""
+    p = nn.Parameter(torch.zeros(1000, 8, device="meta"))
+    opt = KerasAdagrad([p], lr=0.1)
+    p.grad = torch.zeros(1000, 8, device="meta")
+    opt.step()  # nonzero() on a meta tensor would raise NotImplementedError
+    assert opt.state[p]["accumulator"].device.type == "meta"
+
+
+def test_accumulators_by_keras_name_round_trip_with_transposed_kernels():
+    from torch_impl.optim import get_accumulators, set_accumulators
+
+    model = nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 2))
+    opt = KerasAdagrad(model.parameters(), lr=0.1)
+    (model(torch.tensor([1, 1, 4])) ** 2).sum().backward()
+    opt.step()
+    accs = get_accumulators(opt, model, "m/")
+    assert set(accs) == {"m/0/embeddings", "m/1/kernel", "m/1/bias"}
+    assert accs["m/1/kernel"].shape == (3, 2)  # Keras layout [in, out]
+    np.testing.assert_array_equal(accs["m/1/kernel"],
+                                  opt.state[model[1].weight]["accumulator"].numpy().T)
+    assert accs["m/0/embeddings"][0].tolist() == [F32(0.1)] * 3  # untouched row
+    other = nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 2))
+    other_opt = KerasAdagrad(other.parameters(), lr=0.1)
+    set_accumulators(other_opt, other, accs, "m/")
+    for a, b in zip(model.parameters(), other.parameters()):
+        assert torch.equal(opt.state[a]["accumulator"], other_opt.state[b]["accumulator"])
+    with pytest.raises(KeyError, match="accumulator names"):
+        set_accumulators(other_opt, other, {k: v for k, v in accs.items() if "bias" not in k},
+                         "m/")
+    bad = {**accs, "m/1/kernel": accs["m/1/kernel"].T}
+    with pytest.raises(ValueError, match="accumulator shape"):
+        set_accumulators(other_opt, other, bad, "m/")
+    with pytest.raises(KeyError, match="make_optimizer"):
+        get_accumulators(KerasAdagrad(model[1].parameters(), lr=0.1), model)

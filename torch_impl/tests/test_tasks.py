@@ -1,11 +1,12 @@
-"""Retrieval and Ranking losses against hand-computed numpy values (float64 references)."""
+"""Retrieval and Ranking losses against hand-computed numpy values (float64 references), the
+logits corrections, and the training metrics (FactorizedTopK, BinaryAccuracy)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from torch_impl.tasks import (MIN_FLOAT, Ranking, Retrieval, binary_accuracy,
+from torch_impl.tasks import (MIN_FLOAT, Ranking, Retrieval, binary_accuracy, factorized_top_k,
                               make_ranking_task, make_retrieval_task)
 from twostage.config import Config
 
@@ -131,10 +132,55 @@ def test_multi_head_queries_take_the_max_over_heads():
 
 
 def test_make_retrieval_task_passes_config_options():
-    task = make_retrieval_task(Config(temperature=0.1, num_hard_negatives=5,
-                                      remove_accidental_hits=True))
+    task = make_retrieval_task(Config.of(temperature=0.1, num_hard_negatives=5,
+                                         remove_accidental_hits=True))
     assert (task.temperature, task.num_hard_negatives, task.remove_accidental_hits) == (0.1, 5,
                                                                                        True)
+
+
+
+def test_corrections_are_applied_in_tfrs_order_and_compose():
+    from torch_impl.tasks import (HardNegativeMining, RemoveAccidentalHits,
+                                  SamplingProbabilityCorrection, ScoreMask, Temperature)
+    task = Retrieval(temperature=0.5, remove_accidental_hits=True, num_hard_negatives=1)
+    assert [type(c) for c in task.corrections] == [
+        Temperature, SamplingProbabilityCorrection, RemoveAccidentalHits, ScoreMask,
+        HardNegativeMining]
+    assert [type(c) for c in Retrieval().corrections] == [SamplingProbabilityCorrection,
+                                                          ScoreMask]
+    explicit = Retrieval(corrections=[Temperature(0.5), SamplingProbabilityCorrection(),
+                                      RemoveAccidentalHits(), ScoreMask(),
+                                      HardNegativeMining(1)])
+    assert (explicit.temperature, explicit.num_hard_negatives,
+            explicit.remove_accidental_hits) == (0.5, 1, True)
+    kw = dict(c=C, candidate_sampling_probability=t([0.5, 0.2, 0.1, 0.4, 0.3]),
+              candidate_ids=torch.tensor([1, 2, 1, 3, 4]))
+    assert loss(explicit, **kw) == loss(task, **kw)
+    with pytest.raises(ValueError, match="either corrections"):
+        Retrieval(temperature=0.5, corrections=[])
+    with pytest.raises(ValueError, match="temperature"):
+        Temperature(0.0)
+
+
+def test_score_mask_excludes_candidates():
+    mask = np.ones((3, 5), dtype=bool)
+    mask[0, 1] = mask[2, 4] = False
+    s = Q @ C.T
+    rows = [logsumexp(s[i: i + 1, mask[i]])[0] - s[i, i] for i in range(3)]
+    got = loss(Retrieval(), c=C, score_mask=torch.tensor(mask))
+    assert got == pytest.approx(sum(rows), rel=1e-6)
+
+
+def test_accidental_hits_with_explicit_labels_follow_the_tfrs_formula():
+    """After a correction that made labels explicit, RemoveAccidentalHits uses TFRS's
+    logits + (equal(ids[argmax(labels)], ids) - labels) * MIN_FLOAT; same floats as with eye."""
+    from torch_impl.tasks import RemoveAccidentalHits, RetrievalInputs
+    scores = t(Q @ C.T)
+    inputs = RetrievalInputs(candidate_ids=torch.tensor([7, 8, 7, 8, 9]))
+    implicit, none = RemoveAccidentalHits()(scores, None, inputs)
+    explicit, labels = RemoveAccidentalHits()(scores, torch.eye(3, 5), inputs)
+    assert none is None and torch.equal(labels, torch.eye(3, 5))
+    assert torch.equal(implicit, explicit)
 
 
 # --- ranking ------------------------------------------------------------------------------------
@@ -199,6 +245,29 @@ def test_ranking_accepts_column_labels_and_rejects_unknown_modes():
     assert make_ranking_task().loss_mode == "keras_graph"
 
 
+
+def test_ranking_loss_classes_are_chosen_from_the_config():
+    from torch_impl.tasks import KerasEagerBCE, KerasGraphBCE, LogitsBCE
+    for mode, cls in (("keras_graph", KerasGraphBCE), ("keras_eager", KerasEagerBCE),
+                      ("logits", LogitsBCE)):
+        task = make_ranking_task(Config.of(ranking_loss=mode))
+        assert isinstance(task.loss, cls) and task.loss_mode == mode
+    assert Ranking(LogitsBCE()).loss_mode == "logits"
+
+
+def test_running_binary_accuracy_metric():
+    from torch_impl.tasks import BinaryAccuracy
+    metric = BinaryAccuracy()
+    with pytest.raises(ValueError, match="before any update"):
+        metric.result()
+    metric.update({"label": t([0.0, 1.0])}, t([[0.2], [0.9]]))
+    metric.update({"label": t([1.0, 1.0])}, t([[0.5], [0.7]]))
+    assert metric.result() == 3 / 4
+    metric.reset()
+    metric.update({"label": t([1.0])}, t([[0.1]]))
+    assert metric.result() == 0.0
+
+
 def test_binary_accuracy_threshold_is_strict():
     p = t([[0.5], [0.51], [0.2], [0.9]])
     y = t([0.0, 1.0, 1.0, 0.0])
@@ -227,3 +296,38 @@ def test_fused_cross_entropy_refuses_a_second_backward():
     out.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="twice"):
         out.backward()
+
+
+# --- FactorizedTopK (the retrieval task's metric) -------------------------------------------
+
+TOPK = "factorized_top_k/top_{}_categorical_accuracy"
+
+
+def test_factorized_top_k_counts_strictly_greater_scores():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    truth = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    corpus = torch.tensor([[2.0, 0.0], [3.0, 0.0], [0.0, 1.0], [0.0, 5.0], [2.0, 0.0]])
+    # positives: 2, 1, 0. Strictly greater corpus scores: row 0 -> {3} (the tie at 2 is no
+    # penalty) = 1; row 1 -> {5} = 1; row 2 -> all five (2, 3, 1, 5, 2 > 0) = 5.
+    got = factorized_top_k(q, truth, corpus, ks=(1, 2, 5, 6), chunk=2)
+    assert got == {TOPK.format(1): 0.0, TOPK.format(2): 2 / 3, TOPK.format(5): 2 / 3,
+                   TOPK.format(6): 1.0}
+
+
+def test_factorized_top_k_non_finite_rows_miss():
+    q = torch.tensor([[1.0, 0.0], [float("nan"), 0.0]])
+    corpus = torch.tensor([[1.0, 0.0], [0.5, 0.0]])
+    got = factorized_top_k(q, corpus, corpus, ks=(2,))
+    assert got[TOPK.format(2)] == 0.5
+
+
+def test_factorized_top_k_agrees_with_the_numpy_evaluation():
+    evaluation = pytest.importorskip("twostage.evaluation")
+    g = torch.Generator().manual_seed(0)
+    q, truth = torch.randn(300, 8, generator=g), torch.randn(300, 8, generator=g)
+    corpus = torch.cat([torch.randn(200, 8, generator=g), truth[:50]])
+    ours = factorized_top_k(q, truth, corpus, ks=(1, 10, 100), chunk=64)
+    theirs = evaluation.factorized_top_k_accuracy(q.numpy(), truth.numpy(), corpus.numpy(),
+                                                  ks=(1, 10, 100))
+    for k in (1, 10, 100):
+        assert ours[TOPK.format(k)] == pytest.approx(float(theirs[k]))

@@ -1,5 +1,5 @@
-"""Training loops on synthetic data: loss goes down, history layout, determinism, errors,
-and the FactorizedTopK validation metric."""
+"""The fit loop on synthetic data: loss goes down, history layout, determinism, errors, the
+batch order, callbacks and progress, and a step that never reads the device."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from twostage.data.split import Split, epoch_batches
+from twostage.schedule import BatchPlan
 from torch_impl.models import build_ranking_model, build_retrieval_model
-from torch_impl.train import epoch_order, factorized_top_k, fit_ranking, fit_retrieval
+from torch_impl.train import epoch_order, fit_ranking, fit_retrieval
 
 TOPK = "factorized_top_k/top_{}_categorical_accuracy"
 
@@ -22,8 +23,9 @@ def test_retrieval_training_lowers_the_loss(synthetic_dataset, small_config):
     assert len(history.loss) == len(history.epoch_seconds) == 5
     assert history.loss[-1] < history.loss[0]
     assert [e for e, _ in history.val[TOPK.format(100)]] == [2, 4, 5]  # every 2 and the last
-    assert set(history.val) == {TOPK.format(k) for k in config.top_ks} | {"loss"}
-    top = [history.val[TOPK.format(k)][-1][1] for k in config.top_ks]
+    assert set(history.val) == {TOPK.format(k) for k in config.eval.top_ks} | {
+        "loss", "loss_per_example"}
+    top = [history.val[TOPK.format(k)][-1][1] for k in config.eval.top_ks]
     assert top == sorted(top) and 0 <= top[0] and top[-1] <= 1
 
 
@@ -32,7 +34,7 @@ def test_ranking_training_lowers_the_loss(synthetic_dataset, small_config):
     history = fit_ranking(model, synthetic_dataset, small_config, epochs=4)
     assert history.loss[-1] < history.loss[0]
     assert len(history.metrics["binary_accuracy"]) == 4
-    assert set(history.val) == {"binary_accuracy", "loss"}
+    assert set(history.val) == {"binary_accuracy", "loss", "loss_per_example"}
     assert [e for e, _ in history.val["loss"]] == [1, 2, 3, 4]
     assert 0.0 <= history.val["binary_accuracy"][-1][1] <= 1.0
 
@@ -50,10 +52,11 @@ def test_training_is_deterministic_on_cpu(synthetic_dataset, small_config, share
 
 def test_shared_batches_are_data_split_epoch_batches(small_config):
     config = small_config.replace(batch_size=7)
-    got = epoch_order(30, config, 3, torch.device("cpu"))
+    plan = BatchPlan(np.arange(100, 130), config.train.batch_size, config.seed)
+    got = epoch_order(plan, config, 3, torch.device("cpu"))
     want = epoch_batches(30, 7, seed=config.seed, epoch=3)
     assert [b.tolist() for b in got] == [b.tolist() for b in want]
-    other = epoch_order(30, config.replace(shared_batches=False), 3, torch.device("cpu"))
+    other = epoch_order(plan, config.replace(shared_batches=False), 3, torch.device("cpu"))
     assert sorted(torch.cat(other).tolist()) == list(range(30))
 
 
@@ -98,31 +101,108 @@ def test_zero_epochs_train_nothing(synthetic_dataset, small_config):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_factorized_top_k_counts_strictly_greater_scores():
-    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-    truth = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
-    corpus = torch.tensor([[2.0, 0.0], [3.0, 0.0], [0.0, 1.0], [0.0, 5.0], [2.0, 0.0]])
-    # positives: 2, 1, 0. Strictly greater corpus scores: row 0 -> {3} (the tie at 2 is no
-    # penalty) = 1; row 1 -> {5} = 1; row 2 -> all five (2, 3, 1, 5, 2 > 0) = 5.
-    got = factorized_top_k(q, truth, corpus, ks=(1, 2, 5, 6), chunk=2)
-    assert got == {TOPK.format(1): 0.0, TOPK.format(2): 2 / 3, TOPK.format(5): 2 / 3,
-                   TOPK.format(6): 1.0}
+def test_history_records_loss_per_example_and_calls_on_epoch(synthetic_dataset, small_config):
+    config = small_config.replace(validation_freq=2)
+    calls = []
+
+    def on_epoch(stage, epoch, history):
+        calls.append((stage, epoch, len(history.loss),
+                      {k: list(v) for k, v in history.val.items()}))
+
+    model = build_ranking_model(synthetic_dataset.spec, config)
+    history = fit_ranking(model, synthetic_dataset, config, epochs=3, on_epoch=on_epoch)
+    assert [c[:3] for c in calls] == [("ranking", 1, 1), ("ranking", 2, 2), ("ranking", 3, 3)]
+    assert "loss" not in calls[0][3] and [e for e, _ in calls[1][3]["loss"]] == [2]  # after val
+    assert len(history.loss_per_example) == 3
+    # Ranking: the example-weighted mean of the batch means (batches of 256 and a smaller one).
+    plan = BatchPlan(synthetic_dataset.split.train, config.train.batch_size, config.seed)
+    assert min(len(b) for b in plan.positions(0)) < config.train.batch_size
+    assert history.loss_per_example[0] == pytest.approx(history.loss[0], rel=0.05)
+    val = dict(history.val["loss"]), dict(history.val["loss_per_example"])
+    assert set(val[0]) == set(val[1]) == {2, 3}
+    retrieval = fit_retrieval(build_retrieval_model(synthetic_dataset.spec, config),
+                              synthetic_dataset, config, epochs=1)
+    steps = plan.steps_per_epoch  # retrieval: the SUM over the epoch / examples
+    assert retrieval.loss_per_example[0] == pytest.approx(
+        retrieval.loss[0] * steps / len(synthetic_dataset.split.train), rel=1e-6)
 
 
-def test_factorized_top_k_non_finite_rows_miss():
-    q = torch.tensor([[1.0, 0.0], [float("nan"), 0.0]])
-    corpus = torch.tensor([[1.0, 0.0], [0.5, 0.0]])
-    got = factorized_top_k(q, corpus, corpus, ks=(2,))
-    assert got[TOPK.format(2)] == 0.5
+def test_one_progress_bar_per_stage(synthetic_dataset, small_config, monkeypatch):
+    import torch_impl.train as train
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc, disable, **kwargs):
+            self.total, self.desc, self.disable, self.n, self.postfix = total, desc, disable, 0, []
+            bars.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            self.n += n
+
+        def set_postfix_str(self, text, refresh=True):
+            self.postfix.append(text)
+
+    monkeypatch.setattr(train, "tqdm", Bar)
+    config = small_config.replace(quiet=False)
+    fit_ranking(build_ranking_model(synthetic_dataset.spec, config), synthetic_dataset, config,
+                epochs=2, validate=False)
+    steps = BatchPlan(synthetic_dataset.split.train, config.train.batch_size,
+                      config.seed).steps_per_epoch
+    assert len(bars) == 1
+    bar = bars[0]
+    assert (bar.desc, bar.total, bar.n, bar.disable) == ("ranking", 2 * steps, 2 * steps, False)
+    assert bar.postfix[0] == "epoch 1/2" and bar.postfix[-1].startswith("epoch 2/2, loss ")
 
 
-def test_factorized_top_k_agrees_with_the_numpy_evaluation():
-    evaluation = pytest.importorskip("twostage.evaluation")
-    g = torch.Generator().manual_seed(0)
-    q, truth = torch.randn(300, 8, generator=g), torch.randn(300, 8, generator=g)
-    corpus = torch.cat([torch.randn(200, 8, generator=g), truth[:50]])
-    ours = factorized_top_k(q, truth, corpus, ks=(1, 10, 100), chunk=64)
-    theirs = evaluation.factorized_top_k_accuracy(q.numpy(), truth.numpy(), corpus.numpy(),
-                                                  ks=(1, 10, 100))
-    for k in (1, 10, 100):
-        assert ours[TOPK.format(k)] == pytest.approx(float(theirs[k]))
+def test_a_training_step_never_touches_host_memory(synthetic_dataset, small_config):
+    """On the meta device any host read (.item(), float(), nonzero(), a boolean-mask index)
+    raises, and the dispatch mode sees every op: none may take a CPU tensor (a host-to-device
+    copy). Both stages, every retrieval option."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    from torch_impl.optim import make_optimizer
+    from torch_impl.tasks import (BinaryAccuracy, make_ranking_task, make_retrieval_task,
+                                  ranking_loss, retrieval_loss)
+    from torch_impl.train import StageParts, run_epoch, split_tensors
+    from twostage.sampling import candidate_sampling_probability
+
+    class HostTensors(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            flat, _ = tree_flatten((args, kwargs or {}))
+            if any(isinstance(a, torch.Tensor) and a.device.type != "meta" for a in flat):
+                self.ops.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    ds, meta = synthetic_dataset, torch.device("meta")
+    config = small_config.replace(use_sampling_probability=True, remove_accidental_hits=True,
+                                  num_hard_negatives=10, temperature=0.5)
+    batches = [torch.arange(i, i + 256, device=meta) for i in range(0, 1024, 256)]
+    retrieval = build_retrieval_model(ds.spec, config, device=meta)
+    task = make_retrieval_task(config)
+    ranking = build_ranking_model(ds.spec, config, device=meta)
+    rtask = make_ranking_task(config)
+    stages = [
+        (StageParts("retrieval", retrieval, make_optimizer(retrieval, config),
+                    loss=lambda b: (retrieval_loss(retrieval, task, b, True), None)),
+         split_tensors(ds, ds.split.train, meta, candidate_sampling_probability(ds))),
+        (StageParts("ranking", ranking, make_optimizer(ranking, config),
+                    loss=lambda b: ranking_loss(ranking, rtask, b), metrics=[BinaryAccuracy()]),
+         split_tensors(ds, ds.split.train, meta))]
+    for parts, train in stages:
+        mode = HostTensors()
+        with mode:
+            losses = run_epoch(parts, train, batches)
+        assert losses.shape == (4,) and losses.device == meta
+        assert mode.ops == set(), f"{parts.stage}: ops on host tensors {sorted(mode.ops)}"
