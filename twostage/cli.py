@@ -213,8 +213,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         raise UsageError(f"-k {args.k}: must be >= 1")
     run = RunDir.open(args.run)
     name, folder = run.backend_dir(args.backend)
+    stored = stored_config(folder)
     try:
-        config = stored_config(folder).replace(device=args.device)
+        config = stored.replace(device=args.device)
     except ValueError as e:
         raise UsageError(f"--device {args.device}: {e}") from None
     backend = load_backend(name, folder, config)
