@@ -328,14 +328,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _write_manifest(folder: Path, *, source: str) -> None:
     """Record size and SHA-256 of every file unpacked into ``folder`` (written atomically).
 
@@ -345,7 +337,7 @@ def _write_manifest(folder: Path, *, source: str) -> None:
     for path in sorted(folder.rglob("*")):
         if path.is_file() and not path.is_symlink() and path.name != MANIFEST:
             files[path.relative_to(folder).as_posix()] = {
-                "size": path.stat().st_size, "sha256": _sha256_of(path)}
+                "size": path.stat().st_size, "sha256": io.sha256_file(path)}
     payload = json.dumps({"format": 1, "source": source, "files": files}, indent=1,
                          sort_keys=True)
     io.write_text(folder / MANIFEST, payload + "\n")
@@ -394,7 +386,7 @@ def _verify_cached(folder: Path) -> str | None:
             return f"{name} has {actual} bytes, expected {size}"
     for name, (_, sha) in expected.items():
         try:
-            actual_sha = _sha256_of(folder / name)
+            actual_sha = io.sha256_file(folder / name)
         except OSError as exc:
             return f"{name} cannot be read ({exc.strerror or exc})"
         if actual_sha != sha:

@@ -14,6 +14,7 @@ import numpy as np
 
 from twostage.backend import STAGES, EpochCallback, History, RawBatch, check_stage, \
     check_supported
+from twostage.checkpoint import load_checkpoint
 from twostage.config import Config
 from twostage.data.features import FeatureSpec
 from twostage.dataset import Dataset, check_same_spec, check_spec_matches_config
@@ -171,7 +172,7 @@ class TfrsBackend:
         """A backend from a checkpoint written by :meth:`save`. ``config``: must agree with the
         stored one on the architecture fields; its runtime options are used (and must be ones
         this backend supports). ``spec``: must be the stored one."""
-        stored = checkpoint.read(directory, config=config, spec=spec)
+        stored = load_checkpoint(directory, backend=cls.name, config=config, spec=spec)
         cls.check_config(stored.config)  # before building anything
         built = {"retrieval": models.build_retrieval_model(stored.spec, stored.config),
                  "ranking": models.build_ranking_model(stored.spec, stored.config)}

@@ -322,15 +322,21 @@ def get_weights(model) -> dict[str, np.ndarray]:
 
 def set_weights(model, weights: dict[str, np.ndarray]) -> None:
     """Assign every named weight; names and shapes must match exactly (nothing partial)."""
-    variables = named_variables(model)
-    missing = sorted(set(variables) - set(weights))
-    unexpected = sorted(set(weights) - set(variables))
+    assign_by_name(named_variables(model), weights, f"weight names of {type(model).__name__}")
+
+
+def assign_by_name(variables: dict[str, tf.Variable], values, what: str) -> None:
+    """Assign ``values[name]`` to every variable; KeyError unless the names match exactly,
+    ValueError (naming the variable) on a shape mismatch; nothing is assigned then."""
+    missing = sorted(set(variables) - set(values))
+    unexpected = sorted(set(values) - set(variables))
     if missing or unexpected:
-        raise KeyError(f"weight names do not match {type(model).__name__}: missing {missing}, "
-                       f"unexpected {unexpected}")
+        raise KeyError(f"{what} do not match: missing {missing[:3]}, unexpected "
+                       f"{unexpected[:3]}")
+    arrays = {name: np.asarray(values[name]) for name in variables}
     for name, variable in variables.items():
-        value = np.asarray(weights[name])
-        if tuple(value.shape) != tuple(variable.shape):
-            raise ValueError(f"{name}: shape {value.shape} does not fit the model's "
+        if tuple(arrays[name].shape) != tuple(variable.shape):
+            raise ValueError(f"{name}: shape {arrays[name].shape} does not fit "
                              f"{tuple(variable.shape)} (built from another spec/config?)")
-        variable.assign(value.astype(variable.dtype.as_numpy_dtype))
+    for name, variable in variables.items():
+        variable.assign(arrays[name].astype(variable.dtype.as_numpy_dtype))

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from twostage.config import Config
 
-from .models import named_variables
+from .models import assign_by_name, named_variables
 
 Adagrad = tf.keras.optimizers.Adagrad
 
@@ -63,14 +63,5 @@ def get_accumulators(optimizer: Adagrad, model) -> dict[str, np.ndarray]:
 def set_accumulators(optimizer: Adagrad, model, values: Mapping[str, np.ndarray]) -> None:
     """Assign every accumulator by Keras weight name; names and shapes must match exactly
     (KeyError / ValueError otherwise)."""
-    accs = accumulators(optimizer, model)
-    missing, unexpected = sorted(set(accs) - set(values)), sorted(set(values) - set(accs))
-    if missing or unexpected:
-        raise KeyError(f"accumulator names do not match {type(model).__name__}: missing "
-                       f"{missing[:3]}, unexpected {unexpected[:3]}")
-    for name, acc in accs.items():
-        value = np.asarray(values[name])
-        if tuple(value.shape) != tuple(acc.shape):
-            raise ValueError(f"accumulator {name}: shape {value.shape} does not fit the "
-                             f"weight's {tuple(acc.shape)}")
-        acc.assign(value.astype(acc.dtype.as_numpy_dtype))
+    assign_by_name(accumulators(optimizer, model), values,
+                   f"accumulator names of {type(model).__name__}")

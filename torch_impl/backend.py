@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from twostage.backend import EpochCallback, History, RawBatch, check_stage
+from twostage.checkpoint import load_checkpoint
 from twostage.config import Config
 from twostage.data.features import FeatureSpec
 from twostage.dataset import Dataset, check_same_spec, check_spec_matches_config
@@ -180,7 +181,7 @@ class TorchBackend:
         the stored ones (architecture fields / fingerprint) and the given config's runtime
         options (device, index, ...) are used; otherwise the stored ones. Raises
         ``twostage.checkpoint.CheckpointNotFoundError`` / ``CheckpointError``."""
-        stored = ckpt.read(directory, config=config, spec=spec)
+        stored = load_checkpoint(directory, backend=cls.name, config=config, spec=spec)
         backend = cls(stored.config, stored.spec)
         ckpt.restore(stored, backend.models, backend.optimizers)
         backend.epochs_done.update(stored.epochs_done)

@@ -18,14 +18,12 @@ index files.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping
 
 import torch
 from torch import nn
 
 from twostage import checkpoint as core
-from twostage.config import Config
-from twostage.data.features import FeatureSpec
 
 from .models import KERAS_PREFIX, get_keras_weights, keras_weight_shapes, set_keras_weights
 from .optim import KerasAdagrad, get_accumulators, set_accumulators
@@ -45,23 +43,11 @@ def stage_state(stage: str, model: nn.Module, optimizer: KerasAdagrad) -> core.S
                            accumulators=get_accumulators(optimizer, model, prefix))
 
 
-def save(directory: Path | str, *, config: Config, spec: FeatureSpec,
-         models: Mapping[str, nn.Module], optimizers: Mapping[str, KerasAdagrad],
-         epochs_done: Mapping[str, int]) -> Path:
-    """Write both stages' weights and accumulators, the epochs done, the spec and the config
-    (``twostage.checkpoint`` format, atomically). ``models`` / ``optimizers``: by stage."""
-    stages = {stage: stage_state(stage, model, optimizers[stage])
-              for stage, model in models.items()}
-    return core.save_checkpoint(directory, backend=BACKEND, config=config, spec=spec,
-                                stages=stages, epochs_done=epochs_done, framework=framework())
-
-
-def read(directory: Path | str, *, config: Optional[Config] = None,
-         spec: Optional[FeatureSpec] = None) -> core.Checkpoint:
-    """``twostage.checkpoint.load_checkpoint`` of a torch checkpoint: a given ``config`` must
-    agree on the architecture fields (its runtime options are used then); a given ``spec`` must
-    be the stored one."""
-    return core.load_checkpoint(directory, backend=BACKEND, config=config, spec=spec)
+def save(directory: Path | str, **kwargs) -> Path:
+    """``twostage.checkpoint.save_models`` with this backend's :func:`stage_state`: ``config``,
+    ``spec``, ``models`` / ``optimizers`` by stage, ``epochs_done``."""
+    return core.save_models(directory, backend=BACKEND, stage_state=stage_state,
+                            framework=framework(), **kwargs)
 
 
 def restore_stage(directory: Path, stage: str, model: nn.Module, optimizer: KerasAdagrad,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -94,6 +94,17 @@ def save_checkpoint(directory: Path | str, *, backend: str, config: Config, spec
             "stages": sorted(stages), "epochs_done": {s: int(epochs_done.get(s, 0))
                                                       for s in STAGES}})
     return io.replace_directory(Path(directory), write, KIND)
+
+
+def save_models(directory: Path | str, *, backend: str, config: Config, spec: FeatureSpec,
+                models: Mapping, optimizers: Mapping, epochs_done: Mapping[str, int],
+                stage_state: Callable[[str, Any, Any], StageState], framework: str) -> Path:
+    """:func:`save_checkpoint` of framework models: ``stage_state(stage, model, optimizer)``
+    (the backend's ``checkpoint.stage_state``) turns each stage into named numpy arrays."""
+    stages = {stage: stage_state(stage, model, optimizers[stage])
+              for stage, model in models.items()}
+    return save_checkpoint(directory, backend=backend, config=config, spec=spec, stages=stages,
+                           epochs_done=epochs_done, framework=framework)
 
 
 def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -16,6 +16,7 @@ Rules (README "What is safe to point it at"):
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -50,20 +51,12 @@ def _chmod_default(path: Path, directory: bool) -> None:
 # --- files -----------------------------------------------------------------------------------
 def write_bytes(path: Path | str, payload: bytes) -> Path:
     """Write ``payload`` to ``path`` atomically (temporary sibling, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_TAG}", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-        _chmod_default(Path(tmp), directory=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_with(path, write)
 
 
 def write_text(path: Path | str, text: str) -> Path:
@@ -92,6 +85,15 @@ def write_with(path: Path | str, write: Callable[[Path], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex SHA-256 of a file, read in 1 MB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 # --- folders ---------------------------------------------------------------------------------

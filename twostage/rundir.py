@@ -17,7 +17,6 @@ use them; every failure is one :class:`RunDirError` line naming the file and the
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -42,21 +41,13 @@ class RunDirNotFoundError(RunDirError):
     """The path given as a run folder is missing or is not a folder (a usage error)."""
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _files(root: Path) -> dict[str, str]:
     """{relative path: sha256} of every file under ``root`` except marker and manifest."""
     out = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
         if path.is_file() and rel not in (io.MARKER, "manifest.json"):
-            out[rel] = _sha256(path)
+            out[rel] = io.sha256_file(path)
     return out
 
 
@@ -123,7 +114,7 @@ class RunDir:
             if path.resolve() not in file.parents or not file.is_file():
                 raise RunDirError(f"{path / rel} is listed in manifest.json but missing; the "
                                   "run folder is incomplete: re-run it")
-            if _sha256(file) != digest:
+            if io.sha256_file(file) != digest:
                 raise RunDirError(f"{path / rel} changed after the run wrote it (checksum "
                                   "differs from manifest.json); re-run, or restore the file")
         titles, max_ts = _check_corpus(_read(path / "corpus.json"), path / "corpus.json")
