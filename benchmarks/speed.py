@@ -8,10 +8,12 @@ full-corpus evaluation time, index build time and query throughput at k=10 and k
 torch/TFRS ratios; writes ``speed.json`` with the machine facts.
 
 ``--contention``: how each backend's training epochs degrade beside one competing CPU-bound
-process (a busy loop pinned to nothing, as another user's job would be). Each measurement runs in
-a fresh process, because the OpenMP wait policy under test (``OMP_WAIT_POLICY``: libgomp spins
-waiting threads by default, which starves them when a core is taken) is read once at start-up.
-Writes ``contention.json`` and prints alone / contended seconds and the slowdown ratios.
+process (a busy loop, as another user's job would be). Torch is measured with the project's
+default (``twostage.env.ThreadGovernor``: threads sized per epoch to the cores other processes
+leave free) and with fixed threads, spinning (libgomp's default) or passive
+(``OMP_WAIT_POLICY=PASSIVE``). Each measurement runs in a fresh process, because OpenMP reads its
+settings once at start-up. Writes ``contention.json`` and prints alone / contended seconds and
+the slowdown ratios.
 """
 from __future__ import annotations
 
@@ -84,20 +86,24 @@ def machine() -> dict:
 
 
 # --- contention ---------------------------------------------------------------------------------
-POLICIES = {"spin (libgomp default)": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
+POLICIES = {"adaptive threads (default)": {},
+            "fixed threads, spinning": {"TWOSTAGE_ADAPTIVE_THREADS": "0"},
+            "fixed threads, passive": {"TWOSTAGE_ADAPTIVE_THREADS": "0",
+                                       "OMP_WAIT_POLICY": "PASSIVE"}}
+_POLICY_VARIABLES = ("TWOSTAGE_ADAPTIVE_THREADS", "OMP_WAIT_POLICY", "OMP_NUM_THREADS")
 BUSY_LOOP = "while True: pass"
 
 
 def _child(args: list[str], extra_env: dict[str, str], competitor: bool) -> dict:
     """Epoch times measured by a fresh ``--child`` process, alone or beside a busy loop."""
     import subprocess
-    environment = {**os.environ, **extra_env}
-    if not extra_env:  # the default: what the project would otherwise set
-        environment.pop("OMP_WAIT_POLICY", None)
+    environment = {k: v for k, v in os.environ.items() if k not in _POLICY_VARIABLES}
+    environment.update(extra_env)
     busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) if competitor else None
     try:
         done = subprocess.run([sys.executable, "-m", "benchmarks.speed", *args], env=environment,
-                              capture_output=True, text=True, check=True)
+                              cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                              text=True, check=True)
     finally:
         if busy is not None:
             busy.kill()

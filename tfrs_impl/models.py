@@ -1,7 +1,7 @@
 """The seed's Keras/TFRS models, with preprocessing built from the shared FeatureSpec.
 
-Class and attribute names are the seed's, so weights map 1:1 onto torch_impl (see
-docs/CONTRIBUTING-helpers.md). All models take RAW features:
+Class and attribute names are the seed's, so weights map 1:1 onto torch_impl (see "Model
+naming" in docs/CONTRIBUTING.md). All models take RAW features:
 ``user_id`` [B] string, ``timestamp`` [B] int64, ``movie_title`` [B] string.
 
 Deviation from the seed's text, as in the TFRS tutorials it copies: the normalized timestamp

@@ -21,9 +21,10 @@ step's logs), and ``evaluate`` likewise reports the last test batch's loss as "v
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Protocol
+from typing import Callable, Iterator, Mapping, Optional, Protocol
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 
 from twostage.backend import EpochCallback, History, per_example
 from twostage.config import Config
+from twostage.env import ThreadGovernor
 from twostage.dataset import Dataset
 from twostage.schedule import BatchPlan, should_validate
 
@@ -105,6 +107,16 @@ def epoch_order(plan: BatchPlan, config: Config, epoch: int, device: torch.devic
 
 # --- the loop -------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _threads_restored() -> Iterator[None]:
+    """torch's intra-op thread count as it was, whatever the governor set during a fit."""
+    previous = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _raise_non_finite(stage: str, step_losses: np.ndarray, epoch: int) -> None:
     """FloatingPointError naming the first non-finite step (1-based epoch and step)."""
     bad = np.flatnonzero(~np.isfinite(step_losses))
@@ -153,9 +165,12 @@ def fit(parts: StageParts, train: Batch, plan: BatchPlan, config: Config, *, epo
     device = next(parts.model.parameters()).device
     stage = parts.stage
     parts.model.train()
-    with tqdm(total=epochs * plan.steps_per_epoch, desc=stage, unit="step", leave=False,
-              disable=config.output.quiet) as bar:
+    # Threads sized per epoch to what other processes leave free (CPU only; see ThreadGovernor).
+    governor = ThreadGovernor(torch.get_num_threads() if device.type == "cpu" else 1)
+    with tqdm(total=epochs * plan.steps_per_epoch, desc=f"torch {stage}", unit="step",
+              leave=False, disable=config.output.quiet) as bar, _threads_restored():
         for epoch in range(1, epochs + 1):
+            torch.set_num_threads(governor.threads())
             bar.set_postfix_str(f"epoch {epoch}/{epochs}" + (
                 f", loss {history.loss[-1]:.4f}" if history.loss else ""), refresh=False)
             start = time.perf_counter()

@@ -5,14 +5,20 @@
   first touched, and TF's C++ start-up logging buries users unless ``TF_CPP_MIN_LOG_LEVEL=2``.
 - :func:`tune_malloc`: glibc allocator settings that make torch's training steps reuse warm
   memory.
+- :class:`ThreadGovernor`: how many threads a training epoch should use when other processes
+  keep cores busy (torch's OpenMP workers wait for each other at every parallel region, so on a
+  busy 2-core machine two threads run 4.7x slower than alone while one thread runs as fast as
+  alone: measured by ``python -m benchmarks.speed --contention``).
 
 Nothing here imports torch or tensorflow.
 """
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import sys
+import time
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h mallopt parameters
 _malloc_tuned = False
@@ -53,3 +59,44 @@ def setup_process() -> None:
     """Everything an entry point needs before it imports a backend."""
     setup_tensorflow()
     tune_malloc()
+
+
+class ThreadGovernor:
+    """Threads for the next epoch: ``max_threads`` minus the cores other processes kept busy
+    since the last call (Linux ``/proc/stat`` minus this process's own CPU time), at least 1.
+
+    On an idle machine it returns ``max_threads`` (no speed lost); beside a competing job it
+    returns fewer, so no OpenMP worker waits on a descheduled sibling. It never exceeds the
+    ``max_threads`` it was given (a user's ``torch.set_num_threads`` / OMP_NUM_THREADS is a cap).
+    Off, i.e. always ``max_threads``, with TWOSTAGE_ADAPTIVE_THREADS=0, with one thread, or
+    where ``/proc/stat`` does not exist.
+    """
+
+    def __init__(self, max_threads: int, settle_seconds: float = 0.1) -> None:
+        self.max_threads = max(1, int(max_threads))
+        self.enabled = (self.max_threads > 1 and os.path.exists("/proc/stat")
+                        and os.environ.get("TWOSTAGE_ADAPTIVE_THREADS", "1") != "0")
+        self._last = self._sample() if self.enabled else None
+        if self.enabled and settle_seconds > 0:
+            time.sleep(settle_seconds)  # a first window, so epoch 1 is sized too
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float]:
+        """(wall seconds, busy CPU seconds of the whole machine, CPU seconds of this process)."""
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # - idle, iowait
+        return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+    def others_busy_cores(self) -> float:
+        """Average cores used by other processes since the last call."""
+        now = self._sample()
+        wall, busy, own = (b - a for a, b in zip(self._last, now))
+        self._last = now
+        return max(0.0, (busy - own) / wall) if wall > 0 else 0.0
+
+    def threads(self) -> int:
+        if not self.enabled:
+            return self.max_threads
+        taken = math.floor(self.others_busy_cores() + 0.5)  # a core is taken when >= half busy
+        return max(1, min(self.max_threads, (os.cpu_count() or 1) - taken))

@@ -52,3 +52,15 @@ def test_summarise_flags_differences_outside_noise():
     row = seeds.summarise(runs)[seeds.METRICS[0]]
     assert row["diff"] == pytest.approx(0.20)
     assert row["within_noise"] is False
+
+
+def test_contention_compares_alone_and_busy_per_wait_policy(data_dir, tmp_path, capsys):
+    assert speed.main(["--contention", "--backend", "torch", "--data-dir", str(data_dir),
+                       "--epochs", "2", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "contention.json").read_text())
+    assert [r["policy"] for r in report["rows"]] == list(speed.POLICIES)
+    for row in report["rows"]:
+        assert set(row["alone"]) == set(row["contended"]) == {"retrieval_epoch_s",
+                                                              "ranking_epoch_s"}
+        assert all(v > 0 for v in row["slowdown"].values())
+    assert "contended" in capsys.readouterr().out

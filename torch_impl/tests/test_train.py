@@ -157,7 +157,7 @@ def test_one_progress_bar_per_stage(synthetic_dataset, small_config, monkeypatch
                       config.seed).steps_per_epoch
     assert len(bars) == 1
     bar = bars[0]
-    assert (bar.desc, bar.total, bar.n, bar.disable) == ("ranking", 2 * steps, 2 * steps, False)
+    assert (bar.desc, bar.total, bar.n, bar.disable) == ("torch ranking", 2 * steps, 2 * steps, False)
     assert bar.postfix[0] == "epoch 1/2" and bar.postfix[-1].startswith("epoch 2/2, loss ")
 
 

@@ -134,3 +134,21 @@ def test_ensure_writable_dir(tmp_path):
         io.ensure_writable_dir(tmp_path / "file", "--out")
     with pytest.raises(PermissionError, match="not writable"):
         io.ensure_writable_dir(tmp_path / "file" / "sub", "--out")
+
+
+def test_thread_governor_gives_way_to_a_busy_core(monkeypatch):
+    """Threads = max minus the cores other processes kept busy (sampled from /proc/stat minus
+    this process's CPU time); never above max, at least 1; off with one thread or by env."""
+    from twostage import env
+    samples = iter([(0.0, 0.0, 0.0),      # construction
+                    (1.0, 0.1, 0.1),      # idle machine: only our 0.1 s
+                    (2.0, 1.2, 0.2),      # another process used 1.0 core-second in 1 s
+                    (3.0, 1.5, 0.45)])    # 0.05 cores of others: idle again
+    monkeypatch.setattr(env.ThreadGovernor, "_sample", staticmethod(lambda: next(samples)))
+    monkeypatch.setattr(env.os, "cpu_count", lambda: 2)
+    monkeypatch.delenv("TWOSTAGE_ADAPTIVE_THREADS", raising=False)
+    governor = env.ThreadGovernor(2, settle_seconds=0)
+    assert [governor.threads() for _ in range(3)] == [2, 1, 2]
+    assert env.ThreadGovernor(1).threads() == 1
+    monkeypatch.setenv("TWOSTAGE_ADAPTIVE_THREADS", "0")
+    assert not env.ThreadGovernor(2, settle_seconds=0).enabled
