@@ -268,3 +268,21 @@ def test_all_ratings_below_threshold_is_refused_before_training(tmp_path, capsys
 def test_debug_shows_the_traceback(tmp_path, capsys):
     rc = main(["--debug", "recommend", "--run", str(tmp_path / "nope"), "--user", "1"])
     assert rc == 2 and "Traceback" in capsys.readouterr().err
+
+
+def test_a_checkpoint_saved_on_cuda_is_served_on_cpu(run_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    edit_json("torch/config.json",
+              lambda d: {**d, "train": {**d["train"], "device": "cuda"}})(run)
+    rewrite_manifest(run)
+    assert main(["recommend", "--run", str(run), "--user", "1", "-k", "3"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2 + 3
+
+
+def test_a_one_line_ratings_file_is_one_line_of_error(tmp_path, capsys):
+    d = generate(tmp_path / "ml", num_users=10, num_movies=10, num_ratings=50, seed=2)
+    first = (d / "u.data").read_text().splitlines()[0]
+    (d / "u.data").write_text(first + "\n")
+    rc = main(["run", "--data-dir", str(d), "--out", str(tmp_path / "o"), *FAST])
+    assert "2 ratings" in one_line_error(capsys, 1, rc)
