@@ -22,7 +22,7 @@ def run_dir(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     rc = main(["run", "--backend", "both", "--data-dir", str(data_dir), "--retrieval-epochs", "3",
                "--ranking-epochs", "2", "--validation-freq", "2", "--batch-size", "512",
-               "--out", str(out), "--quiet"])
+               "--out", str(out), "--quiet", "--tensorboard", str(out.parent / "tb")])
     assert rc == 0
     return out
 
@@ -114,3 +114,20 @@ def test_missing_data_exit_1(tmp_path, capsys):
     assert main(["run", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "u.data" in err and "TWOSTAGE_DATA_DIR" in err
+
+
+def test_tensorboard_events_share_tags_across_backends(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = {}
+    for name in ("torch", "tfrs"):
+        events = EventAccumulator(str(run_dir.parent / "tb" / name))
+        events.Reload()
+        tags[name] = set(events.Tags()["scalars"])
+        steps = [e.step for e in events.Scalars("retrieval/loss_per_example")]
+        assert steps == [1, 2, 3]
+        assert [e.step for e in events.Scalars("retrieval/val/loss_per_example")] == [2, 3]
+    assert tags["torch"] == tags["tfrs"]
+    assert {"retrieval/loss", "ranking/loss_per_example", "ranking/train/binary_accuracy",
+            "ranking/val/binary_accuracy",
+            "retrieval/val/factorized_top_k/top_100_categorical_accuracy"} <= tags["torch"]
