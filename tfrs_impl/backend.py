@@ -18,6 +18,7 @@ from twostage.checkpoint import load_checkpoint
 from twostage.config import Config
 from twostage.data.features import FeatureSpec
 from twostage.dataset import Dataset, check_same_spec, check_spec_matches_config
+from twostage.group import SingleProcess
 
 from . import checkpoint, index as index_lib, models, optim, tasks, train
 from .features import to_tensors
@@ -73,6 +74,7 @@ class TfrsBackend:
         self.optimizers: dict[str, optim.Adagrad] = dict(optimizers)
         self.epochs_done: dict[str, int] = {stage: int(epochs_done.get(stage, 0))
                                             for stage in STAGES}
+        self.group = SingleProcess()  # MirroredStrategy replicas live in this one process
         self._index = None
         self._corpus_attached = False
 

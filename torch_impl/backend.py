@@ -21,6 +21,7 @@ from twostage.checkpoint import load_checkpoint
 from twostage.config import Config
 from twostage.data.features import FeatureSpec
 from twostage.dataset import Dataset, check_same_spec, check_spec_matches_config
+from twostage.group import SingleProcess
 from twostage.index import Index
 
 from . import checkpoint as ckpt
@@ -56,6 +57,7 @@ class TorchBackend:
         self.optimizers = {"retrieval": make_optimizer(self.retrieval_model, config),
                            "ranking": make_optimizer(self.ranking_model, config)}
         self.epochs_done = {"retrieval": 0, "ranking": 0}
+        self.group = SingleProcess()
         self._index: Optional[Index] = None
 
     @classmethod

@@ -18,6 +18,7 @@ import numpy as np
 from .config import Config
 from .data.features import FeatureSpec
 from .dataset import Dataset
+from .group import Group
 
 STAGES: tuple[str, ...] = ("retrieval", "ranking")
 RawBatch = Mapping[str, np.ndarray]
@@ -97,7 +98,8 @@ class Backend(Protocol):
     """A trained-or-trainable pair of models (retrieval + ranking) on one framework.
 
     ``epochs_done``: epochs trained so far per stage (a later fit continues the shared batch
-    order from there; saved in checkpoints). A config value the backend cannot honour is refused
+    order from there; saved in checkpoints). ``group``: the processes the backend trains and
+    evaluates in (``twostage.group``; one process unless torch.distributed is initialised). A config value the backend cannot honour is refused
     at construction with :class:`UnsupportedOptionError`.
     """
 
@@ -105,6 +107,7 @@ class Backend(Protocol):
     config: Config
     spec: FeatureSpec
     epochs_done: dict[str, int]
+    group: Group
 
     @classmethod
     def check_config(cls, config: Config) -> None:

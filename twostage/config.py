@@ -25,6 +25,7 @@ BACKENDS: tuple[str, ...] = ("torch", "tfrs")
 INDEX_KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw")
 EMPTY_TITLE_MODES: tuple[str, ...] = ("zero", "nan")
 RANKING_LOSSES: tuple[str, ...] = ("keras_graph", "keras_eager", "logits")
+NEGATIVES: tuple[str, ...] = ("replica", "global")
 CONFIG_VERSION = 2
 # Sizes a configuration may ask for (a hostile or mistyped run folder must fail before it
 # allocates): far above any MovieLens model, far below what would exhaust a machine.
@@ -138,6 +139,18 @@ class IndexConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    nproc: int = option(1, "processes on this machine: torch.distributed workers (torch, "
+                        "launched with torch's own launcher; under torchrun the launcher "
+                        "decides) or MirroredStrategy replicas on logical CPU devices (tfrs)")
+    negatives: str = option("replica", "retrieval negatives across processes: each process's "
+                            "own slice of the batch, as TFRS under MirroredStrategy (replica), "
+                            "or every process's candidates, the single-process loss (global)",
+                            choices=NEGATIVES)
+    timeout_s: int = option(300, "seconds a process waits for the others before the run fails")
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     quiet: bool = option(False, "no progress bars or log lines")
     tensorboard: str | None = option(None, "write TensorBoard event files of both stages "
@@ -146,7 +159,7 @@ class OutputConfig:
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "task": TaskConfig,
                              "train": TrainConfig, "eval": EvalConfig, "index": IndexConfig,
-                             "output": OutputConfig}
+                             "distributed": DistributedConfig, "output": OutputConfig}
 # Flat names that are not field names: ``replace(index="hnsw")`` sets ``index.kind``.
 ALIASES = {"index": "kind"}
 # Version 1 (flat) names that changed in version 2.
@@ -179,6 +192,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:
@@ -301,6 +315,16 @@ def _problems(c: Config) -> list[str]:
             problems.append(f"{name}={value!r} must be one of {', '.join(choices)}")
     if e.ndcg_k > e.num_candidates:
         problems.append(f"ndcg_k={e.ndcg_k} exceeds num_candidates={e.num_candidates}")
+    n = c.distributed.nproc
+    if n < 1 or c.distributed.timeout_s < 1:
+        problems.append(f"nproc={n} and timeout_s={c.distributed.timeout_s} must be >= 1")
+    elif t.batch_size % n:
+        problems.append(f"batch_size={t.batch_size} does not divide into nproc={n} equal "
+                        f"slices; use --batch-size {t.batch_size - t.batch_size % n or n} or "
+                        "another --nproc")
+    if c.distributed.negatives not in NEGATIVES:
+        problems.append(f"negatives={c.distributed.negatives!r} must be one of "
+                        f"{', '.join(NEGATIVES)}")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", t.device):
         problems.append(f"device={t.device!r} must be cpu, cuda or cuda:N")
     if c.seed < 0:

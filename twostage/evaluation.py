@@ -200,7 +200,14 @@ def factorized_top_k_accuracy(query_emb, true_cand_emb, corpus_emb,
     greater, finite = num_scoring_higher(query_emb, true_cand_emb, corpus_emb,
                                          budget_bytes=budget_bytes, positive=positive)
     _check_nonempty(greater.shape[0], "queries")
-    return {k: float(np.mean(finite & (greater < k))) for k in ks}
+    return dict(zip(ks, (hits_at_k(greater, finite, ks) / greater.shape[0]).tolist()))
+
+
+def hits_at_k(greater: np.ndarray, finite: np.ndarray, ks: Sequence[int]) -> np.ndarray:
+    """[len(ks)] int64: queries that are a hit at each k (``num_scoring_higher``'s output),
+    integers, so shards of the queries can be summed exactly."""
+    return np.array([np.count_nonzero(finite & (greater < k)) for k in _check_ks(ks)],
+                    dtype=np.int64)
 
 
 def top_k_accuracy_from_ids(retrieved_ids, true_ids, ks: Sequence[int] = DEFAULT_KS,
@@ -226,11 +233,18 @@ def top_k_accuracy_from_ids(retrieved_ids, true_ids, ks: Sequence[int] = DEFAULT
         if (np.diff(filled, axis=1) > 0).any():
             raise ValueError("Top-K predictions must be sorted (descending scores per row)")
         match &= ~padding
-    hit_by = np.logical_or.accumulate(match, axis=1)  # [N, K]: hit within the first j+1
-    k_max = retrieved.shape[1]
+    return dict(zip(ks, (id_hits_at_k(match, ks) / match.shape[0]).tolist()))
+
+
+def id_hits_at_k(match: np.ndarray, ks: Sequence[int]) -> np.ndarray:
+    """[len(ks)] int64 from ``match`` [N, K] (retrieved id == true id, best first): queries with
+    a match among their first k (integers, summable over shards)."""
+    k_max = match.shape[1]
     if k_max == 0:
-        return {k: 0.0 for k in ks}
-    return {k: float(np.mean(hit_by[:, min(k, k_max) - 1])) for k in ks}
+        return np.zeros(len(ks), dtype=np.int64)
+    hit_by = np.logical_or.accumulate(match, axis=1)  # [N, K]: hit within the first j+1
+    return np.array([np.count_nonzero(hit_by[:, min(k, k_max) - 1]) for k in ks],
+                    dtype=np.int64)
 
 
 # --------------------------------------------------------------------------------------------

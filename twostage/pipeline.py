@@ -17,6 +17,7 @@ from . import evaluation
 from .backend import Backend, EpochCallback, History
 from .config import BACKENDS, Config
 from .dataset import Dataset
+from .group import Group, SingleProcess, shard
 
 BACKEND_CLASSES = {"torch": ("torch_impl.backend", "TorchBackend"),
                    "tfrs": ("tfrs_impl.backend", "TfrsBackend")}
@@ -40,28 +41,40 @@ def load_backend(name: str, directory: Path | str, config: Config | None = None)
     return backend_class(name).load(Path(directory), config=config)
 
 
+def _group(backend: Backend) -> Group:
+    """The processes the backend runs in (torch.distributed workers), else this one."""
+    return getattr(backend, "group", None) or SingleProcess()
+
+
 def evaluate_retrieval(backend: Backend, dataset: Dataset, config: Config) -> dict:
     """Top-k accuracy of the test split over the whole corpus: score-based (TFRS FactorizedTopK
-    rule) from the embeddings, and id-based from the backend's index."""
-    test = dataset.split.test
-    queries = backend.query_embeddings(dataset.user_id[test], dataset.timestamp[test])
-    truths = backend.candidate_embeddings(dataset.movie_title[test])
+    rule) from the embeddings, and id-based from the backend's index. Each process of the
+    backend's group scores its shard of the queries; the integer hit counts are summed, so the
+    result equals the single-process one exactly."""
+    group, test = _group(backend), dataset.split.test
+    mine = shard(test, group)
+    ks = tuple(config.eval.top_ks)
     corpus = backend.candidate_embeddings(dataset.corpus_titles)
-    ks = tuple(k for k in config.eval.top_ks)
-    score_based = evaluation.factorized_top_k_accuracy(queries, truths, corpus, ks=ks)
+    greater, finite = evaluation.num_scoring_higher(
+        backend.query_embeddings(dataset.user_id[mine], dataset.timestamp[mine]),
+        backend.candidate_embeddings(dataset.movie_title[mine]), corpus)
     k_max = min(max(ks), len(dataset.corpus_titles))
-    _, rows = backend.retrieve(dataset.user_id[test], dataset.timestamp[test], k_max)
-    corpus_ids = dataset.corpus_features["title_index"]
-    id_based = evaluation.top_k_accuracy_from_ids(corpus_ids[rows],
-                                                  dataset.features["title_index"][test], ks=ks)
-    return {"top_k_accuracy": {str(k): float(v) for k, v in score_based.items()},
-            "top_k_accuracy_index": {str(k): float(v) for k, v in id_based.items()}}
+    _, rows = backend.retrieve(dataset.user_id[mine], dataset.timestamp[mine], k_max)
+    match = (dataset.corpus_features["title_index"][rows]
+             == dataset.features["title_index"][mine][:, None])
+    counts = group.all_sum(np.concatenate([evaluation.hits_at_k(greater, finite, ks),
+                                           evaluation.id_hits_at_k(match, ks)]))
+    n = len(test)
+    return {"top_k_accuracy": {str(k): int(c) / n for k, c in zip(ks, counts[:len(ks)])},
+            "top_k_accuracy_index": {str(k): int(c) / n for k, c in zip(ks, counts[len(ks):])}}
 
 
 def evaluate_ranking(backend: Backend, dataset: Dataset) -> dict:
-    test = dataset.split.test
-    probs = backend.ranking_scores(dataset.user_id[test], dataset.timestamp[test],
-                                   dataset.movie_title[test])
+    """Ranking metrics of the test split; shards' probabilities gathered in order (exact)."""
+    group, test = _group(backend), dataset.split.test
+    mine = shard(test, group)
+    probs = group.all_gather(backend.ranking_scores(
+        dataset.user_id[mine], dataset.timestamp[mine], dataset.movie_title[mine]))
     labels = dataset.label[test]
     return {"binary_accuracy": float(evaluation.binary_accuracy(labels, probs)),
             "auc": float(evaluation.auc(labels, probs)),
@@ -107,10 +120,12 @@ def evaluate_two_stage(backend: Backend, dataset: Dataset, config: Config) -> di
     if len(pos) == 0:
         raise ValueError("the test split has no positive ratings; nothing to re-rank")
     c = min(config.eval.num_candidates, len(dataset.corpus_titles))
-    recs = recommend(backend, dataset.user_id[pos], dataset.timestamp[pos], c,
+    group = _group(backend)
+    mine = shard(pos, group)
+    recs = recommend(backend, dataset.user_id[mine], dataset.timestamp[mine], c,
                      dataset.corpus_titles)
-    ids = dataset.corpus_features["title_index"][recs.rows]
-    metrics = evaluation.two_stage_metrics(ids, recs.ranking_scores,
+    ids = group.all_gather(dataset.corpus_features["title_index"][recs.rows])
+    metrics = evaluation.two_stage_metrics(ids, group.all_gather(recs.ranking_scores),
                                            dataset.features["title_index"][pos],
                                            k=min(config.eval.ndcg_k, c))
     metrics["num_queries"] = int(len(pos))
