@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import time
 import traceback
@@ -138,19 +139,68 @@ def _parser() -> argparse.ArgumentParser:
 
 # --- commands --------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    names = list(BACKENDS) if args.backend == "both" else [args.backend]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    nproc = config.distributed.nproc
+    if nproc > 1 and args.backend == "both":
+        raise UsageError(f"--nproc {nproc} runs one backend at a time: pass --backend torch "
+                         "(torch.distributed) or --backend tfrs (MirroredStrategy)")
+    if world > 1 and names != ["torch"]:
+        raise UsageError(f"launched as {world} processes (torchrun), which is for --backend "
+                         "torch; the TFRS backend runs its replicas in one process: "
+                         "`twostage run --backend tfrs --nproc N`")
+    if names == ["torch"] and nproc > 1 and world == 1:
+        return _launch_workers(args, nproc)
+    _check_backends(names, config)
+    group = _init_distributed(config) if world > 1 else None
+    try:
+        return _train_and_write(args, config, names, lead=group is None or group.rank == 0)
+    finally:
+        if group is not None:
+            from torch_impl.distributed import shutdown
+            shutdown()
+
+
+def _launch_workers(args: argparse.Namespace, nproc: int) -> int:
+    """``twostage run --nproc N`` on one machine: the same command as N torch.distributed
+    workers, through torch's own launcher (what ``torchrun --standalone --nproc-per-node N
+    -m twostage run ...`` does). A failing worker stops the others; its error is its line."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    try:
+        torchrun(["--standalone", "--nproc-per-node", str(nproc), "-m", "twostage",
+                  *(["--debug"] if args.debug else []), *args.argv])
+    except ChildFailedError as e:
+        failures = ", ".join(f"rank {rank} exit code {f.exitcode}"
+                             for rank, f in sorted(e.failures.items()))
+        raise RuntimeError(f"a worker failed ({failures}); its error is printed above") from None
+    return 0
+
+
+def _init_distributed(config: Config):
+    """This process's torch.distributed group, from torchrun's environment."""
+    from torch_impl.distributed import init_from_env
+    return init_from_env(config)
+
+
+def _train_and_write(args: argparse.Namespace, config: Config, names: list[str],
+                     lead: bool) -> int:
+    """Load, train, evaluate every backend of ``names``; the lead process (the only one, or
+    rank 0) checks ``--out`` first and writes the run folder at the end."""
     from . import rundir
     from .dataset import load_dataset
     from .pipeline import check_trainable, run_backend
     from .report import TensorBoardWriter, table, write_results
 
-    config = config_from_args(args)
-    names = list(BACKENDS) if args.backend == "both" else [args.backend]
-    _check_backends(names, config)
-    try:  # before any data is loaded: a bad --out must not cost a whole training
-        out = rundir.prepare(Path(args.out), force=args.force)
-    except (NotADirectoryError, PermissionError) as e:
-        raise UsageError(f"--out {args.out}: {e}") from None
-    quiet = config.output.quiet
+    out = Path(args.out)
+    if lead:
+        try:  # before any data is loaded: a bad --out must not cost a whole training
+            out = rundir.prepare(out, force=args.force)
+        except (NotADirectoryError, PermissionError) as e:
+            raise UsageError(f"--out {args.out}: {e}") from None
+    quiet = config.output.quiet or not lead
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     dataset = load_dataset(config, progress=not quiet)
     say(f"data: {dataset.facts()}")
@@ -158,18 +208,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_trainable(dataset, config)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    config = config if lead else config.replace(quiet=True)
     reports, backends = {}, {}
     for name in names:
         say(f"[{name}] training retrieval ({config.train.retrieval_epochs} epochs) and ranking "
             f"({config.train.ranking_epochs} epochs)")
         writer = (TensorBoardWriter(Path(config.output.tensorboard) / name)
-                  if config.output.tensorboard else None)
+                  if config.output.tensorboard and lead else None)
         try:
             backends[name], reports[name], _ = run_backend(name, dataset, config,
                                                            on_epoch=writer)
         finally:
             if writer is not None:
                 writer.close()
+    if not lead:
+        return 0
     header = (f"# twostage run ({', '.join(names)}) on {dataset.facts()['source']}, "
               f"{time.strftime('%Y-%m-%d %H:%M')}")
     rundir.write(out, reports=reports, corpus_titles=dataset.corpus_titles,
@@ -270,7 +323,9 @@ def _project_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
 
 def main(argv: list[str] | None = None) -> int:
     env.setup_process()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    args.argv = [a for a in argv if a != "--debug"]  # what --nproc relaunches in each worker
     logging.basicConfig(level=logging.WARNING, format="twostage: %(message)s")
     usage, runtime = _project_errors()
     prefix = f"twostage {args.command}: error:"
