@@ -4,6 +4,15 @@ The twin of torch_impl/backend.py. What this backend cannot honour is refused at
 (:data:`SUPPORTED`, ``twostage.backend.check_supported``): it serves with BruteForce (exact, so
 ``index.kind="flat"`` only), runs on the CPU, and its ranking loss is what Keras fit computes
 (``task.ranking_loss="keras_graph"``).
+
+``config.distributed.nproc > 1``: the models and optimizers are built in the scope of a
+``tf.distribute.MirroredStrategy`` over nproc local devices (``tfrs_impl.distributed``, which
+states the semantics with their TFRS/Keras source lines) and trained by Keras fit on a
+distributed dataset: the global batch ``config.train.batch_size`` is split into nproc
+``np.array_split`` slices, one per replica, each scored against its own candidates only
+(``distributed.negatives="replica"``; "global" is refused, :data:`DISTRIBUTED_SUPPORTED`). The
+backend stays one process (``group`` is ``SingleProcess``); inference and evaluation run outside
+the strategy.
 """
 from __future__ import annotations
 
@@ -12,20 +21,23 @@ from typing import Mapping
 
 import numpy as np
 
-from twostage.backend import STAGES, EpochCallback, History, RawBatch, check_stage, \
-    check_supported
+from twostage.backend import STAGES, EpochCallback, History, RawBatch, UnsupportedOptionError, \
+    check_stage, check_supported
 from twostage.checkpoint import load_checkpoint
 from twostage.config import Config
 from twostage.data.features import FeatureSpec
 from twostage.dataset import Dataset, check_same_spec, check_spec_matches_config
 from twostage.group import SingleProcess
 
-from . import checkpoint, index as index_lib, models, optim, tasks, train
+from . import checkpoint, distributed, index as index_lib, models, optim, tasks, train
 from .features import to_tensors
 
 # "section.field" -> the values this backend honours.
 SUPPORTED: dict[str, tuple] = {"index.kind": ("flat",), "train.device": ("cpu",),
                                "task.ranking_loss": ("keras_graph",)}
+# Further limits with nproc > 1 (MirroredStrategy): TFRS's Retrieval never gathers candidates
+# across replicas (tfrs_impl/distributed.py).
+DISTRIBUTED_SUPPORTED: dict[str, tuple] = {"distributed.negatives": ("replica",)}
 
 
 class TfrsBackend:
@@ -35,7 +47,10 @@ class TfrsBackend:
     each with its own Keras Adagrad (``optimizers``; compiled into the model at its first
     training step). ``fit_*`` train them, counting ``epochs_done`` per stage (where the shared
     batch order resumes; saved in checkpoints with the Adagrad accumulators); ``build_index`` +
-    ``retrieve`` serve with BruteForce.
+    ``retrieve`` serve with BruteForce. ``strategy``: the MirroredStrategy of nproc > 1 (None
+    for one replica); construct the backend before anything else in the process runs
+    TensorFlow, since logical CPU devices can only be configured before that
+    (``distributed.DeviceSetupError`` otherwise).
     """
 
     name = "tfrs"
@@ -43,31 +58,40 @@ class TfrsBackend:
     def __init__(self, config: Config, spec: FeatureSpec):
         self.check_config(config)
         check_spec_matches_config(spec, config)
-        self._setup(config, spec,
-                    {"retrieval": models.build_retrieval_model(spec, config),
-                     "ranking": models.build_ranking_model(spec, config)},
-                    {stage: optim.make_optimizer(config) for stage in STAGES},
-                    {stage: 0 for stage in STAGES})
+        strategy = distributed.strategy_for(config)
+        built, optimizers = build_stages(spec, config, strategy)
+        self._setup(config, spec, built, optimizers, {stage: 0 for stage in STAGES}, strategy)
 
     @classmethod
     def check_config(cls, config: Config) -> None:
         """Refuse, before any data is loaded, a config this backend cannot honour
-        (UnsupportedOptionError, a ValueError, naming the option and the fix; see SUPPORTED)."""
-        check_supported(cls.name, config, SUPPORTED)
+        (UnsupportedOptionError, a ValueError, naming the option and the fix; see SUPPORTED,
+        and DISTRIBUTED_SUPPORTED with nproc > 1)."""
+        limits = dict(SUPPORTED)
+        if config.distributed.nproc > 1:
+            limits.update(DISTRIBUTED_SUPPORTED)
+        try:
+            check_supported(cls.name, config, limits)
+        except UnsupportedOptionError as e:
+            if "negatives=" not in str(e):
+                raise
+            raise UnsupportedOptionError(f"{e} ({distributed.GLOBAL_NEGATIVES_REASON})") from None
 
     @classmethod
     def _from_parts(cls, config: Config, spec: FeatureSpec, stage_models: Mapping,
-                    optimizers: Mapping[str, optim.Adagrad], epochs_done: Mapping[str, int]
-                    ) -> "TfrsBackend":
+                    optimizers: Mapping[str, optim.Adagrad], epochs_done: Mapping[str, int],
+                    strategy=None) -> "TfrsBackend":
         """A backend around models built elsewhere (:meth:`load`, which has checked ``config``
-        with :meth:`check_config` as __init__ does)."""
+        with :meth:`check_config` as __init__ does, and built them in ``strategy``'s scope)."""
         backend = cls.__new__(cls)
-        backend._setup(config, spec, stage_models, optimizers, epochs_done)
+        backend._setup(config, spec, stage_models, optimizers, epochs_done, strategy)
         return backend
 
     def _setup(self, config: Config, spec: FeatureSpec, stage_models: Mapping,
-               optimizers: Mapping[str, optim.Adagrad], epochs_done: Mapping[str, int]) -> None:
+               optimizers: Mapping[str, optim.Adagrad], epochs_done: Mapping[str, int],
+               strategy=None) -> None:
         self.config = config
+        self.strategy = strategy
         self.spec = spec
         self.retrieval_model = stage_models["retrieval"]
         self.ranking_model = stage_models["ranking"]
@@ -87,28 +111,35 @@ class TfrsBackend:
     def _trainable(self, stage: str):
         """The stage's model, compiled with its optimizer (once)."""
         model = self._model(stage)
-        train.compile_model(model, self.config, self.optimizers[stage])
+        with distributed.scope(self.strategy):
+            train.compile_model(model, self.config, self.optimizers[stage])
         return model
 
     def fit_retrieval(self, dataset: Dataset, epochs: int | None = None,
                       on_epoch: EpochCallback | None = None) -> History:
         check_same_spec(dataset, self.spec)
         if not self._corpus_attached:  # Keras collects the metrics when fit builds its functions
-            tasks.attach_corpus_metrics(self.retrieval_model, dataset.corpus_titles)
+            with distributed.scope(self.strategy):  # metric variables belong to the strategy
+                tasks.attach_corpus_metrics(self.retrieval_model, dataset.corpus_titles)
             self._corpus_attached = True
         self._index = None  # the towers change; a built index would be stale
         return train.fit_retrieval(self._trainable("retrieval"), dataset, self.config, epochs,
-                                   epochs_done=self.epochs_done, on_epoch=on_epoch)
+                                   epochs_done=self.epochs_done, on_epoch=on_epoch,
+                                   strategy=self.strategy)
 
     def fit_ranking(self, dataset: Dataset, epochs: int | None = None,
                     on_epoch: EpochCallback | None = None) -> History:
         check_same_spec(dataset, self.spec)
         return train.fit_ranking(self._trainable("ranking"), dataset, self.config, epochs,
-                                 epochs_done=self.epochs_done, on_epoch=on_epoch)
+                                 epochs_done=self.epochs_done, on_epoch=on_epoch,
+                                 strategy=self.strategy)
 
     def train_steps(self, stage: str, batches: list[RawBatch]) -> list[float]:
-        """One Keras fit step per raw batch -> per-step losses (``train.train_steps``)."""
-        losses = train.train_steps(self._trainable(stage), self.config, batches)
+        """One Keras fit step per raw batch -> per-step losses (``train.train_steps``; with
+        nproc > 1 each batch is a global batch split over the replicas and the loss is the sum
+        of the replicas' losses)."""
+        losses = train.train_steps(self._trainable(stage), self.config, batches,
+                                   strategy=self.strategy)
         if stage == "retrieval":
             self._index = None
         return losses
@@ -176,11 +207,11 @@ class TfrsBackend:
         this backend supports). ``spec``: must be the stored one."""
         stored = load_checkpoint(directory, backend=cls.name, config=config, spec=spec)
         cls.check_config(stored.config)  # before building anything
-        built = {"retrieval": models.build_retrieval_model(stored.spec, stored.config),
-                 "ranking": models.build_ranking_model(stored.spec, stored.config)}
-        optimizers = {stage: optim.make_optimizer(stored.config) for stage in STAGES}
+        strategy = distributed.strategy_for(stored.config)
+        built, optimizers = build_stages(stored.spec, stored.config, strategy)
         checkpoint.restore(stored, built, optimizers)
-        return cls._from_parts(stored.config, stored.spec, built, optimizers, stored.epochs_done)
+        return cls._from_parts(stored.config, stored.spec, built, optimizers, stored.epochs_done,
+                               strategy)
 
     def export_saved_model(self, directory: Path | str, corpus_titles: np.ndarray,
                            k: int = index_lib.DEFAULT_K, force: bool = False) -> Path:
@@ -208,15 +239,26 @@ class TfrsBackend:
     def batch_loss(self, stage: str, batch: RawBatch, training: bool = True) -> float:
         """The task loss of one raw batch (retrieval: SUM over the batch; ranking: mean BCE).
         Retrieval batches need ``candidate_sampling_probability`` when the config uses it."""
-        return train.batch_loss(self._model(stage), batch, training)
+        return train.batch_loss(self._model(stage), batch, training, self.strategy)
 
     def loss_and_gradients(self, stage: str, batch: RawBatch
                            ) -> tuple[float, dict[str, np.ndarray]]:
         """(loss, dense gradients by weight name) of one training step, via tf.GradientTape."""
-        return train.loss_and_gradients(self._model(stage), batch)
+        return train.loss_and_gradients(self._model(stage), batch, self.strategy)
 
     def retrieval_loss(self, batch: RawBatch, training: bool = True) -> float:
         return self.batch_loss("retrieval", batch, training)
 
     def ranking_loss(self, batch: RawBatch, training: bool = True) -> float:
         return self.batch_loss("ranking", batch, training)
+
+
+def build_stages(spec: FeatureSpec, config: Config, strategy=None
+                 ) -> tuple[dict, dict[str, optim.Adagrad]]:
+    """Both stages' models (variables created, init seeded by ``config.seed``) and Adagrads,
+    in ``strategy``'s scope when given (MirroredVariables, mirrored accumulators)."""
+    with distributed.scope(strategy):
+        built = {"retrieval": models.build_retrieval_model(spec, config),
+                 "ranking": models.build_ranking_model(spec, config)}
+        optimizers = {stage: optim.make_optimizer(config) for stage in STAGES}
+    return built, optimizers

@@ -37,9 +37,18 @@ def make_retrieval_task(config: Config) -> tfrs.tasks.Retrieval:
 
 def make_ranking_task(config: Config | None = None) -> tfrs.tasks.Ranking:
     """The seed's Ranking task: BCE on [B, 1] probabilities (``ranking_loss="keras_graph"``)
-    with BinaryAccuracy."""
-    return tfrs.tasks.Ranking(loss=tf.keras.losses.BinaryCrossentropy(),
-                              metrics=[tf.keras.metrics.BinaryAccuracy()])
+    with BinaryAccuracy.
+
+    With ``config.distributed.nproc > 1`` (MirroredStrategy) the loss may also run in a replica
+    context: tf_keras refuses an AUTO-reduced loss there (losses.py ``_get_reduction``, lines
+    197-216) unless ``_allow_sum_over_batch_size`` is set, as ``Model.compile`` sets it for its
+    own losses (compile_utils.py line 371). It is set here, so each replica's loss is the mean
+    BCE of its slice, the same arithmetic as one process (unscaled: see tfrs_impl/distributed.py).
+    """
+    loss = tf.keras.losses.BinaryCrossentropy()
+    if config is not None and config.distributed.nproc > 1:
+        loss._allow_sum_over_batch_size = True
+    return tfrs.tasks.Ranking(loss=loss, metrics=[tf.keras.metrics.BinaryAccuracy()])
 
 
 def attach_corpus_metrics(model, corpus_titles: np.ndarray, ks=None) -> None:

@@ -19,6 +19,16 @@ History semantics (``twostage.backend.History``):
 - ``val``: TFRS names (``factorized_top_k/top_100_categorical_accuracy``, ``binary_accuracy``)
   accumulated over the whole test split, and ``loss`` = mean of the per-batch test losses.
 - ``epoch_seconds``: wall time of each epoch's training steps, validation excluded.
+
+Under a MirroredStrategy (``strategy``, ``config.distributed.nproc > 1``; tfrs_impl/distributed.py
+states the semantics): the training stream is distributed so that replica r trains on the r-th
+``np.array_split`` slice of every global batch of the shared order (with ``--framework-shuffle``
+Keras splits the seed's shuffled batches itself); a step's loss is what Keras reports, the SUM
+of the replicas' losses (retrieval: the replicas' in-batch SUM losses; ranking: the replicas'
+mean BCEs, so N replicas report about N times the single-process mean). Validation runs under
+the strategy too, Keras splitting each test batch over the replicas: the top-k and accuracy
+metrics are exact over the whole test split (metric states are summed over replicas), the
+validation loss is the same sum of the replicas' losses.
 """
 from __future__ import annotations
 
@@ -34,7 +44,7 @@ from twostage.config import Config
 from twostage.dataset import Dataset
 from twostage.schedule import BatchPlan, validation_epochs
 
-from . import optim
+from . import distributed, optim
 from .features import Batch, feature_columns, select_rows, to_tensors
 from .models import named_variables
 
@@ -54,17 +64,36 @@ def batch_sizes(num_examples: int, batch_size: int) -> list[int]:
 
 
 def train_dataset(dataset: Dataset, config: Config, epochs: int, columns: Batch,
-                  first_epoch: int = 0) -> tf.data.Dataset:
-    """The training stream for all ``epochs`` (see the module docstring)."""
+                  first_epoch: int = 0, replicas: int = 1) -> tf.data.Dataset:
+    """The training stream for all ``epochs`` (see the module docstring). ``replicas`` > 1
+    (shared batches only): every global batch is followed by its slices instead, replica 0's
+    first (``distributed.split_batch``), the per-replica stream of ``distributed.distribute``."""
     if config.train.shared_batches:
         plan = batch_plan(dataset, config)
         rows = tf.data.Dataset.from_generator(
             lambda: plan.rows(first_epoch, epochs),
             output_signature=tf.TensorSpec([None], tf.int64))
+        if replicas > 1:
+            rows = rows.flat_map(lambda r: distributed.split_batch(r, replicas))
     else:
+        if replicas > 1:
+            raise ValueError("the seed's shuffled batches are split by Keras itself; pass "
+                             "replicas=1 (fit does)")
         rows = (tf.data.Dataset.from_tensor_slices(dataset.split.train)
                 .shuffle(SEED_SHUFFLE_BUFFER).batch(config.train.batch_size))
     return rows.map(lambda r: select_rows(columns, r)).prefetch(2)
+
+
+def training_input(dataset: Dataset, config: Config, epochs: int, columns: Batch,
+                   first_epoch: int = 0, strategy=None):
+    """What fit trains on: :func:`train_dataset`, distributed over ``strategy``'s replicas in
+    the shared order (``distributed.distribute``) when there is a strategy and shared batches;
+    the seed's shuffled batches are handed to Keras, which splits each over the replicas."""
+    n = distributed.num_replicas(strategy)
+    if n == 1 or not config.train.shared_batches:
+        return train_dataset(dataset, config, epochs, columns, first_epoch)
+    return distributed.distribute(strategy, lambda: train_dataset(
+        dataset, config, epochs, columns, first_epoch, replicas=n))
 
 
 def eval_dataset(dataset: Dataset, config: Config, columns: Batch) -> tf.data.Dataset:
@@ -216,12 +245,13 @@ def _watch(stage: str, config: Config) -> str:
 
 
 def fit(stage: str, model, dataset: Dataset, config: Config, epochs: int | None = None, *,
-        epochs_done: dict[str, int] | None = None, on_epoch: EpochCallback | None = None
-        ) -> History:
+        epochs_done: dict[str, int] | None = None, on_epoch: EpochCallback | None = None,
+        strategy=None) -> History:
     """Train a stage's model (retrieval: a MovielensRetrievalModel with corpus metrics attached;
     ranking: a MovielensRankingModel on ``label``) on the training split; validate on the test
     split. ``epochs_done[stage]`` (counted up per epoch) is where the shared batch order
-    resumes; ``on_epoch`` is called after every epoch, after its validation."""
+    resumes; ``on_epoch`` is called after every epoch, after its validation. ``strategy``: the
+    MirroredStrategy the model was built in (nproc > 1), or None."""
     check_stage(stage)
     default = config.train.retrieval_epochs if stage == "retrieval" else config.train.ranking_epochs
     epochs = default if epochs is None else epochs
@@ -234,7 +264,8 @@ def fit(stage: str, model, dataset: Dataset, config: Config, epochs: int | None 
         epochs_done=epochs_done, on_epoch=on_epoch)
     if epochs == 0:
         return recorder.history
-    compile_model(model, config)
+    with distributed.scope(strategy):
+        compile_model(model, config)
     columns = feature_columns(dataset, retrieval and config.task.use_sampling_probability)
     first_epoch = (epochs_done or {}).get(stage, 0)
     steps = math.ceil(train_rows / config.train.batch_size)
@@ -242,7 +273,7 @@ def fit(stage: str, model, dataset: Dataset, config: Config, epochs: int | None 
     if not config.output.quiet:
         callbacks.append(ProgressCallback(stage, epochs, steps, recorder.history,
                                           _watch(stage, config)))
-    model.fit(train_dataset(dataset, config, epochs, columns, first_epoch),
+    model.fit(training_input(dataset, config, epochs, columns, first_epoch, strategy),
               epochs=epochs, steps_per_epoch=steps if config.train.shared_batches else None,
               validation_data=eval_dataset(dataset, config, columns),
               validation_freq=validation_epochs(epochs, config.train.validation_freq),
@@ -252,56 +283,93 @@ def fit(stage: str, model, dataset: Dataset, config: Config, epochs: int | None 
 
 def fit_retrieval(model, dataset: Dataset, config: Config, epochs: int | None = None, *,
                   epochs_done: dict[str, int] | None = None,
-                  on_epoch: EpochCallback | None = None) -> History:
+                  on_epoch: EpochCallback | None = None, strategy=None) -> History:
     """:func:`fit` of the retrieval stage."""
     return fit("retrieval", model, dataset, config, epochs, epochs_done=epochs_done,
-               on_epoch=on_epoch)
+               on_epoch=on_epoch, strategy=strategy)
 
 
 def fit_ranking(model, dataset: Dataset, config: Config, epochs: int | None = None, *,
                 epochs_done: dict[str, int] | None = None,
-                on_epoch: EpochCallback | None = None) -> History:
+                on_epoch: EpochCallback | None = None, strategy=None) -> History:
     """:func:`fit` of the ranking stage."""
     return fit("ranking", model, dataset, config, epochs, epochs_done=epochs_done,
-               on_epoch=on_epoch)
+               on_epoch=on_epoch, strategy=strategy)
 
 
-def train_steps(model, config: Config, raw_batches: Sequence[RawBatch]) -> list[float]:
-    """``model.fit`` over exactly ``raw_batches``, one optimizer step each (tfrs.models.Model
-    .train_step + the model's Keras Adagrad, traced as in training) -> the per-step losses its
-    train_step reports. Retrieval batches need ``candidate_sampling_probability`` when the
-    config uses it."""
-    compile_model(model, config)
-    if not raw_batches:
-        return []
+def _tensor_dataset(raw_batches: Sequence[RawBatch]) -> tf.data.Dataset:
+    """One element per raw batch, in order."""
     data = tf.data.Dataset.from_tensors(to_tensors(raw_batches[0]))
     for batch in raw_batches[1:]:
         data = data.concatenate(tf.data.Dataset.from_tensors(to_tensors(batch)))
+    return data
+
+
+def train_steps(model, config: Config, raw_batches: Sequence[RawBatch], strategy=None
+                ) -> list[float]:
+    """``model.fit`` over exactly ``raw_batches``, one optimizer step each (tfrs.models.Model
+    .train_step + the model's Keras Adagrad, traced as in training) -> the per-step losses its
+    train_step reports. Retrieval batches need ``candidate_sampling_probability`` when the
+    config uses it. ``strategy`` (nproc > 1): each raw batch is a global batch, replica r steps
+    on its r-th ``np.array_split`` slice, and the loss is Keras' sum over the replicas."""
+    with distributed.scope(strategy):
+        compile_model(model, config)
+    if not raw_batches:
+        return []
+    n = distributed.num_replicas(strategy)
+    if n == 1:
+        data = _tensor_dataset(raw_batches)
+    else:
+        slices = distributed.split_raw_batches(raw_batches, n)
+        data = distributed.distribute(strategy, lambda: _tensor_dataset(slices))
     losses: list[float] = []
     record = tf.keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda step, logs: losses.append(float(logs["loss"])))
-    model.fit(data, epochs=1, verbose=0, callbacks=[record])
+    model.fit(data, epochs=1, steps_per_epoch=len(raw_batches) if n > 1 else None, verbose=0,
+              callbacks=[record])
     return losses
 
 
 # --- one batch: loss and gradients (parity, export checks) ------------------------------------
-def batch_loss(model, batch: Mapping[str, np.ndarray], training: bool = True) -> float:
-    """``model.compute_loss`` of one raw batch (no regularization losses exist in these models)."""
-    return float(model.compute_loss(to_tensors(batch), training=training).numpy())
+def _on_one_replica(strategy, fn, *args):
+    """``fn(*args)`` as one process computes it; with a strategy, in a replica context (where
+    the models' mirrored metrics can update: tf.distribute refuses SyncOnRead ``assign_add`` in
+    the cross-replica context) with every replica given the whole batch: replica 0's result."""
+    if strategy is None:
+        return fn(*args)
+    logger = tf.get_logger()  # "Using MirroredStrategy eagerly has significant overhead": a
+    level = logger.level      # parity helper, one batch, not a training loop
+    logger.setLevel("ERROR")
+    try:
+        out = strategy.run(fn, args=args)
+    finally:
+        logger.setLevel(level)
+    return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], out)
 
 
-def loss_and_gradients(model, batch: Mapping[str, np.ndarray]
+def batch_loss(model, batch: Mapping[str, np.ndarray], training: bool = True,
+               strategy=None) -> float:
+    """``model.compute_loss`` of one raw batch (no regularization losses exist in these
+    models): the single-process loss of the whole batch, also with a ``strategy``."""
+    loss = _on_one_replica(strategy, lambda f: model.compute_loss(f, training=training),
+                           to_tensors(batch))
+    return float(loss.numpy())
+
+
+def loss_and_gradients(model, batch: Mapping[str, np.ndarray], strategy=None
                        ) -> tuple[float, dict[str, np.ndarray]]:
     """(loss, {weight name: dense gradient}) of one training step's loss, via tf.GradientTape,
     exactly what ``tfrs.models.Model.train_step`` differentiates (embedding gradients, which
-    TF returns as IndexedSlices, are densified and summed over repeated rows)."""
+    TF returns as IndexedSlices, are densified and summed over repeated rows). With a
+    ``strategy``: the single-process loss and gradient of the whole batch (one replica's)."""
     variables = named_variables(model)
-    features = to_tensors(batch)
-    with tf.GradientTape() as tape:
-        loss = model.compute_loss(features, training=True)
-    grads = tape.gradient(loss, list(variables.values()))
-    out = {}
-    for (name, variable), grad in zip(variables.items(), grads):
-        out[name] = (np.zeros(variable.shape, variable.dtype.as_numpy_dtype) if grad is None
-                     else tf.convert_to_tensor(grad).numpy())
-    return float(loss.numpy()), out
+
+    def compute(features):
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(features, training=True)
+        grads = tape.gradient(loss, list(variables.values()))
+        return loss, [tf.zeros(v.shape, v.dtype) if g is None else tf.convert_to_tensor(g)
+                      for v, g in zip(variables.values(), grads)]
+
+    loss, grads = _on_one_replica(strategy, compute, to_tensors(batch))
+    return float(loss.numpy()), {name: g.numpy() for name, g in zip(variables, grads)}

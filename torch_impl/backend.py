@@ -6,6 +6,13 @@ OOV row 0, unknown tokens -> [UNK], as the Keras lookups); retrieval serves from
 config (``model.empty_title``, ``task.ranking_loss``, ``train.device``, ...). The parity helpers
 (get_weights, set_weights, batch_loss, loss_and_gradients, train_steps) mirror
 ``tfrs_impl.backend.TfrsBackend`` with the same Keras-layout weight names.
+
+Several processes: a ``TorchBackend`` built while a torch.distributed group of more than one
+process is initialised (``torch_impl.distributed.init_from_env(config)`` under torchrun) trains
+and evaluates over it: ``group`` is then a ``TorchGroup``, every rank starts from rank 0's
+weights and optimizer state (broadcast at construction), ``fit_*`` and ``train_steps`` split each
+global batch over the ranks (``torch_impl.distributed``), and ``twostage.pipeline`` shards the
+evaluation over ``group``. Every rank must make the same calls in the same order.
 """
 from __future__ import annotations
 
@@ -21,17 +28,19 @@ from twostage.checkpoint import load_checkpoint
 from twostage.config import Config
 from twostage.data.features import FeatureSpec
 from twostage.dataset import Dataset, check_same_spec, check_spec_matches_config
-from twostage.group import SingleProcess
+from twostage.group import Group, SingleProcess
 from twostage.index import Index
 
 from . import checkpoint as ckpt
+from .distributed import (DataParallel, TorchGroup, check_world, current_group,
+                          sharded_ranking_loss, sharded_retrieval_loss)
 from .features import SAMPLING_PROBABILITY, Batch, batch_iter, resolve_device, to_tensors
 from .index import build_index
 from .models import (KERAS_PREFIX, build_ranking_model, build_retrieval_model, get_keras_weights,
                      keras_weight_names, set_keras_weights)
 from .optim import make_optimizer
 from .tasks import make_ranking_task, make_retrieval_task, ranking_loss, retrieval_loss
-from .train import fit_ranking, fit_retrieval, train_step
+from .train import StageParts, fit_ranking, fit_retrieval, sharded_step, train_step
 
 
 class TorchBackend:
@@ -40,6 +49,8 @@ class TorchBackend:
     Both models exist from construction (Keras-style init seeded by ``config.seed``; ranking
     by seed + 1) on ``config.train.device``. Repeated ``fit_*`` calls continue training (the
     optimizer state and the batch order's epoch counter ``epochs_done`` carry on).
+    ``group``: ``SingleProcess()``, or the ``TorchGroup`` of an initialised torch.distributed
+    group of several processes (see the module docstring).
     """
 
     name = "torch"
@@ -57,15 +68,29 @@ class TorchBackend:
         self.optimizers = {"retrieval": make_optimizer(self.retrieval_model, config),
                            "ranking": make_optimizer(self.ranking_model, config)}
         self.epochs_done = {"retrieval": 0, "ranking": 0}
-        self.group = SingleProcess()
+        self._torch_group: Optional[TorchGroup] = current_group()
+        self.group: Group = self._torch_group or SingleProcess()
         self._index: Optional[Index] = None
+        self.broadcast_state()
+
+    def broadcast_state(self) -> None:
+        """Rank 0's weights and Adagrad accumulators on every rank (nothing in one process);
+        called at construction and after a checkpoint is restored."""
+        if self._torch_group is not None:
+            for stage, model in self.models.items():
+                self._torch_group.broadcast_state(model, self.optimizers[stage])
 
     @classmethod
     def check_config(cls, config: Config) -> None:
         """Refuse, before any data is loaded, a config this backend cannot run: every option
         is supported; ``config.train.device`` must exist on this machine (ValueError /
-        RuntimeError naming the fix, see ``features.resolve_device``)."""
+        RuntimeError naming the fix, see ``features.resolve_device``); under an initialised
+        torch.distributed group the batch must split over its processes and ``nproc`` (when
+        > 1) must be their number (``torch_impl.distributed.DistributedError``)."""
         resolve_device(config.train.device)
+        group = current_group()
+        if group is not None:
+            check_world(config, group.size)
 
     @property
     def models(self) -> dict[str, nn.Module]:
@@ -84,7 +109,7 @@ class TorchBackend:
         history = fit_retrieval(self.retrieval_model, dataset, self.config,
                                 task=self.retrieval_task, optimizer=self.optimizers["retrieval"],
                                 epochs=epochs, epoch_offset=self.epochs_done["retrieval"],
-                                on_epoch=on_epoch)
+                                on_epoch=on_epoch, group=self._torch_group)
         self.epochs_done["retrieval"] += epochs
         return history
 
@@ -95,7 +120,8 @@ class TorchBackend:
         epochs = self.config.train.ranking_epochs if epochs is None else epochs
         history = fit_ranking(self.ranking_model, dataset, self.config, task=self.ranking_task,
                               optimizer=self.optimizers["ranking"], epochs=epochs,
-                              epoch_offset=self.epochs_done["ranking"], on_epoch=on_epoch)
+                              epoch_offset=self.epochs_done["ranking"], on_epoch=on_epoch,
+                              group=self._torch_group)
         self.epochs_done["ranking"] += epochs
         return history
 
@@ -107,15 +133,42 @@ class TorchBackend:
                                   self.config.task.use_sampling_probability), None
         return ranking_loss(self.ranking_model, self.ranking_task, tensors)
 
+    def _shard_loss(self, stage: str, tensors: Batch, shard
+                    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(loss, outputs) of this rank's slice (``torch_impl.distributed``)."""
+        negatives = self.config.distributed.negatives
+        if stage == "retrieval":
+            return sharded_retrieval_loss(
+                self.retrieval_model, self.retrieval_task, tensors, shard,
+                use_sampling_probability=self.config.task.use_sampling_probability,
+                negatives=negatives), None
+        return sharded_ranking_loss(self.ranking_model, self.ranking_task, tensors, shard,
+                                    negatives=negatives)
+
     def train_steps(self, stage: str, batches: Sequence[RawBatch]) -> list[float]:
         """One optimizer step per raw batch (user_id, timestamp, movie_title, label [,
         candidate_sampling_probability, sample_weight]), as ``fit`` takes them -> the per-step
-        losses (read from the device once, after the last step). ``epochs_done`` is unchanged."""
+        losses (read from the device once, after the last step). ``epochs_done`` is unchanged.
+        Several processes: every rank passes the same GLOBAL batches, takes its slice of each,
+        and gets the step losses summed over the ranks (as ``fit`` reports them)."""
         stage = check_stage(stage)
         model, optimizer = self._model(stage), self.optimizers[stage]
         model.train()
-        losses = [train_step(optimizer, lambda b: self._batch_loss(stage, b),
-                             self.encode_batch(batch))[0] for batch in batches]
+        if self._torch_group is None:
+            losses = [train_step(optimizer, lambda b: self._batch_loss(stage, b),
+                                 self.encode_batch(batch))[0] for batch in batches]
+        else:
+            parts = StageParts(stage, model, optimizer, loss=lambda b: self._batch_loss(stage, b),
+                               parallel=DataParallel(self._torch_group, stage,
+                                                     lambda b, s: self._shard_loss(stage, b, s),
+                                                     self.config.distributed.negatives))
+            losses = []
+            for batch in batches:
+                tensors = self.encode_batch(batch)
+                rows = torch.arange(len(batch["user_id"]), device=self.device)
+                losses.append(sharded_step(parts, tensors, rows)[0])
+            if losses:
+                losses = list(self._torch_group.sum_(torch.stack(losses)))
         if stage == "retrieval":
             self._index = None
         return torch.stack(losses).tolist() if losses else []
@@ -187,6 +240,7 @@ class TorchBackend:
         backend = cls(stored.config, stored.spec)
         ckpt.restore(stored, backend.models, backend.optimizers)
         backend.epochs_done.update(stored.epochs_done)
+        backend.broadcast_state()  # several processes: rank 0's copy of the checkpoint
         return backend
 
     # --- parity helpers (mirror TfrsBackend) ----------------------------------------------------
@@ -211,7 +265,8 @@ class TorchBackend:
 
     def batch_loss(self, stage: str, batch: RawBatch, training: bool = True) -> float:
         """The task loss of one raw batch (retrieval: SUM over the batch; ranking: mean BCE).
-        ``training`` is accepted for symmetry with TfrsBackend (no layer depends on it)."""
+        ``training`` is accepted for symmetry with TfrsBackend (no layer depends on it). In this
+        process alone, whatever ``group`` is (as :meth:`loss_and_gradients`)."""
         stage = check_stage(stage)
         with torch.no_grad():
             return float(self._batch_loss(stage, self.encode_batch(batch))[0])

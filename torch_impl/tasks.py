@@ -25,6 +25,12 @@ Sources followed (TFRS 0.7.7, tf_keras 2.21, under site-packages):
 
 The loss of one batch of a model (:func:`retrieval_loss`, :func:`ranking_loss`) is the seed's
 ``compute_loss``; ``torch_impl.train`` trains on it, ``torch_impl.backend`` evaluates it.
+
+Global in-batch negatives (``torch_impl.distributed``, ``config.distributed.negatives="global"``):
+a process holds rows ``offset .. offset + Q - 1`` of the global batch and scores them against the
+candidates of every process, so row i's positive is column ``offset + i``: "labels None" stands
+for ``eye(Q, C)`` shifted right by ``positive_offset`` (``RetrievalInputs.positive_offset``),
+which every correction and the fused cross-entropy honour. With offset 0 it is TFRS's eye.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from twostage.config import RANKING_LOSSES, Config
+from twostage.group import Group, SingleProcess
 
 from .features import SAMPLING_PROBABILITY
 from .models import RankingModel, RetrievalModel
@@ -47,7 +54,9 @@ SAMPLING_PROBABILITY_FLOOR = 1e-6  # SamplingProbablityCorrection's clip
 KERAS_EPSILON = 1e-7  # tf_keras.backend.epsilon()
 TOP_K_METRIC = "factorized_top_k/top_{}_categorical_accuracy"  # TFRS FactorizedTopK's names
 
-Labels = Optional[torch.Tensor]  # [Q, C] float one-hot, or None: eye(Q, C), never materialised
+# [Q, C] float one-hot, or None: eye(Q, C) shifted by RetrievalInputs.positive_offset (row i's
+# positive is column offset + i), never materialised
+Labels = Optional[torch.Tensor]
 
 
 def _weighted_sum(losses: torch.Tensor, sample_weight: Optional[torch.Tensor]) -> torch.Tensor:
@@ -63,11 +72,13 @@ def _weighted_sum(losses: torch.Tensor, sample_weight: Optional[torch.Tensor]) -
 class RetrievalInputs:
     """The optional per-batch inputs of ``tfrs.tasks.Retrieval.call`` the corrections read:
     candidate_sampling_probability [C], candidate_ids [C], score_mask [Q, C] bool (False =
-    excluded)."""
+    excluded); ``positive_offset``: row i's positive is column ``positive_offset + i`` (0 in
+    TFRS; a process's first global row under global negatives)."""
 
     candidate_sampling_probability: Optional[torch.Tensor] = None
     candidate_ids: Optional[torch.Tensor] = None
     score_mask: Optional[torch.Tensor] = None
+    positive_offset: int = 0
 
 
 class Correction(Protocol):
@@ -124,8 +135,8 @@ class RemoveAccidentalHits:
                              "supplied (pass candidate_ids=[C] ids, e.g. title_index).")
         if labels is None:
             # scores + 1 * MIN_FLOAT on hits, scores + 0 elsewhere: the same floats as TFRS.
-            return torch.where(accidental_hits(ids, *scores.shape), scores + MIN_FLOAT,
-                               scores), labels
+            hits = accidental_hits(ids, *scores.shape, offset=inputs.positive_offset)
+            return torch.where(hits, scores + MIN_FLOAT, scores), labels
         ids = ids.reshape(-1)
         positive = ids[labels.argmax(dim=1)]
         duplicate = (positive.unsqueeze(1) == ids.unsqueeze(0)).to(labels.dtype) - labels
@@ -159,7 +170,7 @@ class HardNegativeMining:
 
     def __call__(self, scores, labels, inputs):
         if labels is None:
-            labels = torch.eye(*scores.shape, dtype=scores.dtype, device=scores.device)
+            labels = shifted_eye(*scores.shape, inputs.positive_offset, scores)
         return hard_negative_mining(scores, labels, self.num_hard_negatives)
 
 
@@ -227,20 +238,23 @@ class Retrieval(nn.Module):
     def corrected(self, query_embeddings: torch.Tensor, candidate_embeddings: torch.Tensor,
                   candidate_sampling_probability: Optional[torch.Tensor] = None,
                   candidate_ids: Optional[torch.Tensor] = None,
-                  score_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Labels]:
-        """(scores, labels) after every correction: [Q, C] and None (= eye(Q, C)), or [Q, k]
-        and their one-hot labels after hard-negative mining.
+                  score_mask: Optional[torch.Tensor] = None,
+                  positive_offset: int = 0) -> tuple[torch.Tensor, Labels]:
+        """(scores, labels) after every correction: [Q, C] and None (= eye(Q, C) shifted by
+        ``positive_offset``), or [Q, k] and their one-hot labels after hard-negative mining.
 
         query_embeddings [Q, D] (or [Q, H, D]: max over heads), candidate_embeddings [C, D]
         with C >= Q normally (rows Q.. are extra negatives); the other inputs as
-        :class:`RetrievalInputs`.
+        :class:`RetrievalInputs` (``positive_offset`` > 0: global negatives, see the module
+        docstring).
         """
         if query_embeddings.dim() == 3:
             scores = torch.einsum("qne,ce->qnc", query_embeddings, candidate_embeddings)
             scores = scores.amax(dim=1)
         else:
             scores = query_embeddings @ candidate_embeddings.T
-        inputs = RetrievalInputs(candidate_sampling_probability, candidate_ids, score_mask)
+        inputs = RetrievalInputs(candidate_sampling_probability, candidate_ids, score_mask,
+                                 int(positive_offset))
         labels: Labels = None
         for correction in self.corrections:
             scores, labels = correction(scores, labels, inputs)
@@ -258,41 +272,55 @@ class Retrieval(nn.Module):
                 sample_weight: Optional[torch.Tensor] = None,
                 candidate_sampling_probability: Optional[torch.Tensor] = None,
                 candidate_ids: Optional[torch.Tensor] = None,
-                score_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Scalar loss: SUM over query rows of sample_weight * softmax cross-entropy."""
+                score_mask: Optional[torch.Tensor] = None,
+                positive_offset: int = 0) -> torch.Tensor:
+        """Scalar loss: SUM over query rows of sample_weight * softmax cross-entropy (row i's
+        positive: column ``positive_offset + i``)."""
         scores, labels = self.corrected(query_embeddings, candidate_embeddings,
                                         candidate_sampling_probability, candidate_ids,
-                                        score_mask)
-        return _weighted_sum(row_losses(scores, labels), sample_weight)
+                                        score_mask, positive_offset)
+        return _weighted_sum(row_losses(scores, labels, positive_offset), sample_weight)
 
 
-def row_losses(scores: torch.Tensor, labels: Labels = None) -> torch.Tensor:
-    """[Q, C] final scores -> [Q] softmax cross-entropy against ``labels`` (None: eye(Q, C))."""
+def shifted_eye(num_queries: int, num_candidates: int, offset: int, like: torch.Tensor
+                ) -> torch.Tensor:
+    """[Q, C] one-hot labels of row i at column ``offset + i`` (rows past the last column: all
+    zero, as TFRS's rectangular eye), dtype and device of ``like``."""
+    cols = torch.arange(num_candidates, device=like.device)
+    rows = torch.arange(num_queries, device=like.device) + int(offset)
+    return (rows.unsqueeze(1) == cols.unsqueeze(0)).to(like.dtype)
+
+
+def row_losses(scores: torch.Tensor, labels: Labels = None, offset: int = 0) -> torch.Tensor:
+    """[Q, C] final scores -> [Q] softmax cross-entropy against ``labels`` (None: row i's
+    positive is column ``offset + i``)."""
     q, c = scores.shape
-    if labels is None and c >= q:  # the usual case: row i's positive is column i, fused
-        return diagonal_softmax_cross_entropy(scores)
-    if labels is None:  # fewer candidates than queries: rows >= C have all-zero labels, loss 0
-        labels = torch.eye(q, c, dtype=scores.dtype, device=scores.device)
+    if labels is None and c >= q + offset:  # the usual case, fused
+        return diagonal_softmax_cross_entropy(scores, offset)
+    if labels is None:  # fewer candidates than queries: rows past C have all-zero labels, loss 0
+        labels = shifted_eye(q, c, offset, scores)
     return -(labels * torch.log_softmax(scores, dim=1)).sum(dim=1)
 
 
 class _DiagonalSoftmaxCrossEntropy(torch.autograd.Function):
-    """Row losses of softmax cross-entropy against eye(Q, C), fused: one exp pass forward, one
-    pass backward, no label matrix (F.cross_entropy's log_softmax + nll backward make three more
-    passes and a zero-filled [Q, C] buffer: about 5x slower on the [2048, 2048] in-batch scores).
+    """Row losses of softmax cross-entropy against eye(Q, C) shifted by ``offset`` (row i's
+    positive is column offset + i), fused: one exp pass forward, one pass backward, no label
+    matrix (F.cross_entropy's log_softmax + nll backward make three more passes and a
+    zero-filled [Q, C] buffer: about 5x slower on the [2048, 2048] in-batch scores).
 
-    Forward as TF's kernel: m = max_j s_ij, loss_i = log(sum_j exp(s_ij - m)) + m - s_ii.
+    Forward as TF's kernel: m = max_j s_ij, loss_i = log(sum_j exp(s_ij - m)) + m - s_i,o+i.
     Backward as TF's ``_SoftmaxCrossEntropyWithLogitsGrad``: (softmax - labels) * upstream.
     """
 
     @staticmethod
-    def forward(ctx, scores: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, scores: torch.Tensor, offset: int = 0) -> torch.Tensor:
         m = scores.amax(dim=1, keepdim=True)
         e = torch.sub(scores, m).exp_()
         z = e.sum(dim=1, keepdim=True)
         ctx.save_for_backward(e, z)
         ctx.consumed = False
-        return (torch.log(z) + m).squeeze(1) - scores.diagonal()
+        ctx.offset = offset
+        return (torch.log(z) + m).squeeze(1) - scores.diagonal(offset)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -302,24 +330,26 @@ class _DiagonalSoftmaxCrossEntropy(torch.autograd.Function):
         ctx.consumed = True
         e, z = ctx.saved_tensors
         softmax = e.div_(z)
-        softmax.diagonal().sub_(1.0)
-        return softmax.mul_(grad.unsqueeze(1))
+        softmax.diagonal(ctx.offset).sub_(1.0)
+        return softmax.mul_(grad.unsqueeze(1)), None
 
 
-def diagonal_softmax_cross_entropy(scores: torch.Tensor) -> torch.Tensor:
-    """[Q, C] scores (C >= Q) -> [Q] cross-entropy of row i against column i."""
-    if scores.shape[1] < scores.shape[0]:
-        raise ValueError(f"need at least as many candidates as queries, got {tuple(scores.shape)}")
-    return _DiagonalSoftmaxCrossEntropy.apply(scores)
+def diagonal_softmax_cross_entropy(scores: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """[Q, C] scores (C >= Q + offset) -> [Q] cross-entropy of row i against column
+    offset + i."""
+    if scores.shape[1] < scores.shape[0] + offset or offset < 0:
+        raise ValueError(f"need at least {offset} + as many candidates as queries, got "
+                         f"{tuple(scores.shape)}")
+    return _DiagonalSoftmaxCrossEntropy.apply(scores, int(offset))
 
 
-def accidental_hits(candidate_ids: torch.Tensor, num_queries: int, num_candidates: int
-                    ) -> torch.Tensor:
-    """[Q, C] bool: candidate j has the id of row i's positive and is not that positive
-    (RemoveAccidentalHits with labels eye(Q, C); the argmax of an all-zero label row, rows
-    i >= C, is 0)."""
+def accidental_hits(candidate_ids: torch.Tensor, num_queries: int, num_candidates: int,
+                    offset: int = 0) -> torch.Tensor:
+    """[Q, C] bool: candidate j has the id of row i's positive (column offset + i) and is not
+    that positive (RemoveAccidentalHits with labels eye(Q, C) shifted by ``offset``; the argmax
+    of an all-zero label row, rows whose positive would lie past the last column, is 0)."""
     ids = candidate_ids.reshape(-1)
-    rows = torch.arange(num_queries, device=ids.device)
+    rows = torch.arange(num_queries, device=ids.device) + int(offset)
     positive = torch.where(rows < num_candidates, rows, torch.zeros_like(rows))
     hits = ids[positive].unsqueeze(1) == ids.unsqueeze(0)
     diagonal = rows.unsqueeze(1) == torch.arange(num_candidates, device=ids.device).unsqueeze(0)
@@ -445,9 +475,14 @@ class Ranking(nn.Module):
 
     def forward(self, labels: torch.Tensor, predictions: torch.Tensor,
                 logits: Optional[torch.Tensor] = None,
-                sample_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Scalar loss: the batch mean of :meth:`row_losses` (weighted: sum(w * l) / B)."""
+                sample_weight: Optional[torch.Tensor] = None,
+                num_examples: Optional[int] = None) -> torch.Tensor:
+        """Scalar loss: the batch mean of :meth:`row_losses` (weighted: sum(w * l) / B).
+        ``num_examples``: divide the sum by this instead of B (a process's share of the mean
+        over the global batch of ``num_examples`` rows, see ``torch_impl.distributed``)."""
         losses = self.row_losses(labels, predictions, logits)
+        if num_examples is not None:
+            return _weighted_sum(losses, sample_weight) / num_examples
         if sample_weight is None:
             return losses.mean()
         return _weighted_sum(losses, sample_weight) / losses.shape[0]
@@ -487,13 +522,14 @@ def retrieval_loss(model: RetrievalModel, task: Retrieval, batch: Mapping[str, t
                 candidate_sampling_probability=probability, candidate_ids=ids)
 
 
-def ranking_loss(model: RankingModel, task: Ranking, batch: Mapping[str, torch.Tensor]
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The seed's ``MovielensRankingModel.compute_loss`` -> (loss, probabilities [B, 1])."""
+def ranking_loss(model: RankingModel, task: Ranking, batch: Mapping[str, torch.Tensor],
+                 num_examples: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seed's ``MovielensRankingModel.compute_loss`` -> (loss, probabilities [B, 1]);
+    ``num_examples`` as :meth:`Ranking.forward`."""
     logits = model.logits(batch)
     predictions = torch.sigmoid(logits)
     loss = task(batch["label"], predictions, logits=logits,
-                sample_weight=batch.get("sample_weight"))
+                sample_weight=batch.get("sample_weight"), num_examples=num_examples)
     return loss, predictions
 
 
@@ -528,10 +564,14 @@ class BinaryAccuracy:
         self._correct = hits if self._correct is None else self._correct.add_(hits)
         self._count += int(predictions.shape[0])
 
-    def result(self) -> float:
-        if self._correct is None or self._count == 0:
+    def result(self, group: Group = SingleProcess()) -> float:
+        """Accuracy over every update since the reset, of all processes of ``group`` (their
+        counts summed exactly: integers in float64)."""
+        correct = 0.0 if self._correct is None else float(self._correct)
+        correct, count = group.all_sum(np.array([correct, self._count], dtype=np.float64))
+        if count == 0:
             raise ValueError("BinaryAccuracy.result before any update")
-        return float(self._correct) / self._count
+        return float(correct) / float(count)
 
 
 def factorized_top_k(query_embeddings: torch.Tensor, true_candidate_embeddings: torch.Tensor,
@@ -549,6 +589,17 @@ def factorized_top_k(query_embeddings: torch.Tensor, true_candidate_embeddings: 
     n = query_embeddings.shape[0]
     if n == 0:
         raise ValueError("factorized_top_k: no queries to evaluate")
+    hits = factorized_top_k_hits(query_embeddings, true_candidate_embeddings, corpus_embeddings,
+                                 ks, chunk)
+    return {TOP_K_METRIC.format(k): count / n for k, count in zip(ks, hits.tolist())}
+
+
+def factorized_top_k_hits(query_embeddings: torch.Tensor, true_candidate_embeddings: torch.Tensor,
+                          corpus_embeddings: torch.Tensor, ks: Sequence[int],
+                          chunk: int = 4096) -> torch.Tensor:
+    """The hit counts of :func:`factorized_top_k`: [len(ks)] int64 on the embeddings' device
+    (not read; integers, so shards of the queries sum to the count of all of them exactly)."""
+    n = query_embeddings.shape[0]
     hits = torch.zeros(len(ks), dtype=torch.int64, device=query_embeddings.device)
     kt = torch.tensor(list(ks), device=query_embeddings.device).unsqueeze(0)
     for start in range(0, n, chunk):
@@ -558,4 +609,4 @@ def factorized_top_k(query_embeddings: torch.Tensor, true_candidate_embeddings: 
         greater = (scores > positive).sum(dim=1, keepdim=True)
         valid = torch.isfinite(positive) & torch.isfinite(scores).all(dim=1, keepdim=True)
         hits += ((greater < kt) & valid).sum(dim=0)
-    return {TOP_K_METRIC.format(k): count / n for k, count in zip(ks, hits.tolist())}
+    return hits

@@ -18,6 +18,15 @@ LAST step's loss as "loss" (``train_step`` returns the raw batch loss and ``fit`
 step's logs), and ``evaluate`` likewise reports the last test batch's loss as "val_loss"; here
 ``val["loss"]`` is the mean over the evaluation batches. The validate_* functions also return
 "last_batch_loss" (the Keras figure), kept out of History so both backends report the same keys.
+
+Several processes (``torch_impl.distributed``; ``StageParts.parallel``): each step every rank
+takes its contiguous slice of the same shared batch, computes its loss (``"replica"`` or
+``"global"`` negatives), and after the backward pass one all_reduce sums the gradients before
+the identical Adagrad update. The step losses (summed over ranks, as Keras' fit reports them
+under MirroredStrategy) are read once per epoch, after one all_reduce. Validation shards the
+evaluation batches over the ranks and combines exact pieces (integer hit counts summed, batch
+losses gathered in order), so every rank records the single-process figures; only rank 0 draws
+the progress bar.
 """
 from __future__ import annotations
 
@@ -35,13 +44,17 @@ from twostage.backend import EpochCallback, History, per_example
 from twostage.config import Config
 from twostage.env import ThreadGovernor
 from twostage.dataset import Dataset
+from twostage.group import Group, SingleProcess
 from twostage.schedule import BatchPlan, should_validate
 
+from .distributed import (DataParallel, TorchGroup, sharded_ranking_loss,
+                          sharded_retrieval_loss)
 from .features import SAMPLING_PROBABILITY, Batch, batch_iter, num_rows, select_rows, to_tensors
 from .models import RankingModel, RetrievalModel
 from .optim import make_optimizer
-from .tasks import (BinaryAccuracy, Ranking, Retrieval, binary_accuracy, factorized_top_k,
-                    make_ranking_task, make_retrieval_task, ranking_loss, retrieval_loss)
+from .tasks import (TOP_K_METRIC, BinaryAccuracy, Ranking, Retrieval, binary_accuracy,
+                    factorized_top_k_hits, make_ranking_task, make_retrieval_task, ranking_loss,
+                    retrieval_loss)
 
 # The loss of one training batch -> (scalar loss with its graph, outputs for the metrics or None).
 BatchLoss = Callable[[Batch], tuple[torch.Tensor, Optional[torch.Tensor]]]
@@ -49,7 +62,8 @@ BatchLoss = Callable[[Batch], tuple[torch.Tensor, Optional[torch.Tensor]]]
 
 class EpochMetric(Protocol):
     """A training metric over one epoch (e.g. ``tasks.BinaryAccuracy``): reset at the epoch
-    start, updated every step without reading the device, read once at the epoch end."""
+    start, updated every step without reading the device, read once at the epoch end (over the
+    updates of every process of ``group``)."""
 
     name: str
 
@@ -57,7 +71,7 @@ class EpochMetric(Protocol):
 
     def update(self, batch: Batch, outputs: Optional[torch.Tensor]) -> None: ...
 
-    def result(self) -> float: ...
+    def result(self, group: Group = SingleProcess()) -> float: ...
 
 
 @dataclass
@@ -65,7 +79,9 @@ class StageParts:
     """What differs between the stages; :func:`fit` does the rest.
 
     ``loss``: the loss of a training batch; ``validate``: () -> validation values (with "loss"
-    and "loss_per_example"), or None; ``metrics``: extra training metrics.
+    and "loss_per_example"), or None; ``metrics``: extra training metrics. ``parallel``: the
+    process group and the loss of a rank's slice (``torch_impl.distributed.DataParallel``) when
+    training over several processes, else None (``loss`` is then used).
     """
 
     stage: str
@@ -74,17 +90,45 @@ class StageParts:
     loss: BatchLoss
     validate: Optional[Callable[[], dict[str, float]]] = None
     metrics: list[EpochMetric] = field(default_factory=list)
+    parallel: Optional[DataParallel] = None
+
+    @property
+    def group(self) -> Group:
+        return SingleProcess() if self.parallel is None else self.parallel.group
 
 
-def train_step(optimizer: torch.optim.Optimizer, loss: BatchLoss, batch: Batch
+def train_step(optimizer: torch.optim.Optimizer, loss: BatchLoss, batch: Batch,
+               sync: Optional[Callable[[], None]] = None
                ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """One ``tfrs.models.Model.train_step``: loss, gradients, optimizer step -> (detached loss,
-    outputs). Queues device work only."""
+    outputs). ``sync()`` runs between the backward pass and the update (the gradient
+    all_reduce of several processes). Queues device work only."""
     optimizer.zero_grad(set_to_none=True)
     value, outputs = loss(batch)
-    value.backward()
+    if value.requires_grad:  # a rank whose slice is empty has no graph (its gradient: zeros)
+        value.backward()
+    if sync is not None:
+        sync()
     optimizer.step()
     return value.detach(), outputs
+
+
+def _parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def sharded_step(parts: StageParts, train: Batch, rows: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, Batch, Optional[torch.Tensor]]:
+    """One step of several processes: this rank's slice of the global batch ``rows`` [B] (its
+    positions into ``train``), its loss, ONE all_reduce(SUM) of the gradients, the Adagrad
+    update -> (this rank's loss, its share of the example-loss sum, its batch, outputs)."""
+    par = parts.parallel
+    shard = par.shard(rows.shape[0])
+    batch = select_rows(train, shard.take(rows))
+    params = _parameters(parts.optimizer)
+    value, outputs = train_step(parts.optimizer, lambda b: par.loss(b, shard), batch,
+                                sync=lambda: par.group.sum_gradients(params))
+    return value, par.example_sum(value, shard), batch, outputs
 
 
 # --- the batch order ------------------------------------------------------------------------------
@@ -144,6 +188,34 @@ def run_epoch(parts: StageParts, train: Batch, batches: list[torch.Tensor],
     return step_losses
 
 
+def run_sharded_epoch(parts: StageParts, train: Batch, batches: list[torch.Tensor],
+                      on_step: Callable[[], None] = lambda: None) -> torch.Tensor:
+    """:func:`run_epoch` of several processes (``parts.parallel``): ``batches`` are the GLOBAL
+    batches (the same on every rank) -> [2, S]: the step losses and the example-loss sums,
+    summed over the ranks (one all_reduce, here; the device is read by the caller)."""
+    par = parts.parallel
+    out = torch.zeros(2, len(batches), dtype=torch.float32, device=batches[0].device)
+    for metric in parts.metrics:
+        metric.reset()
+    for step, rows in enumerate(batches):
+        out[0, step], out[1, step], batch, outputs = sharded_step(parts, train, rows)
+        for metric in parts.metrics:
+            metric.update(batch, outputs)
+        on_step()
+    return par.group.sum_(out)
+
+
+def _epoch_losses(parts: StageParts, train: Batch, batches: list[torch.Tensor],
+                  on_step: Callable[[], None]) -> tuple[np.ndarray, float]:
+    """(step losses [S] float32, the epoch's loss per example), reading the device once."""
+    sizes = [len(b) for b in batches]
+    if parts.parallel is None:
+        losses = run_epoch(parts, train, batches, on_step).cpu().numpy()
+        return losses, per_example(parts.stage, losses, sizes)
+    both = run_sharded_epoch(parts, train, batches, on_step).cpu().numpy()
+    return both[0], float(both[1].astype(np.float64).sum() / max(sum(sizes), 1))
+
+
 def _record_val(history: History, epoch: int, values: Mapping[str, float]) -> None:
     for name, value in values.items():
         if name == "last_batch_loss":
@@ -158,31 +230,34 @@ def fit(parts: StageParts, train: Batch, plan: BatchPlan, config: Config, *, epo
     ``epoch_offset``; validate when ``twostage.schedule.should_validate`` says so; call
     ``on_epoch(stage, epoch, history)`` (1-based within this call) after each epoch. One
     progress bar for the whole stage (``config.output.quiet`` hides it); its loss is the
-    finished epoch's mean, so no step reads the device."""
+    finished epoch's mean, so no step reads the device. With ``parts.parallel`` every rank
+    runs this with the same arguments; only rank 0 draws the bar."""
     history = History()
     if epochs == 0:
         return history
     device = next(parts.model.parameters()).device
-    stage = parts.stage
+    stage, group = parts.stage, parts.group
     parts.model.train()
     # Threads sized per epoch to what other processes leave free (CPU only; see ThreadGovernor).
     governor = ThreadGovernor(torch.get_num_threads() if device.type == "cpu" else 1)
     with tqdm(total=epochs * plan.steps_per_epoch, desc=f"torch {stage}", unit="step",
-              leave=False, disable=config.output.quiet) as bar, _threads_restored():
+              leave=False, disable=config.output.quiet or group.rank != 0) as bar, \
+            _threads_restored():
         for epoch in range(1, epochs + 1):
             torch.set_num_threads(governor.threads())
             bar.set_postfix_str(f"epoch {epoch}/{epochs}" + (
                 f", loss {history.loss[-1]:.4f}" if history.loss else ""), refresh=False)
             start = time.perf_counter()
             batches = epoch_order(plan, config, epoch_offset + epoch - 1, device)
-            losses = run_epoch(parts, train, batches, on_step=lambda: bar.update(1))
-            losses = losses.cpu().numpy()          # the epoch's one read of the device
-            _raise_non_finite(stage, losses, epoch)
+            # the epoch's one read of the device (after one all_reduce with several processes)
+            losses, loss_per_example = _epoch_losses(parts, train, batches,
+                                                     on_step=lambda: bar.update(1))
+            _raise_non_finite(stage, losses, epoch)  # the same losses on every rank
             history.epoch_seconds.append(time.perf_counter() - start)
             history.loss.append(float(losses.astype(np.float64).mean()))
-            history.loss_per_example.append(per_example(stage, losses, [len(b) for b in batches]))
+            history.loss_per_example.append(loss_per_example)
             for metric in parts.metrics:
-                history.metrics.setdefault(metric.name, []).append(metric.result())
+                history.metrics.setdefault(metric.name, []).append(metric.result(group))
             if parts.validate is not None and should_validate(
                     epoch, epochs, config.train.validation_freq):
                 _record_val(history, epoch, parts.validate())
@@ -199,48 +274,75 @@ def _in_batches(fn: Callable[[Batch], torch.Tensor], tensors: Batch, batch_size:
     return torch.cat([fn(b) for b in batch_iter(tensors, batch_size)], dim=0)
 
 
-def _loss_values(stage: str, losses: list[torch.Tensor], sizes: list[int]) -> dict[str, float]:
+def _my_batches(tensors: Batch, batch_size: int, group: Group) -> tuple[Batch, list[int]]:
+    """This process's share of the evaluation batches of ``tensors``: whole batches, contiguous
+    (``np.array_split`` of the batch indices), so each row is computed in the very batch it
+    would be in one process (bitwise the same figures) -> (its rows, every batch's size)."""
+    n = num_rows(tensors)
+    sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
+    mine = np.array_split(np.arange(len(sizes)), group.size)[group.rank]
+    start = int(mine[0]) * batch_size if len(mine) else n
+    stop = start + sum(sizes[int(i)] for i in mine)
+    return {k: v[start:stop] for k, v in tensors.items()}, sizes
+
+
+def _loss_values(stage: str, losses: list[torch.Tensor], sizes: list[int],
+                 group: Group = SingleProcess()) -> dict[str, float]:
     """"loss" (mean of the batch losses), "loss_per_example" and "last_batch_loss" (the Keras
-    figure), reading the batch losses from the device once."""
-    values = torch.stack(losses).cpu().numpy().astype(np.float64)
+    figure), reading this process's batch losses from the device once; ``group``: every
+    process's batch losses gathered in batch order."""
+    mine = (torch.stack(losses).cpu().numpy().astype(np.float64) if losses
+            else np.zeros(0, np.float64))
+    values = group.all_gather(mine)
     return {"loss": float(values.mean()), "loss_per_example": per_example(stage, values, sizes),
             "last_batch_loss": float(values[-1])}
 
 
 @torch.no_grad()
 def validate_retrieval(model: RetrievalModel, task: Retrieval, test: Batch, corpus: Batch,
-                       config: Config) -> dict[str, float]:
+                       config: Config, group: Group = SingleProcess()) -> dict[str, float]:
     """FactorizedTopK over the whole corpus + the task loss of the test batches
-    (``eval_batch_size``, in split order, as the seed's ``cached_test``)."""
+    (``eval_batch_size``, in split order, as the seed's ``cached_test``). With a ``group``,
+    each process takes its share of the batches (:func:`_my_batches`); hit counts are summed
+    and batch losses gathered, so every process gets the single-process figures."""
     model.eval()
-    bs = config.eval.eval_batch_size
-    queries = _in_batches(model.query_model, test, bs)
-    truths = _in_batches(model.candidate_model, test, bs)
+    bs, ks = config.eval.eval_batch_size, tuple(config.eval.top_ks)
+    n = num_rows(test)
+    if n == 0:
+        raise ValueError("factorized_top_k: no queries to evaluate")
+    mine, sizes = _my_batches(test, bs, group)
     corpus_emb = _in_batches(model.candidate_model, corpus, bs)
-    out = factorized_top_k(queries, truths, corpus_emb, config.eval.top_ks, chunk=bs)
-    batches = list(batch_iter(test, bs))
+    hits = np.zeros(len(ks), dtype=np.int64)
+    if num_rows(mine):
+        queries = _in_batches(model.query_model, mine, bs)
+        truths = _in_batches(model.candidate_model, mine, bs)
+        hits = factorized_top_k_hits(queries, truths, corpus_emb, ks, chunk=bs).cpu().numpy()
+    hits = group.all_sum(hits)
+    out = {TOP_K_METRIC.format(k): int(h) / n for k, h in zip(ks, hits)}
     losses = [retrieval_loss(model, task, b, config.task.use_sampling_probability)
-              for b in batches]
-    out.update(_loss_values("retrieval", losses, [num_rows(b) for b in batches]))
+              for b in batch_iter(mine, bs)]
+    out.update(_loss_values("retrieval", losses, sizes, group))
     model.train()
     return out
 
 
 @torch.no_grad()
-def validate_ranking(model: RankingModel, task: Ranking, test: Batch, config: Config
-                     ) -> dict[str, float]:
-    """Binary accuracy over the test split + the batch losses (see :func:`_loss_values`)."""
+def validate_ranking(model: RankingModel, task: Ranking, test: Batch, config: Config,
+                     group: Group = SingleProcess()) -> dict[str, float]:
+    """Binary accuracy over the test split + the batch losses (see :func:`_loss_values`);
+    ``group`` as :func:`validate_retrieval`."""
     model.eval()
-    losses, sizes = [], []
+    mine, sizes = _my_batches(test, config.eval.eval_batch_size, group)
+    losses = []
     correct = torch.zeros((), dtype=torch.float64, device=next(model.parameters()).device)
-    for b in batch_iter(test, config.eval.eval_batch_size):
+    for b in batch_iter(mine, config.eval.eval_batch_size):
         loss, predictions = ranking_loss(model, task, b)
         losses.append(loss)
-        sizes.append(num_rows(b))
         correct += binary_accuracy(b["label"], predictions).sum(dtype=torch.float64)
     model.train()
+    correct = group.all_sum(np.array([float(correct)]))[0]
     return {"binary_accuracy": float(correct) / num_rows(test),
-            **_loss_values("ranking", losses, sizes)}
+            **_loss_values("ranking", losses, sizes, group)}
 
 
 # --- the two stages -------------------------------------------------------------------------------
@@ -268,16 +370,21 @@ def _plan(dataset: Dataset, config: Config) -> BatchPlan:
     return BatchPlan(dataset.split.train, config.train.batch_size, config.seed)
 
 
-def fit_retrieval(model: RetrievalModel, dataset: Dataset, config: Config, *,
-                  task: Optional[Retrieval] = None,
-                  optimizer: Optional[torch.optim.Optimizer] = None,
-                  epochs: Optional[int] = None, epoch_offset: int = 0,
-                  validate: bool = True, on_epoch: Optional[EpochCallback] = None) -> History:
-    """Train the towers on ``dataset.split.train`` (the model's device); validate on the test
-    split (FactorizedTopK + loss) every ``config.train.validation_freq`` epochs and after the
-    last. ``epoch_offset``: epochs already run (batch orders continue from there)."""
+def _parallel(group: Optional[TorchGroup], stage: str, loss, config: Config
+              ) -> Optional[DataParallel]:
+    if group is None or group.size == 1:
+        return None
+    return DataParallel(group, stage, loss, config.distributed.negatives)
+
+
+def retrieval_parts(model: RetrievalModel, dataset: Dataset, config: Config, *,
+                    task: Optional[Retrieval] = None,
+                    optimizer: Optional[torch.optim.Optimizer] = None, validate: bool = True,
+                    group: Optional[TorchGroup] = None) -> tuple[StageParts, Batch]:
+    """What :func:`fit` needs to train the towers -> (parts, the training split's tensors on
+    the model's device, with the logQ column when ``config.task.use_sampling_probability``).
+    ``group``: train over its processes (``config.distributed.negatives``)."""
     _check_train_size(dataset, "retrieval")
-    epochs = config.train.retrieval_epochs if epochs is None else epochs
     task = task or make_retrieval_task(config)
     device = _model_device(model)
     logq = config.task.use_sampling_probability
@@ -286,14 +393,56 @@ def fit_retrieval(model: RetrievalModel, dataset: Dataset, config: Config, *,
         from twostage.sampling import candidate_sampling_probability
         sampling = candidate_sampling_probability(dataset)
     train = split_tensors(dataset, dataset.split.train, device, sampling)
+    parallel = _parallel(group, "retrieval", lambda b, shard: (sharded_retrieval_loss(
+        model, task, b, shard, use_sampling_probability=logq,
+        negatives=config.distributed.negatives), None), config)
     check = None
     if validate and len(dataset.split.test):
         test = split_tensors(dataset, dataset.split.test, device, sampling)
         corpus = to_tensors(dataset.corpus_features, device, keys=("title_index", "title_tokens"))
-        check = lambda: validate_retrieval(model, task, test, corpus, config)  # noqa: E731
+        where = SingleProcess() if parallel is None else parallel.group
+        check = lambda: validate_retrieval(model, task, test, corpus, config, where)  # noqa: E731
     parts = StageParts("retrieval", model, optimizer or make_optimizer(model, config),
                        loss=lambda b: (retrieval_loss(model, task, b, logq), None),
-                       validate=check)
+                       validate=check, parallel=parallel)
+    return parts, train
+
+
+def ranking_parts(model: RankingModel, dataset: Dataset, config: Config, *,
+                  task: Optional[Ranking] = None,
+                  optimizer: Optional[torch.optim.Optimizer] = None, validate: bool = True,
+                  group: Optional[TorchGroup] = None) -> tuple[StageParts, Batch]:
+    """What :func:`fit` needs to train the ranking model (see :func:`retrieval_parts`)."""
+    _check_train_size(dataset, "ranking")
+    task = task or make_ranking_task(config)
+    device = _model_device(model)
+    train = split_tensors(dataset, dataset.split.train, device)
+    parallel = _parallel(group, "ranking", lambda b, shard: sharded_ranking_loss(
+        model, task, b, shard, negatives=config.distributed.negatives), config)
+    check = None
+    if validate and len(dataset.split.test):
+        test = split_tensors(dataset, dataset.split.test, device)
+        where = SingleProcess() if parallel is None else parallel.group
+        check = lambda: validate_ranking(model, task, test, config, where)  # noqa: E731
+    parts = StageParts("ranking", model, optimizer or make_optimizer(model, config),
+                       loss=lambda b: ranking_loss(model, task, b), validate=check,
+                       metrics=[BinaryAccuracy()], parallel=parallel)
+    return parts, train
+
+
+def fit_retrieval(model: RetrievalModel, dataset: Dataset, config: Config, *,
+                  task: Optional[Retrieval] = None,
+                  optimizer: Optional[torch.optim.Optimizer] = None,
+                  epochs: Optional[int] = None, epoch_offset: int = 0,
+                  validate: bool = True, on_epoch: Optional[EpochCallback] = None,
+                  group: Optional[TorchGroup] = None) -> History:
+    """Train the towers on ``dataset.split.train`` (the model's device); validate on the test
+    split (FactorizedTopK + loss) every ``config.train.validation_freq`` epochs and after the
+    last. ``epoch_offset``: epochs already run (batch orders continue from there). ``group``:
+    train over its processes (every rank calls this with the same arguments)."""
+    parts, train = retrieval_parts(model, dataset, config, task=task, optimizer=optimizer,
+                                   validate=validate, group=group)
+    epochs = config.train.retrieval_epochs if epochs is None else epochs
     return fit(parts, train, _plan(dataset, config), config, epochs=epochs,
                epoch_offset=epoch_offset, on_epoch=on_epoch)
 
@@ -302,22 +451,14 @@ def fit_ranking(model: RankingModel, dataset: Dataset, config: Config, *,
                 task: Optional[Ranking] = None,
                 optimizer: Optional[torch.optim.Optimizer] = None,
                 epochs: Optional[int] = None, epoch_offset: int = 0,
-                validate: bool = True, on_epoch: Optional[EpochCallback] = None) -> History:
+                validate: bool = True, on_epoch: Optional[EpochCallback] = None,
+                group: Optional[TorchGroup] = None) -> History:
     """Train the ranking model on the training labels; ``metrics["binary_accuracy"][e]`` is
     the epoch's running training accuracy (Keras resets metrics at each epoch start and the
     seed's Ranking task updates BinaryAccuracy in every train step); validation as
-    :func:`fit_retrieval` with loss and binary accuracy."""
-    _check_train_size(dataset, "ranking")
+    :func:`fit_retrieval` with loss and binary accuracy. ``group`` as :func:`fit_retrieval`."""
+    parts, train = ranking_parts(model, dataset, config, task=task, optimizer=optimizer,
+                                 validate=validate, group=group)
     epochs = config.train.ranking_epochs if epochs is None else epochs
-    task = task or make_ranking_task(config)
-    device = _model_device(model)
-    train = split_tensors(dataset, dataset.split.train, device)
-    check = None
-    if validate and len(dataset.split.test):
-        test = split_tensors(dataset, dataset.split.test, device)
-        check = lambda: validate_ranking(model, task, test, config)  # noqa: E731
-    parts = StageParts("ranking", model, optimizer or make_optimizer(model, config),
-                       loss=lambda b: ranking_loss(model, task, b), validate=check,
-                       metrics=[BinaryAccuracy()])
     return fit(parts, train, _plan(dataset, config), config, epochs=epochs,
                epoch_offset=epoch_offset, on_epoch=on_epoch)

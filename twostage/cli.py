@@ -153,6 +153,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if names == ["torch"] and nproc > 1 and world == 1:
         return _launch_workers(args, nproc)
     _check_backends(names, config)
+    if int(os.environ.get("RANK", "0")) > 0:  # one copy of each warning: rank 0's
+        logging.getLogger("twostage").setLevel(logging.ERROR)
     group = _init_distributed(config) if world > 1 else None
     try:
         return _train_and_write(args, config, names, lead=group is None or group.rank == 0)
@@ -170,7 +172,9 @@ def _launch_workers(args: argparse.Namespace, nproc: int) -> int:
     from torch.distributed.run import main as torchrun
 
     try:
-        torchrun(["--standalone", "--nproc-per-node", str(nproc), "-m", "twostage",
+        # "--" ends torchrun's own options: its argparse would take the workers' --nproc for an
+        # abbreviation of --nproc-per-node.
+        torchrun(["--standalone", "--nproc-per-node", str(nproc), "-m", "--", "twostage",
                   *(["--debug"] if args.debug else []), *args.argv])
     except ChildFailedError as e:
         failures = ", ".join(f"rank {rank} exit code {f.exitcode}"

@@ -143,10 +143,11 @@ class DistributedConfig:
     nproc: int = option(1, "processes on this machine: torch.distributed workers (torch, "
                         "launched with torch's own launcher; under torchrun the launcher "
                         "decides) or MirroredStrategy replicas on logical CPU devices (tfrs)")
-    negatives: str = option("replica", "retrieval negatives across processes: each process's "
-                            "own slice of the batch, as TFRS under MirroredStrategy (replica), "
-                            "or every process's candidates, the single-process loss (global)",
-                            choices=NEGATIVES)
+    negatives: str = option("replica", "semantics across processes: replica = TFRS under "
+                            "MirroredStrategy (in-batch negatives from each process's own slice; "
+                            "the ranking loss a mean per slice, gradients summed); global = the "
+                            "single-process losses (every process's candidates as negatives; "
+                            "the ranking mean over the whole batch)", choices=NEGATIVES)
     timeout_s: int = option(300, "seconds a process waits for the others before the run fails")
 
 

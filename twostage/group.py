@@ -40,7 +40,15 @@ class SingleProcess:
         return np.asarray(rows)
 
 
-def shard(rows: np.ndarray, group: Group) -> np.ndarray:
-    """This process's contiguous share of ``rows`` (``np.array_split`` order: concatenating the
-    shares of ranks 0..size-1 gives ``rows`` back)."""
-    return np.array_split(np.asarray(rows), group.size)[group.rank]
+def shard(rows: np.ndarray, group: Group, block: int = 1) -> np.ndarray:
+    """This process's contiguous share of ``rows``, in whole blocks of ``block`` rows: the
+    blocks are dealt out in ``np.array_split`` order, so concatenating the shares of ranks
+    0..size-1 gives ``rows`` back. Pass the inference batch size as ``block``: a row's float
+    result can depend on the batch it is computed in (BLAS blocking), so shards made of the
+    single-process batches give bitwise the single-process figures."""
+    rows = np.asarray(rows)
+    starts = np.arange(0, len(rows), max(int(block), 1))
+    mine = np.array_split(starts, group.size)[group.rank]
+    if len(mine) == 0:
+        return rows[:0]
+    return rows[mine[0]: min(mine[-1] + block, len(rows))]

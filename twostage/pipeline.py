@@ -52,7 +52,7 @@ def evaluate_retrieval(backend: Backend, dataset: Dataset, config: Config) -> di
     backend's group scores its shard of the queries; the integer hit counts are summed, so the
     result equals the single-process one exactly."""
     group, test = _group(backend), dataset.split.test
-    mine = shard(test, group)
+    mine = shard(test, group, config.eval.eval_batch_size)
     ks = tuple(config.eval.top_ks)
     corpus = backend.candidate_embeddings(dataset.corpus_titles)
     greater, finite = evaluation.num_scoring_higher(
@@ -72,7 +72,7 @@ def evaluate_retrieval(backend: Backend, dataset: Dataset, config: Config) -> di
 def evaluate_ranking(backend: Backend, dataset: Dataset) -> dict:
     """Ranking metrics of the test split; shards' probabilities gathered in order (exact)."""
     group, test = _group(backend), dataset.split.test
-    mine = shard(test, group)
+    mine = shard(test, group, backend.config.eval.eval_batch_size)
     probs = group.all_gather(backend.ranking_scores(
         dataset.user_id[mine], dataset.timestamp[mine], dataset.movie_title[mine]))
     labels = dataset.label[test]
@@ -121,7 +121,7 @@ def evaluate_two_stage(backend: Backend, dataset: Dataset, config: Config) -> di
         raise ValueError("the test split has no positive ratings; nothing to re-rank")
     c = min(config.eval.num_candidates, len(dataset.corpus_titles))
     group = _group(backend)
-    mine = shard(pos, group)
+    mine = shard(pos, group, config.eval.eval_batch_size)
     recs = recommend(backend, dataset.user_id[mine], dataset.timestamp[mine], c,
                      dataset.corpus_titles)
     ids = group.all_gather(dataset.corpus_features["title_index"][recs.rows])
