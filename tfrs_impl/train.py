@@ -25,10 +25,13 @@ states the semantics): the training stream is distributed so that replica r trai
 ``np.array_split`` slice of every global batch of the shared order (with ``--framework-shuffle``
 Keras splits the seed's shuffled batches itself); a step's loss is what Keras reports, the SUM
 of the replicas' losses (retrieval: the replicas' in-batch SUM losses; ranking: the replicas'
-mean BCEs, so N replicas report about N times the single-process mean). Validation runs under
-the strategy too, Keras splitting each test batch over the replicas: the top-k and accuracy
-metrics are exact over the whole test split (metric states are summed over replicas), the
-validation loss is the same sum of the replicas' losses.
+mean BCEs, so N replicas report about N times the single-process mean; the per-example losses
+divide that back, see HistoryCallback). Validation runs under the strategy too, as Keras fit
+runs it, splitting each test batch over the replicas: the top-k and accuracy metrics are exact
+over the whole test split (their states are summed over the replicas), the validation loss is
+the same sum of the replicas' losses (retrieval: each replica's queries against its own
+candidates, fewer negatives than one process's; torch_impl validates with one process's figures
+instead).
 """
 from __future__ import annotations
 
@@ -109,13 +112,19 @@ class HistoryCallback(tf.keras.callbacks.Callback):
     it counts the epoch in ``epochs_done[stage]`` and calls ``on_epoch(stage, epoch, history)``.
 
     ``train_sizes`` / ``test_sizes``: the batch sizes of one epoch / of the test pass, for the
-    per-example losses (an empty sequence leaves those out)."""
+    per-example losses (an empty sequence leaves those out). ``replicas``: MirroredStrategy
+    replicas, whose losses Keras sums per step: a ranking step then reports the sum of the
+    replicas' mean BCEs, so its per-example loss is ``loss / replicas`` per example of the batch
+    (exact when the batch splits into equal slices, as every full batch does; the last, partial
+    batch of an epoch may differ by one row between slices)."""
 
     def __init__(self, stage: str, skip_train_metrics: tuple[str, ...] = (), *,
                  train_sizes: Sequence[int] = (), test_sizes: Sequence[int] = (),
-                 epochs_done: dict[str, int] | None = None, on_epoch: EpochCallback | None = None):
+                 epochs_done: dict[str, int] | None = None, on_epoch: EpochCallback | None = None,
+                 replicas: int = 1):
         super().__init__()
         self.stage = stage
+        self.replicas = replicas
         self.skip = skip_train_metrics
         self.train_sizes, self.test_sizes = list(train_sizes), list(test_sizes)
         self.epochs_done, self.on_epoch = epochs_done, on_epoch
@@ -164,6 +173,8 @@ class HistoryCallback(tf.keras.callbacks.Callback):
     def _per_example(self, losses: list[float], sizes: list[int]) -> float | None:
         if not sizes or not losses:
             return None
+        if self.stage == "ranking" and self.replicas > 1:  # a sum of the replicas' means
+            losses = [loss / self.replicas for loss in losses]
         return per_example(self.stage, losses, sizes[:len(losses)])
 
     def on_epoch_end(self, epoch, logs=None):
@@ -261,7 +272,7 @@ def fit(stage: str, model, dataset: Dataset, config: Config, epochs: int | None 
         stage, ("factorized_top_k",) if retrieval else (),
         train_sizes=batch_sizes(train_rows, config.train.batch_size),
         test_sizes=batch_sizes(test_rows, config.eval.eval_batch_size),
-        epochs_done=epochs_done, on_epoch=on_epoch)
+        epochs_done=epochs_done, on_epoch=on_epoch, replicas=distributed.num_replicas(strategy))
     if epochs == 0:
         return recorder.history
     with distributed.scope(strategy):

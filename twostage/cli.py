@@ -272,7 +272,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     name, folder = run.backend_dir(args.backend)
     stored = stored_config(folder)
     try:
-        config = stored.replace(device=args.device)
+        config = stored.replace(device=args.device, nproc=1)  # serve in this process
     except ValueError as e:
         raise UsageError(f"--device {args.device}: {e}") from None
     backend = load_backend(name, folder, config)

@@ -27,8 +27,9 @@ def torch_to_tfrs(torch_backend):
     """A TfrsBackend with the same config, spec and weights as ``torch_backend``."""
     from tfrs_impl.backend import TfrsBackend
 
-    # What TFRS supports (BruteForce, CPU, the fit loss); none of it changes a weight.
-    config = torch_backend.config.replace(index="flat", device="cpu", ranking_loss="keras_graph")
+    # What TFRS supports (BruteForce, CPU, the fit loss, one replica); no weight depends on it.
+    config = torch_backend.config.replace(index="flat", device="cpu", ranking_loss="keras_graph",
+                                          nproc=1)
     tfrs_backend = TfrsBackend(config, torch_backend.spec)
     copy_weights(torch_backend, tfrs_backend)
     return tfrs_backend

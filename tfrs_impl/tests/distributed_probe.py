@@ -208,6 +208,7 @@ def check_fit_save_load(backend, dataset, config, directory) -> dict:
     return {"retrieval_history": retrieval.to_dict(), "ranking_history": ranking.to_dict(),
             "top_k": report["retrieval"]["top_k_accuracy"],
             "binary_accuracy": report["ranking"]["binary_accuracy"],
+            "log_loss": report["ranking"]["log_loss"],
             "epochs_done": backend.epochs_done, "group_size": backend.group.size,
             "loaded_same": same, "loaded_replicas": loaded.strategy.num_replicas_in_sync,
             "exported_scores_error": exported,

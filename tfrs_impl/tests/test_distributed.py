@@ -110,6 +110,9 @@ def test_fit_evaluate_save_load_under_the_strategy(probe):
     assert ranking["val"]["binary_accuracy"][-1][1] == pytest.approx(f["binary_accuracy"],
                                                                      abs=1e-6)
     assert 0.5 < ranking["metrics"]["binary_accuracy"][0] < 1
+    # a ranking step reports the sum of the 2 replicas' mean BCEs; per example, it is a BCE again
+    assert ranking["loss_per_example"][0] == pytest.approx(ranking["loss"][0] / 2, rel=0.01)
+    assert ranking["val"]["loss_per_example"][-1][1] == pytest.approx(f["log_loss"], abs=2e-3)
 
 
 # --- no devices needed ---------------------------------------------------------------------------
