@@ -263,11 +263,17 @@ class _GatherWithGrad(torch.autograd.Function):
 
 # --- set-up ---------------------------------------------------------------------------------------
 
+_GROUP: Optional[TorchGroup] = None  # one per process, so its comm_seconds add up
+
+
 def current_group() -> Optional[TorchGroup]:
     """The initialised torch.distributed group of more than one process, else None."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return TorchGroup()
-    return None
+    global _GROUP
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return None
+    if _GROUP is None:
+        _GROUP = TorchGroup()
+    return _GROUP
 
 
 def check_world(config: Config, world: int) -> None:
@@ -321,7 +327,7 @@ def init_from_env(config: Config) -> Optional[TorchGroup]:
     if backend == "nccl":
         env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     dist.init_process_group(backend, timeout=timedelta(seconds=config.distributed.timeout_s))
-    return TorchGroup()
+    return current_group()
 
 
 def _backend_for(device: str, local_rank: int) -> str:
@@ -343,6 +349,8 @@ def _backend_for(device: str, local_rank: int) -> str:
 
 def shutdown() -> None:
     """Leave the process group (nothing when none was initialised)."""
+    global _GROUP
+    _GROUP = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

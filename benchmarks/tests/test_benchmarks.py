@@ -64,3 +64,17 @@ def test_contention_compares_alone_and_busy_per_wait_policy(data_dir, tmp_path, 
                                                               "ranking_epoch_s"}
         assert all(v > 0 for v in row["slowdown"].values())
     assert "contended" in capsys.readouterr().out
+
+
+def test_scaling_reports_throughput_and_communication(data_dir, tmp_path, capsys):
+    from benchmarks import scaling
+    assert scaling.main(["--nproc", "1", "2", "--backend", "torch", "--data-dir", str(data_dir),
+                         "--epochs", "2", "--batch-size", "512", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "scaling.json").read_text())["rows"]
+    assert [(r["backend"], r["nproc"]) for r in rows] == [("torch", 1), ("torch", 2)]
+    for row in rows:
+        for stage in ("retrieval", "ranking"):
+            assert row[stage]["examples_per_s"] > 0
+    assert rows[0]["retrieval"]["communication_s_per_step"] == 0
+    assert rows[1]["retrieval"]["communication_s_per_step"] > 0
+    assert "comm ms" in capsys.readouterr().out
