@@ -34,7 +34,9 @@ from .features import to_tensors
 
 # "section.field" -> the values this backend honours.
 SUPPORTED: dict[str, tuple] = {"index.kind": ("flat",), "train.device": ("cpu",),
-                               "task.ranking_loss": ("keras_graph",)}
+                               "task.ranking_loss": ("keras_graph",),
+                               "train.precision": ("fp32",), "train.compile": (False,),
+                               "train.cuda_graphs": (False,)}
 # Further limits with nproc > 1 (MirroredStrategy): TFRS's Retrieval never gathers candidates
 # across replicas (tfrs_impl/distributed.py).
 DISTRIBUTED_SUPPORTED: dict[str, tuple] = {"distributed.negatives": ("replica",)}

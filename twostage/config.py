@@ -26,6 +26,7 @@ INDEX_KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw")
 EMPTY_TITLE_MODES: tuple[str, ...] = ("zero", "nan")
 RANKING_LOSSES: tuple[str, ...] = ("keras_graph", "keras_eager", "logits")
 NEGATIVES: tuple[str, ...] = ("replica", "global")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 CONFIG_VERSION = 2
 # Sizes a configuration may ask for (a hostile or mistyped run folder must fail before it
 # allocates): far above any MovieLens model, far below what would exhaust a machine.
@@ -116,6 +117,12 @@ class TrainConfig:
     validation_freq: int = option(10, "validate every N epochs (and after the last)")
     device: str = option("cpu", "torch device: cpu, cuda or cuda:N (the TFRS backend runs "
                          "on cpu only)")
+    precision: str = option("fp32", "torch towers and score matrix in fp32, or under bf16 "
+                            "autocast (softmax, losses and optimizer state stay fp32)",
+                            choices=PRECISIONS)
+    compile: bool = option(False, "torch.compile the training step of both stages (torch)")
+    cuda_graphs: bool = option(False, "capture the full training step (forward, backward, "
+                               "Adagrad) as a CUDA graph where shapes are static (torch, cuda)")
 
 
 @dataclass(frozen=True)
@@ -310,6 +317,7 @@ def _problems(c: Config) -> list[str]:
     if c.task.num_hard_negatives is not None and c.task.num_hard_negatives < 1:
         problems.append(f"num_hard_negatives={c.task.num_hard_negatives} must be >= 1")
     for name, value, choices in (("index", i.kind, INDEX_KINDS),
+                                 ("precision", t.precision, PRECISIONS),
                                  ("empty_title", m.empty_title, EMPTY_TITLE_MODES),
                                  ("ranking_loss", c.task.ranking_loss, RANKING_LOSSES)):
         if value not in choices:
