@@ -22,7 +22,7 @@ from typing import Any, Callable, Literal
 
 BackendName = Literal["torch", "tfrs"]
 BACKENDS: tuple[str, ...] = ("torch", "tfrs")
-INDEX_KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw")
+INDEX_KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw", "ivfpq", "sq")
 EMPTY_TITLE_MODES: tuple[str, ...] = ("zero", "nan")
 RANKING_LOSSES: tuple[str, ...] = ("keras_graph", "keras_eager", "logits")
 NEGATIVES: tuple[str, ...] = ("replica", "global")
@@ -136,13 +136,19 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    kind: str = option("flat", "candidate index: flat (exact), ivf or hnsw (FAISS, torch "
-                       "backend; the TFRS backend serves with BruteForce = flat)",
+    kind: str = option("flat", "candidate index: flat (exact), ivf, hnsw, ivfpq or sq "
+                       "(FAISS, torch backend; the TFRS backend serves with BruteForce = flat)",
                        flag="--index", choices=INDEX_KINDS)
     nlist: int = option(64, "ivf: number of k-means cells", flag="--ivf-nlist")
     nprobe: int = option(8, "ivf: cells searched per query", flag="--ivf-nprobe")
     hnsw_m: int = option(32, "hnsw: links per node")
     ef_search: int = option(128, "hnsw: candidates explored per query", flag="--hnsw-ef-search")
+    ef_construction: int = option(40, "hnsw: candidates explored per insertion while building",
+                                  flag="--hnsw-ef-construction")
+    mips: bool = option(False, "hnsw: build the graph on the MIPS-to-L2 augmentation instead "
+                        "of raw inner products (see twostage/index/hnsw.py for when it helps)",
+                        flag="--hnsw-mips")
+    pq_bytes: int = option(8, "ivfpq: bytes per vector (one code per D / pq_bytes dims)")
 
 
 @dataclass(frozen=True)
@@ -287,7 +293,8 @@ def _problems(c: Config) -> list[str]:
                 "embedding_dim": m.embedding_dim, "num_buckets": d.num_buckets,
                 "num_candidates": e.num_candidates, "ndcg_k": e.ndcg_k,
                 "validation_freq": t.validation_freq, "nlist": i.nlist, "nprobe": i.nprobe,
-                "hnsw_m": i.hnsw_m, "ef_search": i.ef_search}
+                "hnsw_m": i.hnsw_m, "ef_search": i.ef_search,
+                "ef_construction": i.ef_construction, "pq_bytes": i.pq_bytes}
     problems += [f"{k}={v} must be >= 1" for k, v in positive.items() if v < 1]
     if t.batch_size == 1:
         problems.append("batch_size=1 must be >= 2: with one row the in-batch softmax has no "

@@ -4,7 +4,10 @@
   registry ``KINDS``, ``create_index``, input validation
 - :mod:`twostage.index.flat`    ``FlatIndex``: exact (``IndexFlatIP``), TFRS's ``BruteForce``
 - :mod:`twostage.index.ivf`     ``IVFIndex(nlist, nprobe)``: approximate (``IndexIVFFlat``)
-- :mod:`twostage.index.hnsw`    ``HNSWIndex(hnsw_m, ef_search)``: approximate (``IndexHNSWFlat``)
+- :mod:`twostage.index.hnsw`    ``HNSWIndex(hnsw_m, ef_search, ef_construction, mips)``:
+  approximate (``IndexHNSWFlat``), with the MIPS-to-L2 augmentation by default
+- :mod:`twostage.index.quantized` ``IVFPQIndex(nlist, nprobe, pq_bytes)`` and ``SQIndex``:
+  compressed (``IndexIVFPQ``, ``IndexScalarQuantizer`` 8-bit)
 - :mod:`twostage.index.factory` ``make_index(config)``: the kind and settings of ``config.index``
 - :mod:`twostage.index.threads` ``configure_threads``: FAISS's OpenMP threads are left alone
 
@@ -25,8 +28,10 @@ from .base import FORMAT, KINDS, Index, create_index, index_class
 from .flat import FlatIndex        # registration order = KINDS order: flat, ivf, hnsw
 from .ivf import IVFIndex
 from .hnsw import HNSWIndex
+from .quantized import IVFPQIndex, SQIndex
 from .factory import make_index
 from .threads import configure_threads
 
-__all__ = ["FORMAT", "KINDS", "Index", "FlatIndex", "IVFIndex", "HNSWIndex", "create_index",
+__all__ = ["FORMAT", "KINDS", "Index", "FlatIndex", "IVFIndex", "HNSWIndex", "IVFPQIndex",
+           "SQIndex", "create_index",
            "index_class", "make_index", "configure_threads"]

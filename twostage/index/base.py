@@ -103,6 +103,8 @@ class Index(abc.ABC):
     kind: ClassVar[str]
     PARAMS: ClassVar[tuple[str, ...]] = ()
     FAISS_TYPE: ClassVar[type]
+    extra_dims: int = 0   # dimensions _encode appends (HNSW's MIPS augmentation)
+    LEGACY_DEFAULTS: ClassVar[dict] = {}   # what an older file's missing settings meant
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -130,6 +132,20 @@ class Index(abc.ABC):
         """Apply this object's search-time settings to ``index`` (after ``_new`` and after
         ``load``: FAISS's serialization does not keep them all). Default: none."""
 
+    # Kinds that search a transformed space (HNSW's MIPS-to-L2 augmentation) override these
+    # three: the FAISS metric they build with, and the maps in and out of that space.
+    def metric(self) -> int:
+        """The FAISS metric of the built index (inner product unless a kind transforms)."""
+        return faiss.METRIC_INNER_PRODUCT
+
+    def _encode(self, vectors: np.ndarray, queries: bool) -> np.ndarray:
+        """Candidates (``queries=False``) or queries [N, D] -> what the FAISS index holds."""
+        return vectors
+
+    def _scores(self, queries: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """FAISS's raw results [N, k] for ``queries`` [N, D] -> inner products."""
+        return raw
+
     def is_exact(self) -> bool:
         """True when scores and rows are the exact top-k (as TFRS's ``TopK.is_exact``)."""
         return False
@@ -138,7 +154,7 @@ class Index(abc.ABC):
     @property
     def dim(self) -> int | None:
         """D, the embedding size (None before the first ``add``)."""
-        return None if self._index is None else int(self._index.d)
+        return None if self._index is None else int(self._index.d) - self.extra_dims
 
     @property
     def ntotal(self) -> int:
@@ -175,7 +191,7 @@ class Index(abc.ABC):
             index = self._new(emb)
             self._configure(index)
             self._index = index
-        self._index.add(emb)
+        self._index.add(self._encode(emb, queries=False))
         return self
 
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -200,7 +216,8 @@ class Index(abc.ABC):
             raise ValueError(f"k={k} must be >= 1")
         q = _float32_rows(queries, "queries", self.dim)
         k_eff = min(int(k), self.ntotal)
-        scores, rows = self._index.search(q, k_eff)
+        raw, rows = self._index.search(self._encode(q, queries=True), k_eff)
+        scores = self._scores(q, raw)
         rows = rows.astype(np.int64, copy=False)
         scores = np.where(rows < 0, -np.inf, scores).astype(np.float32)
         # Order ties by ascending row; padding (-inf, -1) stays last because -(-inf) is largest.
@@ -253,6 +270,7 @@ class Index(abc.ABC):
         if not issubclass(sub, cls):
             raise ValueError(f"index at {path} is a {kind} index ({sub.__name__}), not a "
                              f"{cls.__name__}; load it with twostage.index.Index.load")
+        params = {**sub.LEGACY_DEFAULTS, **params}   # settings older files did not store
         missing = [name for name in sub.PARAMS if name not in params]
         unknown = sorted(set(params) - {"kind"} - {n for c in KINDS.values() for n in c.PARAMS})
         if missing or unknown:
@@ -264,10 +282,11 @@ class Index(abc.ABC):
             out = sub(**{name: params[name] for name in sub.PARAMS})
         except (TypeError, ValueError) as e:
             raise ValueError(f"index at {path} has bad parameters ({e}); {_REBUILD}") from None
-        if not isinstance(index, sub.FAISS_TYPE) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        if not isinstance(index, sub.FAISS_TYPE) or index.metric_type != out.metric():
             raise ValueError(f"index at {path} says kind {kind!r} but holds a FAISS "
                              f"{type(index).__name__} (metric {index.metric_type}); {kind} "
-                             f"needs {sub.FAISS_TYPE.__name__} with inner product; {_REBUILD}")
+                             f"needs {sub.FAISS_TYPE.__name__} with metric {out.metric()}; "
+                             f"{_REBUILD}")
         out._configure(index)
         out._index = index
         out._check_expected(path, expect_dim, expect_ntotal)

@@ -16,4 +16,5 @@ def make_index(config: Config | IndexConfig) -> Index:
         raise TypeError(f"make_index takes a twostage.config.Config (or its IndexConfig), got "
                         f"{type(config).__name__}")
     cls = index_class(section.kind)
-    return cls(**{name: getattr(section, name) for name in cls.PARAMS})
+    # mips_radius is state learnt by the first add, not a setting
+    return cls(**{name: getattr(section, name) for name in cls.PARAMS if hasattr(section, name)})

@@ -44,9 +44,13 @@ class IVFIndex(Index):
                           stacklevel=3)
             nlist = m
         self._quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(self._quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index = self._ivf(self._quantizer, d, nlist)
         index.train(embeddings)
         return index
+
+    def _ivf(self, quantizer: faiss.Index, d: int, nlist: int) -> faiss.Index:
+        """The untrained FAISS IVF index over ``quantizer`` (IVFPQIndex stores codes instead)."""
+        return faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
 
     def _configure(self, index: faiss.Index) -> None:
         index.nprobe = min(self.nprobe, index.nlist)   # serialization does not keep nprobe

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from twostage.config import INDEX_KINDS, Config
-from twostage.index import (KINDS, FlatIndex, HNSWIndex, Index, IVFIndex, create_index,
-                            make_index)
+from twostage.index import (KINDS, FlatIndex, HNSWIndex, Index, IVFIndex, IVFPQIndex, SQIndex,
+                            create_index, make_index)
 
 F32 = np.float32
 
@@ -177,14 +177,18 @@ def test_index_leaves_torch_threads_alone():
 # --- the kind registry and make_index --------------------------------------------------------
 def test_kinds_registry_matches_the_configuration():
     assert tuple(KINDS) == INDEX_KINDS
-    assert KINDS == {"flat": FlatIndex, "ivf": IVFIndex, "hnsw": HNSWIndex}
+    assert KINDS == {"flat": FlatIndex, "ivf": IVFIndex, "hnsw": HNSWIndex,
+                     "ivfpq": IVFPQIndex, "sq": SQIndex}
     assert all(cls.kind == kind and issubclass(cls, Index) for kind, cls in KINDS.items())
 
 
 @pytest.mark.parametrize("kind,cls,params", [
     ("flat", FlatIndex, {}),
     ("ivf", IVFIndex, {"nlist": 16, "nprobe": 4}),
-    ("hnsw", HNSWIndex, {"hnsw_m": 8, "ef_search": 24}),
+    ("hnsw", HNSWIndex, {"hnsw_m": 8, "ef_search": 24, "ef_construction": 40, "mips": False,
+                         "mips_radius": None}),
+    ("ivfpq", IVFPQIndex, {"nlist": 16, "nprobe": 4, "pq_bytes": 8}),
+    ("sq", SQIndex, {}),
 ])
 def test_make_index_builds_the_configured_kind(kind, cls, params):
     config = Config.of(kind=kind, nlist=16, nprobe=4, hnsw_m=8, ef_search=24)
@@ -224,7 +228,8 @@ def test_nprobe_above_nlist_is_refused():
 def test_create_index_refuses_other_kinds_parameters():
     with pytest.raises(ValueError, match="flat index takes no parameters, not nlist"):
         create_index("flat", nlist=8)
-    with pytest.raises(ValueError, match="hnsw index takes hnsw_m, ef_search, not nprobe"):
+    with pytest.raises(ValueError, match="hnsw index takes hnsw_m, ef_search, ef_construction, "
+                                         "mips, mips_radius, not nprobe"):
         create_index("hnsw", nprobe=3)
     with pytest.raises(ValueError, match="hnsw_m=0"):
         HNSWIndex(hnsw_m=0)
@@ -262,15 +267,16 @@ def test_load_reads_files_of_torch_impl_faiss_index(tmp_path):
     """torch_impl.index.FaissIndex.save wrote the same .npz without "format" and with every
     kind's knobs in params."""
     corpus, queries = clustered(200, 4, d=8, n_clusters=10)
-    HNSWIndex(hnsw_m=12, ef_search=40).add(corpus).save(tmp_path / "new.npz")
+    HNSWIndex(hnsw_m=12, ef_search=40, mips=False).add(corpus).save(tmp_path / "new.npz")
     with np.load(tmp_path / "new.npz") as z:
         raw = z["faiss"]                                        # faiss.serialize_index bytes
     path = tmp_path / "index.npz"
     np.savez(path, faiss=raw, params=np.array(json.dumps(
         {"kind": "hnsw", "nlist": 64, "nprobe": 8, "hnsw_m": 12, "ef_search": 40})))
     loaded = Index.load(path, expect_dim=8, expect_ntotal=200)
-    assert type(loaded) is HNSWIndex and loaded.params() == {"kind": "hnsw", "hnsw_m": 12,
-                                                             "ef_search": 40}
+    assert type(loaded) is HNSWIndex and loaded.params() == {
+        "kind": "hnsw", "hnsw_m": 12, "ef_search": 40, "ef_construction": 40, "mips": False,
+        "mips_radius": None}    # FaissIndex's HNSW searched raw inner products
     assert loaded._index.hnsw.efSearch == 40
     assert loaded.search(queries, 5)[1].shape == (4, 5)
 
@@ -305,7 +311,8 @@ def test_load_refuses_files_that_are_not_indexes(tmp_path):
         "bytes": ({"faiss": np.zeros(3, np.uint8), "params": np.array('{"kind": "flat"}')},
                   "FAISS cannot read"),
         "kind": ({"faiss": good, "params": np.array('{"kind": "annoy"}')},
-                 r"of kind 'annoy', which this twostage does not know \(kinds: flat, ivf, hnsw\)"),
+                 r"of kind 'annoy', which this twostage does not know \(kinds: flat, ivf, hnsw, "
+                 r"ivfpq, sq\)"),
         "missing": ({"faiss": good, "params": np.array('{"kind": "ivf", "nlist": 4}')},
                     r"\(ivf\) lacks nprobe in its parameters"),
         "unknown": ({"faiss": good, "params": np.array('{"kind": "flat", "colour": 1}')},
@@ -342,3 +349,64 @@ def test_save_is_atomic_through_twostage_io(tmp_path, monkeypatch):
         index.save(path)
     assert path.read_bytes() == before                         # the old file is untouched
     assert sorted(os.listdir(tmp_path)) == ["index.npz"]       # and no temporary is left
+
+
+def varying_norms(m: int, n: int, d: int = 16, seed: int = 0):
+    """Candidates whose norms vary over two orders of magnitude (as trained item towers'),
+    and queries: where raw inner-product HNSW loses its way."""
+    rng = np.random.default_rng(seed)
+    corpus = rng.normal(size=(m, d)) * np.exp(rng.normal(scale=1.2, size=(m, 1)))
+    return corpus.astype(F32), rng.normal(size=(n, d)).astype(F32)
+
+
+def recall_at(k: int, index, corpus, queries) -> float:
+    exact = np.argsort(-(queries @ corpus.T), axis=1)[:, :k]
+    got = index.search(queries, k)[1]
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(exact, got)]))
+
+
+def test_mips_augmentation_is_an_exact_reduction_to_l2():
+    import faiss
+    corpus, queries = varying_norms(2000, 100)
+    # efSearch = the catalogue size: the walk reaches every node, so only the plumbing is tested
+    index = HNSWIndex(hnsw_m=16, ef_search=2000, mips=True).add(corpus)
+    assert index.dim == 16 and index._index.d == 17 and index.metric() == faiss.METRIC_L2
+    flat = faiss.IndexFlatL2(17)                      # exact L2 over the encoded vectors ...
+    flat.add(index._encode(corpus, queries=False))
+    rows = flat.search(index._encode(queries, queries=True), 10)[1]
+    exact = np.argsort(-(queries @ corpus.T), axis=1)[:, :10]
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, rows)]) == 1.0  # = MIPS
+    assert recall_at(10, index, corpus, queries) >= 0.95
+    scores, rows = index.search(queries, 5)           # dot products, recovered from distances
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ corpus.T, rows, axis=1),
+                               rtol=1e-4, atol=1e-3)
+
+
+def test_mips_radius_is_fixed_by_the_first_add_and_survives_save(tmp_path):
+    corpus, queries = varying_norms(300, 5, d=8)
+    index = HNSWIndex(hnsw_m=8, mips=True).add(corpus)
+    with pytest.raises(ValueError, match="longer .* than the radius"):
+        index.add(corpus[:1] * 100)
+    loaded = Index.load(index.save(tmp_path / "h.npz"), expect_dim=8, expect_ntotal=300)
+    assert loaded.mips and loaded.mips_radius == index.mips_radius
+    np.testing.assert_array_equal(loaded.search(queries, 7)[1], index.search(queries, 7)[1])
+
+
+@pytest.mark.parametrize("cls, kwargs, floor", [(IVFPQIndex, {"nlist": 8, "nprobe": 8}, 0.5),
+                                               (SQIndex, {}, 0.9)])
+def test_compressed_kinds_recall_and_round_trip(tmp_path, cls, kwargs, floor):
+    corpus, queries = clustered(2000, 50, d=16, n_clusters=20)
+    index = cls(**kwargs).add(corpus)
+    assert recall_at(10, index, corpus, queries) >= floor
+    assert index._index.sa_code_size() < 16 * 4          # smaller than float32 rows
+    loaded = Index.load(index.save(tmp_path / "c.npz"), expect_dim=16, expect_ntotal=2000)
+    assert type(loaded) is cls
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])
+
+
+def test_ivfpq_impossible_settings_are_named():
+    corpus, _ = clustered(300, 1, d=12, n_clusters=5)
+    with pytest.raises(ValueError, match="pq_bytes=8 must divide the embedding dim 12"):
+        IVFPQIndex(nlist=4, nprobe=2, pq_bytes=8).add(corpus)
+    with pytest.raises(ValueError, match="too few to train"):
+        IVFPQIndex(nlist=4, nprobe=2, pq_bytes=4).add(corpus[:100])
