@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from twostage.backend import EpochCallback, History, RawBatch, check_stage
+from twostage.backend import (EpochCallback, History, RawBatch, UnsupportedOptionError,
+                              check_stage)
 from twostage.checkpoint import load_checkpoint
 from twostage.config import Config
 from twostage.data.features import FeatureSpec
@@ -39,8 +40,10 @@ from .index import build_index
 from .models import (KERAS_PREFIX, build_ranking_model, build_retrieval_model, get_keras_weights,
                      keras_weight_names, set_keras_weights)
 from .optim import make_optimizer
-from .tasks import make_ranking_task, make_retrieval_task, ranking_loss, retrieval_loss
-from .train import StageParts, fit_ranking, fit_retrieval, sharded_step, train_step
+from .tasks import (make_ranking_task, make_retrieval_task, ranking_loss, retrieval_loss,
+                    scoring_higher)
+from .train import (StageParts, autocast_context, fit_ranking, fit_retrieval, sharded_step,
+                    train_step)
 
 
 class TorchBackend:
@@ -86,10 +89,21 @@ class TorchBackend:
         is supported; ``config.train.device`` must exist on this machine (ValueError /
         RuntimeError naming the fix, see ``features.resolve_device``); under an initialised
         torch.distributed group the batch must split over its processes and ``nproc`` (when
-        > 1) must be their number (``torch_impl.distributed.DistributedError``)."""
-        resolve_device(config.train.device)
+        > 1) must be their number (``torch_impl.distributed.DistributedError``).
+        ``cuda_graphs`` needs a CUDA device, and ``compile`` / ``cuda_graphs`` one process
+        (UnsupportedOptionError)."""
+        device = resolve_device(config.train.device)
+        if config.train.cuda_graphs and device.type != "cuda":
+            raise UnsupportedOptionError(
+                f"cuda_graphs=True needs a CUDA device, not device={config.train.device!r}: "
+                "use --device cuda, or drop --cuda-graphs (the CPU has no graph capture)")
         group = current_group()
         if group is not None:
+            if config.train.cuda_graphs or config.train.compile:
+                raise UnsupportedOptionError(
+                    "compile=True and cuda_graphs=True run in one process only (the gradient "
+                    "all_reduce of several processes is not captured); drop --compile / "
+                    "--cuda-graphs or run with --nproc 1")
             check_world(config, group.size)
 
     @property
@@ -155,8 +169,11 @@ class TorchBackend:
         model, optimizer = self._model(stage), self.optimizers[stage]
         model.train()
         if self._torch_group is None:
-            losses = [train_step(optimizer, lambda b: self._batch_loss(stage, b),
-                                 self.encode_batch(batch))[0] for batch in batches]
+            def loss(b):
+                with autocast_context(self.config, self.device):
+                    return self._batch_loss(stage, b)
+            losses = [train_step(optimizer, loss, self.encode_batch(batch))[0]
+                      for batch in batches]
         else:
             parts = StageParts(stage, model, optimizer, loss=lambda b: self._batch_loss(stage, b),
                                parallel=DataParallel(self._torch_group, stage,
@@ -177,8 +194,9 @@ class TorchBackend:
     @torch.no_grad()
     def _run(self, module: nn.Module, tensors: Batch, width: int) -> np.ndarray:
         module.eval()
-        parts = [module(b).float().cpu().numpy()
-                 for b in batch_iter(tensors, self.config.eval.eval_batch_size)]
+        with autocast_context(self.config, self.device):
+            parts = [module(b).float().cpu().numpy()
+                     for b in batch_iter(tensors, self.config.eval.eval_batch_size)]
         module.train()
         return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
 
@@ -195,6 +213,18 @@ class TorchBackend:
         tensors = to_tensors(self.spec.encode_titles(titles), self.device)
         return self._run(self.retrieval_model.candidate_model, tensors,
                          self.config.model.layer_sizes[-1])
+
+    def scoring_higher(self, queries: np.ndarray, truths: np.ndarray, corpus: np.ndarray,
+                       budget_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray]:
+        """``twostage.evaluation.num_scoring_higher`` computed on this backend's device (exact
+        top-k as a matmul plus a count, chunked by ``budget_bytes``; the same tie rules) ->
+        numpy (greater [N] int64, finite [N] bool). Embeddings [N, D], [N, D], [M, D]; one
+        copy to the device each and one read back. See ``torch_impl.tasks.scoring_higher``."""
+        with torch.no_grad():
+            greater, finite = scoring_higher(
+                *(torch.as_tensor(np.asarray(a, dtype=np.float32), device=self.device)
+                  for a in (queries, truths, corpus)), budget_bytes=budget_bytes)
+            return greater.cpu().numpy(), finite.cpu().numpy()
 
     def build_index(self, titles: np.ndarray) -> None:
         """Index (``config.index``) over the candidate embeddings of ``titles`` (the corpus,

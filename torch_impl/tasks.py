@@ -253,6 +253,9 @@ class Retrieval(nn.Module):
             scores = scores.amax(dim=1)
         else:
             scores = query_embeddings @ candidate_embeddings.T
+        # bf16 autocast makes the score matrix in bf16; the corrections, the log-sum-exp and
+        # the loss run in fp32 (a no-op, the same tensor, when the scores are fp32 already)
+        scores = scores.float()
         inputs = RetrievalInputs(candidate_sampling_probability, candidate_ids, score_mask,
                                  int(positive_offset))
         labels: Labels = None
@@ -526,7 +529,7 @@ def ranking_loss(model: RankingModel, task: Ranking, batch: Mapping[str, torch.T
                  num_examples: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The seed's ``MovielensRankingModel.compute_loss`` -> (loss, probabilities [B, 1]);
     ``num_examples`` as :meth:`Ranking.forward`."""
-    logits = model.logits(batch)
+    logits = model.logits(batch).float()  # fp32 under bf16 autocast; a no-op otherwise
     predictions = torch.sigmoid(logits)
     loss = task(batch["label"], predictions, logits=logits,
                 sample_weight=batch.get("sample_weight"), num_examples=num_examples)
@@ -610,3 +613,40 @@ def factorized_top_k_hits(query_embeddings: torch.Tensor, true_candidate_embeddi
         valid = torch.isfinite(positive) & torch.isfinite(scores).all(dim=1, keepdim=True)
         hits += ((greater < kt) & valid).sum(dim=0)
     return hits
+
+
+def scoring_higher(query_embeddings: torch.Tensor, true_candidate_embeddings: torch.Tensor,
+                   corpus_embeddings: torch.Tensor, budget_bytes: int = 64 << 20
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``twostage.evaluation.num_scoring_higher`` on the embeddings' device: exact top-k as a
+    matmul plus a count, the [rows, M] float32 score block sized to ``budget_bytes``.
+
+    query/true_candidate [N, D], corpus [M, D] (cast to float32) -> (``greater`` [N] int64: how
+    many corpus scores are STRICTLY above the row's positive ``sum(q * c_true)``; ``finite`` [N]
+    bool: the positive and all M scores of the row are finite). A hit at k is ``finite &
+    (greater < k)`` (ties favour the positive; a non-finite row is a miss), as the numpy rule.
+    Nothing is read on the host. The matmul may sum in another order than numpy's, so a row
+    whose positive is within float rounding of another score may count one more or less.
+    """
+    q = query_embeddings.float()
+    t = true_candidate_embeddings.float()
+    corpus = corpus_embeddings.float()
+    if q.dim() != 2 or t.shape != q.shape:
+        raise ValueError(f"query {tuple(q.shape)} and true candidate {tuple(t.shape)} "
+                         "embeddings must be [N, D] of the same shape")
+    if corpus.dim() != 2 or corpus.shape[1] != q.shape[1]:
+        raise ValueError(f"corpus {tuple(corpus.shape)} must be [M, {q.shape[1]}]")
+    if corpus.shape[0] == 0:
+        raise ValueError("corpus is empty: index at least one candidate")
+    n, m = q.shape[0], corpus.shape[0]
+    chunk = max(1, int(budget_bytes) // (4 * m))
+    positive = (q * t).sum(dim=1)
+    greater = torch.empty(n, dtype=torch.int64, device=q.device)
+    finite = torch.isfinite(positive)
+    corpus_t = corpus.T
+    for start in range(0, n, chunk):
+        end = min(start + chunk, n)
+        scores = q[start:end] @ corpus_t
+        greater[start:end] = (scores > positive[start:end, None]).sum(dim=1)
+        finite[start:end] &= torch.isfinite(scores).all(dim=1)
+    return greater, finite

@@ -131,6 +131,124 @@ def sharded_step(parts: StageParts, train: Batch, rows: torch.Tensor
     return value, par.example_sum(value, shard), batch, outputs
 
 
+# --- precision, compiled and graph-captured steps -------------------------------------------------
+
+def autocast_context(config: Config, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` when ``config.train.precision == "bf16"`` (the towers and the
+    score matrix; ``torch_impl.tasks`` casts the scores and logits to fp32 before the softmax /
+    log-sum-exp and the losses), else nothing at all (fp32: bitwise the code without it)."""
+    if config.train.precision == "bf16":
+        # no cast cache under CUDA graphs (torch's rule for autocast with graph capture)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                              cache_enabled=not config.train.cuda_graphs)
+    return contextlib.nullcontext()
+
+
+def with_precision(loss: Callable, config: Config, device: torch.device) -> Callable:
+    """``loss`` run under :func:`autocast_context` (the backward pass stays outside it, as
+    torch recommends); ``loss`` itself when fp32."""
+    if config.train.precision != "bf16":
+        return loss
+
+    def run(*args, **kwargs):
+        with autocast_context(config, device):
+            return loss(*args, **kwargs)
+    return run
+
+
+# One training step of a batch given by its positions ``rows`` [B] into the training split ->
+# (detached loss, outputs for the metrics or None, the batch it trained on).
+StepFn = Callable[[torch.Tensor], tuple[torch.Tensor, Optional[torch.Tensor], Batch]]
+
+
+def eager_step(parts: StageParts, train: Batch, loss: Optional[BatchLoss] = None) -> StepFn:
+    """The plain step: a gather of the batch on the device, then :func:`train_step`."""
+    loss = parts.loss if loss is None else loss
+
+    def step(rows: torch.Tensor):
+        batch = select_rows(train, rows)
+        value, outputs = train_step(parts.optimizer, loss, batch)
+        return value, outputs, batch
+    return step
+
+
+def compiled_step(parts: StageParts, train: Batch) -> StepFn:
+    """:func:`eager_step` with the forward pass and the loss ``torch.compile``d (dynamic=False:
+    shapes are specialised, so the last, smaller batch of an epoch gets its own graph once);
+    the backward pass runs the compiled backward graph, the Adagrad update stays eager (its
+    CPU row-sparse path sizes tensors on the host)."""
+    return eager_step(parts, train, torch.compile(parts.loss, dynamic=False))
+
+
+class CudaGraphStep:
+    """The whole training step (gather, forward, backward, Keras Adagrad update) captured once
+    as a CUDA graph for the full batch size and replayed: one launch per step, no host work.
+
+    Static buffers: ``rows`` (the batch positions are copied into it, device to device), and
+    the graph's loss, outputs and batch, returned after each replay (valid until the next).
+    The first ``warmup`` full batches are ordinary steps on a side stream (what capture needs:
+    warmed-up kernels and allocator), so training is the eager one step by step; gradients are
+    set to None before capture, so the backward pass allocates them in the graph's pool.
+    Batches of another size (the last of an epoch) run the uncaptured step (``fallback``).
+    KerasAdagrad on CUDA neither allocates outside the graph nor reads the device on the host
+    (its row-sparse path is CPU only), so it is captured with the rest.
+    """
+
+    def __init__(self, parts: StageParts, train: Batch, batch_size: int, warmup: int = 3,
+                 loss: Optional[BatchLoss] = None) -> None:
+        device = next(iter(train.values())).device
+        if device.type != "cuda":
+            raise ValueError(f"CUDA graphs need the training tensors on a CUDA device, not "
+                             f"{device}; use cuda_graphs=False")
+        self.parts, self.train, self.batch_size = parts, train, int(batch_size)
+        self.loss = parts.loss if loss is None else loss
+        self.fallback = eager_step(parts, train, self.loss)
+        self.warmup = int(warmup)
+        self.warmed = 0
+        self.rows = torch.zeros(self.batch_size, dtype=torch.int64, device=device)
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self._out: Optional[tuple] = None
+
+    def _capture(self) -> None:
+        optimizer = self.parts.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            batch = select_rows(self.train, self.rows)
+            value, outputs = self.loss(batch)
+            value.backward()
+            optimizer.step()
+        self.graph, self._out = graph, (value.detach(), outputs, batch)
+
+    def __call__(self, rows: torch.Tensor):
+        if rows.shape[0] != self.batch_size:
+            return self.fallback(rows)
+        if self.graph is None and self.warmed < self.warmup:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = self.fallback(rows)
+            torch.cuda.current_stream().wait_stream(side)
+            self.warmed += 1
+            return out
+        if self.graph is None:
+            self._capture()
+        self.rows.copy_(rows)
+        self.graph.replay()
+        return self._out
+
+
+def make_step(parts: StageParts, train: Batch, config: Config, batch_size: int) -> StepFn:
+    """The step ``config.train`` asks for: captured as a CUDA graph (``cuda_graphs``; with
+    ``compile`` the compiled forward is what is captured), compiled (``compile``), or eager."""
+    if config.train.cuda_graphs:
+        loss = torch.compile(parts.loss, dynamic=False) if config.train.compile else None
+        return CudaGraphStep(parts, train, batch_size, loss=loss)
+    if config.train.compile:
+        return compiled_step(parts, train)
+    return eager_step(parts, train)
+
+
 # --- the batch order ------------------------------------------------------------------------------
 
 def epoch_order(plan: BatchPlan, config: Config, epoch: int, device: torch.device
@@ -173,15 +291,17 @@ def _raise_non_finite(stage: str, step_losses: np.ndarray, epoch: int) -> None:
 
 
 def run_epoch(parts: StageParts, train: Batch, batches: list[torch.Tensor],
-              on_step: Callable[[], None] = lambda: None) -> torch.Tensor:
+              on_step: Callable[[], None] = lambda: None,
+              step_fn: Optional[StepFn] = None) -> torch.Tensor:
     """One epoch of optimizer steps -> the step losses [S] (a device tensor, not read here).
-    ``on_step()`` is called after every step (the progress bar; it gets nothing to read)."""
+    ``on_step()`` is called after every step (the progress bar; it gets nothing to read);
+    ``step_fn``: the step (:func:`make_step`; default :func:`eager_step`)."""
+    step_fn = eager_step(parts, train) if step_fn is None else step_fn
     step_losses = torch.empty(len(batches), dtype=torch.float32, device=batches[0].device)
     for metric in parts.metrics:
         metric.reset()
     for step, rows in enumerate(batches):
-        batch = select_rows(train, rows)
-        step_losses[step], outputs = train_step(parts.optimizer, parts.loss, batch)
+        step_losses[step], outputs, batch = step_fn(rows)
         for metric in parts.metrics:
             metric.update(batch, outputs)
         on_step()
@@ -206,11 +326,12 @@ def run_sharded_epoch(parts: StageParts, train: Batch, batches: list[torch.Tenso
 
 
 def _epoch_losses(parts: StageParts, train: Batch, batches: list[torch.Tensor],
-                  on_step: Callable[[], None]) -> tuple[np.ndarray, float]:
+                  on_step: Callable[[], None], step_fn: Optional[StepFn] = None
+                  ) -> tuple[np.ndarray, float]:
     """(step losses [S] float32, the epoch's loss per example), reading the device once."""
     sizes = [len(b) for b in batches]
     if parts.parallel is None:
-        losses = run_epoch(parts, train, batches, on_step).cpu().numpy()
+        losses = run_epoch(parts, train, batches, on_step, step_fn).cpu().numpy()
         return losses, per_example(parts.stage, losses, sizes)
     both = run_sharded_epoch(parts, train, batches, on_step).cpu().numpy()
     return both[0], float(both[1].astype(np.float64).sum() / max(sum(sizes), 1))
@@ -240,6 +361,8 @@ def fit(parts: StageParts, train: Batch, plan: BatchPlan, config: Config, *, epo
     parts.model.train()
     # Threads sized per epoch to what other processes leave free (CPU only; see ThreadGovernor).
     governor = ThreadGovernor(torch.get_num_threads() if device.type == "cpu" else 1)
+    step_fn = (make_step(parts, train, config, plan.batch_size) if parts.parallel is None
+               else None)
     with tqdm(total=epochs * plan.steps_per_epoch, desc=f"torch {stage}", unit="step",
               leave=False, disable=config.output.quiet or group.rank != 0) as bar, \
             _threads_restored():
@@ -251,7 +374,8 @@ def fit(parts: StageParts, train: Batch, plan: BatchPlan, config: Config, *, epo
             batches = epoch_order(plan, config, epoch_offset + epoch - 1, device)
             # the epoch's one read of the device (after one all_reduce with several processes)
             losses, loss_per_example = _epoch_losses(parts, train, batches,
-                                                     on_step=lambda: bar.update(1))
+                                                     on_step=lambda: bar.update(1),
+                                                     step_fn=step_fn)
             _raise_non_finite(stage, losses, epoch)  # the same losses on every rank
             history.epoch_seconds.append(time.perf_counter() - start)
             history.loss.append(float(losses.astype(np.float64).mean()))
@@ -260,7 +384,8 @@ def fit(parts: StageParts, train: Batch, plan: BatchPlan, config: Config, *, epo
                 history.metrics.setdefault(metric.name, []).append(metric.result(group))
             if parts.validate is not None and should_validate(
                     epoch, epochs, config.train.validation_freq):
-                _record_val(history, epoch, parts.validate())
+                with autocast_context(config, device):
+                    _record_val(history, epoch, parts.validate())
             bar.set_postfix_str(f"epoch {epoch}/{epochs}, loss {history.loss[-1]:.4f}")
             if on_epoch is not None:
                 on_epoch(stage, epoch, history)
@@ -271,7 +396,7 @@ def fit(parts: StageParts, train: Batch, plan: BatchPlan, config: Config, *, epo
 
 def _in_batches(fn: Callable[[Batch], torch.Tensor], tensors: Batch, batch_size: int
                 ) -> torch.Tensor:
-    return torch.cat([fn(b) for b in batch_iter(tensors, batch_size)], dim=0)
+    return torch.cat([fn(b).float() for b in batch_iter(tensors, batch_size)], dim=0)
 
 
 def _my_batches(tensors: Batch, batch_size: int, group: Group) -> tuple[Batch, list[int]]:
@@ -393,9 +518,10 @@ def retrieval_parts(model: RetrievalModel, dataset: Dataset, config: Config, *,
         from twostage.sampling import candidate_sampling_probability
         sampling = candidate_sampling_probability(dataset)
     train = split_tensors(dataset, dataset.split.train, device, sampling)
-    parallel = _parallel(group, "retrieval", lambda b, shard: (sharded_retrieval_loss(
-        model, task, b, shard, use_sampling_probability=logq,
-        negatives=config.distributed.negatives), None), config)
+    parallel = _parallel(group, "retrieval", with_precision(lambda b, shard: (
+        sharded_retrieval_loss(model, task, b, shard, use_sampling_probability=logq,
+                               negatives=config.distributed.negatives), None), config, device),
+        config)
     check = None
     if validate and len(dataset.split.test):
         test = split_tensors(dataset, dataset.split.test, device, sampling)
@@ -403,7 +529,8 @@ def retrieval_parts(model: RetrievalModel, dataset: Dataset, config: Config, *,
         where = SingleProcess() if parallel is None else parallel.group
         check = lambda: validate_retrieval(model, task, test, corpus, config, where)  # noqa: E731
     parts = StageParts("retrieval", model, optimizer or make_optimizer(model, config),
-                       loss=lambda b: (retrieval_loss(model, task, b, logq), None),
+                       loss=with_precision(lambda b: (retrieval_loss(model, task, b, logq), None),
+                                           config, device),
                        validate=check, parallel=parallel)
     return parts, train
 
@@ -417,15 +544,16 @@ def ranking_parts(model: RankingModel, dataset: Dataset, config: Config, *,
     task = task or make_ranking_task(config)
     device = _model_device(model)
     train = split_tensors(dataset, dataset.split.train, device)
-    parallel = _parallel(group, "ranking", lambda b, shard: sharded_ranking_loss(
-        model, task, b, shard, negatives=config.distributed.negatives), config)
+    parallel = _parallel(group, "ranking", with_precision(lambda b, shard: sharded_ranking_loss(
+        model, task, b, shard, negatives=config.distributed.negatives), config, device), config)
     check = None
     if validate and len(dataset.split.test):
         test = split_tensors(dataset, dataset.split.test, device)
         where = SingleProcess() if parallel is None else parallel.group
         check = lambda: validate_ranking(model, task, test, config, where)  # noqa: E731
     parts = StageParts("ranking", model, optimizer or make_optimizer(model, config),
-                       loss=lambda b: ranking_loss(model, task, b), validate=check,
+                       loss=with_precision(lambda b: ranking_loss(model, task, b), config, device),
+                       validate=check,
                        metrics=[BinaryAccuracy()], parallel=parallel)
     return parts, train
 

@@ -55,7 +55,10 @@ def evaluate_retrieval(backend: Backend, dataset: Dataset, config: Config) -> di
     mine = shard(test, group, config.eval.eval_batch_size)
     ks = tuple(config.eval.top_ks)
     corpus = backend.candidate_embeddings(dataset.corpus_titles)
-    greater, finite = evaluation.num_scoring_higher(
+    # On an accelerator the backend counts on the device (same tie rules); else numpy.
+    on_device = config.train.device != "cpu" and hasattr(backend, "scoring_higher")
+    count = backend.scoring_higher if on_device else evaluation.num_scoring_higher
+    greater, finite = count(
         backend.query_embeddings(dataset.user_id[mine], dataset.timestamp[mine]),
         backend.candidate_embeddings(dataset.movie_title[mine]), corpus)
     k_max = min(max(ks), len(dataset.corpus_titles))
