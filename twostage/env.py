@@ -15,6 +15,7 @@ Nothing here imports torch or tensorflow.
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import os
 import sys
@@ -69,11 +70,14 @@ class ThreadGovernor:
     returns fewer, so no OpenMP worker waits on a descheduled sibling. It never exceeds the
     ``max_threads`` it was given (a user's ``torch.set_num_threads`` / OMP_NUM_THREADS is a cap).
     Off, i.e. always ``max_threads``, with TWOSTAGE_ADAPTIVE_THREADS=0, with one thread, or
-    where ``/proc/stat`` does not exist.
+    where ``/proc/stat`` does not exist. The thread count changes float32 reduction orders, so
+    a run that gave way to another process is not bitwise the same as an idle one (warned once);
+    set TWOSTAGE_ADAPTIVE_THREADS=0 for bitwise-reproducible runs on a shared machine.
     """
 
     def __init__(self, max_threads: int, settle_seconds: float = 0.1) -> None:
         self.max_threads = max(1, int(max_threads))
+        self._warned = False
         self.enabled = (self.max_threads > 1 and os.path.exists("/proc/stat")
                         and os.environ.get("TWOSTAGE_ADAPTIVE_THREADS", "1") != "0")
         self._last = self._sample() if self.enabled else None
@@ -99,4 +103,14 @@ class ThreadGovernor:
         if not self.enabled:
             return self.max_threads
         taken = math.floor(self.others_busy_cores() + 0.5)  # a core is taken when >= half busy
-        return max(1, min(self.max_threads, (os.cpu_count() or 1) - taken))
+        threads = max(1, min(self.max_threads, (os.cpu_count() or 1) - taken))
+        if threads != self.max_threads and not self._warned:
+            # The thread count changes float32 reduction orders, so the run is no longer
+            # bitwise the same as one on an idle machine: say so, once.
+            self._warned = True
+            logging.getLogger("twostage").warning(
+                "another process keeps %d core(s) busy: training with %d thread(s) instead of "
+                "%d while it does (faster on a busy machine; the results then differ in float "
+                "rounding from an idle run: TWOSTAGE_ADAPTIVE_THREADS=0 keeps the thread count "
+                "fixed for bitwise-reproducible runs)", taken, threads, self.max_threads)
+        return threads

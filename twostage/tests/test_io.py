@@ -152,3 +152,15 @@ def test_thread_governor_gives_way_to_a_busy_core(monkeypatch):
     assert env.ThreadGovernor(1).threads() == 1
     monkeypatch.setenv("TWOSTAGE_ADAPTIVE_THREADS", "0")
     assert not env.ThreadGovernor(2, settle_seconds=0).enabled
+
+
+def test_thread_governor_says_once_that_rounding_changes(monkeypatch, caplog):
+    from twostage import env
+    samples = iter([(0.0, 0.0, 0.0), (1.0, 1.1, 0.1), (2.0, 2.2, 0.2)])
+    monkeypatch.setattr(env.ThreadGovernor, "_sample", staticmethod(lambda: next(samples)))
+    monkeypatch.setattr(env.os, "cpu_count", lambda: 2)
+    monkeypatch.delenv("TWOSTAGE_ADAPTIVE_THREADS", raising=False)
+    governor = env.ThreadGovernor(2, settle_seconds=0)
+    assert [governor.threads(), governor.threads()] == [1, 1]
+    warnings = [r for r in caplog.records if "TWOSTAGE_ADAPTIVE_THREADS=0" in r.getMessage()]
+    assert len(warnings) == 1 and "float rounding" in warnings[0].getMessage()
