@@ -27,6 +27,9 @@ EMPTY_TITLE_MODES: tuple[str, ...] = ("zero", "nan")
 RANKING_LOSSES: tuple[str, ...] = ("keras_graph", "keras_eager", "logits")
 NEGATIVES: tuple[str, ...] = ("replica", "global")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+# The MovieLens releases TFDS knows (its ``movielens/<name>-ratings`` configs).
+DATASETS: tuple[str, ...] = ("100k", "1m", "20m", "25m", "latest-small")
+SPLITS: tuple[str, ...] = ("random", "temporal")
 CONFIG_VERSION = 2
 # Sizes a configuration may ask for (a hostile or mistyped run folder must fail before it
 # allocates): far above any MovieLens model, far below what would exhaust a machine.
@@ -64,6 +67,11 @@ def int_list(text: str) -> tuple[int, ...]:
 # --- sections --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DataConfig:
+    dataset: str = option("100k", "MovieLens release, named as TFDS' movielens/<name>-ratings",
+                          choices=DATASETS)
+    split: str = option("random", "random: the seed's seeded shuffle, first 80%% train; "
+                        "temporal: the earliest 80%% of ratings by timestamp train",
+                        choices=SPLITS)
     data_dir: str | None = option(None, "folder with the MovieLens files (else "
                                   "TWOSTAGE_DATA_DIR, the cache, then a verified download)")
     train_fraction: float = option(0.8, "share of the shuffled ratings used for training "
@@ -85,6 +93,10 @@ class ModelConfig:
         metavar="N,N")
     empty_title: str = option("zero", "pooling of a title with no token: zero vector, or NaN "
                               "as Keras' GlobalAveragePooling1D", choices=EMPTY_TITLE_MODES)
+    genres: bool = option(False, "candidate tower: add the movie's genres (embedded, "
+                          "mean-pooled)")
+    history: bool = option(False, "query tower: add the masked mean of the embeddings of the "
+                           "titles the user rated in training before the query's timestamp")
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,13 @@ class TaskConfig:
                                           "positive's title")
     num_hard_negatives: int | None = option(None, "keep only the N highest-scoring negatives "
                                             "per row (TFRS HardNegativeMining)")
+    normalize: bool = option(False, "L2-normalise query and candidate embeddings (cosine "
+                             "scores); pair with --temperature", flag="--cosine")
+    learn_temperature: bool = option(False, "learn the temperature: a trainable scalar started "
+                                     "at --temperature (or 1)")
+    mixed_negatives: int = option(0, "add N titles sampled uniformly from the corpus per batch "
+                                  "as shared extra negatives, corrected for their sampling "
+                                  "probability (Yang et al. 2020); 0: in-batch only")
     ranking_loss: str = option("keras_graph", "ranking BCE: what Keras fit computes "
                                "(keras_graph), eager Keras (keras_eager), or from logits; "
                                "the TFRS backend supports keras_graph only",
@@ -132,6 +151,9 @@ class EvalConfig:
                                      parse=int_list, metavar="K,K")
     num_candidates: int = option(10, "candidates retrieved per query, then re-ranked")
     ndcg_k: int = option(10, "k of nDCG@k / hit@k (<= num_candidates)")
+    eval_queries: int | None = option(None, "evaluate a seeded sample of N test rows (results "
+                                      "report N and each accuracy's standard error); default: "
+                                      "every test row")
 
 
 @dataclass(frozen=True)
@@ -139,7 +161,8 @@ class IndexConfig:
     kind: str = option("flat", "candidate index: flat (exact), ivf, hnsw, ivfpq or sq "
                        "(FAISS, torch backend; the TFRS backend serves with BruteForce = flat)",
                        flag="--index", choices=INDEX_KINDS)
-    nlist: int = option(64, "ivf: number of k-means cells", flag="--ivf-nlist")
+    nlist: int | None = option(None, "ivf/ivfpq: number of k-means cells (default: the FAISS "
+                               "guideline 4*sqrt(N), N the catalog size)", flag="--ivf-nlist")
     nprobe: int = option(8, "ivf: cells searched per query", flag="--ivf-nprobe")
     hnsw_m: int = option(32, "hnsw: links per node")
     ef_search: int = option(128, "hnsw: candidates explored per query", flag="--hnsw-ef-search")
@@ -292,10 +315,14 @@ def _problems(c: Config) -> list[str]:
     positive = {"batch_size": t.batch_size, "eval_batch_size": e.eval_batch_size,
                 "embedding_dim": m.embedding_dim, "num_buckets": d.num_buckets,
                 "num_candidates": e.num_candidates, "ndcg_k": e.ndcg_k,
-                "validation_freq": t.validation_freq, "nlist": i.nlist, "nprobe": i.nprobe,
+                "validation_freq": t.validation_freq, "nprobe": i.nprobe,
                 "hnsw_m": i.hnsw_m, "ef_search": i.ef_search,
                 "ef_construction": i.ef_construction, "pq_bytes": i.pq_bytes}
+    positive.update({k: v for k, v in (("nlist", i.nlist), ("eval_queries", e.eval_queries))
+                     if v is not None})
     problems += [f"{k}={v} must be >= 1" for k, v in positive.items() if v < 1]
+    if c.task.mixed_negatives < 0:
+        problems.append(f"mixed_negatives={c.task.mixed_negatives} must be >= 0 (0: off)")
     if t.batch_size == 1:
         problems.append("batch_size=1 must be >= 2: with one row the in-batch softmax has no "
                         "negative and the retrieval loss is exactly 0")
@@ -326,7 +353,8 @@ def _problems(c: Config) -> list[str]:
     for name, value, choices in (("index", i.kind, INDEX_KINDS),
                                  ("precision", t.precision, PRECISIONS),
                                  ("empty_title", m.empty_title, EMPTY_TITLE_MODES),
-                                 ("ranking_loss", c.task.ranking_loss, RANKING_LOSSES)):
+                                 ("ranking_loss", c.task.ranking_loss, RANKING_LOSSES),
+                                 ("dataset", d.dataset, DATASETS), ("split", d.split, SPLITS)):
         if value not in choices:
             problems.append(f"{name}={value!r} must be one of {', '.join(choices)}")
     if e.ndcg_k > e.num_candidates:

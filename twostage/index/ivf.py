@@ -1,7 +1,7 @@
 """Inverted-file index: k-means cells, a few of them searched per query (approximate)."""
 from __future__ import annotations
 
-import warnings
+import math
 
 import faiss
 import numpy as np
@@ -14,7 +14,9 @@ class IVFIndex(Index):
 
     Args:
       nlist: k-means cells, trained on the first ``add``'s vectors [M, D] (FAISS's fixed default
-        seed: reproducible). Above M it is clipped to M with a UserWarning (nprobe with it).
+        seed: reproducible), at most M. None: the FAISS guideline ``guideline_nlist(M)`` =
+        4*sqrt(M) (the wiki's range is 4*sqrt(M) to 16*sqrt(M); the low end keeps cells full
+        enough to train on), with nprobe clipped to it.
       nprobe: cells searched per query, 1 <= nprobe <= nlist; nprobe == nlist is exact.
 
     Approximate: a query whose probed cells hold fewer than k' candidates gets padded results
@@ -25,9 +27,11 @@ class IVFIndex(Index):
     PARAMS = ("nlist", "nprobe")
     FAISS_TYPE = faiss.IndexIVFFlat
 
-    def __init__(self, nlist: int = 64, nprobe: int = 8) -> None:
-        nlist, nprobe = _positive(nlist=nlist, nprobe=nprobe)
-        if nprobe > nlist:
+    def __init__(self, nlist: int | None = None, nprobe: int = 8) -> None:
+        (nprobe,) = _positive(nprobe=nprobe)
+        if nlist is not None:
+            (nlist,) = _positive(nlist=nlist)
+        if nlist is not None and nprobe > nlist:
             raise ValueError(f"ivf: nprobe={nprobe} exceeds nlist={nlist}: a query can search at "
                              f"most the {nlist} cells there are; lower nprobe (--ivf-nprobe) or "
                              "raise nlist (--ivf-nlist)")
@@ -37,12 +41,11 @@ class IVFIndex(Index):
 
     def _new(self, embeddings: np.ndarray) -> faiss.Index:
         m, d = embeddings.shape
-        nlist = self.nlist
+        nlist = guideline_nlist(m) if self.nlist is None else self.nlist
         if nlist > m:
-            warnings.warn(f"ivf: nlist={nlist} exceeds the {m} vectors to train on; using "
-                          f"nlist={m}" + (f" and nprobe={m}" if self.nprobe > m else ""),
-                          stacklevel=3)
-            nlist = m
+            raise ValueError(f"{self.kind}: nlist={nlist} exceeds the catalog's {m} items (k-means "
+                             f"needs a vector per cell); set --ivf-nlist to at most {m}, or leave "
+                             f"it unset for the FAISS guideline 4*sqrt(N) = {guideline_nlist(m)}")
         self._quantizer = faiss.IndexFlatIP(d)
         index = self._ivf(self._quantizer, d, nlist)
         index.train(embeddings)
@@ -53,4 +56,10 @@ class IVFIndex(Index):
         return faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
 
     def _configure(self, index: faiss.Index) -> None:
-        index.nprobe = min(self.nprobe, index.nlist)   # serialization does not keep nprobe
+        # serialization does not keep nprobe; with the guideline nlist it may exceed the cells
+        index.nprobe = min(self.nprobe, index.nlist)
+
+
+def guideline_nlist(num_items: int) -> int:
+    """FAISS's rule of thumb for the number of IVF cells, 4*sqrt(N) (at least 1, at most N)."""
+    return max(1, min(num_items, int(round(4 * math.sqrt(num_items)))))

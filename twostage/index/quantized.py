@@ -21,7 +21,7 @@ class IVFPQIndex(IVFIndex):
     PARAMS = ("nlist", "nprobe", "pq_bytes")
     FAISS_TYPE = faiss.IndexIVFPQ
 
-    def __init__(self, nlist: int = 64, nprobe: int = 8, pq_bytes: int = 8) -> None:
+    def __init__(self, nlist: int | None = None, nprobe: int = 8, pq_bytes: int = 8) -> None:
         super().__init__(nlist, nprobe)
         (self.pq_bytes,) = _positive(pq_bytes=pq_bytes)
 

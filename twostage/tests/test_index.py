@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from twostage.config import INDEX_KINDS, Config
+from twostage.index.ivf import guideline_nlist
 from twostage.index import (KINDS, FlatIndex, HNSWIndex, Index, IVFIndex, IVFPQIndex, SQIndex,
                             create_index, make_index)
 
@@ -90,10 +91,22 @@ def test_approximate_recall_is_high(kind, kwargs):
                                rtol=1e-4, atol=1e-3)
 
 
-def test_ivf_nlist_clipped_to_corpus_with_warning():
+def test_ivf_nlist_above_catalog_is_an_error_naming_the_limit():
+    corpus, _ = clustered(20, 5, d=8, n_clusters=4)
+    with pytest.raises(ValueError, match=r"nlist=64 exceeds the catalog's 20 items.*--ivf-nlist "
+                                         r"to at most 20.*4\*sqrt\(N\) = 18"):
+        IVFIndex(nlist=64, nprobe=8).add(corpus)
+
+
+@pytest.mark.parametrize("m,expected", [(1, 1), (20, 18), (1664, 163), (1_000_000, 4000)])
+def test_guideline_nlist_is_four_sqrt_n(m, expected):
+    assert guideline_nlist(m) == expected
+
+
+def test_ivf_default_nlist_follows_the_guideline_and_clips_nprobe():
     corpus, queries = clustered(20, 5, d=8, n_clusters=4)
-    with pytest.warns(UserWarning, match="nlist=64 exceeds the 20 vectors"):
-        index = IVFIndex(nlist=64, nprobe=64).add(corpus)
+    index = IVFIndex(nprobe=64).add(corpus)                 # guideline: 18 cells, all probed
+    assert index._index.nlist == 18 and index._index.nprobe == 18
     _, rows = index.search(queries, 20)                     # all cells probed: exact
     _, exact_rows = brute_force(queries, corpus, 20)
     assert recall(rows, exact_rows) == 1.0
