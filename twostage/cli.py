@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import env, io
-from .config import BACKENDS, FIELD_SECTION, SECTIONS, Config, field_types
+from .config import BACKENDS, FIELD_SECTION, PRESETS, SECTIONS, Config, field_types, preset
 
 log = logging.getLogger("twostage")
 INT64 = np.iinfo(np.int64)
@@ -57,6 +57,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per config field with ``cli`` metadata (plus ``--seed``); unset flags keep the
     config default (argparse.SUPPRESS), so ``config_from_args`` only applies what was given."""
     defaults = Config()
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="seed",
+                        help="a named recipe; other flags change it (seed: the article's "
+                        "protocol, every default below; best: " + _describe(PRESETS["best"])
+                        + "; default: seed)")
     parser.add_argument("--seed", type=int, default=argparse.SUPPRESS,
                         help=f"split, batch orders and initialisation (default: {defaults.seed})")
     for section, cls in SECTIONS.items():
@@ -89,9 +93,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """The config of the flags that were given (UsageError naming the bad value otherwise)."""
     given = {k: v for k, v in vars(args).items() if k in FIELD_SECTION or k == "seed"}
     try:
-        return Config.of(**given)
+        return preset(getattr(args, "preset", "seed"), **given)
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+
+def _describe(changes: dict) -> str:
+    """``{"retrieval_epochs": 20}`` -> ``--retrieval-epochs 20`` (flags as the CLI names them)."""
+    flags = {f.name: (f.metadata["flag"] or "--" + f.name.replace("_", "-"))
+             for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+    return " ".join(flags[k] if v is True else f"{flags[k]} {v}" for k, v in changes.items())
 
 
 # --- parser ----------------------------------------------------------------------------------

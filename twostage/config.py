@@ -301,6 +301,23 @@ class Config:
             raise ValueError(f"{source}: {e}") from None
 
 
+# --- presets ---------------------------------------------------------------------------------
+PRESETS: dict[str, dict[str, Any]] = {
+    # The seed article's protocol: every default above.
+    "seed": {},
+    # The strongest recipe measured by ``python -m benchmarks.quality`` (README, "Results").
+    "best": {"use_sampling_probability": True, "retrieval_epochs": 20},
+}
+
+
+def preset(name: str, **changes: Any) -> Config:
+    """``Config.of(**PRESETS[name], **changes)``: a named recipe, with explicit changes on top
+    (a flag given beside ``--preset`` wins)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return Config.of(**{**PRESETS[name], **changes})
+
+
 # --- validation ------------------------------------------------------------------------------
 def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value

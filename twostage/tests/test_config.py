@@ -47,3 +47,20 @@ def test_table_shows_both_backends_difference_and_seed():
                "tfrs": {"retrieval": {"top_k_accuracy": {"100": 0.28}}}}
     text = table(reports)
     assert "| retrieval.top_k_accuracy.100 | 0.30000 | 0.28000 | +0.02000 | 0.28000 |" in text
+
+
+def test_preset_seed_is_the_default_and_best_is_its_table_entry():
+    from twostage.config import PRESETS, preset
+    assert preset("seed") == Config()
+    best = preset("best")
+    assert best == Config.of(**PRESETS["best"]) and best != Config()
+    with pytest.raises(ValueError, match="unknown preset 'fast'; known: seed, best"):
+        preset("fast")
+
+
+def test_cli_preset_flags_given_beside_it_win():
+    from twostage.cli import _parser, config_from_args
+    args = _parser().parse_args(["run", "--preset", "best", "--retrieval-epochs", "5"])
+    config = config_from_args(args)
+    assert config.train.retrieval_epochs == 5 and config.task.use_sampling_probability
+    assert config_from_args(_parser().parse_args(["run"])) == Config()
