@@ -1,7 +1,7 @@
 """Candidate indexes: maximum-inner-product top-k on FAISS (faiss + numpy; no torch, no TF).
 
 - :mod:`twostage.index.base`    ``Index``: add / search / params / save / load, the kind
-  registry ``KINDS``, ``create_index``, input validation
+  registry ``KINDS``, ``create_index``, input validation, ``check_k`` (k against the catalog)
 - :mod:`twostage.index.flat`    ``FlatIndex``: exact (``IndexFlatIP``), TFRS's ``BruteForce``
 - :mod:`twostage.index.ivf`     ``IVFIndex(nlist, nprobe)``: approximate (``IndexIVFFlat``)
 - :mod:`twostage.index.hnsw`    ``HNSWIndex(hnsw_m, ef_search, ef_construction, mips)``:
@@ -24,7 +24,7 @@ positive score.
 """
 from __future__ import annotations
 
-from .base import FORMAT, KINDS, Index, create_index, index_class
+from .base import FORMAT, KINDS, Index, check_k, create_index, index_class
 from .flat import FlatIndex        # registration order = KINDS order: flat, ivf, hnsw
 from .ivf import IVFIndex
 from .hnsw import HNSWIndex
@@ -33,5 +33,5 @@ from .factory import make_index
 from .threads import configure_threads
 
 __all__ = ["FORMAT", "KINDS", "Index", "FlatIndex", "IVFIndex", "HNSWIndex", "IVFPQIndex",
-           "SQIndex", "create_index",
+           "SQIndex", "check_k", "create_index",
            "index_class", "make_index", "configure_threads"]

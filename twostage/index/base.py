@@ -70,8 +70,22 @@ def _positive(**values) -> list[int]:
 def index_class(kind: str) -> type["Index"]:
     """The :class:`Index` subclass registered as ``kind``; ValueError listing the kinds."""
     if not isinstance(kind, str) or kind not in KINDS:
-        raise ValueError(f"unknown index kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+        raise ValueError(f"unknown index kind {kind!r} (config index.kind, --index); valid "
+                         f"kinds: {', '.join(KINDS)}")
     return KINDS[kind]
+
+
+def check_k(k: int, catalog: int, setting: str = "k") -> int:
+    """``k`` as an int if 1 <= k <= ``catalog``; else ValueError naming ``setting`` (the caller's
+    flag, e.g. ``"-k"``) and the limit. For callers that want more results than the catalog
+    holds to be an error rather than :meth:`Index.search`'s clipping (TFRS's ``BruteForce``
+    fails the same way: ``tf.math.top_k`` needs k <= M)."""
+    if int(k) < 1:
+        raise ValueError(f"{setting}={k} must be >= 1")
+    if int(k) > catalog:
+        raise ValueError(f"{setting}={k} exceeds the catalog's {catalog:,} items: an index can "
+                         f"return at most {catalog:,}; lower {setting} to at most {catalog}")
+    return int(k)
 
 
 def create_index(kind: str, **params) -> "Index":
@@ -194,13 +208,15 @@ class Index(abc.ABC):
         self._index.add(self._encode(emb, queries=False))
         return self
 
-    def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries, k: int, *, strict: bool = False
+               ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k candidates by inner product.
 
         Args:
           queries: [N, D] float32, finite.
           k: >= 1; above ``ntotal`` it is clipped to it (as TFRS's Streaming index), so an exact
             index then returns every row.
+          strict: True: k above ``ntotal`` is a ValueError naming the limit (``check_k``).
 
         Returns:
           (scores [N, k'] float32 descending, rows [N, k'] int64 insertion positions) with
@@ -212,10 +228,13 @@ class Index(abc.ABC):
         """
         if self._index is None or self.ntotal == 0:
             raise RuntimeError("search before add: call add(corpus_embeddings) first")
-        if int(k) < 1:
+        if strict:
+            k_eff = check_k(k, self.ntotal)
+        elif int(k) < 1:
             raise ValueError(f"k={k} must be >= 1")
+        else:
+            k_eff = min(int(k), self.ntotal)
         q = _float32_rows(queries, "queries", self.dim)
-        k_eff = min(int(k), self.ntotal)
         raw, rows = self._index.search(self._encode(q, queries=True), k_eff)
         scores = self._scores(q, raw)
         rows = rows.astype(np.int64, copy=False)

@@ -11,7 +11,7 @@ import pytest
 from twostage.config import INDEX_KINDS, Config
 from twostage.index.ivf import guideline_nlist
 from twostage.index import (KINDS, FlatIndex, HNSWIndex, Index, IVFIndex, IVFPQIndex, SQIndex,
-                            create_index, make_index)
+                            check_k, create_index, make_index)
 
 F32 = np.float32
 
@@ -238,6 +238,33 @@ def test_nprobe_above_nlist_is_refused():
     assert IVFIndex(nlist=8, nprobe=8).params()["nprobe"] == 8             # all cells: allowed
 
 
+def test_unknown_kind_names_the_setting_and_the_kinds():
+    from twostage.config import IndexConfig
+    message = (r"unknown index kind 'annoy' \(config index.kind, --index\); valid kinds: flat, "
+               r"ivf, hnsw, ivfpq, sq")
+    with pytest.raises(ValueError, match=message):
+        create_index("annoy")
+    with pytest.raises(ValueError, match=message):
+        make_index(IndexConfig(kind="annoy"))      # a section built without Config's checks
+
+
+def test_k_above_the_catalog_clips_or_is_an_error_naming_the_limit():
+    corpus, queries = clustered(50, 3, d=8, n_clusters=5)
+    index = FlatIndex().add(corpus)
+    scores, rows = index.search(queries, 80)                     # default: clipped, as TFRS
+    assert rows.shape == (3, 50) and sorted(rows[0]) == list(range(50))
+    with pytest.raises(ValueError, match=r"k=80 exceeds the catalog's 50 items.*at most 50"):
+        index.search(queries, 80, strict=True)
+    assert index.search(queries, 50, strict=True)[1].shape == (3, 50)   # the limit itself: fine
+    with pytest.raises(ValueError, match=r"-k=5000 exceeds the catalog's 1,664 items.*lower -k "
+                                         r"to at most 1664"):
+        check_k(5000, 1664, "-k")
+    assert check_k(100, 1664) == 100
+    for strict in (False, True):
+        with pytest.raises(ValueError, match="k=0 must be >= 1"):
+            index.search(queries, 0, strict=strict)
+
+
 def test_create_index_refuses_other_kinds_parameters():
     with pytest.raises(ValueError, match="flat index takes no parameters, not nlist"):
         create_index("flat", nlist=8)
@@ -294,8 +321,9 @@ def test_load_reads_files_of_torch_impl_faiss_index(tmp_path):
     assert loaded.search(queries, 5)[1].shape == (4, 5)
 
 
-def test_load_checks_expected_dim_and_ntotal(tmp_path):
-    _, path = _saved(tmp_path, "flat")
+@pytest.mark.parametrize("kind", KINDS)
+def test_load_checks_expected_dim_and_ntotal(tmp_path, kind):
+    _, path = _saved(tmp_path, kind)
     assert Index.load(path, expect_dim=8, expect_ntotal=300).ntotal == 300
     with pytest.raises(ValueError, match=(r"index at .*index\.npz holds 300 items of dim 8 but "
                                           r"the run's corpus has 1,682 items: rebuild it")):
