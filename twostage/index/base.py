@@ -119,6 +119,7 @@ class Index(abc.ABC):
     FAISS_TYPE: ClassVar[type]
     extra_dims: int = 0   # dimensions _encode appends (HNSW's MIPS augmentation)
     LEGACY_DEFAULTS: ClassVar[dict] = {}   # what an older file's missing settings meant
+    SEARCH_PARAMS: ClassVar[tuple[str, ...]] = ()   # of PARAMS, those set_search may change
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -186,6 +187,41 @@ class Index(abc.ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{name}={getattr(self, name)}" for name in self.PARAMS)
         return f"{type(self).__name__}({args}; dim={self.dim}, ntotal={self.ntotal})"
+
+    def set_search(self, **settings) -> "Index":
+        """Change search-time settings (``SEARCH_PARAMS``: ivf/ivfpq ``nprobe``, hnsw
+        ``ef_search``) of this index, built or not, without rebuilding; returns self. ValueError
+        naming the setting for one the kind has not, a value below 1, or one the built index
+        cannot honour (nprobe above its cells)."""
+        unknown = sorted(set(settings) - set(self.SEARCH_PARAMS))
+        if unknown:
+            takes = ", ".join(self.SEARCH_PARAMS) or "none"
+            raise ValueError(f"{self.kind} index: {', '.join(unknown)} is not a search setting "
+                             f"of this kind (search settings: {takes})")
+        values = dict(zip(settings, _positive(**settings)))
+        self._check_search(values)
+        for name, value in values.items():
+            setattr(self, name, value)
+        if self._index is not None:
+            self._configure(self._index)
+        return self
+
+    def _check_search(self, values: dict) -> None:
+        """ValueError if the built index cannot honour these search settings. Default: none."""
+
+    def serialized_bytes(self) -> int:
+        """Bytes of ``faiss.write_index`` of this index (what it holds in memory, give or take
+        FAISS's headers), counted without materialising them (0 before the first ``add``)."""
+        if self._index is None:
+            return 0
+        total = 0
+
+        def count(chunk: bytes) -> None:
+            nonlocal total
+            total += len(chunk)
+
+        faiss.write_index(self._index, faiss.PyCallbackIOWriter(count))
+        return total
 
     # --- add / search ------------------------------------------------------------------------
     def add(self, embeddings) -> "Index":

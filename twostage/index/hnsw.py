@@ -36,6 +36,7 @@ class HNSWIndex(Index):
 
     kind = "hnsw"
     PARAMS = ("hnsw_m", "ef_search", "ef_construction", "mips", "mips_radius")
+    SEARCH_PARAMS = ("ef_search",)
     FAISS_TYPE = faiss.IndexHNSWFlat
     # Files of FaissIndex / twostage.index before the augmentation: raw inner-product graphs.
     LEGACY_DEFAULTS = {"ef_construction": 40, "mips": False, "mips_radius": None}

@@ -25,6 +25,7 @@ class IVFIndex(Index):
 
     kind = "ivf"
     PARAMS = ("nlist", "nprobe")
+    SEARCH_PARAMS = ("nprobe",)
     FAISS_TYPE = faiss.IndexIVFFlat
 
     def __init__(self, nlist: int | None = None, nprobe: int = 8) -> None:
@@ -58,6 +59,13 @@ class IVFIndex(Index):
     def _configure(self, index: faiss.Index) -> None:
         # serialization does not keep nprobe; with the guideline nlist it may exceed the cells
         index.nprobe = min(self.nprobe, index.nlist)
+
+    def _check_search(self, values: dict) -> None:
+        cells = self.nlist if self._index is None else int(self._index.nlist)
+        if cells is not None and values.get("nprobe", 0) > cells:
+            raise ValueError(f"{self.kind}: nprobe={values['nprobe']} exceeds nlist={cells}: a "
+                             f"query can search at most the {cells} cells there are; lower "
+                             "nprobe (--ivf-nprobe)")
 
 
 def guideline_nlist(num_items: int) -> int:

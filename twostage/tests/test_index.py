@@ -451,3 +451,45 @@ def test_ivfpq_impossible_settings_are_named():
         IVFPQIndex(nlist=4, nprobe=2, pq_bytes=8).add(corpus)
     with pytest.raises(ValueError, match="too few to train"):
         IVFPQIndex(nlist=4, nprobe=2, pq_bytes=4).add(corpus[:100])
+
+
+# --- search settings of a built index, and its size ---------------------------------------------
+def test_set_search_changes_settings_without_rebuilding(tmp_path):
+    corpus, queries = clustered(2000, 50, d=16, n_clusters=20)
+    ivf = IVFIndex(nlist=40, nprobe=1).add(corpus)
+    low = recall_at(10, ivf, corpus, queries)
+    assert ivf.set_search(nprobe=40) is ivf and ivf._index.nprobe == 40 and ivf.nprobe == 40
+    assert recall_at(10, ivf, corpus, queries) == 1.0 > low        # every cell: exact
+    assert Index.load(ivf.save(tmp_path / "i.npz")).params()["nprobe"] == 40   # saved too
+    guideline = IVFPQIndex(nprobe=2).add(corpus)                     # nlist: 4*sqrt(2000) = 179
+    with pytest.raises(ValueError, match=r"ivfpq: nprobe=500 exceeds nlist=179.*--ivf-nprobe"):
+        guideline.set_search(nprobe=500)
+    assert guideline._index.nprobe == 2                              # unchanged after refusal
+    hnsw = HNSWIndex(hnsw_m=8, ef_search=16).add(corpus)
+    hnsw.set_search(ef_search=64)
+    assert hnsw._index.hnsw.efSearch == 64 and hnsw.params()["ef_search"] == 64
+    with pytest.raises(ValueError, match="ef_search=0 must be >= 1"):
+        hnsw.set_search(ef_search=0)
+    with pytest.raises(ValueError, match=r"hnsw index: nprobe is not a search setting of this "
+                                         r"kind \(search settings: ef_search\)"):
+        hnsw.set_search(nprobe=4)
+    with pytest.raises(ValueError, match=r"search settings: none"):
+        FlatIndex().set_search(ef_search=4)
+    assert IVFIndex(nlist=8).set_search(nprobe=8).nprobe == 8        # before add: vs nlist
+    with pytest.raises(ValueError, match="nprobe=9 exceeds nlist=8"):
+        IVFIndex(nlist=8).set_search(nprobe=9)
+
+
+def test_serialized_bytes_counts_what_the_index_holds(tmp_path):
+    corpus, _ = clustered(3000, 1, d=16, n_clusters=20)
+    assert FlatIndex().serialized_bytes() == 0
+    sizes = {}
+    for kind, params in (("flat", {}), ("sq", {}), ("ivfpq", {"pq_bytes": 4})):
+        index = create_index(kind, **params).add(corpus)
+        sizes[kind] = index.serialized_bytes()
+        with np.load(index.save(tmp_path / f"{kind}.npz")) as z:
+            assert sizes[kind] == z["faiss"].size                    # = faiss.serialize_index
+    raw = 3000 * 16 * 4
+    assert raw < sizes["flat"] < raw * 1.01
+    assert raw / 4 < sizes["sq"] < raw / 4 * 1.05                    # one byte per dimension
+    assert sizes["ivfpq"] < raw / 2                                  # 4 code bytes + 8 id bytes
