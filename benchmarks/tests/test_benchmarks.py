@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from benchmarks import seeds, speed
+from benchmarks import speed
 from twostage.data.synthetic import generate
 
 
@@ -32,26 +32,6 @@ def test_speed_reports_both_backends_and_ratios(data_dir, tmp_path, capsys):
 def test_speed_rejects_one_epoch(data_dir):
     with pytest.raises(SystemExit):
         speed.main(["--data-dir", str(data_dir), "--epochs", "1"])
-
-
-def test_seeds_reports_mean_spread_and_noise_verdict(data_dir, tmp_path, capsys):
-    assert seeds.main(["--seeds", "2", "--data-dir", str(data_dir), "--retrieval-epochs", "1",
-                       "--ranking-epochs", "1", "--out", str(tmp_path)]) == 0
-    summary = json.loads((tmp_path / "seeds.json").read_text())["summary"]
-    assert set(summary) == set(seeds.METRICS)
-    for row in summary.values():
-        for name in ("torch", "tfrs"):
-            assert set(row[name]) == {"mean", "std"}
-        assert isinstance(row["within_noise"], bool)
-    assert "seed noise" in capsys.readouterr().out
-
-
-def test_summarise_flags_differences_outside_noise():
-    runs = {"torch": [{m: 0.50 for m in seeds.METRICS}, {m: 0.52 for m in seeds.METRICS}],
-            "tfrs": [{m: 0.30 for m in seeds.METRICS}, {m: 0.32 for m in seeds.METRICS}]}
-    row = seeds.summarise(runs)[seeds.METRICS[0]]
-    assert row["diff"] == pytest.approx(0.20)
-    assert row["within_noise"] is False
 
 
 def test_contention_compares_alone_and_busy_per_wait_policy(data_dir, tmp_path, capsys):
