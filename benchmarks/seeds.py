@@ -1,31 +1,35 @@
-"""Training parity in distribution: do the torch and TFRS backends land on the same metrics?
+r"""Training parity in distribution: do the torch and TFRS backends land on the same metrics?
 
-    python -m benchmarks.seeds --seeds 10 --retrieval-epochs 20 --ranking-epochs 20   # paired
-    python -m benchmarks.seeds --mode independent --seeds 20 --retrieval-epochs 20 --ranking-epochs 20
-    python -m benchmarks.seeds --backend torch --seeds 3      # one backend's spread
-    python -m benchmarks.seeds ... --resume          # continue an interrupted run in --out
+    python -m benchmarks.seeds --seeds 10 --retrieval-epochs 20 --ranking-epochs 20  # paired
+    python -m benchmarks.seeds --mode independent --seeds 20 \
+        --retrieval-epochs 20 --ranking-epochs 20
+    python -m benchmarks.seeds --backend torch --seeds 3     # one backend's spread
+    python -m benchmarks.seeds ... --resume                  # continue <out>/seeds.json
 
-Defaults: 3 seeds, 100 + 100 epochs.
+Defaults: 3 seeds, 100 + 100 epochs, ``--out runs/seeds``.
 
-For each seed (base seed + 1000 * i; the split is the same for all, the seed changes the
-initialisation and the batch order) both backends train both stages and are evaluated by the
-same functions (``twostage.pipeline.evaluate``: top-k accuracy over the whole corpus, ranking
-accuracy / AUC / log loss, two-stage nDCG@10 in retrieval order and re-ranked).
+Run i = 1..n uses seed 42 + 1000 i (the split stays that of seed 42; the seed changes the
+initialisation and the batch order, which both backends share: ``shared_batches``). Every
+backend trains both stages and is scored by the same function, ``twostage.pipeline.evaluate``:
+top-k accuracy over the whole corpus (k = 1, 5, 10, 50, 100), ranking binary accuracy, AUC and
+log loss, two-stage nDCG@10 in retrieval order and re-ranked.
 
-``--mode paired`` (default): the TFRS backend starts from the torch backend's initial weights of
-both stages (``twostage.export.torch_to_tfrs`` before any training) and is fed the same batches
-(``shared_batches``), so each seed gives one torch-minus-TFRS difference per metric. Tests per
-metric: paired t, exact sign-flip permutation, exact sign test; effect size d_z.
-``--mode independent``: each backend draws its own initial weights from the seed. Tests: Welch's
-t and a two-sample permutation test; effect size Cohen's d. ``--backend torch|tfrs`` trains one
-backend (independent mode, the default then) and prints its mean and spread without tests.
+``--mode paired`` (the default with both backends): the TFRS backend starts from the torch
+backend's initial weights of both stages (``twostage.export.torch_to_tfrs`` before any
+training), so each seed gives one torch-minus-TFRS difference per metric. Tests per metric:
+paired t, sign-flip permutation (exact up to 20 seeds, seeded Monte Carlo beyond), exact sign
+test; effect size d_z. ``--mode independent``: each backend draws its own initial weights from
+the seed. Tests: Welch's t and a two-sample permutation test; effect size Cohen's d.
+``--backend torch|tfrs`` trains one backend (independent mode, the default then) and prints its
+mean and spread without tests.
 
 Each test is Holm-corrected across the metrics. The table prints per metric both means, the
-difference, the effect size, raw and Holm p-values, the smallest difference the seeds could
-detect (two-sided alpha 0.05, power 0.8, from the t test) and the verdict
-(``benchmarks.stats.verdict``: "DIFFERENT" when any test's Holm p < 0.05). ``<out>/seeds.json``
-is rewritten atomically after every seed (settings, per-seed metrics and initial-weight digests,
-the summary so far); ``--resume`` continues it when its settings equal this command's.
+difference (torch - TFRS), the effect size, raw and Holm p-values, the smallest difference the
+seeds could detect (two-sided alpha 0.05, power 0.8, from the paired t / Welch test) and the
+verdict (``benchmarks.stats.verdict``: "DIFFERENT" when any test's Holm p < 0.05).
+``<out>/seeds.json`` is rewritten atomically after every seed (settings, per-seed metrics and
+initial-weight digests, the summary so far); ``--resume`` continues it when its settings equal
+this command's (more ``--seeds`` than it holds extends it).
 """
 from __future__ import annotations
 
@@ -202,6 +206,9 @@ def run(dataset, base: Config, seeds: int, mode: str, names: list[str], out: Pat
     """Train ``seeds`` seeds (continuing ``out/seeds.json`` with ``resume``), rewriting the JSON
     after each; returns its final content."""
     from twostage import io
+    if mode == "paired" and not base.train.shared_batches:
+        raise ValueError("paired mode feeds both backends the same batches: keep "
+                         "config.train.shared_batches=True (no --framework-shuffle)")
     metrics = metric_names(base)
     settings = settings_of(base, mode, names)
     path = out / "seeds.json"
@@ -210,13 +217,21 @@ def run(dataset, base: Config, seeds: int, mode: str, names: list[str], out: Pat
         print(f"resuming {path}: {len(per_seed)} of {seeds} seeds done", file=sys.stderr)
     elif path.exists():
         print(f"{path} will be replaced (pass --resume to continue it)", file=sys.stderr)
-    started = time.perf_counter()
-    for i in range(len(per_seed), seeds):
-        print(f"seed {i + 1}/{seeds} ({seed_of(base, i)}), {time.perf_counter() - started:.0f} s "
-              "elapsed", file=sys.stderr, flush=True)
+    started, first = time.perf_counter(), len(per_seed)
+    for i in range(first, seeds):
+        print(f"seed {i + 1}/{seeds} ({seed_of(base, i)}){_eta(started, i - first, seeds - i)}",
+              file=sys.stderr, flush=True)
         per_seed.append(run_seed(dataset, base, i, mode, names, metrics))
         io.write_json(path, report_of(settings, per_seed, seeds, names, mode, metrics))
     return report_of(settings, per_seed, seeds, names, mode, metrics)
+
+
+def _eta(started: float, done: int, left: int) -> str:
+    """', 120 s elapsed, about 360 s left' from the seeds this process has finished."""
+    elapsed = time.perf_counter() - started
+    if not done:
+        return ""
+    return f", {elapsed:.0f} s elapsed, about {elapsed / done * left:.0f} s left"
 
 
 def report_of(settings: dict, per_seed: list[dict], seeds: int, names: list[str], mode: str,
