@@ -10,28 +10,24 @@ the models built from the stored (or given, architecture-compatible) config with
 ``check_weights`` and assigns weights and accumulators, so a resumed run continues Adagrad
 instead of restarting it. No index is stored: ``build_index`` rebuilds the BruteForce.
 
-SavedModel export: the query model + a BruteForce index over the corpus with title identifiers,
-callable after ``tf.saved_model.load`` as ``m({"user_id": [B] string, "timestamp": [B] int64})``
--> (scores [B, k] float32, titles [B, k] string); also a ``serving_default`` signature returning
-{"scores", "titles"}. Written through ``twostage.io.replace_directory(kind="savedmodel")``.
+The SavedModel for serving (retrieval call, ``recommend`` signature of both stages) lives in
+:mod:`tfrs_impl.serving`; ``export_saved_model``, ``load_saved_model`` and ``SAVEDMODEL_KIND``
+stay importable from here.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Mapping
 
-import numpy as np
 import tensorflow as tf
 
-from twostage import io
 from twostage import checkpoint as core
 
-from . import index as index_lib
 from .models import get_weights, named_variables, set_weights
 from .optim import Adagrad, get_accumulators, set_accumulators
+from .serving import SAVEDMODEL_KIND, export_saved_model, load_saved_model
 
 BACKEND = "tfrs"
-SAVEDMODEL_KIND = "savedmodel"  # twostage.io marker kind of an exported SavedModel folder
 
 
 def framework() -> str:
@@ -72,50 +68,6 @@ def restore(stored: core.Checkpoint, models: Mapping, optimizers: Mapping[str, A
         restore_stage(stored.directory, stage, models[stage], optimizers[stage], state)
 
 
-# --- SavedModel for serving --------------------------------------------------------------------
-QUERY_SIGNATURE = {"user_id": tf.TensorSpec([None], tf.string, name="user_id"),
-                   "timestamp": tf.TensorSpec([None], tf.int64, name="timestamp")}
-
-
-class ServingModule(tf.Module):
-    """Raw queries -> (scores [B, k], titles [B, k]) through a title-identified BruteForce."""
-
-    def __init__(self, index):
-        super().__init__()
-        self.index = index
-
-    @tf.function(input_signature=[QUERY_SIGNATURE])
-    def __call__(self, queries):
-        return self.index(queries)
-
-    @tf.function(input_signature=[QUERY_SIGNATURE])
-    def serve(self, queries):
-        scores, titles = self.index(queries)
-        return {"scores": scores, "titles": titles}
-
-
-def export_saved_model(directory: Path | str, retrieval_model, corpus_titles: np.ndarray,
-                       k: int = index_lib.DEFAULT_K, force: bool = False) -> Path:
-    """Export query model + BruteForce(k) over ``corpus_titles`` (titles as ids), atomically.
-    An existing folder is replaced only if it is a SavedModel export of ours (``force``:
-    anything, moved aside to ``<name>.replaced-<time>``, never deleted; twostage.io)."""
-    index = index_lib.build_index(retrieval_model.query_model, retrieval_model.candidate_model,
-                                  corpus_titles, k=k, identifiers="titles")
-    module = ServingModule(index)
-
-    def write(tmp: Path) -> None:
-        # Keras warns once per subclassed model that it has no get_config(); irrelevant here
-        # (the SavedModel is loaded with tf.saved_model.load, not rebuilt from configs).
-        logger = tf.get_logger()
-        level = logger.level
-        logger.setLevel("ERROR")
-        try:
-            tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
-        finally:
-            logger.setLevel(level)
-    return io.replace_directory(Path(directory), write, SAVEDMODEL_KIND, force=force)
-
-
-def load_saved_model(directory: Path | str):
-    """``tf.saved_model.load``; call the result with raw queries (see the module docstring)."""
-    return tf.saved_model.load(str(directory))
+# --- SavedModel for serving: tfrs_impl/serving.py (kept importable from here) ---------------
+__all__ = ["BACKEND", "framework", "stage_state", "save", "restore_stage", "restore",
+           "SAVEDMODEL_KIND", "export_saved_model", "load_saved_model"]

@@ -134,17 +134,27 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--device", default="cpu",
                      help="torch device to load the models on (default cpu)")
 
-    exp = sub.add_parser("export", help="export a run's torch retrieval model as a TF "
-                         "SavedModel")
+    exp = sub.add_parser("export", help="export a run's two stages for serving: a TF "
+                         "SavedModel (tfrs) or TorchScript programs + FAISS index (torch)")
     exp.add_argument("--run", required=True, help="a folder written by `twostage run`")
-    exp.add_argument("--to", choices=("tfrs",), default="tfrs", help="target framework")
-    exp.add_argument("--out", required=True, help="where the TF SavedModel goes (replaced only "
-                     "if it is a SavedModel export of ours)")
+    exp.add_argument("--to", choices=EXPORT_TARGETS, default="tfrs",
+                     help="tfrs: a SavedModel (retrieval call + `recommend` signature); torch: "
+                     "TorchScript query tower and ranking model, the FAISS index, the id map "
+                     "and the feature spec, loaded by twostage.serving (default tfrs)")
+    exp.add_argument("--out", required=True, help="the export folder (replaced only if it is "
+                     "an export of ours of the same kind)")
     exp.add_argument("--force", action="store_true",
                      help="replace --out even if it holds other files (moved aside, never "
                      "deleted)")
-    exp.add_argument("-k", type=int, default=100,
-                     help="top-k the SavedModel returns (10 <= k <= corpus size; default 100)")
+    exp.add_argument("--backend", choices=BACKENDS, default=None,
+                     help="whose saved weights (default: the first one saved, as `twostage "
+                     "recommend`); the other backend's are converted")
+    exp.add_argument("--num-candidates", type=int, default=None,
+                     help="candidates retrieved before re-ranking, at least k (default: the "
+                     "run's eval.num_candidates, as `twostage recommend`)")
+    exp.add_argument("-k", type=int, default=None,
+                     help="tfrs only: top-k of the SavedModel's retrieval-only call (10 <= k <= "
+                     "corpus size; default 100); `recommend` takes k per call")
     return p
 
 
@@ -304,19 +314,37 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+EXPORT_TARGETS = ("tfrs", "torch")
+EXPORT_KINDS = {"tfrs": "savedmodel", "torch": "torch-export"}  # io marker kinds of --out
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_run_to_tfrs
+    from .export import export_run_to_tfrs, export_run_to_torch
     from .rundir import RunDir
 
     run = RunDir.open(args.run)
-    _, folder = run.backend_dir("torch")
-    if not 10 <= args.k <= len(run.corpus_titles):
-        raise UsageError(f"-k {args.k}: the exported index returns 10 <= k <= "
-                         f"{len(run.corpus_titles)} (the run's corpus size)")
-    io.check_replaceable(Path(args.out), "savedmodel", force=args.force)
-    path = export_run_to_tfrs(folder, run.corpus_titles, Path(args.out), k=args.k,
-                              force=args.force)
-    print(f"wrote TF SavedModel to {path}")
+    size = len(run.corpus_titles)
+    if args.to == "torch" and args.k is not None:
+        raise UsageError("-k sets the SavedModel's retrieval-only top-k (--to tfrs); the torch "
+                         "export takes k at each recommend call: drop -k")
+    k = 100 if args.k is None else args.k
+    if args.to == "tfrs" and not 10 <= k <= size:
+        raise UsageError(f"-k {k}: the exported index returns 10 <= k <= {size} (the run's "
+                         "corpus size)")
+    if args.num_candidates is not None and args.num_candidates < 1:
+        raise UsageError(f"--num-candidates {args.num_candidates}: must be >= 1")
+    run.backend_dir(args.backend)  # a missing backend fails before anything is loaded
+    out = Path(args.out)
+    io.check_replaceable(out, EXPORT_KINDS[args.to], force=args.force)
+    if args.to == "tfrs":
+        path = export_run_to_tfrs(run, out, backend=args.backend, k=k,
+                                  num_candidates=args.num_candidates, force=args.force)
+        print(f"wrote TF SavedModel to {path} (retrieval call and `recommend` signature)")
+    else:
+        path = export_run_to_torch(run, out, backend=args.backend,
+                                   num_candidates=args.num_candidates, force=args.force)
+        print(f"wrote torch export to {path}; serve it with twostage.serving.load({str(path)!r})"
+              f" or `python -m twostage.serving {path} --user ID`")
     return 0
 
 

@@ -1,17 +1,22 @@
-"""Move weights between the torch and TFRS backends; export a torch run as a TF SavedModel.
+"""Move weights between the torch and TFRS backends; serving exports of a run folder.
 
 This is the one module of the core that imports both frameworks (lazily, through the backends).
+``export_run_to_tfrs`` writes a TF SavedModel (``tfrs_impl.serving``), ``export_run_to_torch`` a
+TorchScript + FAISS folder (``torch_impl.serving``, read by ``twostage.serving``); both serve
+``twostage recommend``'s two stages from either backend's weights.
+
 Both backends name every weight with the Keras attribute path of the seed's models and hold
 Dense kernels as [in, out], so a transfer is a dictionary copy checked name by name and shape by
 shape (``set_weights`` refuses anything partial).
 """
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
-import numpy as np
-
 STAGES = ("retrieval", "ranking")
+log = logging.getLogger("twostage")
 
 
 def copy_weights(source, target, stages: tuple[str, ...] = STAGES) -> None:
@@ -44,19 +49,82 @@ def tfrs_to_torch(tfrs_backend):
     return torch_backend
 
 
-def export_run_to_tfrs(torch_dir: Path, corpus_titles: np.ndarray, out: Path, k: int = 100,
-                       force: bool = False) -> Path:
-    """Load the torch checkpoint ``torch_dir`` (a run folder's ``torch/``, validated by
-    ``twostage.rundir.RunDir``), move its weights into the TFRS models and write a SavedModel of
-    query model + BruteForce(k) over ``corpus_titles``. ``out`` is replaced only if it is a
-    SavedModel export of ours (``force``: anything, moved aside). Call it as
-    ``m = tf.saved_model.load(out); scores, titles = m({"user_id": tf.constant(["42"]),
-    "timestamp": tf.constant([879000000], tf.int64)})``."""
-    from tfrs_impl.checkpoint import export_saved_model
-    from torch_impl.backend import TorchBackend
+# --- serving exports of a run folder ---------------------------------------------------------
+def load_run_backend(run, backend: str | None = None):
+    """The run's saved ``backend`` (default: the first saved, as ``twostage recommend``) loaded
+    as ``twostage recommend`` loads it: on the CPU, in this process. A checkpoint without a
+    stored ranking stage is refused (the exports serve both stages). ``run``: a RunDir."""
+    from .checkpoint import stored_config
+    from .pipeline import load_backend
 
-    if k > len(corpus_titles):
-        raise ValueError(f"k={k} exceeds the corpus size {len(corpus_titles)}")
-    torch_backend = TorchBackend.load(Path(torch_dir))
-    tfrs_backend = torch_to_tfrs(torch_backend)
-    return export_saved_model(out, tfrs_backend.retrieval_model, corpus_titles, k=k, force=force)
+    name, folder = run.backend_dir(backend)
+    config = stored_config(folder).replace(device="cpu", nproc=1, compile=False,
+                                           cuda_graphs=False)
+    stages = _stored_stages(folder)
+    if stages is not None and "ranking" not in stages:
+        raise ValueError(f"{folder} holds no ranking stage (stages: {stages}); an export "
+                         "serves retrieval + ranking: re-run `twostage run` to train both")
+    return load_backend(name, folder, config)
+
+
+def _stored_stages(folder: Path) -> list | None:
+    """The stages a checkpoint's meta.json lists; None if unreadable (load_backend then
+    reports what is wrong with it)."""
+    try:
+        meta = json.loads((Path(folder) / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    stages = meta.get("stages") if isinstance(meta, dict) else None
+    return list(stages) if isinstance(stages, list) else None
+
+
+def _num_candidates(backend, num_candidates: int | None) -> int:
+    n = backend.config.eval.num_candidates if num_candidates is None else int(num_candidates)
+    if n < 1:
+        raise ValueError(f"num_candidates={n} must be >= 1")
+    return n
+
+
+def export_run_to_tfrs(run, out: Path, *, backend: str | None = None, k: int = 100,
+                       num_candidates: int | None = None, force: bool = False) -> Path:
+    """A TF SavedModel of the run ``run`` (a validated ``twostage.rundir.RunDir``): the
+    retrieval call (BruteForce(k) over the run's corpus) and the ``recommend`` signature of both
+    stages (``tfrs_impl.serving``). ``backend``: whose weights (default: the first saved; torch
+    weights are moved into the TFRS models). ``num_candidates``: C's floor (default: the run's
+    ``eval.num_candidates``, as ``twostage recommend``). ``out`` is replaced only if it is a
+    SavedModel export of ours (``force``: anything, moved aside). Load it with
+    ``twostage.serving.load(out)`` or ``tf.saved_model.load(out)``."""
+    from tfrs_impl.serving import export_saved_model
+
+    titles = run.corpus_titles
+    if not 1 <= k <= len(titles):
+        raise ValueError(f"k={k} must be in [1, {len(titles)}] (the run's corpus size)")
+    source = load_run_backend(run, backend)
+    tfrs_backend = source if source.name == "tfrs" else torch_to_tfrs(source)
+    if source.config.index.kind != "flat":
+        log.warning("the run serves with a %s index; the SavedModel retrieves exactly "
+                    "(BruteForce), so its candidates can differ from `twostage recommend`'s",
+                    source.config.index.kind)
+    return export_saved_model(out, tfrs_backend.retrieval_model, titles, k=k, force=force,
+                              ranking_model=tfrs_backend.ranking_model.ranking_model,
+                              num_candidates=_num_candidates(source, num_candidates),
+                              default_timestamp=run.max_timestamp,
+                              user_vocab=source.spec.user_vocab)
+
+
+def export_run_to_torch(run, out: Path, *, backend: str | None = None,
+                        num_candidates: int | None = None, force: bool = False) -> Path:
+    """A torch export of the run ``run`` (a validated RunDir): TorchScript query tower and
+    ranking model, the run's index kind over its corpus, the id map and the feature spec
+    (``torch_impl.serving``; read by ``twostage.serving.TorchExport`` without the training
+    code). ``backend``: whose weights (default: the first saved; TFRS weights are moved into
+    the torch models). ``out``: replaced only if it is a torch export (``force``: anything,
+    moved aside)."""
+    from torch_impl.serving import export_programs
+
+    source = load_run_backend(run, backend)
+    torch_backend = source if source.name == "torch" else tfrs_to_torch(source)
+    return export_programs(out, torch_backend, run.corpus_titles,
+                           max_timestamp=run.max_timestamp,
+                           num_candidates=_num_candidates(source, num_candidates),
+                           source={"run": str(run.path), "backend": source.name}, force=force)

@@ -1,0 +1,299 @@
+"""Serving exports, loaded without the training code: ``load(path).recommend(users)``.
+
+``twostage export --to torch`` writes (``twostage.export`` -> ``torch_impl.serving``)::
+
+    .twostage          marker {"kind": "torch-export"}
+    export.json        format, sizes, serving defaults, sha256 of every file below
+    query_tower.pt     TorchScript (user_index [B] int64, ts_bucket [B] int64, ts_norm [B] float32)
+                       -> [B, D] float32 query embeddings
+    ranking_model.pt   TorchScript (the same three + title_index [B] int64, title_tokens [B, L]
+                       int64, 0-padded) -> [B] float32 probabilities
+    index.faiss        twostage.index file: the run's index kind over the catalog's candidate
+                       embeddings (rows 0..M-1)
+    titles.json        the id map: index row -> catalog title (duplicates kept, as the corpus)
+    feature_spec.json  FeatureSpec: raw (user id, timestamp, title) -> the programs' inputs
+
+``twostage export --to tfrs`` writes a TF SavedModel (``tfrs_impl.serving``, marker kind
+"savedmodel") whose ``recommend`` signature does the same in one TensorFlow graph;
+``tfrs_impl.serving.SavedModelExport`` wraps it with the same ``recommend`` as
+:class:`TorchExport` (:func:`load` picks the class by the folder's marker).
+
+:class:`TorchExport` needs numpy, FAISS, torch (imported when a program is loaded) and the
+framework-free feature spec: no torch_impl, no TensorFlow. Its ``recommend`` is ``twostage
+recommend``'s path (``twostage.pipeline.recommend``): encode the queries with the spec, run the
+query tower in batches of the run's ``eval_batch_size``, retrieve ``C = min(max(k,
+num_candidates), M)`` rows from the index (descending score, equal scores by ascending row),
+score each (user, candidate) with the ranking model in the same batches, and re-rank stably
+(``Recommendations.reranked``: ties keep the retrieval order). ``python -m twostage.serving EXPORT --user 42`` prints the table
+``twostage recommend`` prints.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import io
+from .data.features import FeatureSpec
+from .pipeline import Recommendations
+
+TORCH_KIND = "torch-export"   # twostage.io marker kind of a torch export folder
+SAVEDMODEL_KIND = "savedmodel"  # tfrs_impl.serving.SAVEDMODEL_KIND (the TFRS export)
+FORMAT, VERSION = "twostage-torch-export", 1
+MANIFEST = "export.json"
+FILES = {"query_tower": "query_tower.pt", "ranking_model": "ranking_model.pt",
+         "index": "index.faiss", "titles": "titles.json", "feature_spec": "feature_spec.json"}
+QUERY_INPUTS: tuple[str, ...] = ("user_index", "ts_bucket", "ts_norm")
+RANKING_INPUTS: tuple[str, ...] = QUERY_INPUTS + ("title_index", "title_tokens")
+_REEXPORT = "export it again with `twostage export --run RUN --to torch --out {path}`"
+
+
+class ExportError(ValueError):
+    """An export folder is missing, incomplete, edited, or not one of ours."""
+
+
+@dataclass(frozen=True)
+class Served:
+    """The top k of N queries, in re-ranked order (ranking score descending, ties in retrieval
+    order): ``titles`` [N, k] object, ``rows`` [N, k] int64 catalog positions (index rows),
+    ``retrieval_scores`` / ``ranking_scores`` [N, k] float32."""
+
+    titles: np.ndarray
+    rows: np.ndarray
+    retrieval_scores: np.ndarray
+    ranking_scores: np.ndarray
+
+
+def top_k(recs: Recommendations, titles: np.ndarray, k: int) -> Served:
+    """The first ``k`` of each row of ``recs`` re-ranked (``Recommendations.reranked``, THE tie
+    rule of ``twostage recommend``), as :class:`Served`."""
+    order = recs.reranked()[:, :k]
+
+    def take(a: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(a, order, axis=1)
+    rows = take(recs.rows)
+    return Served(np.asarray(titles, dtype=object)[rows], rows, take(recs.retrieval_scores),
+                  take(recs.ranking_scores))
+
+
+def check_k(k: int, catalog_size: int) -> int:
+    """``k`` as an int in [1, catalog_size]; ValueError naming the limit otherwise."""
+    if isinstance(k, bool) or int(k) != k or not 1 <= int(k) <= catalog_size:
+        raise ValueError(f"k={k} must be an integer in [1, {catalog_size}] (the exported "
+                         f"catalog holds {catalog_size} titles)")
+    return int(k)
+
+
+def query_arrays(user_ids, timestamps, default_timestamp: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Raw queries -> (user ids [N] object str, timestamps [N] int64). ``timestamps``: [N], one
+    int for all, or None (the export's default: the latest time of the training data, as
+    ``twostage recommend``)."""
+    users = np.asarray([user_ids] if isinstance(user_ids, (str, bytes)) else list(user_ids),
+                       dtype=object)
+    users = np.array([u.decode("utf-8") if isinstance(u, bytes) else str(u) for u in users],
+                     dtype=object)
+    if len(users) == 0:
+        raise ValueError("no user ids given: pass at least one")
+    if timestamps is None:
+        timestamps = default_timestamp
+    ts = np.asarray(timestamps)
+    if ts.dtype.kind not in "iu":
+        raise ValueError(f"timestamps must be integers (unix seconds), got dtype {ts.dtype}")
+    ts = np.broadcast_to(ts.astype(np.int64), users.shape) if ts.ndim == 0 else ts.astype(np.int64)
+    if ts.shape != users.shape:
+        raise ValueError(f"{len(users)} user ids but {ts.shape[0]} timestamps")
+    return users, ts
+
+
+# --- the torch export ------------------------------------------------------------------------
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ExportError(f"{path} is missing: the export is incomplete; "
+                          f"{_REEXPORT.format(path=path.parent)}") from None
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{path}: not readable {what} ({e}); "
+                          f"{_REEXPORT.format(path=path.parent)}") from None
+
+
+def read_manifest(path: Path) -> dict:
+    """``export.json`` of a torch export, with every listed file present and unchanged
+    (sha256); ExportError naming the file and the fix otherwise."""
+    if not path.is_dir():
+        raise ExportError(f"no export folder at {path}; write one with `twostage export --run "
+                          f"RUN --to torch --out {path}`")
+    kind = io.marker_kind(path)
+    if kind != TORCH_KIND:
+        what = (f"a twostage {kind}" if kind else "not a twostage export (no marker)")
+        hint = (" (load a SavedModel with twostage.serving.load)" if kind == SAVEDMODEL_KIND
+                else "")
+        raise ExportError(f"{path} is {what}, not a torch export{hint}")
+    manifest = _read_json(path / MANIFEST, "export manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ExportError(f"{path / MANIFEST}: not a {FORMAT} manifest")
+    if manifest.get("version") != VERSION:
+        raise ExportError(f"{path / MANIFEST}: version {manifest.get('version')!r}; this "
+                          f"twostage reads version {VERSION}: {_REEXPORT.format(path=path)}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or set(files) != set(FILES.values()):
+        raise ExportError(f"{path / MANIFEST}: 'files' must list {sorted(FILES.values())}")
+    for name, digest in files.items():
+        file = path / name
+        if not file.is_file():
+            raise ExportError(f"{file} is missing: the export is incomplete; "
+                              f"{_REEXPORT.format(path=path)}")
+        if io.sha256_file(file) != digest:
+            raise ExportError(f"{file} changed after the export wrote it (checksum differs "
+                              f"from {MANIFEST}); {_REEXPORT.format(path=path)}")
+    return manifest
+
+
+def _int_field(manifest: dict, name: str, path: Path, low: int = 0) -> int:
+    value = manifest.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ExportError(f"{path / MANIFEST}: {name!r} must be an integer >= {low}, got "
+                          f"{value!r}")
+    return value
+
+
+class TorchExport:
+    """A loaded torch export (see the module docstring); :meth:`recommend` serves it."""
+
+    def __init__(self, path: Path, manifest: dict, spec: FeatureSpec, titles: np.ndarray,
+                 index, programs: dict[str, Callable]) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.spec = spec
+        self.titles = titles
+        self.index = index
+        self.programs = programs
+        self.catalog_size = len(titles)
+        self.num_candidates = _int_field(manifest, "num_candidates", path, 1)
+        self.default_timestamp = _int_field(manifest, "default_timestamp", path)
+        self.batch_size = _int_field(manifest, "eval_batch_size", path, 1)
+        self.precision = manifest.get("precision", "fp32")
+
+    @classmethod
+    def load(cls, path: Path | str) -> "TorchExport":
+        """Validate and load an export folder (ExportError naming the file and the fix)."""
+        from .index import Index
+
+        path = Path(path)
+        manifest = read_manifest(path)
+        try:
+            spec = FeatureSpec.load(path / FILES["feature_spec"])
+        except ValueError as e:
+            raise ExportError(str(e)) from None
+        if spec.fingerprint() != manifest.get("spec_fingerprint"):
+            raise ExportError(f"{path / FILES['feature_spec']} is not the feature spec the "
+                              f"programs were exported with; {_REEXPORT.format(path=path)}")
+        titles = _read_json(path / FILES["titles"], "titles")
+        size = _int_field(manifest, "catalog_size", path, 1)
+        if not isinstance(titles, list) or len(titles) != size or not all(
+                isinstance(t, str) for t in titles):
+            raise ExportError(f"{path / FILES['titles']} must list the {size} catalog titles "
+                              "(strings) in index-row order")
+        dim = _int_field(manifest, "embedding_dim", path, 1)
+        try:
+            index = Index.load(path / FILES["index"], expect_dim=dim, expect_ntotal=size)
+        except (ValueError, FileNotFoundError) as e:
+            raise ExportError(str(e)) from None
+        programs = {name: _load_program(path / FILES[name])
+                    for name in ("query_tower", "ranking_model")}
+        return cls(path, manifest, spec, np.asarray(titles, dtype=object), index, programs)
+
+    def known_user(self, user_id: str) -> bool:
+        """Whether ``user_id`` was in the training data (else the OOV embedding serves it)."""
+        return str(user_id) in set(self.spec.user_vocab)
+
+    def recommend(self, user_ids: Sequence[str] | str, timestamps=None, k: int = 10) -> Served:
+        """The re-ranked top ``k`` (1 <= k <= catalog size) for each query; ``timestamps``: [N]
+        ints, one int, or None (the export's default time)."""
+        k = check_k(k, self.catalog_size)
+        users, ts = query_arrays(user_ids, timestamps, self.default_timestamp)
+        c = min(max(k, self.num_candidates), self.catalog_size)
+        queries = self._run("query_tower", self.spec.encode_queries(users, ts), QUERY_INPUTS)
+        scores, rows = self.index.search(queries, c)
+        ranking = self._run("ranking_model", self.spec.encode(
+            np.repeat(users, c), np.repeat(ts, c), self.titles[rows].ravel()), RANKING_INPUTS)
+        return top_k(Recommendations(rows, scores, ranking.reshape(rows.shape)), self.titles, k)
+
+    def _run(self, name: str, arrays: dict[str, np.ndarray], keys: tuple[str, ...]
+             ) -> np.ndarray:
+        """A program over ``arrays`` (encoded for all rows at once, then cut in batches of
+        ``eval_batch_size``, as TorchBackend's inference: the same float rounding)."""
+        import contextlib
+
+        import torch
+
+        tensors = [torch.from_numpy(np.ascontiguousarray(arrays[key])) for key in keys]
+        n = int(tensors[0].shape[0])
+        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16"
+                    else contextlib.nullcontext())
+        parts = []
+        with torch.no_grad(), autocast:
+            for start in range(0, n, self.batch_size):
+                batch = [t[start: start + self.batch_size] for t in tensors]
+                parts.append(self.programs[name](*batch).float().numpy())
+        return np.concatenate(parts)
+
+
+def _load_program(path: Path) -> Callable:
+    import torch
+    try:
+        program = torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError) as e:
+        raise ExportError(f"{path}: not a TorchScript program torch {torch.__version__} can load "
+                          f"({str(e).strip().splitlines()[0]}); "
+                          f"{_REEXPORT.format(path=path.parent)}") from None
+    return program.eval()
+
+
+def load(path: Path | str):
+    """The export at ``path``, by its marker: a :class:`TorchExport`, or for a TFRS SavedModel
+    ``tfrs_impl.serving.SavedModelExport`` (same ``recommend``; imports TensorFlow)."""
+    path = Path(path)
+    if path.is_dir() and io.marker_kind(path) == SAVEDMODEL_KIND:
+        from tfrs_impl.serving import SavedModelExport
+        return SavedModelExport.load(path)
+    return TorchExport.load(path)
+
+
+# --- python -m twostage.serving --------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Print ``twostage recommend``'s table for one user from an export."""
+    p = argparse.ArgumentParser(prog="python -m twostage.serving", description=main.__doc__)
+    p.add_argument("export", help="a folder written by `twostage export`")
+    p.add_argument("--user", required=True, help="user id as in the ratings file")
+    p.add_argument("--timestamp", type=int, default=None,
+                   help="query time (unix seconds; default: the latest time in the data)")
+    p.add_argument("-k", type=int, default=10, help="how many recommendations (default 10)")
+    args = p.parse_args(argv)
+    try:
+        served = load(args.export)
+        if not served.known_user(args.user):
+            print(f"warning: user {args.user!r} was not in the training data; the "
+                  "out-of-vocabulary embedding is used", file=sys.stderr)
+        ts = served.default_timestamp if args.timestamp is None else args.timestamp
+        out = served.recommend([args.user], ts, args.k)
+    except (ExportError, ValueError, OSError) as e:
+        print(f"twostage.serving: error: {e}", file=sys.stderr)
+        return 1
+    c = min(max(args.k, served.num_candidates), served.catalog_size)
+    print(f"user {args.user} at {ts} (export {served.path}): {c} retrieved, re-ranked")
+    print(f"{'#':>3}  {'retrieval':>9}  {'ranking':>7}  title")
+    for i in range(out.titles.shape[1]):
+        print(f"{i + 1:>3}  {out.retrieval_scores[0, i]:9.4f}  {out.ranking_scores[0, i]:7.4f}  "
+              f"{out.titles[0, i]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""`twostage export --to torch` and its loader (twostage.serving) on small synthetic runs: the
+export answers exactly what `twostage recommend` answers, needs no training code, and refuses
+bad input with the file or the limit named. (The TFRS SavedModel: parity_tests/
+test_serving_export.py.)"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from twostage import serving
+from twostage.cli import main
+from twostage.data.synthetic import generate
+from twostage.rundir import RunDir
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("ml"), num_users=120, num_movies=90,
+                    num_ratings=3000, seed=3)
+
+
+def _run(data_dir: Path, out: Path, *flags: str) -> Path:
+    assert main(["run", "--backend", "torch", "--data-dir", str(data_dir), "--retrieval-epochs",
+                 "2", "--ranking-epochs", "1", "--validation-freq", "2", "--batch-size", "256",
+                 "--out", str(out), "--quiet", *flags]) == 0
+    return out
+
+
+def _export(run: Path, out: Path, *flags: str) -> Path:
+    assert main(["export", "--run", str(run), "--to", "torch", "--out", str(out), *flags]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_dir, tmp_path_factory):
+    return _run(data_dir, tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def export_dir(run_dir, tmp_path_factory):
+    return _export(run_dir, tmp_path_factory.mktemp("exports") / "torch")
+
+
+def reference(run_dir: Path, users: np.ndarray, stamps: np.ndarray, k: int) -> dict:
+    """What `twostage recommend` computes for these queries (its loading, index, C and
+    re-ranking), as arrays [N, k]."""
+    from twostage.export import load_run_backend
+    from twostage.pipeline import recommend
+
+    run = RunDir.open(run_dir)
+    backend = load_run_backend(run)
+    backend.build_index(run.corpus_titles)
+    c = min(max(k, backend.config.eval.num_candidates), len(run.corpus_titles))
+    recs = recommend(backend, users, stamps, c, run.corpus_titles)
+    order = recs.reranked()[:, :k]
+    rows = np.take_along_axis(recs.rows, order, axis=1)
+    return {"titles": run.corpus_titles[rows], "rows": rows,
+            "retrieval_scores": np.take_along_axis(recs.retrieval_scores, order, axis=1),
+            "ranking_scores": np.take_along_axis(recs.ranking_scores, order, axis=1)}
+
+
+def assert_same(served: serving.Served, ref: dict) -> None:
+    """Same titles in the same order, scores within 1e-5."""
+    assert served.titles.tolist() == ref["titles"].tolist()
+    np.testing.assert_array_equal(served.rows, ref["rows"])
+    for key in ("retrieval_scores", "ranking_scores"):
+        np.testing.assert_allclose(getattr(served, key), ref[key], rtol=0, atol=1e-5)
+
+
+def all_users(run_dir: Path) -> np.ndarray:
+    """Every training user plus one the models never saw (the OOV embedding)."""
+    spec = json.loads((run_dir / "torch" / "feature_spec.json").read_text())
+    return np.array([*spec["user_vocab"], "no-such-user"], dtype=object)
+
+
+@pytest.mark.parametrize("k", [10, 25])
+def test_torch_export_reproduces_recommend_for_every_user(run_dir, export_dir, k):
+    users = all_users(run_dir)
+    assert len(users) > 100
+    max_ts = RunDir.open(run_dir).max_timestamp
+    stamps = max_ts - np.arange(len(users), dtype=np.int64) * 86_400  # times across the data
+    loaded = serving.load(export_dir)
+    assert isinstance(loaded, serving.TorchExport)
+    for ts in (stamps, np.full(len(users), max_ts)):
+        served = loaded.recommend(users, ts, k)
+        assert served.titles.shape == (len(users), k)
+        assert_same(served, reference(run_dir, users, ts, k))
+    # the default time is the run's latest, as `twostage recommend`'s
+    np.testing.assert_array_equal(loaded.recommend(users[:3], None, k).rows,
+                                  loaded.recommend(users[:3], max_ts, k).rows)
+
+
+def test_loader_prints_what_twostage_recommend_prints(run_dir, export_dir, capsys):
+    for user, k in (("7", "5"), ("42", "10"), ("no-such-user", "3"), ("1", "30")):
+        capsys.readouterr()
+        assert main(["recommend", "--run", str(run_dir), "--user", user, "-k", k]) == 0
+        expected = capsys.readouterr().out.splitlines()
+        assert serving.main([str(export_dir), "--user", user, "-k", k]) == 0
+        got = capsys.readouterr()
+        assert got.out.splitlines()[1:] == expected[1:]  # the table; line 0 names the source
+        assert len(expected) == 2 + int(k)
+        assert ("not in the training data" in got.err) == (user == "no-such-user")
+
+
+def test_loader_runs_without_the_training_code(export_dir):
+    code = ("import sys; from twostage.serving import load; "
+            f"out = load({str(export_dir)!r}).recommend(['7', '8'], k=4); "
+            "bad = sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'torch_impl', 'tfrs_impl', 'tensorflow'}); "
+            "print(out.titles.shape, bad)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(2, 4) []"
+
+
+def test_export_manifest_describes_the_programs(run_dir, export_dir):
+    manifest = json.loads((export_dir / serving.MANIFEST).read_text())
+    run = RunDir.open(run_dir)
+    assert manifest["catalog_size"] == len(run.corpus_titles)
+    assert manifest["default_timestamp"] == run.max_timestamp
+    assert manifest["index"]["kind"] == "flat"
+    assert manifest["source"] == {"run": str(run_dir), "backend": "torch"}
+    assert json.loads((export_dir / "titles.json").read_text()) == run.corpus_titles.tolist()
+    assert set(manifest["files"]) == set(serving.FILES.values())
+
+
+@pytest.mark.slow
+def test_bf16_ivf_run_is_reproduced(data_dir, tmp_path):
+    """The run's index kind (IVF: trained cells, approximate) and bf16 inference travel with
+    the export."""
+    run = _run(data_dir, tmp_path / "run", "--precision", "bf16", "--index", "ivf",
+               "--ivf-nlist", "6", "--ivf-nprobe", "2")
+    out = _export(run, tmp_path / "export")
+    loaded = serving.load(out)
+    assert loaded.precision == "bf16" and loaded.manifest["index"]["kind"] == "ivf"
+    users = all_users(run)
+    stamps = np.full(len(users), RunDir.open(run).max_timestamp)
+    assert_same(loaded.recommend(users, stamps, 12), reference(run, users, stamps, 12))
+
+
+# --- bad input -------------------------------------------------------------------------------
+@pytest.mark.parametrize("k", [0, -1, 91, 1000])
+def test_k_outside_the_catalog_is_refused(export_dir, k):
+    with pytest.raises(ValueError, match=r"k=-?\d+ must be an integer in \[1, 90\]"):
+        serving.load(export_dir).recommend(["7"], None, k)
+
+
+def test_bad_queries_are_refused(export_dir):
+    loaded = serving.load(export_dir)
+    with pytest.raises(ValueError, match="2 user ids but 3 timestamps"):
+        loaded.recommend(["1", "2"], [1, 2, 3])
+    with pytest.raises(ValueError, match="no user ids"):
+        loaded.recommend([])
+    with pytest.raises(ValueError, match="integers"):
+        loaded.recommend(["1"], [1.5])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "index.faiss").unlink(), "index.faiss is missing"),
+    (lambda d: (d / "ranking_model.pt").unlink(), "ranking_model.pt is missing"),
+    (lambda d: (d / "titles.json").write_text('["x"]'), "titles.json changed after"),
+    (lambda d: (d / serving.MANIFEST).unlink(), "export.json is missing"),
+    (lambda d: (d / ".twostage").unlink(), "not a twostage export"),
+])
+def test_damaged_export_names_the_file(export_dir, tmp_path, damage, message):
+    copy = tmp_path / "copy"
+    shutil.copytree(export_dir, copy)
+    damage(copy)
+    with pytest.raises(serving.ExportError, match=message):
+        serving.load(copy)
+    assert serving.main([str(copy), "--user", "7"]) == 1
+
+
+def test_missing_export_folder(tmp_path, capsys):
+    with pytest.raises(serving.ExportError, match="no export folder"):
+        serving.load(tmp_path / "nope")
+    assert serving.main([str(tmp_path / "nope"), "--user", "7"]) == 1
+    assert "twostage export" in capsys.readouterr().err
+
+
+def test_export_refuses_foreign_folders_and_replaces_its_own(run_dir, export_dir, tmp_path,
+                                                             capsys):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["export", "--run", str(run_dir), "--to", "torch", "--out", str(foreign)]) == 2
+    assert "refusing to replace" in capsys.readouterr().err
+    assert (foreign / "notes.txt").read_text() == "mine"
+    assert main(["export", "--run", str(run_dir), "--to", "torch", "--out", str(foreign),
+                 "--force"]) == 0
+    assert serving.load(foreign).catalog_size == 90
+    moved = list(tmp_path.glob("foreign.replaced-*"))
+    assert len(moved) == 1 and (moved[0] / "notes.txt").read_text() == "mine"
+    again = _export(run_dir, tmp_path / "again")          # an export of ours: replaced
+    _export(run_dir, again, "--num-candidates", "20")
+    assert serving.load(again).num_candidates == 20
+    assert not list(tmp_path.glob(".again*"))             # no temporaries left
+
+
+def test_export_usage_errors(run_dir, tmp_path, capsys):
+    cases = [(["-k", "10"], "drop -k"),
+             (["--num-candidates", "0"], "--num-candidates 0"),
+             (["--backend", "tfrs"], "has no saved tfrs models")]
+    for flags, message in cases:
+        capsys.readouterr()
+        rc = main(["export", "--run", str(run_dir), "--to", "torch", "--out",
+                   str(tmp_path / "x"), *flags])
+        assert rc in (1, 2) and message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert main(["export", "--run", str(tmp_path / "nope"), "--to", "torch", "--out",
+                 str(tmp_path / "x")]) == 2
+
+
+def test_run_without_a_ranking_stage_is_refused(run_dir, tmp_path, capsys):
+    """A run folder whose checkpoint holds the retrieval stage only."""
+    from torch_impl import checkpoint as ckpt
+    from torch_impl.backend import TorchBackend
+    from twostage import rundir
+
+    run = RunDir.open(run_dir)
+    backend = TorchBackend.load(run_dir / "torch")
+
+    def save(name: str, path: Path) -> None:
+        ckpt.save(path, config=backend.config, spec=backend.spec,
+                  models={"retrieval": backend.retrieval_model},
+                  optimizers={"retrieval": backend.optimizers["retrieval"]},
+                  epochs_done=backend.epochs_done)
+    partial = rundir.write(tmp_path / "partial", reports={"torch": {}},
+                           corpus_titles=run.corpus_titles, max_timestamp=run.max_timestamp,
+                           spec_fingerprint=run.spec_fingerprint, data={},
+                           save_backend=save, write_results=lambda tmp: [])
+    capsys.readouterr()
+    assert main(["export", "--run", str(partial), "--to", "torch", "--out",
+                 str(tmp_path / "x")]) == 1
+    assert "no ranking stage" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
