@@ -1,11 +1,16 @@
-"""Parse MovieLens 100k (GroupLens raw layout) into the records TFDS yields.
+"""Parse MovieLens (GroupLens raw layouts) into the records TFDS yields.
+
+:func:`load_movielens` reads any release TFDS knows (``dataset``: see :mod:`data.registry`); this
+module holds the records, the errors and the 100k reader, :mod:`data.readers` the 1m and CSV ones.
 
 The records match ``tensorflow_datasets``' ``movielens/100k-ratings`` and ``movielens/100k-movies``
 field for field: every line is decoded as ISO-8859-1 and stripped, exactly as
 ``tensorflow_datasets/structured/movielens_parsing.py`` does, so titles such as
 "Misérables, Les (1995)" come out identical. String fields are Python ``str`` (TFDS yields the UTF-8
 bytes of the same text); ``user_rating``, ``raw_user_age`` and ``bucketized_user_age`` are float32
-and ``timestamp`` int64 as in the TFDS feature dictionary.
+and ``timestamp`` int64 as in the TFDS feature dictionary. The ratings frame keeps its string
+columns as pandas categoricals (integer codes into the distinct values, shared with the movie and
+user tables), so 25 million ratings cost a few integers each, not Python strings.
 
 Unlike TFDS, malformed input fails with :class:`DataFormatError` naming the file, the line and the
 cause, so a damaged download never turns into silently wrong features. Beyond the layout, values
@@ -16,8 +21,9 @@ A file that does not end with a newline was cut off, so it is rejected too (ever
 ends with one).
 
 u.data, the one large file, is parsed by a vectorised fast path that only accepts the plain layout
-(digits, tabs, newlines) and values that pass every check; anything else goes to the per-line
-parser, which finds and names the first bad line, so both give the same records and errors.
+(digits, tabs, newlines, no leading zeros) and values that pass every check; anything else goes to
+the per-line parser, which finds and names the first bad line, so both give the same records and
+errors.
 """
 from __future__ import annotations
 
@@ -25,7 +31,6 @@ import csv
 import io
 import logging
 import os
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +39,14 @@ import numpy as np
 import pandas as pd
 
 from .download import file_problem
+from .registry import (FUTURE_SLACK_SECONDS, MOVIELENS_START, RELEASES, ReleaseRules, Variant,
+                       variant)
+
+__all__ = [  # the release rules live in data.registry; importable from here as before
+    "FUTURE_SLACK_SECONDS", "MOVIELENS_START", "RELEASES", "ReleaseRules", "ML_100K", "GENRES",
+    "DataFormatError", "MovieLens", "DUPLICATE_PAIRS", "load_movielens", "read_movies",
+    "read_users", "read_ratings", "join_ratings", "column_codes", "object_column",
+]
 
 GENRES = (
     "Unknown", "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary",
@@ -71,50 +84,6 @@ class DataFormatError(ValueError):
         self.path, self.line, self.cause, self.fix = str(path), line, cause, fix or _FIX
 
 
-MOVIELENS_START = 788_918_400
-"""1995-01-01T00:00:00Z, the earliest plausible rating time. GroupLens started MovieLens in 1995
-(ml-20m and ml-25m, which span its whole history, start on 1995-01-09; ml-100k's first rating is
-from 1997-09-20). An earlier u.data timestamp, 0 or negative, is a damaged value, not a rating."""
-
-FUTURE_SLACK_SECONDS = 86_400
-"""No rating is from the future: the latest plausible time is now plus one day, the day of slack
-covering clocks and time zones of whoever wrote the file. Without an upper bound one absurd value
-(2**63-1) would squeeze every real timestamp into the first of the 1,000 timestamp buckets."""
-
-
-@dataclass(frozen=True)
-class ReleaseRules:
-    """The values a MovieLens release can contain; anything else in its files is damage.
-
-    ``max_timestamp=None`` means now + FUTURE_SLACK_SECONDS (checked when the file is read).
-    """
-
-    name: str
-    rating_values: tuple[float, ...]
-    min_timestamp: int = MOVIELENS_START
-    max_timestamp: int | None = None
-
-    def timestamp_range(self) -> tuple[int, int]:
-        """(earliest, latest) accepted timestamp, both inclusive, as of now."""
-        latest = self.max_timestamp
-        if latest is None:
-            latest = int(time.time()) + FUTURE_SLACK_SECONDS
-        return self.min_timestamp, latest
-
-    def describe_ratings(self) -> str:
-        return ", ".join(f"{v:g}" for v in self.rating_values)
-
-
-_WHOLE_STARS = (1.0, 2.0, 3.0, 4.0, 5.0)
-_HALF_STARS = tuple(k / 2 for k in range(1, 11))  # 0.5, 1.0, ..., 5.0
-RELEASES = {
-    "100k": ReleaseRules("100k", _WHOLE_STARS),
-    # Not read yet; their rules, for when they are:
-    "1m": ReleaseRules("1m", _WHOLE_STARS),
-    "20m": ReleaseRules("20m", _HALF_STARS),
-    "25m": ReleaseRules("25m", _HALF_STARS),
-    "latest-small": ReleaseRules("latest-small", _HALF_STARS),
-}
 ML_100K = RELEASES["100k"]
 
 DUPLICATE_PAIRS = "warn"
@@ -130,28 +99,33 @@ log = logging.getLogger(__name__)
 class MovieLens:
     """Ratings joined with movie and user info (one row per rating) and the movie corpus.
 
-    ratings columns: movie_id, movie_title, movie_genres (tuple of genre names), user_id,
-        user_rating (float32), timestamp (int64), user_gender (bool: male), bucketized_user_age,
-        raw_user_age (float32), user_occupation_label, user_occupation_text, user_zip_code.
-    movies columns: movie_id, movie_title, movie_genres; in u.item order, duplicate titles kept.
+    ratings columns (TFDS' ``movielens/<dataset>-ratings`` features, in its order): movie_id,
+        movie_title, movie_genres (tuple of genre names), user_id, user_rating (float32),
+        timestamp (int64); 100k and 1m add user_gender (bool: male), bucketized_user_age
+        (float32), 100k raw_user_age (float32), and both user_occupation_label,
+        user_occupation_text, user_zip_code. String columns are categoricals (see the module
+        docstring; :func:`column_codes` gives their codes and distinct values).
+    movies columns: movie_id, movie_title, movie_genres; in file order, duplicate titles kept.
+    ``dataset``: the release (a :data:`data.registry.VARIANTS` name).
     """
 
     ratings: pd.DataFrame
     movies: pd.DataFrame
     source: Path
+    dataset: str = "100k"
 
     def __repr__(self) -> str:
         return (f"MovieLens({len(self.ratings)} ratings, {len(self.movies)} movies, "
                 f"{self.ratings['user_id'].nunique()} users, from {self.source})")
 
 
-def _read_raw(path: Path) -> bytes:
+def _read_raw(path: Path, fix: str | None = None) -> bytes:
     """The bytes of a raw file; what it is instead (directory, link loop, ...) if it is no file."""
     problem = file_problem(path)
     if problem == "missing":
-        raise DataFormatError(path, None, "file is missing")
+        raise DataFormatError(path, None, "file is missing", fix)
     if problem is not None:
-        raise DataFormatError(path, None, f"{path.name} is {problem}")
+        raise DataFormatError(path, None, f"{path.name} is {problem}", fix)
     try:
         return path.read_bytes()
     except PermissionError as exc:
@@ -161,26 +135,27 @@ def _read_raw(path: Path) -> bytes:
                 "point --data-dir / TWOSTAGE_DATA_DIR at a readable copy.") from None
     except OSError as exc:
         raise DataFormatError(path, None,
-                              f"file cannot be read: {exc.strerror or exc}") from None
+                              f"file cannot be read: {exc.strerror or exc}", fix) from None
 
 
-def _check_whole_file(path: Path, raw: bytes) -> None:
-    """Reject what is wrong with the file as a whole: empty, not Latin-1 text, cut off."""
+def _check_whole_file(path: Path, raw: bytes, fix: str | None = None,
+                      encoding: str = ENCODING) -> None:
+    """Reject what is wrong with the file as a whole: empty, not text, cut off."""
     if not raw.strip():
-        raise DataFormatError(path, None, "file is empty")
+        raise DataFormatError(path, None, "file is empty", fix)
     if b"\x00" in raw:
         line = raw[: raw.index(b"\x00")].count(b"\n") + 1
-        raise DataFormatError(path, line, "NUL byte found: the file is not ISO-8859-1 text "
-                                          "(UTF-16 or binary?)")
+        raise DataFormatError(path, line, f"NUL byte found: the file is not {encoding} text "
+                                          "(UTF-16 or binary?)", fix)
     if not raw.endswith(b"\n"):
         # Every GroupLens file ends with a newline; without one the last line may be cut inside a
         # field (a timestamp of 8837) and would still parse.
         line = raw.count(b"\n") + 1
         raise DataFormatError(path, line, f"the file ends in the middle of line {line} (no final "
-                                          "newline): it was truncated")
+                                          "newline): it was truncated", fix)
 
 
-def _decode_lines(path: Path, raw: bytes) -> list[str]:
+def _decode_lines(path: Path, raw: bytes, fix: str | None = None) -> list[str]:
     """Decode as TFDS does (ISO-8859-1, stripped), rejecting UTF-8 re-saves line by line."""
     lines = raw.split(b"\n")
     if lines and lines[-1] == b"":
@@ -196,52 +171,54 @@ def _decode_lines(path: Path, raw: bytes) -> list[str]:
                 pass  # genuine Latin-1 bytes, as in the GroupLens files
             else:
                 raise DataFormatError(path, n, "line is UTF-8 encoded; the GroupLens files are "
-                                               "ISO-8859-1 (was the file re-saved?)")
+                                               "ISO-8859-1 (was the file re-saved?)", fix)
         out.append(line.decode(ENCODING).strip())
     return out
 
 
-def _read_lines(path: Path) -> list[str]:
+def _read_lines(path: Path, fix: str | None = None) -> list[str]:
     """The stripped lines of a raw file, after the whole-file checks."""
-    raw = _read_raw(path)
-    _check_whole_file(path, raw)
-    return _decode_lines(path, raw)
+    raw = _read_raw(path, fix)
+    _check_whole_file(path, raw, fix)
+    return _decode_lines(path, raw, fix)
 
 
-def _split(path: Path, n: int, line: str, sep: str, min_fields: int, exact: bool) -> list[str]:
+def _split(path: Path, n: int, line: str, sep: str, min_fields: int, exact: bool,
+           fix: str | None = None) -> list[str]:
     fields = line.split(sep)
     if len(fields) < min_fields or (exact and len(fields) != min_fields):
         want = f"{min_fields}" if exact else f"at least {min_fields}"
         raise DataFormatError(path, n, f"expected {want} {sep!r}-separated fields, got "
-                                       f"{len(fields)}: {line[:80]!r}")
+                                       f"{len(fields)}: {line[:80]!r}", fix)
     return fields
 
 
 _INT64 = np.iinfo(np.int64)
 
 
-def _int(path: Path, n: int, name: str, value: str) -> int:
+def _int(path: Path, n: int, name: str, value: str, fix: str | None = None) -> int:
     """``int(value)`` as TFDS' feature encoding reads it, limited to int64 (the TFDS dtype)."""
     try:
         number = int(value)
     except ValueError:
-        raise DataFormatError(path, n, f"{name} {value!r} is not an integer") from None
+        raise DataFormatError(path, n, f"{name} {value!r} is not an integer", fix) from None
     if not _INT64.min <= number <= _INT64.max:
-        raise DataFormatError(path, n, f"{name} {value!r} does not fit in int64")
+        raise DataFormatError(path, n, f"{name} {value!r} does not fit in int64", fix)
     return number
 
 
-def _rating(path: Path, n: int, value: str, rules: ReleaseRules) -> float:
+def _rating(path: Path, n: int, value: str, rules: ReleaseRules, fix: str | None = None
+            ) -> float:
     """A rating of the release's scale: 'nan', 7 or 4.5 would poison the user_pref labels."""
     try:
         number = float(value)
     except ValueError:
-        raise DataFormatError(path, n, f"rating {value!r} is not a number") from None
+        raise DataFormatError(path, n, f"rating {value!r} is not a number", fix) from None
     if not np.isfinite(number):
-        raise DataFormatError(path, n, f"rating {value!r} is not a finite number")
+        raise DataFormatError(path, n, f"rating {value!r} is not a finite number", fix)
     if number not in rules.rating_values:
         raise DataFormatError(path, n, f"rating {value!r} is not a MovieLens {rules.name} rating "
-                                       f"(one of {rules.describe_ratings()})")
+                                       f"(one of {rules.describe_ratings()})", fix)
     return number
 
 
@@ -249,14 +226,15 @@ def _utc(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _timestamp(path: Path, n: int, value: str, bounds: tuple[int, int]) -> int:
+def _timestamp(path: Path, n: int, value: str, bounds: tuple[int, int],
+               fix: str | None = None) -> int:
     """Unix seconds within ``bounds`` (see MOVIELENS_START and FUTURE_SLACK_SECONDS)."""
-    number = _int(path, n, "timestamp", value)
+    number = _int(path, n, "timestamp", value, fix)
     lo, hi = bounds
     if not lo <= number <= hi:
         raise DataFormatError(path, n, f"timestamp {value!r} is outside the plausible range "
                                        f"{lo}..{hi} ({_utc(lo)} to {_utc(hi)}): MovieLens "
-                                       "ratings start in 1995 and none is from the future")
+                                       "ratings start in 1995 and none is from the future", fix)
     return number
 
 
@@ -307,27 +285,34 @@ def read_users(directory: Path | str) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index", columns=cols)
 
 
-_Columns = tuple[list, list, np.ndarray, np.ndarray]  # user ids, movie ids, ratings, timestamps
+_Columns = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""user codes (rows of the user table), movie rows (of the movies frame), ratings (float32),
+timestamps (int64): one entry per rating, in file order."""
 
 
-def _parse_ratings_lines(path: Path, lines: list[str], known_movies: set, known_users: set,
-                         rules: ReleaseRules, bounds: tuple[int, int]) -> _Columns:
-    """The per-line u.data parser: exact about the first bad line and why it is bad."""
-    user_ids, movie_ids, ratings, stamps = [], [], [], []
-    for n, line in enumerate(lines, start=1):
-        user_id, movie_id, rating, stamp = _split(path, n, line, "\t", 4, exact=True)
-        _int(path, n, "user id", user_id)
-        _int(path, n, "movie id", movie_id)
+def _parse_ratings_lines(path: Path, lines: list[str], known_movies: dict, known_users: dict,
+                         rules: ReleaseRules, bounds: tuple[int, int], sep: str = "\t",
+                         names: tuple[str, str] = ("u.item", "u.user"),
+                         fix: str | None = None, first_line: int = 1) -> _Columns:
+    """The per-line ratings parser: exact about the first bad line and why it is bad.
+
+    ``known_movies``/``known_users``: id text -> row; ``names``: the files they come from.
+    """
+    user_rows, movie_rows, ratings, stamps = [], [], [], []
+    for n, line in enumerate(lines, start=first_line):
+        user_id, movie_id, rating, stamp = _split(path, n, line, sep, 4, exact=True, fix=fix)
+        _int(path, n, "user id", user_id, fix)
+        _int(path, n, "movie id", movie_id, fix)
         if movie_id not in known_movies:
-            raise DataFormatError(path, n, f"movie id {movie_id!r} is not in u.item")
+            raise DataFormatError(path, n, f"movie id {movie_id!r} is not in {names[0]}", fix)
         if user_id not in known_users:
-            raise DataFormatError(path, n, f"user id {user_id!r} is not in u.user")
-        ratings.append(_rating(path, n, rating, rules))
-        stamps.append(_timestamp(path, n, stamp, bounds))
-        user_ids.append(user_id)
-        movie_ids.append(movie_id)
-    return (user_ids, movie_ids, np.asarray(ratings, dtype=np.float32),
-            np.asarray(stamps, dtype=np.int64))
+            raise DataFormatError(path, n, f"user id {user_id!r} is not in {names[1]}", fix)
+        ratings.append(_rating(path, n, rating, rules, fix))
+        stamps.append(_timestamp(path, n, stamp, bounds, fix))
+        user_rows.append(known_users[user_id])
+        movie_rows.append(known_movies[movie_id])
+    return (np.asarray(user_rows, dtype=np.int64), np.asarray(movie_rows, dtype=np.int64),
+            np.asarray(ratings, dtype=np.float32), np.asarray(stamps, dtype=np.int64))
 
 
 _PLAIN_BYTES = np.zeros(256, dtype=bool)
@@ -336,7 +321,8 @@ _MAX_DIGITS = 18  # any 18-digit number fits in int64; longer ones go to the per
 
 
 def _plain_layout(data: np.ndarray) -> bool:
-    """Digits only, 4 non-empty tab-separated fields per line, each of at most _MAX_DIGITS."""
+    """Digits only, 4 non-empty tab-separated fields per line, each of at most _MAX_DIGITS, none
+    with a leading zero (so the text of an id is the decimal of its value)."""
     if not _PLAIN_BYTES[data].all():
         return False
     is_tab, is_sep = data == 9, (data == 9) | (data == 10)
@@ -346,13 +332,49 @@ def _plain_layout(data: np.ndarray) -> bool:
         return False
     seps = np.flatnonzero(is_sep)
     widths = np.diff(seps, prepend=-1) - 1  # digits before each separator
-    return bool(widths.min() >= 1 and widths.max() <= _MAX_DIGITS)
+    if not (widths.min() >= 1 and widths.max() <= _MAX_DIGITS):
+        return False
+    starts = seps - widths  # first digit of each field
+    return not bool(((data[starts] == ord("0")) & (widths > 1)).any())
 
 
-def _parse_ratings_fast(raw: bytes, known_movies: set, known_users: set, rules: ReleaseRules,
-                        bounds: tuple[int, int]) -> _Columns | None:
-    """u.data parsed with numpy/pandas, or None when any line or value is not plainly valid.
+_CANONICAL_INT = r"(?:0|[1-9][0-9]{0,17})"
 
+
+def canonical_ids(ids: pd.Index | pd.Series | np.ndarray) -> np.ndarray | None:
+    """The int64 values of id texts that are each the decimal of their value ('7', not '007' or
+    '+7'), or None if any is not: only then does parsing a file's ids as integers keep TFDS'
+    string ids (and its exact-text joins) intact."""
+    text = pd.Series(np.asarray(ids, dtype=object), dtype=object)
+    if len(text) and not text.str.fullmatch(_CANONICAL_INT).all():
+        return None
+    return text.astype(np.int64).to_numpy() if len(text) else np.zeros(0, np.int64)
+
+
+def lookup_codes(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Position of each of ``values`` in the distinct int64 ``keys``, -1 where absent.
+
+    A dense table when the keys are small non-negative integers (MovieLens ids: O(N), no
+    hashing), else a hash lookup.
+    """
+    values = np.asarray(values, dtype=np.int64)
+    if len(keys) and keys.min() >= 0 and keys.max() < max(4 * len(values), 1 << 22):
+        table = np.full(int(keys.max()) + 2, -1, dtype=np.int64)
+        table[keys] = np.arange(len(keys))
+        inside = (values >= 0) & (values <= keys.max())
+        out = np.full(len(values), -1, dtype=np.int64)
+        out[inside] = table[values[inside]]
+        return out
+    return pd.Index(keys).get_indexer(values).astype(np.int64)
+
+
+def _parse_ratings_fast(raw: bytes, movie_ids: pd.Index, user_ids: pd.Index,
+                        rules: ReleaseRules, bounds: tuple[int, int],
+                        sep: bytes = b"\t") -> _Columns | None:
+    """u.data (or ratings.dat, ``sep=b'::'``) parsed with numpy/pandas, or None when any line or
+    value is not plainly valid.
+
+    ``movie_ids``/``user_ids``: the id texts of the movie and user tables, in row order.
     None sends the file to :func:`_parse_ratings_lines`, which raises for the first bad line (or
     accepts oddities this path declines, such as spaces around a line), so the result is the same.
     Repeated (user, movie) pairs are left to :func:`_check_duplicate_pairs`, as for that parser.
@@ -361,41 +383,63 @@ def _parse_ratings_fast(raw: bytes, known_movies: set, known_users: set, rules: 
         if raw.count(b"\r") != raw.count(b"\r\n"):
             return None
         raw = raw.replace(b"\r\n", b"\n")
+    if sep != b"\t":
+        if b"\t" in raw:
+            return None
+        raw = raw.replace(sep, b"\t")
     if not _plain_layout(np.frombuffer(raw, dtype=np.uint8)):
         return None
+    movie_keys, user_keys = canonical_ids(movie_ids), canonical_ids(user_ids)
+    if movie_keys is None or user_keys is None:
+        return None
     frame = pd.read_csv(io.BytesIO(raw), sep="\t", header=None, engine="c", na_filter=False,
-                        quoting=csv.QUOTE_NONE, dtype={0: str, 1: str, 2: np.int64, 3: np.int64})
+                        quoting=csv.QUOTE_NONE, dtype=np.int64)
+    if len(frame) != raw.count(b"\n") or frame.shape[1] != 4:
+        return None
+    user_rows = lookup_codes(frame[0].to_numpy(), user_keys)
+    movie_rows = lookup_codes(frame[1].to_numpy(), movie_keys)
     rating = frame[2].to_numpy().astype(np.float64)
     stamp = frame[3].to_numpy()
-    ok = (len(frame) == raw.count(b"\n") and frame.shape[1] == 4
-          and frame[1].isin(list(known_movies)).all() and frame[0].isin(list(known_users)).all()
+    ok = ((movie_rows >= 0).all() and (user_rows >= 0).all()
           and np.isin(rating, rules.rating_values).all()
           and bool(((stamp >= bounds[0]) & (stamp <= bounds[1])).all()))
     if not ok:
         return None
-    return frame[0].tolist(), frame[1].tolist(), rating.astype(np.float32), stamp.astype(np.int64)
+    return user_rows, movie_rows, rating.astype(np.float32), stamp.astype(np.int64)
 
 
-def _check_duplicate_pairs(path: Path, user_ids: list, movie_ids: list, policy: str) -> None:
+def check_duplicate_pairs(path: Path, columns: _Columns, user_ids: pd.Index | np.ndarray,
+                          movie_ids: pd.Index | np.ndarray, policy: str, first_line: int = 1,
+                          fix: str | None = None) -> None:
     """A second rating of one movie by one user: DataFormatError naming both lines, or a warning.
 
     Checked once every line has parsed, so a bad value later in the file is reported first.
+    ``first_line``: the line number of the first rating (2 below a header line).
     """
-    pairs = pd.DataFrame({"user": user_ids, "movie": movie_ids})
-    repeated = pairs.duplicated(keep="first").to_numpy()
+    user_rows, movie_rows = columns[0], columns[1]
+    key = user_rows * max(len(movie_ids), 1) + movie_rows
+    repeated = pd.Series(key).duplicated(keep="first").to_numpy()
     if not repeated.any():
         return
     second = int(np.argmax(repeated))
-    user_id, movie_id = user_ids[second], movie_ids[second]
-    same = (pairs["user"] == user_id).to_numpy() & (pairs["movie"] == movie_id).to_numpy()
-    first = int(np.argmax(same))
-    cause = (f"user {user_id} rated movie {movie_id} twice (lines {first + 1} and {second + 1}); "
+    first = int(np.argmax(key == key[second]))
+    user_id, movie_id = user_ids[user_rows[second]], movie_ids[movie_rows[second]]
+    lines = (first + first_line, second + first_line)
+    cause = (f"user {user_id} rated movie {movie_id} twice (lines {lines[0]} and {lines[1]}); "
              "MovieLens has one rating per user and movie")
     if policy == "reject":
-        raise DataFormatError(path, second + 1, cause)
+        raise DataFormatError(path, lines[1], cause, fix)
     log.warning("%s:%d: %s (%d repeated pairs in all); keeping them all, as TFDS does. Real "
                 "MovieLens files never repeat a pair: re-download if this is one.",
-                path, second + 1, cause, int(repeated.sum()))
+                path, lines[1], cause, int(repeated.sum()))
+
+
+def duplicates_policy(duplicates: str | None) -> str:
+    """``duplicates`` or, for None, :data:`DUPLICATE_PAIRS`; ValueError for anything else."""
+    policy = DUPLICATE_PAIRS if duplicates is None else duplicates
+    if policy not in ("reject", "warn"):
+        raise ValueError(f"duplicates must be 'reject' or 'warn', not {policy!r}")
+    return policy
 
 
 def read_ratings(directory: Path | str, movies: pd.DataFrame, users: pd.DataFrame,
@@ -404,49 +448,104 @@ def read_ratings(directory: Path | str, movies: pd.DataFrame, users: pd.DataFram
 
     ``duplicates``: "reject" or "warn" for repeated (user, movie) pairs; None: DUPLICATE_PAIRS.
     """
-    policy = DUPLICATE_PAIRS if duplicates is None else duplicates
-    if policy not in ("reject", "warn"):
-        raise ValueError(f"duplicates must be 'reject' or 'warn', not {policy!r}")
+    policy = duplicates_policy(duplicates)
     path = Path(directory) / "u.data"
-    known_movies, known_users = set(movies["movie_id"]), set(users.index)
+    movie_ids, user_ids = pd.Index(movies["movie_id"]), pd.Index(users.index)
     bounds = rules.timestamp_range()
     raw = _read_raw(path)
     _check_whole_file(path, raw)
-    columns = _parse_ratings_fast(raw, known_movies, known_users, rules, bounds)
+    columns = _parse_ratings_fast(raw, movie_ids, user_ids, rules, bounds)
     if columns is None:
-        columns = _parse_ratings_lines(path, _decode_lines(path, raw), known_movies, known_users,
-                                       rules, bounds)
-    _check_duplicate_pairs(path, columns[0], columns[1], policy)
-    return _join(columns, movies, users)
+        columns = _parse_ratings_lines(path, _decode_lines(path, raw),
+                                       {m: i for i, m in enumerate(movie_ids)},
+                                       {u: i for i, u in enumerate(user_ids)}, rules, bounds)
+    check_duplicate_pairs(path, columns, user_ids, movie_ids, policy)
+    return join_ratings(columns, movies, users)
 
 
-def _join(columns: _Columns, movies: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
-    """One row per rating with its movie's and user's fields, in the TFDS column order."""
-    user_ids, movie_ids, ratings, stamps = columns
-    movie_info = movies.set_index("movie_id")
-    frame = pd.DataFrame({"movie_id": movie_ids})
-    frame["movie_title"] = movie_info["movie_title"].reindex(movie_ids).to_numpy()
-    frame["movie_genres"] = movie_info["movie_genres"].reindex(movie_ids).to_numpy()
-    frame["user_id"] = user_ids
-    frame["user_rating"] = ratings
-    frame["timestamp"] = stamps
-    user_info = users.reindex(user_ids).reset_index(drop=True)
-    for col in user_info.columns:
-        frame[col] = user_info[col].to_numpy()
-    frame["user_gender"] = frame["user_gender"].astype(bool)
+def _categorical(codes: np.ndarray, values) -> pd.Categorical:
+    """A categorical of ``values[codes]`` whose categories are ``values`` (distinct, as object)."""
+    return pd.Categorical.from_codes(codes, categories=pd.Index(np.asarray(values, dtype=object),
+                                                                dtype=object))
+
+
+def _factorized(values) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, distinct values as an object array) of a short per-movie or per-user column."""
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+    return codes.astype(np.int64), np.asarray(uniques, dtype=object)
+
+
+def column_codes(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(codes [N] int64, distinct values [K] object): ``values[codes]`` is the column.
+
+    Free for the categorical columns :func:`load_movielens` builds; other columns (a frame built
+    by hand) are factorized. Per-distinct-value work (a vocabulary lookup, tokenising a title)
+    then runs K times instead of N.
+    """
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        cat = column.array
+        return (np.asarray(cat.codes, dtype=np.int64),
+                np.asarray(cat.categories.to_numpy(dtype=object), dtype=object))
+    return _factorized(column.to_numpy(dtype=object))
+
+
+def object_column(column: pd.Series) -> np.ndarray:
+    """The column as an object array whose equal strings are one shared object (N pointers)."""
+    codes, values = column_codes(column)
+    return values[codes]
+
+
+def join_ratings(columns: _Columns, movies: pd.DataFrame, users: pd.DataFrame | None
+                 ) -> pd.DataFrame:
+    """One row per rating with its movie's and user's fields, in the TFDS column order.
+
+    ``users``: the user table indexed by user id text (its columns are the demographic fields,
+    absent when it has none: the CSV releases).
+    """
+    user_rows, movie_rows, ratings, stamps = columns
+    title_codes, titles = _factorized(movies["movie_title"])
+    genres = np.empty(len(movies), dtype=object)
+    genres[:] = list(movies["movie_genres"])
+    frame = pd.DataFrame({
+        "movie_id": _categorical(movie_rows, movies["movie_id"]),
+        "movie_title": _categorical(title_codes[movie_rows], titles),
+        "movie_genres": genres[movie_rows],
+        "user_id": _categorical(user_rows, users.index),
+        "user_rating": np.asarray(ratings, dtype=np.float32),
+        "timestamp": np.asarray(stamps, dtype=np.int64),
+    })
+    for col in users.columns:
+        values = users[col].to_numpy()
+        if values.dtype == object or pd.api.types.is_string_dtype(users[col].dtype):
+            codes, uniques = _factorized(values)
+            frame[col] = _categorical(codes[user_rows], uniques)
+        else:
+            frame[col] = values[user_rows]
+    if "user_gender" in frame:
+        frame["user_gender"] = frame["user_gender"].astype(bool)
     for col in ("bucketized_user_age", "raw_user_age"):
-        frame[col] = frame[col].astype(np.float32)
+        if col in frame:
+            frame[col] = frame[col].astype(np.float32)
     return frame
 
 
-def load_movielens(directory: Path | str | os.PathLike, rules: ReleaseRules = ML_100K,
-                   duplicates: str | None = None) -> MovieLens:
-    """Read u.item, u.user and u.data from ``directory`` (already located, see data.download).
+def load_movielens(directory: Path | str | os.PathLike, rules: ReleaseRules | None = None,
+                   duplicates: str | None = None, *, dataset: str | Variant | None = None
+                   ) -> MovieLens:
+    """Read the files of ``dataset`` (default 100k) from ``directory`` (already located, see
+    data.download).
 
-    ``rules``: what the release can contain; ``duplicates``: see :data:`DUPLICATE_PAIRS`.
+    ``rules``: what the release can contain (default: the dataset's); ``duplicates``: see
+    :data:`DUPLICATE_PAIRS`.
     """
     directory = Path(directory)
+    v = variant(dataset)
+    rules = v.rules if rules is None else rules
+    if v.layout.name != "100k":
+        from .readers import read_release
+        movies, ratings = read_release(directory, v, rules, duplicates)
+        return MovieLens(ratings=ratings, movies=movies, source=directory, dataset=v.name)
     movies = read_movies(directory)
     users = read_users(directory)
     ratings = read_ratings(directory, movies, users, rules, duplicates)
-    return MovieLens(ratings=ratings, movies=movies, source=directory)
+    return MovieLens(ratings=ratings, movies=movies, source=directory, dataset=v.name)

@@ -85,9 +85,12 @@ def from_movielens(movielens: MovieLens, config: Config) -> Dataset:
 
 def load_dataset(config: Config, data_dir: str | Path | None = None,
                  progress: bool = True) -> Dataset:
-    """Locate the raw files (flag, env, cache, download), parse, fit and encode."""
-    directory = resolve_data_dir(data_dir or config.data.data_dir, progress=progress)
-    return from_movielens(load_movielens(directory), config)
+    """Locate the raw files of ``config.data.dataset`` (flag, env, cache, download), parse, fit
+    and encode."""
+    name = config.data.dataset
+    directory = resolve_data_dir(data_dir or config.data.data_dir, dataset=name,
+                                 progress=progress)
+    return from_movielens(load_movielens(directory, dataset=name), config)
 
 
 def synthetic_dataset(directory: str | Path, config: Config, *, num_users: int = 60,

@@ -245,8 +245,8 @@ def test_keyboard_interrupt_during_unpack_leaves_nothing(server, tmp_path, monke
     cache = tmp_path / "cache"
     real_extract = dl._extract
 
-    def interrupted(zip_path, dest, url):
-        real_extract(zip_path, dest, url)  # partial dir exists now
+    def interrupted(zip_path, dest, url, *variant):
+        real_extract(zip_path, dest, url, *variant)  # partial dir exists now
         raise KeyboardInterrupt
 
     monkeypatch.setattr(dl, "_extract", interrupted)
@@ -260,8 +260,8 @@ def test_concurrent_winner_is_accepted(server, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     real_extract = dl._extract
 
-    def racing(zip_path, dest, url):
-        real_extract(zip_path, dest, url)
+    def racing(zip_path, dest, url, *variant):
+        real_extract(zip_path, dest, url, *variant)
         _write_raw(cache / "ml-100k")  # another process finished first
 
     monkeypatch.setattr(dl, "_extract", racing)

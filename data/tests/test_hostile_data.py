@@ -267,8 +267,8 @@ def _both_ways(folder: Path, monkeypatch) -> tuple[pd.DataFrame, pd.DataFrame]:
 def _fast_result(folder: Path):
     movies, users = read_movies(folder), read_users(folder)
     raw = (folder / "u.data").read_bytes()
-    return ml._parse_ratings_fast(raw, set(movies["movie_id"]), set(users.index), ml.ML_100K,
-                                  ml.ML_100K.timestamp_range())
+    return ml._parse_ratings_fast(raw, pd.Index(movies["movie_id"]), pd.Index(users.index),
+                                  ml.ML_100K, ml.ML_100K.timestamp_range())
 
 
 def test_fast_path_equals_per_line_parser(synthetic_dir, monkeypatch):
