@@ -16,10 +16,24 @@ Tie rules (verified against the sources named in each docstring):
 * ``two_stage_metrics`` re-ranks with a STABLE descending sort (candidates with equal ranking
   scores keep their retrieval order) and scores the FIRST occurrence of the truth, as the seed's
   ``pred.index(gt)``.
+
+Two protocols (both reported by ``twostage.pipeline``):
+
+* ``seed``: every test rating is ranked against the whole corpus, titles the user already rated
+  in training included (the seed's and TFRS's metric; the parity suite keeps using it).
+* ``exclude_seen`` (the standard one, RecBole's): the titles the user rated in TRAINING are
+  removed from that user's ranking before counting. Exclusion is BY TITLE, as hits are counted
+  (``hits_at_k`` compares scores of title embeddings, ``id_hits_at_k`` title indices): every
+  corpus row whose title the user rated is removed, duplicate rows of that title included. The
+  query's own title is never removed (a user who rated one of two rows of a duplicated title in
+  training and the other in test keeps the test title), so the truth can always be found.
+  :class:`SeenTitles` builds the per-query :class:`Exclusions`; :func:`count_higher` applies
+  them inside the byte-budget chunks (no [N, M] mask is ever built).
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -138,6 +152,18 @@ def num_scoring_higher(query_emb, true_cand_emb, corpus_emb,
     ``positive`` [N]: the positive scores, if computed otherwise than :func:`positive_scores`;
     the score matrix is processed in blocks of ``budget_bytes``.
     """
+    counts = count_scoring_higher(query_emb, true_cand_emb, corpus_emb,
+                                  budget_bytes=budget_bytes, positive=positive)
+    return counts.greater, counts.finite
+
+
+def count_scoring_higher(query_emb, true_cand_emb, corpus_emb,
+                         exclude: "Exclusions | QueryExclusions | None" = None,
+                         budget_bytes: int = DEFAULT_CHUNK_BYTES, positive=None
+                         ) -> "HigherCounts":
+    """:func:`num_scoring_higher` under both protocols in one pass over the score matrix:
+    ``greater`` (seed) and, when ``exclude`` [N queries] is given, ``greater_unseen``
+    (``exclude_seen``: the excluded corpus rows are not counted). Same arguments and rules."""
     q = _float32_matrix(query_emb, "query_emb")
     corpus = _float32_matrix(corpus_emb, "corpus_emb")
     pos = (positive_scores(q, true_cand_emb) if positive is None
@@ -148,17 +174,69 @@ def num_scoring_higher(query_emb, true_cand_emb, corpus_emb,
         raise ValueError(f"corpus_emb dim {corpus.shape[1]} != query_emb dim {q.shape[1]}")
     if corpus.shape[0] == 0:
         raise ValueError("corpus_emb is empty: index at least one candidate")
-    chunk = chunk_rows(corpus.shape[0], budget_bytes)
-    n = q.shape[0]
-    greater = np.empty(n, dtype=np.int64)
-    finite = np.isfinite(pos)
     corpus_t = np.ascontiguousarray(corpus.T)
-    for start in range(0, n, chunk):
-        end = min(start + chunk, n)
-        scores = q[start:end] @ corpus_t                     # [chunk, M] float32
-        greater[start:end] = np.count_nonzero(scores > pos[start:end, None], axis=1)
-        finite[start:end] &= np.isfinite(scores).all(axis=1)
-    return greater, finite
+
+    def block(start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        return q[start:end] @ corpus_t, pos[start:end]     # [chunk, M] float32, [chunk]
+    return count_higher(block, q.shape[0], chunk_rows(corpus.shape[0], budget_bytes),
+                        exclude=exclude)
+
+
+@dataclass(frozen=True)
+class HigherCounts:
+    """Per query: corpus rows ranked above its positive under each protocol.
+
+    ``greater`` [N] int64 (seed protocol), ``greater_unseen`` [N] int64 or None
+    (``exclude_seen``; None when no exclusions were given), ``finite`` [N] bool (the positive and
+    all M scores of the row are finite; a non-finite row is a miss under both protocols)."""
+
+    greater: np.ndarray
+    greater_unseen: np.ndarray | None
+    finite: np.ndarray
+
+
+ScoreBlock = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
+
+
+def count_higher(block: ScoreBlock, num_queries: int, rows_per_block: int,
+                 exclude: "Exclusions | QueryExclusions | None" = None, column_priority=None,
+                 positive_priority=None) -> HigherCounts:
+    """THE counting loop of every score-based metric (models and baselines alike).
+
+    ``block(start, end)`` -> (scores [end-start, M] of queries start..end against the corpus,
+    their positive scores [end-start]); it is called for consecutive blocks of
+    ``rows_per_block`` queries, so at most one block of scores is alive at a time. A corpus row
+    ranks above the positive when its score is STRICTLY greater (TFRS's rule: ties in the
+    positive's favour), or, when ``column_priority`` [M] and ``positive_priority`` [N] are given
+    (baselines, whose scores tie often: popularity counts), when it ties and its priority is
+    smaller (ranked first by a deterministic order). Rows with the positive's own priority (its
+    duplicate titles) never count. ``exclude``: per-query corpus rows dropped for
+    ``greater_unseen``; their verdicts are read from the same block, so the two protocols differ
+    exactly by the excluded rows.
+    """
+    if exclude is not None and exclude.num_queries != num_queries:
+        raise ValueError(f"exclusions for {exclude.num_queries} queries, scores for "
+                         f"{num_queries}")
+    prio = None if column_priority is None else np.asarray(column_priority)
+    pos_prio = None if prio is None else np.asarray(positive_priority).reshape(-1)
+    greater = np.empty(num_queries, dtype=np.int64)
+    unseen = None if exclude is None else np.empty(num_queries, dtype=np.int64)
+    finite = np.empty(num_queries, dtype=bool)
+    step = max(int(rows_per_block), 1)
+    for start in range(0, num_queries, step):
+        end = min(start + step, num_queries)
+        scores, pos = block(start, end)
+        pos = np.asarray(pos).reshape(-1, 1)
+        higher = scores > pos
+        if prio is not None:
+            higher |= (scores == pos) & (prio[None, :] < pos_prio[start:end, None])
+        greater[start:end] = np.count_nonzero(higher, axis=1)
+        finite[start:end] = np.isfinite(pos[:, 0]) & np.isfinite(scores).all(axis=1)
+        if unseen is not None:
+            row, col = exclude.slice(start, end).pairs()
+            dropped = np.bincount(row[higher[row, col]], minlength=end - start)
+            unseen[start:end] = greater[start:end] - dropped
+    return HigherCounts(greater, unseen, finite)
 
 
 def factorized_top_k_accuracy(query_emb, true_cand_emb, corpus_emb,
@@ -393,3 +471,208 @@ def two_stage_metrics(candidate_ids, ranking_scores, true_ids, k: int = 10) -> d
         for name, ranked in orders.items():
             out[f"{metric}_{name}"] = fn(ranked)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# exclude_seen: which corpus rows each query drops
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Exclusions:
+    """Per query, the corpus rows removed from its ranking, in CSR form: the rows of query i
+    are ``cols[indptr[i]:indptr[i + 1]]``, distinct (in no particular order). ``num_columns``: the
+    corpus size M. Memory is O(excluded pairs) of the queries it holds, so build it per block
+    of queries (``SeenTitles.exclusions``) rather than for a whole large test split."""
+
+    indptr: np.ndarray
+    cols: np.ndarray
+    num_columns: int
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.indptr) - 1
+
+    def counts(self) -> np.ndarray:
+        """[N] int64: rows excluded per query."""
+        return np.diff(self.indptr)
+
+    def slice(self, start: int, end: int) -> "Exclusions":
+        """The exclusions of queries start..end (renumbered from 0)."""
+        ptr = self.indptr[start: end + 1]
+        return Exclusions(ptr - ptr[0], self.cols[ptr[0]: ptr[-1]], self.num_columns)
+
+    def take(self, queries: np.ndarray) -> "Exclusions":
+        """The exclusions of the given query positions, in that order."""
+        queries = np.asarray(queries, dtype=np.int64)
+        lengths = self.counts()[queries]
+        cols = self.cols[_ranges(self.indptr[queries], lengths)]
+        return Exclusions(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), cols,
+                          self.num_columns)
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(query [nnz], corpus row [nnz]) int64."""
+        return np.repeat(np.arange(self.num_queries, dtype=np.int64), self.counts()), self.cols
+
+    def contains(self, rows: np.ndarray) -> np.ndarray:
+        """rows [N, K] corpus rows (one line per query; -1 padding never matches) -> [N, K]
+        bool: the row is excluded for that query."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.shape[0] != self.num_queries:
+            raise ValueError(f"{rows.shape[0]} lines of rows for {self.num_queries} queries")
+        query, col = self.pairs()
+        codes = np.sort(query * self.num_columns + col)
+        wanted = (np.arange(rows.shape[0], dtype=np.int64)[:, None] * self.num_columns + rows)
+        if codes.size == 0:
+            return np.zeros(rows.shape, dtype=bool)
+        at = np.minimum(np.searchsorted(codes, wanted), codes.size - 1)
+        return (codes[at] == wanted) & (rows >= 0)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, s + n)`` for each (s, n), vectorised."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.repeat(np.asarray(starts, dtype=np.int64) - np.cumsum(lengths) + lengths,
+                        lengths)
+    return offsets + np.arange(total, dtype=np.int64)
+
+
+class SeenTitles:
+    """The titles each user rated in training, and the corpus rows they occupy.
+
+    ``users`` [R], ``titles`` [R]: integer user and title indices of the TRAINING ratings;
+    ``corpus_titles`` [M]: the title index of every corpus row (duplicate titles share one).
+    Memory: O(distinct (user, title) pairs of training + M).
+    """
+
+    def __init__(self, users, titles, corpus_titles) -> None:
+        users = np.asarray(users, dtype=np.int64).reshape(-1)
+        titles = np.asarray(titles, dtype=np.int64).reshape(-1)
+        if users.shape != titles.shape:
+            raise ValueError(f"{users.shape[0]} training users but {titles.shape[0]} titles")
+        corpus = np.asarray(corpus_titles, dtype=np.int64).reshape(-1)
+        if corpus.size == 0:
+            raise ValueError("the corpus is empty: nothing to exclude from")
+        size = int(max(corpus.max(initial=0), titles.max(initial=0))) + 1
+        pairs = np.unique(users * size + titles)               # distinct, sorted by user
+        self.num_titles, self.num_columns = size, corpus.size
+        self.pair_users, self.pair_titles = pairs // size, pairs % size
+        # title -> its corpus rows (ascending)
+        self.rows_by_title = np.argsort(corpus, kind="stable").astype(np.int64)
+        self.title_ptr = np.searchsorted(corpus[self.rows_by_title], np.arange(size + 1))
+
+    def titles_of(self, users) -> tuple[np.ndarray, np.ndarray]:
+        """(query [P], title [P]): the training titles of each of ``users`` [N]."""
+        users = np.asarray(users, dtype=np.int64).reshape(-1)
+        first = np.searchsorted(self.pair_users, users, side="left")
+        lengths = np.searchsorted(self.pair_users, users, side="right") - first
+        query = np.repeat(np.arange(users.size, dtype=np.int64), lengths)
+        return query, self.pair_titles[_ranges(first, lengths)]
+
+    def for_queries(self, users, truth_titles) -> "QueryExclusions":
+        """The ``exclude_seen`` exclusions of N queries, built block by block on demand (what
+        the evaluation passes around: memory stays O(one block's excluded pairs))."""
+        return QueryExclusions(self, np.asarray(users).reshape(-1),
+                               np.asarray(truth_titles).reshape(-1))
+
+    def exclusions(self, users, truth_titles) -> Exclusions:
+        """The ``exclude_seen`` exclusions of N queries: for query i (user ``users[i]``, true
+        title ``truth_titles[i]``), every corpus row of every title that user rated in
+        training, except the rows of its own true title."""
+        truth = np.asarray(truth_titles, dtype=np.int64).reshape(-1)
+        query, title = self.titles_of(users)
+        if truth.size != np.asarray(users).size:
+            raise ValueError(f"{np.asarray(users).size} users but {truth.size} true titles")
+        keep = title != truth[query]
+        query, title = query[keep], title[keep]
+        lengths = self.title_ptr[title + 1] - self.title_ptr[title]
+        cols = self.rows_by_title[_ranges(self.title_ptr[title], lengths)]
+        per_query = np.bincount(query, weights=lengths, minlength=truth.size).astype(np.int64)
+        return Exclusions(np.concatenate([[0], np.cumsum(per_query)]).astype(np.int64), cols,
+                          self.num_columns)   # grouped by query already (titles_of's order)
+
+
+@dataclass(frozen=True)
+class QueryExclusions:
+    """Lazy :class:`Exclusions` of N queries (user, true title): ``slice(start, end)`` builds
+    the exclusions of one block only (:meth:`SeenTitles.exclusions`)."""
+
+    seen: SeenTitles
+    users: np.ndarray
+    truths: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.users.shape != self.truths.shape:
+            raise ValueError(f"{self.users.size} users but {self.truths.size} true titles")
+
+    @property
+    def num_queries(self) -> int:
+        return int(self.users.size)
+
+    @property
+    def num_columns(self) -> int:
+        return self.seen.num_columns
+
+    def slice(self, start: int, end: int) -> Exclusions:
+        return self.seen.exclusions(self.users[start:end], self.truths[start:end])
+
+
+def drop_excluded(scores: np.ndarray, rows: np.ndarray, exclude: Exclusions, k: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Retrieved (scores [N, K], rows [N, K]) best first, with at least k + (rows excluded for
+    that query) columns where the corpus allows -> the first min(k, K) rows that are not
+    excluded, order kept (TFRS ``TopK.query_with_exclusions`` retrieves k + exclusions and
+    keeps the best k non-excluded the same way). When fewer remain (a user who rated nearly
+    the whole corpus), the tail is padding: row -1, score -inf (TFRS would return excluded
+    candidates there)."""
+    dropped = exclude.contains(rows)
+    width = min(int(k), rows.shape[1])
+    order = np.argsort(dropped, axis=1, kind="stable")[:, :width]
+    kept_rows = np.take_along_axis(rows, order, axis=1).astype(np.int64)
+    kept_scores = np.take_along_axis(np.asarray(scores, dtype=np.float32), order, axis=1)
+    pad = np.take_along_axis(dropped, order, axis=1)
+    kept_rows[pad] = -1
+    kept_scores[pad] = -np.inf
+    return kept_scores, kept_rows
+
+
+# --------------------------------------------------------------------------------------------
+# ranks, standard errors, query samples
+# --------------------------------------------------------------------------------------------
+
+def rank_metrics(greater: np.ndarray, finite: np.ndarray, k: int, num_candidates: int
+                 ) -> dict[str, float]:
+    """nDCG@k, hit@k and MRR (within ``num_candidates``) from the score-based rank
+    ``greater + 1`` (non-finite rows: misses): what :func:`two_stage_metrics` computes on a
+    retrieved list, for rankers without an index (the baselines)."""
+    rank = np.where(finite, np.asarray(greater) + 1, 0).astype(np.float64)
+    _check_nonempty(rank.size, "queries")
+    in_k = (rank > 0) & (rank <= k)
+    in_c = (rank > 0) & (rank <= num_candidates)
+    gains = np.where(in_k, 1.0 / np.log2(np.where(in_k, rank, 1.0) + 1.0), 0.0)
+    rr = np.where(in_c, 1.0 / np.where(in_c, rank, 1.0), 0.0)
+    return {f"ndcg@{k}": float(gains.mean()), f"hit@{k}": float(in_k.mean()),
+            "mrr": float(rr.mean())}
+
+
+def standard_error(p: float, n: int) -> float:
+    """Binomial standard error of an accuracy p measured on n independent queries:
+    sqrt(p (1 - p) / n)."""
+    if n < 1:
+        raise ValueError(f"n={n}: a standard error needs at least one query")
+    p = float(p)
+    return float(np.sqrt(max(p * (1.0 - p), 0.0) / n))
+
+
+def sample_rows(rows: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """A seeded sample of n of ``rows`` without replacement, in their original order (so
+    batches and shards stay as for the whole split); all rows when n is None or >= len."""
+    rows = np.asarray(rows)
+    if n is None or n >= len(rows):
+        return rows
+    if n < 1:
+        raise ValueError(f"eval_queries={n} must be >= 1")
+    picked = np.random.default_rng([seed, 0x5E1EC7]).choice(len(rows), size=n, replace=False)
+    return rows[np.sort(picked)]

@@ -3,6 +3,12 @@
 The seed's protocol: retrieval (two towers, in-batch softmax) then ranking (sigmoid on
 rating >= 4), then top-k accuracy over the whole corpus on the test split, ranking metrics on the
 test split, and nDCG@10 of the test positives before and after re-ranking 10 retrieved candidates.
+
+Every retrieval figure is also reported under ``exclude_seen`` (``*_exclude_seen`` keys; the
+titles the user rated in training leave the ranking, see ``twostage.evaluation``), with the
+baselines of ``twostage.baselines`` (random, most-popular, EASE) scored by the same code, and a
+comparison of the model against each (``vs_baselines``). ``config.eval.eval_queries`` evaluates
+a seeded sample of the test rows; every accuracy carries its binomial standard error.
 """
 from __future__ import annotations
 
@@ -46,42 +52,120 @@ def _group(backend: Backend) -> Group:
     return getattr(backend, "group", None) or SingleProcess()
 
 
-def evaluate_retrieval(backend: Backend, dataset: Dataset, config: Config) -> dict:
-    """Top-k accuracy of the test split over the whole corpus: score-based (TFRS FactorizedTopK
-    rule) from the embeddings, and id-based from the backend's index. Each process of the
-    backend's group scores its shard of the queries; the integer hit counts are summed, so the
-    result equals the single-process one exactly."""
-    group, test = _group(backend), dataset.split.test
-    mine = shard(test, group, config.eval.eval_batch_size)
+def evaluation_rows(dataset: Dataset, config: Config) -> np.ndarray:
+    """The test rows every metric is computed on: all of them, or the seeded sample of
+    ``config.eval.eval_queries`` (in test-split order)."""
+    return evaluation.sample_rows(dataset.split.test, config.eval.eval_queries, config.seed)
+
+
+def seen_titles(dataset: Dataset) -> evaluation.SeenTitles:
+    """What ``exclude_seen`` removes: the training titles of each user, by title index."""
+    train = dataset.split.train
+    return evaluation.SeenTitles(dataset.features["user_index"][train],
+                                 dataset.features["title_index"][train],
+                                 dataset.corpus_features["title_index"])
+
+
+def exclusions(dataset: Dataset, rows: np.ndarray,
+               seen: evaluation.SeenTitles | None = None) -> evaluation.QueryExclusions:
+    """``exclude_seen`` exclusions of the rating rows ``rows`` (their users and true titles),
+    built block by block as the evaluation consumes them."""
+    seen = seen or seen_titles(dataset)
+    return seen.for_queries(dataset.features["user_index"][rows],
+                            dataset.features["title_index"][rows])
+
+
+def _accuracies(ks: tuple[int, ...], counts: np.ndarray, n: int) -> tuple[dict, dict]:
+    """Integer hit counts per k -> ({k: accuracy}, {k: binomial standard error})."""
+    acc = {str(k): int(c) / n for k, c in zip(ks, counts)}
+    return acc, {k: evaluation.standard_error(v, n) for k, v in acc.items()}
+
+
+def evaluate_retrieval(backend: Backend, dataset: Dataset, config: Config,
+                       rows: np.ndarray | None = None,
+                       seen: evaluation.SeenTitles | None = None) -> dict:
+    """Top-k accuracy of the test split (or ``rows``) over the whole corpus, under both
+    protocols: score-based (TFRS FactorizedTopK rule) from the embeddings, and id-based from the
+    backend's index. Each process of the backend's group scores its shard of the queries; the
+    integer hit counts are summed, so the result equals the single-process one exactly."""
+    group = _group(backend)
+    rows = evaluation_rows(dataset, config) if rows is None else rows
+    mine = shard(rows, group, config.eval.eval_batch_size)
     ks = tuple(config.eval.top_ks)
+    users, stamps = dataset.user_id[mine], dataset.timestamp[mine]
+    excluded = exclusions(dataset, mine, seen)
+    queries = backend.query_embeddings(users, stamps)
+    truths = backend.candidate_embeddings(dataset.movie_title[mine])
     corpus = backend.candidate_embeddings(dataset.corpus_titles)
-    # On an accelerator the backend counts on the device (same tie rules); else numpy.
-    on_device = config.train.device != "cpu" and hasattr(backend, "scoring_higher")
-    count = backend.scoring_higher if on_device else evaluation.num_scoring_higher
-    greater, finite = count(
-        backend.query_embeddings(dataset.user_id[mine], dataset.timestamp[mine]),
-        backend.candidate_embeddings(dataset.movie_title[mine]), corpus)
+    # exclude_seen is counted in numpy, in the same pass as the seed protocol; on an
+    # accelerator the backend counts the seed protocol on the device (same tie rules).
+    counted = evaluation.count_scoring_higher(queries, truths, corpus, exclude=excluded)
+    greater, finite = counted.greater, counted.finite
+    if config.train.device != "cpu" and hasattr(backend, "scoring_higher"):
+        greater, finite = backend.scoring_higher(queries, truths, corpus)
     k_max = min(max(ks), len(dataset.corpus_titles))
-    _, rows = backend.retrieve(dataset.user_id[mine], dataset.timestamp[mine], k_max)
-    match = (dataset.corpus_features["title_index"][rows]
-             == dataset.features["title_index"][mine][:, None])
-    counts = group.all_sum(np.concatenate([evaluation.hits_at_k(greater, finite, ks),
-                                           evaluation.id_hits_at_k(match, ks)]))
-    n = len(test)
-    return {"top_k_accuracy": {str(k): int(c) / n for k, c in zip(ks, counts[:len(ks)])},
-            "top_k_accuracy_index": {str(k): int(c) / n for k, c in zip(ks, counts[len(ks):])}}
+    truth = dataset.features["title_index"][mine][:, None]
+    _, retrieved = backend.retrieve(users, stamps, k_max)
+    _, unseen = retrieve_unseen(backend, users, stamps, k_max, excluded,
+                                config.eval.eval_batch_size)
+    counts = group.all_sum(np.concatenate([
+        evaluation.hits_at_k(greater, finite, ks),
+        evaluation.id_hits_at_k(_title_index(dataset, retrieved) == truth, ks),
+        evaluation.hits_at_k(counted.greater_unseen, counted.finite, ks),
+        evaluation.id_hits_at_k(_title_index(dataset, unseen) == truth, ks)]))
+    n, report, errors = len(rows), {}, {}
+    names = ("top_k_accuracy", "top_k_accuracy_index", "top_k_accuracy_exclude_seen",
+             "top_k_accuracy_index_exclude_seen")
+    for i, name in enumerate(names):
+        report[name], errors[name] = _accuracies(ks, counts[i * len(ks):(i + 1) * len(ks)], n)
+    return {**report, "num_queries": int(n), "standard_error": errors}
 
 
-def evaluate_ranking(backend: Backend, dataset: Dataset) -> dict:
-    """Ranking metrics of the test split; shards' probabilities gathered in order (exact)."""
-    group, test = _group(backend), dataset.split.test
-    mine = shard(test, group, backend.config.eval.eval_batch_size)
+def _title_index(dataset: Dataset, rows: np.ndarray) -> np.ndarray:
+    """Title index of corpus rows [N, C]; padding (-1) gets -1, which matches no title."""
+    rows = np.asarray(rows, dtype=np.int64)
+    ids = dataset.corpus_features["title_index"][np.maximum(rows, 0)]
+    return np.where(rows >= 0, ids, -1)
+
+
+def retrieve_unseen(backend: Backend, user_ids: np.ndarray, timestamps: np.ndarray, k: int,
+                    exclude: evaluation.Exclusions | evaluation.QueryExclusions,
+                    block: int = 4096
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The backend's top-k after ``exclude_seen``: per block of queries, retrieve k + (the
+    block's largest exclusion count) and keep the first k rows not excluded
+    (``evaluation.drop_excluded``, as TFRS ``query_with_exclusions``). Blocks of ``block``
+    queries (the inference batch), so rows are embedded in the same batches as ``retrieve``.
+    -> scores [N, k'] float32, rows [N, k'] int64 (-1: padding), k' = min(k, corpus size)."""
+    parts = []
+    for start in range(0, len(user_ids), block):
+        end = min(start + block, len(user_ids))
+        mine = exclude.slice(start, end)
+        extra = int(mine.counts().max(initial=0))
+        scores, rows = backend.retrieve(user_ids[start:end], timestamps[start:end], k + extra)
+        parts.append(evaluation.drop_excluded(scores, rows, mine, k))
+    if not parts:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+
+def evaluate_ranking(backend: Backend, dataset: Dataset, rows: np.ndarray | None = None
+                     ) -> dict:
+    """Ranking metrics of the test split (or ``rows``); shards' probabilities gathered in
+    order (exact)."""
+    group = _group(backend)
+    rows = dataset.split.test if rows is None else rows
+    mine = shard(rows, group, backend.config.eval.eval_batch_size)
     probs = group.all_gather(backend.ranking_scores(
         dataset.user_id[mine], dataset.timestamp[mine], dataset.movie_title[mine]))
-    labels = dataset.label[test]
-    return {"binary_accuracy": float(evaluation.binary_accuracy(labels, probs)),
+    labels = dataset.label[rows]
+    accuracy = float(evaluation.binary_accuracy(labels, probs))
+    return {"binary_accuracy": accuracy,
             "auc": float(evaluation.auc(labels, probs)),
-            "log_loss": float(evaluation.log_loss(labels, probs))}
+            "log_loss": float(evaluation.log_loss(labels, probs)),
+            "num_queries": int(len(rows)),
+            "standard_error": {"binary_accuracy": evaluation.standard_error(accuracy,
+                                                                            len(rows))}}
 
 
 @dataclass(frozen=True)
@@ -104,34 +188,56 @@ class Recommendations:
 
 
 def recommend(backend: Backend, user_ids: np.ndarray, timestamps: np.ndarray,
-              num_candidates: int, titles: np.ndarray) -> Recommendations:
+              num_candidates: int, titles: np.ndarray,
+              exclude: evaluation.QueryExclusions | None = None, block: int = 4096
+              ) -> Recommendations:
     """THE retrieve -> score -> re-rank path (evaluation, ``twostage recommend`` and the parity
     suite all call it): retrieve ``num_candidates`` from the built index, score each candidate
-    with the ranking model. ``titles`` [M] are the indexed titles (``build_index``'s input)."""
-    scores, rows = backend.retrieve(user_ids, timestamps, num_candidates)
-    c = rows.shape[1]
-    ranking = backend.ranking_scores(np.repeat(np.asarray(user_ids, dtype=object), c),
-                                     np.repeat(np.asarray(timestamps, dtype=np.int64), c),
-                                     np.asarray(titles, dtype=object)[rows].ravel())
-    return Recommendations(rows, scores, ranking.reshape(rows.shape))
+    with the ranking model. ``titles`` [M] are the indexed titles (``build_index``'s input).
+    ``exclude``: per-query corpus rows never to recommend (``exclude_seen``): the candidates
+    are the first ``num_candidates`` after exclusion (:func:`retrieve_unseen`); padding rows
+    (-1, when too few remain) get ranking score -inf, so they stay last after re-ranking."""
+    if exclude is None:
+        scores, rows = backend.retrieve(user_ids, timestamps, num_candidates)
+        c = rows.shape[1]
+        ranking = backend.ranking_scores(np.repeat(np.asarray(user_ids, dtype=object), c),
+                                         np.repeat(np.asarray(timestamps, dtype=np.int64), c),
+                                         np.asarray(titles, dtype=object)[rows].ravel())
+        return Recommendations(rows, scores, ranking.reshape(rows.shape))
+    scores, rows = retrieve_unseen(backend, user_ids, timestamps, num_candidates, exclude, block)
+    valid = rows >= 0
+    per_row = valid.sum(axis=1)
+    ranking = np.full(rows.shape, -np.inf, dtype=np.float32)
+    ranking[valid] = backend.ranking_scores(
+        np.repeat(np.asarray(user_ids, dtype=object), per_row),
+        np.repeat(np.asarray(timestamps, dtype=np.int64), per_row),
+        np.asarray(titles, dtype=object)[rows[valid]])
+    return Recommendations(rows, scores, ranking)
 
 
-def evaluate_two_stage(backend: Backend, dataset: Dataset, config: Config) -> dict:
-    """The seed's protocol: every test positive is a query; its movie is the one relevant item."""
-    test = dataset.split.test
-    pos = test[dataset.label[test] == 1]
+def evaluate_two_stage(backend: Backend, dataset: Dataset, config: Config,
+                       rows: np.ndarray | None = None, exclude_seen: bool = False,
+                       seen: evaluation.SeenTitles | None = None) -> dict:
+    """The seed's protocol: every test positive (of ``rows``, default the test split) is a
+    query; its movie is the one relevant item. ``exclude_seen``: the candidates are retrieved
+    after removing the user's training titles (``retrieve N candidates after exclusion``)."""
+    rows = dataset.split.test if rows is None else rows
+    pos = rows[dataset.label[rows] == 1]
     if len(pos) == 0:
         raise ValueError("the test split has no positive ratings; nothing to re-rank")
     c = min(config.eval.num_candidates, len(dataset.corpus_titles))
     group = _group(backend)
     mine = shard(pos, group, config.eval.eval_batch_size)
+    exclude = exclusions(dataset, mine, seen) if exclude_seen else None
     recs = recommend(backend, dataset.user_id[mine], dataset.timestamp[mine], c,
-                     dataset.corpus_titles)
-    ids = group.all_gather(dataset.corpus_features["title_index"][recs.rows])
+                     dataset.corpus_titles, exclude=exclude, block=config.eval.eval_batch_size)
+    ids = group.all_gather(_title_index(dataset, recs.rows))
     metrics = evaluation.two_stage_metrics(ids, group.all_gather(recs.ranking_scores),
                                            dataset.features["title_index"][pos],
                                            k=min(config.eval.ndcg_k, c))
     metrics["num_queries"] = int(len(pos))
+    metrics["standard_error"] = {name: evaluation.standard_error(value, len(pos))
+                                 for name, value in metrics.items() if name.startswith("hit@")}
     return metrics
 
 
@@ -152,17 +258,35 @@ def check_trainable(dataset: Dataset, config: Config) -> None:
 
 
 def evaluate(backend: Backend, dataset: Dataset, config: Config) -> dict:
+    """Every model metric under both protocols, on ``evaluation_rows`` (the test split or its
+    seeded ``eval_queries`` sample)."""
     backend.build_index(dataset.corpus_titles)
-    return {"retrieval": evaluate_retrieval(backend, dataset, config),
-            "ranking": evaluate_ranking(backend, dataset),
-            "two_stage": evaluate_two_stage(backend, dataset, config)}
+    rows, seen = evaluation_rows(dataset, config), seen_titles(dataset)
+    return {"retrieval": evaluate_retrieval(backend, dataset, config, rows, seen),
+            "ranking": evaluate_ranking(backend, dataset, rows),
+            "two_stage": evaluate_two_stage(backend, dataset, config, rows),
+            "two_stage_exclude_seen": evaluate_two_stage(backend, dataset, config, rows,
+                                                         exclude_seen=True, seen=seen),
+            "eval_sample": sample_facts(dataset, config, rows)}
+
+
+def sample_facts(dataset: Dataset, config: Config, rows: np.ndarray) -> dict:
+    """What was evaluated: N queries of the test split (a seeded sample or all of it)."""
+    return {"num_queries": int(len(rows)), "num_test_rows": int(len(dataset.split.test)),
+            "sampled": bool(len(rows) < len(dataset.split.test)),
+            "eval_queries": config.eval.eval_queries, "seed": int(config.seed),
+            "exclude_seen": "by title: every corpus row of a title the user rated in training, "
+                            "except the query's own title"}
 
 
 def run_backend(name: str, dataset: Dataset, config: Config,
-                on_epoch: EpochCallback | None = None
+                on_epoch: EpochCallback | None = None, baselines: dict | None = None
                 ) -> tuple[Backend, dict, dict[str, History]]:
     """Train both stages, evaluate -> (backend, report, histories). Saving is the caller's
-    (``twostage.rundir.write`` writes a whole run folder at once)."""
+    (``twostage.rundir.write`` writes a whole run folder at once). ``baselines``: the report of
+    ``twostage.baselines.evaluate_baselines`` on the same data and config (computed here when
+    None; pass it to share one computation between backends); the report gets it under
+    ``baselines`` and the model's comparison with each under ``vs_baselines``."""
     start = time.perf_counter()
     backend = make_backend(name, config, dataset)
     t0 = time.perf_counter()
@@ -172,6 +296,11 @@ def run_backend(name: str, dataset: Dataset, config: Config,
     t2 = time.perf_counter()
     report = evaluate(backend, dataset, config)
     t3 = time.perf_counter()
+    if baselines is None:
+        from .baselines import evaluate_baselines
+        baselines = evaluate_baselines(dataset, config)
+    report["baselines"] = baselines
+    report["vs_baselines"] = compare_to_baselines(report, baselines)
     report["timings_s"] = {"retrieval_fit": t1 - t0, "ranking_fit": t2 - t1,
                            "evaluation": t3 - t2, "total": t3 - start}
     report["config"] = config.to_dict()
@@ -179,6 +308,45 @@ def run_backend(name: str, dataset: Dataset, config: Config,
     histories = {"retrieval": retrieval_history, "ranking": ranking_history}
     report["history"] = {k: h.to_dict() for k, h in histories.items()}
     return backend, report, histories
+
+
+PROTOCOLS = ("seed", "exclude_seen")
+
+
+def _protocol_figures(report: dict, protocol: str, k: int) -> dict[str, float]:
+    """The compared figures of a model report or a baseline entry under one protocol:
+    ``top_k_accuracy.<k>`` for every k and ``ndcg@<k>`` (the model's after re-ranking, a
+    baseline's of its own order)."""
+    suffix = "" if protocol == "seed" else "_exclude_seen"
+    acc = (report.get("retrieval", report)).get("top_k_accuracy" + suffix, {})
+    out = {f"top_k_accuracy.{key}": float(v) for key, v in acc.items()}
+    two = report.get("two_stage" + suffix) or report.get("positives" + suffix, {})
+    ndcg = two.get(f"ndcg@{k}_reranked", two.get(f"ndcg@{k}"))
+    if ndcg is not None:
+        out[f"ndcg@{k}"] = float(ndcg)
+    return out
+
+
+def compare_to_baselines(report: dict, baselines: dict) -> dict:
+    """By how much the model beats (or trails) each baseline: per baseline, protocol and
+    figure, ``model``, ``baseline``, ``difference`` (model - baseline) and ``ratio``
+    (model / baseline; absent when the baseline scored 0). Skipped baselines are left out."""
+    k = next((int(name.split("@")[1].split("_")[0]) for name in report.get("two_stage", {})
+              if name.startswith("ndcg@")), 10)
+    out: dict = {}
+    for name, entry in baselines.get("models", {}).items():
+        if entry.get("skipped"):
+            continue
+        out[name] = {}
+        for protocol in PROTOCOLS:
+            mine, theirs = (_protocol_figures(report, protocol, k),
+                            _protocol_figures(entry, protocol, k))
+            out[name][protocol] = {
+                figure: {"model": mine[figure], "baseline": theirs[figure],
+                         "difference": mine[figure] - theirs[figure],
+                         **({"ratio": mine[figure] / theirs[figure]} if theirs[figure] else {})}
+                for figure in mine if figure in theirs}
+    return out
 
 
 def flatten(report: dict, prefix: str = "") -> dict[str, float]:

@@ -23,8 +23,16 @@ TABLE_ROWS = (
     "two_stage.ndcg@10_retrieval", "two_stage.ndcg@10_reranked",
     "two_stage.hit@10_retrieval", "two_stage.hit@10_reranked",
     "two_stage.mrr_retrieval", "two_stage.mrr_reranked",
+    "retrieval.top_k_accuracy_exclude_seen.1", "retrieval.top_k_accuracy_exclude_seen.5",
+    "retrieval.top_k_accuracy_exclude_seen.10", "retrieval.top_k_accuracy_exclude_seen.50",
+    "retrieval.top_k_accuracy_exclude_seen.100",
+    "two_stage_exclude_seen.ndcg@10_retrieval", "two_stage_exclude_seen.ndcg@10_reranked",
+    "two_stage_exclude_seen.hit@10_retrieval", "two_stage_exclude_seen.hit@10_reranked",
+    "two_stage_exclude_seen.mrr_retrieval", "two_stage_exclude_seen.mrr_reranked",
     "timings_s.retrieval_fit", "timings_s.ranking_fit", "timings_s.evaluation", "timings_s.total",
 )
+BASELINE_NAMES = {"random": "random", "popular": "most-popular", "ease": "EASE"}
+PROTOCOL_SUFFIX = {"seed": "", "exclude_seen": "_exclude_seen"}
 SEED_FIGURES = {"retrieval.top_k_accuracy.100": 0.28, "ranking.binary_accuracy": 0.7,
                 "two_stage.ndcg@10_retrieval": 0.005736, "two_stage.ndcg@10_reranked": 0.007694}
 
@@ -59,6 +67,139 @@ def _fmt(v: float | None, signed: bool = False) -> str:
     return f"{v:+.5f}" if signed else f"{v:.5f}" if abs(v) < 10 else f"{v:.1f}"
 
 
+def _baselines(reports: dict[str, dict]) -> dict:
+    """The baselines of a run (the same for every backend: computed once per run)."""
+    return next((r["baselines"] for r in reports.values() if r.get("baselines")), {})
+
+
+def _ks(reports: dict[str, dict]) -> list[str]:
+    first = next(iter(reports.values()), {})
+    return list(first.get("retrieval", {}).get("top_k_accuracy", {}))
+
+
+def _ndcg_name(reports: dict[str, dict]) -> str | None:
+    first = next(iter(reports.values()), {})
+    return next((n[: -len("_reranked")] for n in first.get("two_stage", {})
+                 if n.startswith("ndcg@") and n.endswith("_reranked")), None)
+
+
+def _with_error(value: float | None, error: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" + (f" ± {error:.4f}" if error is not None else "")
+
+
+def _column(entry: dict, protocol: str, k: str | None, ndcg: str | None) -> str:
+    """One cell: a model report's or a baseline entry's top-k (with its standard error) or
+    nDCG (the model's after re-ranking, a baseline's of its own order)."""
+    suffix = PROTOCOL_SUFFIX[protocol]
+    if entry.get("skipped"):
+        return "skipped"
+    if k is not None:
+        block = entry.get("retrieval", entry)
+        value = block.get("top_k_accuracy" + suffix, {}).get(k)
+        error = block.get("standard_error", {}).get("top_k_accuracy" + suffix, {}).get(k)
+        return _with_error(value, error)
+    two = entry.get("two_stage" + suffix) or entry.get("positives" + suffix) or {}
+    value = two.get(f"{ndcg}_reranked", two.get(ndcg))
+    return "" if value is None else f"{value:.4f}"
+
+
+def protocol_table(reports: dict[str, dict]) -> str:
+    """Markdown: every top-k accuracy (± standard error) and nDCG of each backend and each
+    baseline, under both protocols."""
+    baselines = _baselines(reports).get("models", {})
+    if not baselines and not any("top_k_accuracy_exclude_seen" in r.get("retrieval", {})
+                                 for r in reports.values()):
+        return ""
+    names = [*reports, *baselines]
+    header = ["protocol", "metric", *reports,
+              *(_baseline_label(n, baselines[n]) for n in baselines)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    ndcg = _ndcg_name(reports)
+    entries = {**reports, **baselines}
+    for protocol in PROTOCOL_SUFFIX:
+        rows = [(f"top-{k}", k, None) for k in _ks(reports)]
+        if ndcg:
+            rows.append((f"{ndcg} (re-ranked; baselines: own order)", None, ndcg))
+        for label, k, metric in rows:
+            cells = [_column(entries[n], protocol, k, metric) for n in names]
+            lines.append("| " + " | ".join([protocol, label, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def _baseline_label(name: str, entry: dict) -> str:
+    label = BASELINE_NAMES.get(name, name)
+    return f"{label} (λ={entry['lambda']:g})" if "lambda" in entry else label
+
+
+def comparison_table(reports: dict[str, dict]) -> str:
+    """Markdown: by how much each backend beats (ratio > 1, difference > 0) or trails each
+    baseline, per protocol, from the reports' ``vs_baselines``."""
+    ks = [k for k in _ks(reports) if k in ("1", "10", "100")] or _ks(reports)
+    ndcg = _ndcg_name(reports)
+    figures = [*(f"top_k_accuracy.{k}" for k in ks), *([ndcg] if ndcg else [])]
+    header = ["model vs baseline", "protocol",
+              *(f"top-{k}" for k in ks), *([f"{ndcg}"] if ndcg else [])]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, report in reports.items():
+        for baseline, protocols in report.get("vs_baselines", {}).items():
+            for protocol, values in protocols.items():
+                cells = [_ratio_cell(values.get(f)) for f in figures]
+                lines.append("| " + " | ".join([f"{name} vs {BASELINE_NAMES.get(baseline, baseline)}",
+                                                protocol, *cells]) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _ratio_cell(value: dict | None) -> str:
+    if not value:
+        return ""
+    ratio = value.get("ratio")
+    shown = f"x{ratio:.2f}" if ratio is not None else "x∞"
+    return f"{shown} ({value['difference']:+.4f})"
+
+
+def baseline_notes(reports: dict[str, dict]) -> str:
+    """One line per fact a reader needs: sample size, exclusion rule, ties, EASE's lambda or
+    why it was skipped."""
+    first = next(iter(reports.values()), {})
+    sample, base = first.get("eval_sample", {}), _baselines(reports)
+    notes = []
+    if sample:
+        how = (f"a seeded sample (eval_queries={sample['eval_queries']}, seed {sample['seed']})"
+               if sample.get("sampled") else "all of them")
+        notes.append(f"- Evaluated {sample['num_queries']} of {sample['num_test_rows']} test "
+                     f"ratings ({how}); ± is the binomial standard error sqrt(p(1-p)/N).")
+        notes.append(f"- exclude_seen removes, {sample['exclude_seen']}.")
+    if base:
+        notes.append(f"- Baselines rank ties by a fixed order ({base.get('tie_break')}); the "
+                     "models keep TFRS's rule (ties in the positive's favour).")
+        for name, entry in base.get("models", {}).items():
+            if entry.get("skipped"):
+                notes.append(f"- {BASELINE_NAMES.get(name, name)} skipped: {entry['skipped']}.")
+            elif "validation" in entry:
+                v = entry["validation"]
+                tried = ", ".join(f"{lam}: {acc:.4f}" for lam, acc in v["scores"].items())
+                notes.append(f"- EASE lambda={entry['lambda']:g}, chosen by {v['metric']} "
+                             f"({v['num_queries']} validation ratings carved out of the training "
+                             f"split; tried {tried}).")
+    return "\n".join(notes)
+
+
+def results_markdown(reports: dict[str, dict], header: str = "") -> str:
+    """The whole results.md: the metric table, then both protocols beside the baselines and the
+    model-against-baseline ratios."""
+    parts = [header, table(reports)]
+    protocols, versus = protocol_table(reports), comparison_table(reports)
+    if protocols:
+        parts += ["## Both protocols, beside the baselines (the same metric code)", protocols,
+                  baseline_notes(reports)]
+    if versus:
+        parts += ["## The model against each baseline: ratio model / baseline (difference)",
+                  versus]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
 def plot_history(name: str, report: dict, path: Path) -> None:
     """Loss per epoch of both stages and the validation metrics, one PNG per backend."""
     import matplotlib
@@ -89,7 +230,7 @@ def write_results(out: Path, reports: dict[str, dict], header: str = "") -> list
     """results.json (backend -> report), results.md and <backend>_curves.png under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     io.write_text(out / "results.json", json.dumps(reports, indent=1, sort_keys=True))
-    io.write_text(out / "results.md", (header + "\n\n" if header else "") + table(reports) + "\n")
+    io.write_text(out / "results.md", results_markdown(reports, header))
     written = [out / "results.json", out / "results.md"]
     for name, report in reports.items():
         plot_history(name, report, out / f"{name}_curves.png")

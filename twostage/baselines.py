@@ -1,0 +1,370 @@
+"""Baselines beside every run, scored by the model's own metric code: random, most-popular, EASE.
+
+Each baseline gives every query (a test rating: user, true title) a score per title; the
+scores are spread over the corpus rows (duplicate titles share their title's score, as they
+share an embedding in the models) and counted by ``twostage.evaluation.count_higher``, the loop
+that scores the models, under both protocols (``seed`` and ``exclude_seen``) and on the same
+``eval_queries`` sample. Baseline scores tie often (popularity counts), so a tie is broken by a
+deterministic order, the same for all three: more training ratings first, then the smaller
+title index. The models keep TFRS's rule (ties in the positive's favour).
+
+* ``random``: seeded uniform scores (numpy PCG64 per block of queries).
+* ``popular``: the number of training ratings of each title (Steck's and RecBole's "Pop").
+* ``ease``: Steck 2019, "Embarrassingly Shallow Autoencoders for Sparse Data": X the binary
+  user x title matrix of the training ratings, P = (X^T X + lambda I)^-1,
+  B = I - P / diag(P) (column j divided by P_jj), so diag(B) = 0; a user's scores are x_u B.
+  lambda is chosen from ``EASE_LAMBDAS`` on a validation slice carved out of the TRAINING split
+  (``validation_split``; the test split is never read), then B is refitted on the whole
+  training split. The dense T x T inverse costs about T^3 flops and 8 T^2 bytes, so EASE runs
+  up to ``EASE_MAX_TITLES`` titles (ml-100k: 1,664; ml-1m: 3,706) and is skipped above it
+  (20m, 25m, latest-small) with the reason in the report.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from . import evaluation
+from .config import Config
+from .dataset import Dataset
+
+EASE_LAMBDAS: tuple[float, ...] = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
+EASE_FIRST_LAMBDA = 300.0        # where the search starts (ml-100k's and ml-1m's neighbourhood)
+EASE_MAX_TITLES = 5000
+VALIDATION_FRACTION = 0.1        # of the training split, for EASE's lambda
+VALIDATION_MAX_USERS = 1000      # validation ratings of at most this many users (seeded)
+
+
+# --------------------------------------------------------------------------------------------
+# training interactions
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Interactions:
+    """Training ratings as integer indices: ``users`` [R], ``titles`` [R] (the FeatureSpec's
+    user and title indices; repeats allowed), ``num_titles`` T (title indices are < T)."""
+
+    users: np.ndarray
+    titles: np.ndarray
+    num_titles: int
+
+    @classmethod
+    def of(cls, dataset: Dataset, rows: np.ndarray) -> "Interactions":
+        return cls(dataset.features["user_index"][rows].astype(np.int64),
+                   dataset.features["title_index"][rows].astype(np.int64),
+                   num_titles(dataset))
+
+    def popularity(self) -> np.ndarray:
+        """[T] int64: ratings per title."""
+        return np.bincount(self.titles, minlength=self.num_titles).astype(np.int64)
+
+    def seen(self, corpus_titles: np.ndarray) -> evaluation.SeenTitles:
+        return evaluation.SeenTitles(self.users, self.titles, corpus_titles)
+
+
+def num_titles(dataset: Dataset) -> int:
+    """Size of the title index space (OOV 0 included)."""
+    return int(max(dataset.corpus_features["title_index"].max(initial=0),
+                   dataset.features["title_index"].max(initial=0))) + 1
+
+
+def tie_priority(popularity: np.ndarray) -> np.ndarray:
+    """[T] int64 position of each title in the deterministic order that breaks score ties:
+    more training ratings first, then the smaller title index."""
+    popularity = np.asarray(popularity)
+    order = np.lexsort((np.arange(popularity.size), -popularity))
+    priority = np.empty(popularity.size, dtype=np.int64)
+    priority[order] = np.arange(popularity.size)
+    return priority
+
+
+def validation_split(dataset: Dataset, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, validation rows), both out of ``dataset.split.train`` only: a seeded
+    ``VALIDATION_FRACTION`` of it for the random split, its latest ratings for the temporal one
+    (the validation slice follows the protocol of the test split)."""
+    train = np.asarray(dataset.split.train)
+    n_val = max(1, int(round(VALIDATION_FRACTION * len(train))))
+    if len(train) < 2:
+        raise ValueError("the training split has fewer than 2 ratings: no validation slice "
+                         "for EASE's lambda")
+    if getattr(config.data, "split", "random") == "temporal":
+        order = np.argsort(dataset.timestamp[train], kind="stable")
+    else:
+        order = np.random.default_rng([config.seed, 0xEA5E]).permutation(len(train))
+    return np.sort(train[order[:-n_val]]), np.sort(train[order[-n_val:]])
+
+
+# --------------------------------------------------------------------------------------------
+# the three scorers
+# --------------------------------------------------------------------------------------------
+
+class Scorer(Protocol):
+    """[n] rating rows and their users -> [n, M] float32 scores of the corpus rows (higher is
+    better; duplicate rows of a title get their title's score)."""
+
+    def corpus_scores(self, rows: np.ndarray, users: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class RandomScorer:
+    """Uniform float32 scores per title from numpy's PCG64, seeded by (seed, first rating row
+    of the block): the same queries in the same blocks get the same scores in every run."""
+
+    seed: int
+    num_titles: int
+    corpus_titles: np.ndarray
+
+    def corpus_scores(self, rows: np.ndarray, users: np.ndarray) -> np.ndarray:
+        first = int(rows[0]) if len(rows) else 0
+        titles = np.random.default_rng([self.seed, first]).random((len(rows), self.num_titles),
+                                                                  dtype=np.float32)
+        return np.take(titles, self.corpus_titles, axis=1)
+
+
+@dataclass(frozen=True)
+class PopularScorer:
+    """Every query gets the training rating count of each title (a broadcast view: no
+    [n, M] copy)."""
+
+    popularity: np.ndarray
+    corpus_titles: np.ndarray
+
+    def corpus_scores(self, rows: np.ndarray, users: np.ndarray) -> np.ndarray:
+        per_row = self.popularity[self.corpus_titles].astype(np.float32)
+        return np.broadcast_to(per_row, (len(rows), per_row.size))
+
+
+@dataclass(frozen=True)
+class EaseScorer:
+    """x_u B for each query's user (x_u: the titles the user rated in training), computed
+    directly on the corpus columns of B."""
+
+    weights: np.ndarray                 # B [T, T] float32, zero diagonal
+    history: evaluation.SeenTitles      # the training titles of each user
+    corpus_titles: np.ndarray
+
+    def __post_init__(self) -> None:
+        columns = np.ascontiguousarray(self.weights[:, self.corpus_titles])
+        object.__setattr__(self, "_columns", columns)      # [T, M], computed once
+
+    def corpus_scores(self, rows: np.ndarray, users: np.ndarray) -> np.ndarray:
+        distinct, inverse = np.unique(np.asarray(users, dtype=np.int64), return_inverse=True)
+        x = np.zeros((distinct.size, self.weights.shape[0]), dtype=np.float32)
+        query, title = self.history.titles_of(distinct)
+        x[query, title] = 1.0
+        return (x @ self._columns)[inverse]   # one GEMM row per distinct user of the block
+
+
+def gram(interactions: Interactions, budget_bytes: int = evaluation.DEFAULT_CHUNK_BYTES
+         ) -> np.ndarray:
+    """X^T X [T, T] float64 of the binary user x title matrix (repeated ratings count once),
+    accumulated over blocks of users so X is never held whole."""
+    t = interactions.num_titles
+    pairs = np.unique(interactions.users * t + interactions.titles)
+    users, titles = pairs // t, pairs % t
+    distinct, user_pos = np.unique(users, return_inverse=True)
+    g = np.zeros((t, t), dtype=np.float64)
+    step = evaluation.chunk_rows(t, budget_bytes)
+    bounds = np.searchsorted(user_pos, np.arange(0, distinct.size + step, step))
+    for lo, hi, first in zip(bounds[:-1], bounds[1:], range(0, distinct.size, step)):
+        x = np.zeros((min(step, distinct.size - first), t), dtype=np.float32)
+        x[user_pos[lo:hi] - first, titles[lo:hi]] = 1.0
+        g += x.T @ x                        # counts < 2^24: exact in float32
+    return g
+
+
+def ease_weights(g: np.ndarray, lam: float) -> np.ndarray:
+    """Steck's closed form from the Gram matrix: P = (G + lam I)^-1, B = I - P / diag(P)
+    (B_ij = -P_ij / P_jj off the diagonal), diag(B) = 0. -> B [T, T] float32."""
+    if not lam > 0:
+        raise ValueError(f"EASE lambda={lam} must be > 0 (G + lambda I must be invertible)")
+    p = g + lam * np.eye(g.shape[0])
+    p = np.linalg.inv(p)
+    b = p / (-np.diag(p))[None, :]
+    np.fill_diagonal(b, 0.0)
+    return b.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# scoring with the shared metric code
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Queries:
+    """Evaluation queries ordered by user (consecutive blocks then share users, which EASE
+    scores once per block): rating ``rows``, ``users``, true ``titles``, ``positive`` (label 1)."""
+
+    rows: np.ndarray
+    users: np.ndarray
+    titles: np.ndarray
+    positive: np.ndarray
+
+    @classmethod
+    def of(cls, dataset: Dataset, rows: np.ndarray) -> "Queries":
+        rows = np.asarray(rows)
+        users = dataset.features["user_index"][rows].astype(np.int64)
+        order = np.argsort(users, kind="stable")
+        rows = rows[order]
+        return cls(rows, users[order], dataset.features["title_index"][rows].astype(np.int64),
+                   dataset.label[rows] == 1)
+
+
+def score(scorer: Scorer, queries: Queries, seen: evaluation.SeenTitles,
+          corpus_titles: np.ndarray, priority: np.ndarray,
+          budget_bytes: int = evaluation.DEFAULT_CHUNK_BYTES) -> evaluation.HigherCounts:
+    """Count, per query, the corpus rows ranked above its true title under both protocols
+    (``evaluation.count_higher``, ties by ``priority``). The positive is the score of the
+    first corpus row of the true title, read from the same block (so its duplicate rows tie
+    with it exactly)."""
+    corpus_titles = np.asarray(corpus_titles, dtype=np.int64)
+    first_row = _first_rows(corpus_titles, priority.size)
+    missing = queries.titles[first_row[queries.titles] < 0]
+    if missing.size:
+        raise ValueError(f"title index {int(missing[0])} of a rating has no corpus row; the "
+                         "corpus must hold every rated title (rebuild the dataset)")
+
+    def block(start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        scores = scorer.corpus_scores(queries.rows[start:end], queries.users[start:end])
+        return scores, scores[np.arange(end - start), first_row[queries.titles[start:end]]]
+
+    return evaluation.count_higher(
+        block, queries.rows.size, evaluation.chunk_rows(corpus_titles.size, budget_bytes),
+        exclude=seen.for_queries(queries.users, queries.titles),
+        column_priority=priority[corpus_titles], positive_priority=priority[queries.titles])
+
+
+def _first_rows(corpus_titles: np.ndarray, num_titles: int) -> np.ndarray:
+    """[T] int64: the first corpus row of each title, -1 for a title with none."""
+    first = np.full(num_titles, -1, dtype=np.int64)
+    rows = np.arange(corpus_titles.size, dtype=np.int64)
+    first[corpus_titles[::-1]] = rows[::-1]       # the last write (smallest row) wins
+    return first
+
+
+def summarize(counts: evaluation.HigherCounts, queries: Queries, config: Config,
+              num_corpus: int) -> dict:
+    """Top-k accuracies (both protocols, with standard errors) and, on the positive queries,
+    nDCG@k / hit@k / MRR of the baseline's own order (``positives*``), comparable with the
+    model's two-stage figures."""
+    ks = tuple(config.eval.top_ks)
+    n = queries.rows.size
+    k, c = config.eval.ndcg_k, min(config.eval.num_candidates, num_corpus)
+    out: dict = {"standard_error": {}}
+    for suffix, greater in (("", counts.greater), ("_exclude_seen", counts.greater_unseen)):
+        hits = evaluation.hits_at_k(greater, counts.finite, ks)
+        acc = {str(kk): int(h) / n for kk, h in zip(ks, hits)}
+        out["top_k_accuracy" + suffix] = acc
+        out["standard_error"]["top_k_accuracy" + suffix] = {
+            kk: evaluation.standard_error(v, n) for kk, v in acc.items()}
+        if queries.positive.any():
+            out["positives" + suffix] = evaluation.rank_metrics(
+                greater[queries.positive], counts.finite[queries.positive], min(k, c), c)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# EASE's lambda, on the training split only
+# --------------------------------------------------------------------------------------------
+
+def select_lambda(dataset: Dataset, config: Config, lambdas: tuple[float, ...] = EASE_LAMBDAS,
+                  first: float = EASE_FIRST_LAMBDA) -> dict:
+    """EASE's lambda by validation: fit on the training split minus its validation slice
+    (``validation_split``), score the slice's ratings (those of at most
+    ``VALIDATION_MAX_USERS`` users, a seeded sample: EASE's cost is one GEMM row per user)
+    with ``exclude_seen`` top-k accuracy, k = ``config.eval.ndcg_k``. The grid
+    is walked from ``first`` towards the better neighbour until the score drops (validation
+    accuracy is unimodal in log lambda in practice), so 3-4 inverses instead of 7. Exact ties
+    keep the larger lambda (stronger regularisation). -> {"lambda", "scores": {lambda: acc},
+    "metric", "num_queries", "num_fit_ratings"}."""
+    fit_rows, val_rows = validation_split(dataset, config)
+    val_rows = _rows_of_some_users(dataset, val_rows, VALIDATION_MAX_USERS, config.seed)
+    fit = Interactions.of(dataset, fit_rows)
+    g = gram(fit)
+    seen = fit.seen(dataset.corpus_features["title_index"])
+    queries = Queries.of(dataset, val_rows)
+    priority = tie_priority(fit.popularity())
+    k = int(config.eval.ndcg_k)
+    grid = sorted(float(x) for x in lambdas)
+    scores: dict[float, float] = {}
+
+    def validate(i: int) -> float:
+        lam = grid[i]
+        if lam not in scores:
+            corpus = dataset.corpus_features["title_index"]
+            counts = score(EaseScorer(ease_weights(g, lam), seen, corpus), queries, seen,
+                           corpus, priority)
+            hits = evaluation.hits_at_k(counts.greater_unseen, counts.finite, (k,))
+            scores[lam] = int(hits[0]) / queries.rows.size
+        return scores[lam]
+
+    best = int(np.argmin(np.abs(np.log(grid) - np.log(first))))
+    while True:
+        around = [j for j in (best - 1, best, best + 1) if 0 <= j < len(grid)]
+        top = max(around, key=lambda j: (validate(j), grid[j]))
+        if top == best:
+            break
+        best = top
+    return {"lambda": grid[best], "scores": {f"{lam:g}": v for lam, v in sorted(scores.items())},
+            "metric": f"top-{k} accuracy, exclude_seen, on the validation slice",
+            "num_queries": int(queries.rows.size), "num_fit_ratings": int(fit_rows.size)}
+
+
+def _rows_of_some_users(dataset: Dataset, rows: np.ndarray, max_users: int, seed: int
+                        ) -> np.ndarray:
+    """The ``rows`` of at most ``max_users`` of their users (a seeded sample), order kept."""
+    users = dataset.features["user_index"][rows]
+    distinct = np.unique(users)
+    kept = evaluation.sample_rows(distinct, max_users, seed)
+    return rows[np.isin(users, kept)]
+
+
+# --------------------------------------------------------------------------------------------
+# the report
+# --------------------------------------------------------------------------------------------
+
+def evaluate_baselines(dataset: Dataset, config: Config, rows: np.ndarray | None = None,
+                       names: tuple[str, ...] = ("random", "popular", "ease")) -> dict:
+    """Every baseline on ``rows`` (default: the model's evaluation rows, the test split or its
+    ``eval_queries`` sample) -> {"models": {name: figures}, "num_queries", "tie_break"}. Each
+    entry: ``top_k_accuracy``, ``top_k_accuracy_exclude_seen``, ``positives`` /
+    ``positives_exclude_seen`` (nDCG@k, hit@k, MRR within num_candidates), ``standard_error``,
+    ``seconds``; EASE adds ``lambda`` and ``validation``, or ``skipped`` with the reason."""
+    from .pipeline import evaluation_rows
+
+    rows = evaluation_rows(dataset, config) if rows is None else np.asarray(rows)
+    train = Interactions.of(dataset, dataset.split.train)
+    corpus = dataset.corpus_features["title_index"]
+    seen, popularity = train.seen(corpus), train.popularity()
+    priority, queries = tie_priority(popularity), Queries.of(dataset, rows)
+    out: dict = {}
+    for name in names:
+        start = time.perf_counter()
+        if name == "ease" and train.num_titles > EASE_MAX_TITLES:
+            out[name] = {"skipped": f"{train.num_titles} titles > EASE_MAX_TITLES="
+                         f"{EASE_MAX_TITLES}: the dense T x T inverse would need "
+                         f"{8 * train.num_titles ** 2 / 2 ** 30:.1f} GiB and ~T^3 flops"}
+            continue
+        scorer, extra = _scorer(name, dataset, config, train, seen, popularity)
+        counts = score(scorer, queries, seen, corpus, priority)
+        out[name] = {**summarize(counts, queries, config, corpus.size), **extra,
+                     "seconds": time.perf_counter() - start}
+    return {"models": out, "num_queries": int(rows.size),
+            "tie_break": "more training ratings first, then the smaller title index"}
+
+
+def _scorer(name: str, dataset: Dataset, config: Config, train: Interactions,
+            seen: evaluation.SeenTitles, popularity: np.ndarray) -> tuple[Scorer, dict]:
+    corpus = dataset.corpus_features["title_index"]
+    if name == "random":
+        return RandomScorer(config.seed, train.num_titles, corpus), {"seed": int(config.seed)}
+    if name == "popular":
+        return PopularScorer(popularity, corpus), {}
+    if name == "ease":
+        chosen = select_lambda(dataset, config)
+        weights = ease_weights(gram(train), chosen["lambda"])
+        return EaseScorer(weights, seen, corpus), {"lambda": chosen["lambda"],
+                                                   "validation": chosen}
+    raise ValueError(f"unknown baseline {name!r}; choose from random, popular, ease")
