@@ -216,8 +216,9 @@ def _train_and_write(args: argparse.Namespace, config: Config, names: list[str],
     rank 0) checks ``--out`` first and writes the run folder at the end."""
     from . import rundir
     from .dataset import load_dataset
+    from .baselines import evaluate_baselines
     from .pipeline import check_trainable, run_backend
-    from .report import TensorBoardWriter, table, write_results
+    from .report import TensorBoardWriter, comparison_table, table, write_results
 
     out = Path(args.out)
     if lead:
@@ -234,6 +235,8 @@ def _train_and_write(args: argparse.Namespace, config: Config, names: list[str],
     except ValueError as e:
         raise UsageError(str(e)) from None
     config = config if lead else config.replace(quiet=True)
+    say("baselines: random, most-popular, EASE (lambda on a validation slice of training)")
+    baselines = evaluate_baselines(dataset, config)  # once, shared by every backend's report
     reports, backends = {}, {}
     for name in names:
         say(f"[{name}] training retrieval ({config.train.retrieval_epochs} epochs) and ranking "
@@ -242,7 +245,8 @@ def _train_and_write(args: argparse.Namespace, config: Config, names: list[str],
                   if config.output.tensorboard and lead else None)
         try:
             backends[name], reports[name], _ = run_backend(name, dataset, config,
-                                                           on_epoch=writer)
+                                                           on_epoch=writer,
+                                                           baselines=baselines)
         finally:
             if writer is not None:
                 writer.close()
@@ -257,6 +261,8 @@ def _train_and_write(args: argparse.Namespace, config: Config, names: list[str],
                  write_results=lambda tmp: write_results(tmp, reports, header),
                  force=args.force)
     print(table(reports))
+    print("\nmodel vs baselines, ratio model / baseline (difference):\n"
+          + comparison_table(reports))
     say(f"wrote the run folder {out}/ (results.json, results.md, curves, models)")
     return 0
 
