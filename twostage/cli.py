@@ -154,7 +154,8 @@ def _parser() -> argparse.ArgumentParser:
                      "run's eval.num_candidates, as `twostage recommend`)")
     exp.add_argument("-k", type=int, default=None,
                      help="tfrs only: top-k of the SavedModel's retrieval-only call (10 <= k <= "
-                     "corpus size; default 100); `recommend` takes k per call")
+                     "corpus size; default 100, or the corpus size if smaller); `recommend` takes k per "
+                     "call")
     return p
 
 
@@ -333,7 +334,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.to == "torch" and args.k is not None:
         raise UsageError("-k sets the SavedModel's retrieval-only top-k (--to tfrs); the torch "
                          "export takes k at each recommend call: drop -k")
-    k = 100 if args.k is None else args.k
+    k = min(100, size) if args.k is None else args.k
     if args.to == "tfrs" and not 10 <= k <= size:
         raise UsageError(f"-k {k}: the exported index returns 10 <= k <= {size} (the run's "
                          "corpus size)")

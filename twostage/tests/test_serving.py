@@ -49,16 +49,18 @@ def export_dir(run_dir, tmp_path_factory):
     return _export(run_dir, tmp_path_factory.mktemp("exports") / "torch")
 
 
-def reference(run_dir: Path, users: np.ndarray, stamps: np.ndarray, k: int) -> dict:
+def reference(run_dir: Path, users: np.ndarray, stamps: np.ndarray, k: int,
+              num_candidates: int | None = None) -> dict:
     """What `twostage recommend` computes for these queries (its loading, index, C and
-    re-ranking), as arrays [N, k]."""
+    re-ranking), as arrays [N, k]; ``num_candidates`` replaces the run's."""
     from twostage.export import load_run_backend
     from twostage.pipeline import recommend
 
     run = RunDir.open(run_dir)
     backend = load_run_backend(run)
     backend.build_index(run.corpus_titles)
-    c = min(max(k, backend.config.eval.num_candidates), len(run.corpus_titles))
+    n = backend.config.eval.num_candidates if num_candidates is None else num_candidates
+    c = min(max(k, n), len(run.corpus_titles))
     recs = recommend(backend, users, stamps, c, run.corpus_titles)
     order = recs.reranked()[:, :k]
     rows = np.take_along_axis(recs.rows, order, axis=1)
@@ -81,7 +83,7 @@ def all_users(run_dir: Path) -> np.ndarray:
     return np.array([*spec["user_vocab"], "no-such-user"], dtype=object)
 
 
-@pytest.mark.parametrize("k", [10, 25])
+@pytest.mark.parametrize("k", [5, 10, 25])  # C = num_candidates (10), k, k
 def test_torch_export_reproduces_recommend_for_every_user(run_dir, export_dir, k):
     users = all_users(run_dir)
     assert len(users) > 100
@@ -96,6 +98,17 @@ def test_torch_export_reproduces_recommend_for_every_user(run_dir, export_dir, k
     # the default time is the run's latest, as `twostage recommend`'s
     np.testing.assert_array_equal(loaded.recommend(users[:3], None, k).rows,
                                   loaded.recommend(users[:3], max_ts, k).rows)
+
+
+def test_num_candidates_of_the_export(run_dir, tmp_path):
+    """--num-candidates 30: 30 candidates re-ranked for k=5, not the run's 10."""
+    loaded = serving.load(_export(run_dir, tmp_path / "c30", "--num-candidates", "30"))
+    assert loaded.num_candidates == 30
+    users = all_users(run_dir)
+    stamps = np.full(len(users), RunDir.open(run_dir).max_timestamp)
+    served = loaded.recommend(users, stamps, 5)
+    assert_same(served, reference(run_dir, users, stamps, 5, num_candidates=30))
+    assert (served.rows != reference(run_dir, users, stamps, 5)["rows"]).any()
 
 
 def test_loader_prints_what_twostage_recommend_prints(run_dir, export_dir, capsys):
