@@ -1,0 +1,223 @@
+"""Baselines: EASE against the paper's formula on dense numpy, the popularity tie rule, random
+against its expectation, lambda chosen on the training split only, the report rows."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from twostage import baselines as bl
+from twostage import evaluation as ev
+from twostage import pipeline, report
+
+
+# ---------------------------------------------------------------- EASE, closed form
+
+# 4 users x 5 titles (title 0 is the OOV index: never rated); user 3 rated title 2 twice
+USERS = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 3])
+TITLES = np.array([1, 2, 3, 2, 4, 1, 3, 4, 2, 4, 2])
+
+
+def dense_reference(lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Steck (2019), eq. 8-9, literally: X binary, P = (X^T X + lam I)^-1,
+    B = I - P diagMat(1 / diag(P)). Returns (X, B) in float64."""
+    x = np.zeros((4, 5))
+    x[USERS, TITLES] = 1.0
+    p = np.linalg.inv(x.T @ x + lam * np.eye(5))
+    b = np.eye(5) - p @ np.diag(1.0 / np.diag(p))
+    return x, b
+
+
+@pytest.mark.parametrize("lam", [0.5, 3.0, 50.0])
+def test_ease_weights_equal_the_papers_formula(lam):
+    inter = bl.Interactions(USERS, TITLES, num_titles=5)
+    g = bl.gram(inter)
+    x, b_ref = dense_reference(lam)
+    np.testing.assert_array_equal(g, x.T @ x)          # binary: the repeat counts once
+    b = bl.ease_weights(g, lam)
+    assert b.dtype == np.float32 and np.all(np.diag(b) == 0)
+    np.testing.assert_allclose(b, b_ref, rtol=1e-5, atol=1e-7)
+    # scores on a corpus with a duplicated title (rows 1 and 4 are title 2)
+    corpus = np.array([1, 2, 3, 4, 2])
+    scorer = bl.EaseScorer(b, inter.seen(corpus), corpus)
+    users = np.array([3, 0, 2, 0])
+    np.testing.assert_allclose(scorer.corpus_scores(np.arange(4), users),
+                               (x @ b_ref)[users][:, corpus], rtol=1e-5, atol=1e-6)
+
+
+def test_gram_in_small_user_blocks_equals_the_whole():
+    rng = np.random.default_rng(0)
+    inter = bl.Interactions(rng.integers(0, 40, 500), rng.integers(0, 30, 500), num_titles=30)
+    np.testing.assert_array_equal(bl.gram(inter, budget_bytes=4 * 30 * 3), bl.gram(inter))
+    with pytest.raises(ValueError, match="lambda"):
+        bl.ease_weights(bl.gram(inter), 0.0)
+
+
+# ---------------------------------------------------------------- popularity and its ties
+
+def test_tie_priority_more_ratings_first_then_smaller_index():
+    np.testing.assert_array_equal(bl.tie_priority(np.array([0, 2, 5, 2, 1])), [4, 1, 0, 2, 3])
+
+
+def score_queries(scorer, users, titles, corpus, priority, train_users=(), train_titles=()):
+    queries = bl.Queries(rows=np.arange(len(users)), users=np.asarray(users),
+                         titles=np.asarray(titles), positive=np.ones(len(users), bool))
+    seen = ev.SeenTitles(np.asarray(train_users, int), np.asarray(train_titles, int), corpus)
+    return bl.score(scorer, queries, seen, corpus, priority)
+
+
+def test_popular_ties_are_broken_by_title_index_not_in_the_positives_favour():
+    # titles 1 and 2 both have 3 ratings, title 3 has 1; title 2 is also corpus row 3
+    popularity = np.array([0, 3, 3, 1])
+    corpus = np.array([1, 2, 3, 2])
+    counts = score_queries(bl.PopularScorer(popularity, corpus), [0, 0, 0], [1, 2, 3],
+                           corpus, bl.tie_priority(popularity))
+    # title 1 ranks first; title 2 (both rows) second: 1 row above it, not 0 (a favourable
+    # tie) and not 2 (its own duplicate); title 3 under all three rows of titles 1 and 2
+    np.testing.assert_array_equal(counts.greater, [0, 1, 3])
+
+
+def test_popular_exclude_seen_through_the_same_code():
+    popularity = np.array([0, 5, 4, 3, 2])
+    corpus = np.array([1, 2, 3, 4])
+    # user 0 rated titles 1 and 2 in training: for its query on title 4 they leave the ranking
+    counts = score_queries(bl.PopularScorer(popularity, corpus), [0, 1], [4, 4], corpus,
+                           bl.tie_priority(popularity), train_users=[0, 0], train_titles=[1, 2])
+    np.testing.assert_array_equal(counts.greater, [3, 3])
+    np.testing.assert_array_equal(counts.greater_unseen, [1, 3])
+
+
+# ---------------------------------------------------------------- random
+
+def test_random_matches_its_expectation_and_is_seeded():
+    m, n, k = 50, 6000, 10
+    corpus = np.arange(1, m + 1)
+    priority = bl.tie_priority(np.zeros(m + 1, int))
+    users, titles = np.zeros(n, int), np.random.default_rng(1).integers(1, m + 1, n)
+    counts = score_queries(bl.RandomScorer(7, m + 1, corpus), users, titles, corpus, priority)
+    acc = float(np.mean(counts.greater < k))
+    expected = k / m                         # the truth's rank is uniform over the m titles
+    assert abs(acc - expected) < 4 * ev.standard_error(expected, n)
+    again = score_queries(bl.RandomScorer(7, m + 1, corpus), users, titles, corpus, priority)
+    other = score_queries(bl.RandomScorer(8, m + 1, corpus), users, titles, corpus, priority)
+    np.testing.assert_array_equal(counts.greater, again.greater)
+    assert not np.array_equal(counts.greater, other.greater)
+
+
+# ---------------------------------------------------------------- lambda on validation only
+
+def test_validation_slice_comes_from_the_training_split(synthetic_dataset, small_config):
+    ds = synthetic_dataset
+    fit, val = bl.validation_split(ds, small_config)
+    train = set(ds.split.train.tolist())
+    assert set(fit.tolist()) | set(val.tolist()) == train and not set(fit) & set(val)
+    assert len(val) == round(bl.VALIDATION_FRACTION * len(train))
+    fit_t, val_t = bl.validation_split(ds, small_config.replace(split="temporal"))
+    assert ds.timestamp[val_t].min() >= ds.timestamp[fit_t].max()
+
+
+@pytest.fixture(scope="module")
+def larger(tmp_path_factory, small_config):
+    """300 users, 200 titles: enough that top-1 validation accuracy moves with the data."""
+    from twostage.dataset import synthetic_dataset
+    return synthetic_dataset(tmp_path_factory.mktemp("larger"), small_config, num_users=300,
+                             num_movies=200, num_ratings=8000, seed=7)
+
+
+def with_other_test_rows(ds):
+    """The same training split; every test rating moved to a random user and title."""
+    rng = np.random.default_rng(0)
+    test = ds.split.test
+    features = dict(ds.features)
+    for key in ("user_index", "title_index"):
+        column = features[key].copy()
+        column[test] = rng.choice(np.unique(column), len(test))
+        features[key] = column
+    return dataclasses.replace(ds, features=features)
+
+
+def test_lambda_is_chosen_without_the_test_split(larger, small_config, monkeypatch):
+    ds, cfg = larger, small_config.replace(ndcg_k=1)   # top-1: the most sensitive figure
+    grid = (1.0, 10.0, 100.0, 1000.0)
+    chosen = bl.select_lambda(ds, cfg, lambdas=grid, first=10.0)
+    assert chosen["lambda"] in grid and len(chosen["scores"]) >= 2
+    assert chosen["num_fit_ratings"] + round(0.1 * len(ds.split.train)) == len(ds.split.train)
+    # other test ratings: the validation scores and the choice must not move at all
+    assert bl.select_lambda(with_other_test_rows(ds), cfg, lambdas=grid, first=10.0) == chosen
+    # ... and they would if test rows leaked into the fit (the check can fail)
+    real_split = bl.validation_split
+
+    def leaky(dataset, config):
+        fit, val = real_split(dataset, config)
+        return np.concatenate([fit, dataset.split.test]), val
+    monkeypatch.setattr(bl, "validation_split", leaky)
+    assert (bl.select_lambda(with_other_test_rows(ds), cfg, lambdas=grid, first=10.0)["scores"]
+            != bl.select_lambda(ds, cfg, lambdas=grid, first=10.0)["scores"])
+
+
+def test_the_search_stops_at_a_local_maximum_of_the_full_grid(larger, small_config):
+    ds, cfg = larger, small_config.replace(ndcg_k=1)
+    grid = (1.0, 10.0, 100.0, 1000.0, 10000.0)
+    curve = {f"{lam:g}": bl.select_lambda(ds, cfg, lambdas=(lam,), first=lam)["scores"][f"{lam:g}"]
+             for lam in grid}
+    assert len(set(curve.values())) > 1                # the curve is not flat here
+    walked = bl.select_lambda(ds, cfg, lambdas=grid, first=10000.0)
+    assert all(curve[lam] == acc for lam, acc in walked["scores"].items())
+    i = grid.index(walked["lambda"])
+    for j in (i - 1, i + 1):
+        if 0 <= j < len(grid):
+            assert curve[f"{grid[j]:g}"] <= curve[f"{grid[i]:g}"]
+
+
+# ---------------------------------------------------------------- the report
+
+def test_evaluate_baselines_report(synthetic_dataset, small_config):
+    ds, cfg = synthetic_dataset, small_config
+    out = bl.evaluate_baselines(ds, cfg)
+    assert set(out["models"]) == {"random", "popular", "ease"}
+    n = len(ds.split.test)
+    assert out["num_queries"] == n
+    for name, entry in out["models"].items():
+        for key in ("top_k_accuracy", "top_k_accuracy_exclude_seen"):
+            acc = entry[key]
+            assert list(acc) == [str(k) for k in cfg.eval.top_ks]
+            assert all(a <= b for a, b in zip(list(acc.values()), list(acc.values())[1:]))
+            for k, p in acc.items():
+                assert entry["standard_error"][key][k] == pytest.approx(ev.standard_error(p, n))
+        assert set(entry["positives_exclude_seen"]) == {"ndcg@10", "hit@10", "mrr"}
+    assert out["models"]["ease"]["lambda"] == out["models"]["ease"]["validation"]["lambda"]
+    sampled = bl.evaluate_baselines(ds, cfg.replace(eval_queries=100), names=("popular",))
+    assert sampled["num_queries"] == 100
+
+
+def test_ease_is_skipped_above_its_size_limit_with_the_reason(synthetic_dataset, small_config,
+                                                              monkeypatch):
+    monkeypatch.setattr(bl, "EASE_MAX_TITLES", 10)
+    out = bl.evaluate_baselines(synthetic_dataset, small_config, names=("popular", "ease"))
+    assert "EASE_MAX_TITLES=10" in out["models"]["ease"]["skipped"]
+    fake = {"retrieval": {"top_k_accuracy": {"10": 0.2}}, "two_stage": {"ndcg@10_reranked": 0.1}}
+    versus = pipeline.compare_to_baselines(fake, out)
+    assert set(versus) == {"popular"}
+    text = report.results_markdown({"torch": {**fake, "baselines": out, "vs_baselines": versus}})
+    assert "skipped" in text and "EASE_MAX_TITLES=10" in text
+
+
+def test_comparison_ratio_and_difference():
+    model = {"retrieval": {"top_k_accuracy": {"10": 0.06}, "top_k_accuracy_exclude_seen":
+                           {"10": 0.09}},
+             "two_stage": {"ndcg@10_reranked": 0.02}, "two_stage_exclude_seen":
+             {"ndcg@10_reranked": 0.04}}
+    base = {"models": {"popular": {"top_k_accuracy": {"10": 0.05},
+                                   "top_k_accuracy_exclude_seen": {"10": 0.0},
+                                   "positives": {"ndcg@10": 0.04},
+                                   "positives_exclude_seen": {"ndcg@10": 0.08}}}}
+    versus = pipeline.compare_to_baselines(model, base)["popular"]
+    assert versus["seed"]["top_k_accuracy.10"] == pytest.approx(
+        {"model": 0.06, "baseline": 0.05, "difference": 0.01, "ratio": 1.2})
+    assert versus["seed"]["ndcg@10"] == pytest.approx(
+        {"model": 0.02, "baseline": 0.04, "difference": -0.02, "ratio": 0.5})
+    assert "ratio" not in versus["exclude_seen"]["top_k_accuracy.10"]   # baseline scored 0
+    text = report.comparison_table({"torch": {**model, "vs_baselines": {"popular": versus}}})
+    assert "| torch vs most-popular | seed | x1.20 (+0.0100) | x0.50 (-0.0200) |" in text
+    assert "| torch vs most-popular | exclude_seen | x∞ (+0.0900) | x0.50 (-0.0400) |" in text
