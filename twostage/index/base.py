@@ -165,6 +165,10 @@ class Index(abc.ABC):
         """True when scores and rows are the exact top-k (as TFRS's ``TopK.is_exact``)."""
         return False
 
+    def _faiss_search(self, encoded: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's search of encoded queries (a kind may tune FAISS around it)."""
+        return self._index.search(encoded, k)
+
     # --- state -------------------------------------------------------------------------------
     @property
     def dim(self) -> int | None:
@@ -271,7 +275,7 @@ class Index(abc.ABC):
         else:
             k_eff = min(int(k), self.ntotal)
         q = _float32_rows(queries, "queries", self.dim)
-        raw, rows = self._index.search(self._encode(q, queries=True), k_eff)
+        raw, rows = self._faiss_search(self._encode(q, queries=True), k_eff)
         scores = self._scores(q, raw)
         rows = rows.astype(np.int64, copy=False)
         scores = np.where(rows < 0, -np.inf, scores).astype(np.float32)

@@ -493,3 +493,33 @@ def test_serialized_bytes_counts_what_the_index_holds(tmp_path):
     assert raw < sizes["flat"] < raw * 1.01
     assert raw / 4 < sizes["sq"] < raw / 4 * 1.05                    # one byte per dimension
     assert sizes["ivfpq"] < raw / 2                                  # 4 code bytes + 8 id bytes
+
+
+def test_flat_scores_batches_with_one_matrix_product_and_restores_faiss(monkeypatch):
+    """FAISS 1.15 scans query by query below nx * d = 128,000 (4,000 queries of dim 32): the
+    flat index switches batches of BLAS_MIN_QUERIES or more to the BLAS path for the call."""
+    import faiss
+
+    from twostage.index import flat
+
+    corpus, queries = clustered(500, 64, d=16)
+    index = FlatIndex().add(corpus)
+    seen = []
+    real = index._index
+
+    class Spy:
+        def search(self, x, k):
+            seen.append(faiss.cvar.distance_compute_blas_threshold)
+            return real.search(x, k)
+
+    monkeypatch.setattr(index, "_index", Spy())
+    monkeypatch.setattr(Spy, "ntotal", 500, raising=False)
+    monkeypatch.setattr(Spy, "d", 16, raising=False)
+    before = faiss.cvar.distance_compute_blas_threshold
+    batched = index.search(queries, 10)
+    one = index.search(queries[:flat.BLAS_MIN_QUERIES - 1], 10)
+    assert seen == [flat.BLAS_MIN_QUERIES * 16, before]           # BLAS for the batch only
+    assert faiss.cvar.distance_compute_blas_threshold == before   # restored
+    exact = np.argsort(-(queries @ corpus.T), axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(batched[1], exact)
+    np.testing.assert_array_equal(one[1], exact[: flat.BLAS_MIN_QUERIES - 1])
