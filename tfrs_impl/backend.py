@@ -28,6 +28,7 @@ from twostage.config import Config
 from twostage.data.features import FeatureSpec
 from twostage.dataset import Dataset, check_same_spec, check_spec_matches_config
 from twostage.group import SingleProcess
+from twostage.recipes import refuse_in_parallel
 
 from . import checkpoint, distributed, index as index_lib, models, optim, tasks, train
 from .features import to_tensors
@@ -68,10 +69,12 @@ class TfrsBackend:
     def check_config(cls, config: Config) -> None:
         """Refuse, before any data is loaded, a config this backend cannot honour
         (UnsupportedOptionError, a ValueError, naming the option and the fix; see SUPPORTED,
-        and DISTRIBUTED_SUPPORTED with nproc > 1)."""
+        and DISTRIBUTED_SUPPORTED with nproc > 1; the recipes replicas cannot run:
+        ``twostage.recipes.refuse_in_parallel``)."""
         limits = dict(SUPPORTED)
         if config.distributed.nproc > 1:
             limits.update(DISTRIBUTED_SUPPORTED)
+            refuse_in_parallel(config)
         try:
             check_supported(cls.name, config, limits)
         except UnsupportedOptionError as e:

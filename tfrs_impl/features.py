@@ -18,10 +18,11 @@ import tensorflow as tf
 
 from twostage.data.features import FeatureSpec
 from twostage.dataset import Dataset
+from twostage.recipes import NEGATIVE_PROBABILITY, NEGATIVE_TITLES, negative_sampling_probability
 from twostage.sampling import SAMPLING_PROBABILITY, candidate_sampling_probability
 
 layers = tf.keras.layers
-STRING_KEYS: tuple[str, ...] = ("user_id", "movie_title")
+STRING_KEYS: tuple[str, ...] = ("user_id", "movie_title", NEGATIVE_TITLES)
 Batch = dict[str, tf.Tensor]
 
 
@@ -125,3 +126,23 @@ def feature_columns(dataset: Dataset, with_sampling_probability: bool = False) -
 def select_rows(columns: Mapping[str, tf.Tensor], rows: tf.Tensor) -> Batch:
     """Rows ``rows`` ([B] int64) of every column (``tf.gather``; usable inside tf.data map)."""
     return {key: tf.gather(column, rows) for key, column in columns.items()}
+
+
+class NegativeColumns:
+    """The mixed negatives of a batch (``twostage.recipes``) from their title ids [N] (1-based
+    into ``spec.title_vocab``): ``negative_titles`` [N] string and
+    ``negative_sampling_probability`` [N] float32 (usable inside tf.data map)."""
+
+    def __init__(self, spec: FeatureSpec, n: int):
+        self.n, self.num_titles = int(n), len(spec.title_vocab)
+        self.vocab = tf.constant(list(spec.title_vocab), dtype=tf.string)
+        self.probability = tf.constant(negative_sampling_probability(self.num_titles, self.n))
+
+    def __call__(self, ids: tf.Tensor) -> Batch:
+        return {NEGATIVE_TITLES: tf.gather(self.vocab, ids - 1),
+                NEGATIVE_PROBABILITY: self.probability}
+
+    def sampled_in_graph(self) -> Batch:
+        """Unshared (``--framework-shuffle``) batches: N ids drawn by tf.random, not the shared
+        ``twostage.recipes.sample_negatives`` stream."""
+        return self(tf.random.uniform([self.n], 1, self.num_titles + 1, dtype=tf.int64))

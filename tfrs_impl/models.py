@@ -119,30 +119,61 @@ class MovieModel(keras.Model):
         ], axis=1)
 
 
-class QueryModel(keras.Model):
+def normalized(x: tf.Tensor, normalize: bool) -> tf.Tensor:
+    """``tf.math.l2_normalize(x, axis=1)`` when ``normalize`` (cosine scores), else ``x``."""
+    return tf.math.l2_normalize(x, axis=1) if normalize else x
+
+
+class Tower(keras.Model):
+    """embedding_model -> dense_layers ([B, layer_sizes[-1]]), L2-normalised when
+    ``normalize`` (``config.task.normalize``: cosine scores; the index sees unit vectors too)."""
+
+    def __init__(self, embedding_model: keras.Model, layer_sizes: Sequence[int],
+                 normalize: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.embedding_model = embedding_model
+        self.dense_layers = dense_stack(layer_sizes)
+        self.normalize = normalize
+
+    def call(self, inputs):
+        return normalized(self.dense_layers(self.embedding_model(inputs)), self.normalize)
+
+
+class QueryModel(Tower):
     """Raw query features -> [B, layer_sizes[-1]] query embeddings."""
 
     def __init__(self, spec: FeatureSpec, layer_sizes: Sequence[int], embedding_dim: int = 32,
-                 **kwargs):
-        super().__init__(**kwargs)
-        self.embedding_model = UserModel(spec, embedding_dim)
-        self.dense_layers = dense_stack(layer_sizes)
-
-    def call(self, inputs):
-        return self.dense_layers(self.embedding_model(inputs))
+                 normalize: bool = False, **kwargs):
+        super().__init__(UserModel(spec, embedding_dim), layer_sizes, normalize, **kwargs)
 
 
-class CandidateModel(keras.Model):
+class CandidateModel(Tower):
     """[B] str titles -> [B, layer_sizes[-1]] candidate embeddings."""
 
     def __init__(self, spec: FeatureSpec, layer_sizes: Sequence[int], embedding_dim: int = 32,
-                 empty_title: str = "zero", **kwargs):
-        super().__init__(**kwargs)
-        self.embedding_model = MovieModel(spec, embedding_dim, empty_title)
-        self.dense_layers = dense_stack(layer_sizes)
+                 empty_title: str = "zero", normalize: bool = False, **kwargs):
+        super().__init__(MovieModel(spec, embedding_dim, empty_title), layer_sizes, normalize,
+                         **kwargs)
 
-    def call(self, inputs):
-        return self.dense_layers(self.embedding_model(inputs))
+
+class LearnedTemperature(keras.layers.Layer):
+    """A trainable softmax temperature ``T = exp(log_temperature)``, a scalar started at
+    ``log(initial)`` (the log keeps T positive). The loss divides the queries by T before
+    ``tfrs.tasks.Retrieval`` (built without a temperature then): scores ``(q / T) @ c^T``.
+    Weight name ``temperature/log_temperature``; the model's Keras Adagrad updates it like every
+    weight (its own accumulator, started at initial_accumulator_value)."""
+
+    def __init__(self, initial: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        if not initial > 0:
+            raise ValueError(f"initial temperature {initial} must be > 0")
+        self.log_temperature = self.add_weight(
+            name="log_temperature", shape=(), dtype=tf.float32,
+            initializer=keras.initializers.Constant(float(np.log(initial))))
+
+    def value(self) -> tf.Tensor:
+        """T = exp(log_temperature), a scalar."""
+        return tf.exp(self.log_temperature)
 
 
 class MovielensRetrievalModel(tfrs.models.Model):
@@ -160,8 +191,12 @@ class MovielensRetrievalModel(tfrs.models.Model):
         super().__init__(**kwargs)
         self.config = config
         m = config.model
-        self.query_model = QueryModel(spec, m.layer_sizes, m.embedding_dim)
-        self.candidate_model = CandidateModel(spec, m.layer_sizes, m.embedding_dim, m.empty_title)
+        normalize = config.task.normalize
+        self.query_model = QueryModel(spec, m.layer_sizes, m.embedding_dim, normalize)
+        self.candidate_model = CandidateModel(spec, m.layer_sizes, m.embedding_dim, m.empty_title,
+                                              normalize)
+        if config.task.learn_temperature:
+            self.temperature = LearnedTemperature(config.task.temperature or 1.0)
         self.task = tasks.make_retrieval_task(config)
 
     def embeddings(self, features: dict) -> tuple[tf.Tensor, tf.Tensor]:
@@ -172,8 +207,10 @@ class MovielensRetrievalModel(tfrs.models.Model):
 
     def compute_loss(self, features, training=False):
         query_embeddings, movie_embeddings = self.embeddings(features)
+        query_embeddings = tasks.scaled_queries(self, query_embeddings)
         return tasks.retrieval_loss(self.task, self.config, query_embeddings, movie_embeddings,
-                                    features, training=training)
+                                    features, training=training,
+                                    candidate_model=self.candidate_model)
 
 
 class RankingModel(keras.Model):

@@ -45,10 +45,11 @@ import tensorflow as tf
 from twostage.backend import EpochCallback, History, RawBatch, check_stage, per_example
 from twostage.config import Config
 from twostage.dataset import Dataset
+from twostage.recipes import epoch_negatives
 from twostage.schedule import BatchPlan, validation_epochs
 
 from . import distributed, optim
-from .features import Batch, feature_columns, select_rows, to_tensors
+from .features import Batch, NegativeColumns, feature_columns, select_rows, to_tensors
 from .models import named_variables
 
 SEED_SHUFFLE_BUFFER = 100_000  # the seed's train.shuffle(100_000)
@@ -67,12 +68,20 @@ def batch_sizes(num_examples: int, batch_size: int) -> list[int]:
 
 
 def train_dataset(dataset: Dataset, config: Config, epochs: int, columns: Batch,
-                  first_epoch: int = 0, replicas: int = 1) -> tf.data.Dataset:
+                  first_epoch: int = 0, replicas: int = 1, negatives: int = 0
+                  ) -> tf.data.Dataset:
     """The training stream for all ``epochs`` (see the module docstring). ``replicas`` > 1
     (shared batches only): every global batch is followed by its slices instead, replica 0's
-    first (``distributed.split_batch``), the per-replica stream of ``distributed.distribute``."""
+    first (``distributed.split_batch``), the per-replica stream of ``distributed.distribute``.
+    ``negatives`` > 0: each batch carries that many mixed negatives (the retrieval stage of
+    ``config.task.mixed_negatives``; :func:`_with_negatives`)."""
+    n = negatives
+    if n and replicas > 1:
+        raise ValueError("mixed negatives run on one replica (TfrsBackend.check_config)")
     if config.train.shared_batches:
         plan = batch_plan(dataset, config)
+        if n:
+            return _with_negatives(plan, dataset, columns, n, first_epoch, epochs)
         rows = tf.data.Dataset.from_generator(
             lambda: plan.rows(first_epoch, epochs),
             output_signature=tf.TensorSpec([None], tf.int64))
@@ -84,17 +93,42 @@ def train_dataset(dataset: Dataset, config: Config, epochs: int, columns: Batch,
                              "replicas=1 (fit does)")
         rows = (tf.data.Dataset.from_tensor_slices(dataset.split.train)
                 .shuffle(SEED_SHUFFLE_BUFFER).batch(config.train.batch_size))
+        if n:
+            negatives = NegativeColumns(dataset.spec, n)
+            return rows.map(lambda r: {**select_rows(columns, r),
+                                       **negatives.sampled_in_graph()}).prefetch(2)
     return rows.map(lambda r: select_rows(columns, r)).prefetch(2)
 
 
+def _with_negatives(plan: BatchPlan, dataset: Dataset, columns: Batch, n: int,
+                    first_epoch: int, epochs: int) -> tf.data.Dataset:
+    """The shared batches, each with the mixed negatives ``twostage.recipes.epoch_negatives``
+    draws for its (epoch, step): the ids the torch backend trains on."""
+    num_titles = len(dataset.spec.title_vocab)
+
+    def rows_and_ids():
+        for epoch in range(first_epoch, first_epoch + epochs):
+            batches = plan.positions(epoch)
+            ids = epoch_negatives(num_titles, n, plan.seed, epoch, len(batches))
+            for step, positions in enumerate(batches):
+                yield plan.train[positions], ids[step]
+
+    negatives = NegativeColumns(dataset.spec, n)
+    pairs = tf.data.Dataset.from_generator(
+        rows_and_ids, output_signature=(tf.TensorSpec([None], tf.int64),
+                                        tf.TensorSpec([n], tf.int64)))
+    return pairs.map(lambda r, ids: {**select_rows(columns, r), **negatives(ids)}).prefetch(2)
+
+
 def training_input(dataset: Dataset, config: Config, epochs: int, columns: Batch,
-                   first_epoch: int = 0, strategy=None):
+                   first_epoch: int = 0, strategy=None, negatives: int = 0):
     """What fit trains on: :func:`train_dataset`, distributed over ``strategy``'s replicas in
     the shared order (``distributed.distribute``) when there is a strategy and shared batches;
     the seed's shuffled batches are handed to Keras, which splits each over the replicas."""
     n = distributed.num_replicas(strategy)
     if n == 1 or not config.train.shared_batches:
-        return train_dataset(dataset, config, epochs, columns, first_epoch)
+        return train_dataset(dataset, config, epochs, columns, first_epoch,
+                             negatives=negatives)
     return distributed.distribute(strategy, lambda: train_dataset(
         dataset, config, epochs, columns, first_epoch, replicas=n))
 
@@ -284,7 +318,8 @@ def fit(stage: str, model, dataset: Dataset, config: Config, epochs: int | None 
     if not config.output.quiet:
         callbacks.append(ProgressCallback(stage, epochs, steps, recorder.history,
                                           _watch(stage, config)))
-    model.fit(training_input(dataset, config, epochs, columns, first_epoch, strategy),
+    negatives = config.task.mixed_negatives if retrieval else 0
+    model.fit(training_input(dataset, config, epochs, columns, first_epoch, strategy, negatives),
               epochs=epochs, steps_per_epoch=steps if config.train.shared_batches else None,
               validation_data=eval_dataset(dataset, config, columns),
               validation_freq=validation_epochs(epochs, config.train.validation_freq),

@@ -31,11 +31,12 @@ from twostage.data.features import FeatureSpec
 from twostage.dataset import Dataset, check_same_spec, check_spec_matches_config
 from twostage.group import Group, SingleProcess
 from twostage.index import Index
+from twostage.recipes import refuse_in_parallel
 
 from . import checkpoint as ckpt
 from .distributed import (DataParallel, TorchGroup, check_world, current_group,
                           sharded_ranking_loss, sharded_retrieval_loss)
-from .features import SAMPLING_PROBABILITY, Batch, batch_iter, resolve_device, to_tensors
+from .features import Batch, batch_iter, encode_raw_batch, resolve_device, to_tensors
 from .index import build_index
 from .models import (KERAS_PREFIX, build_ranking_model, build_retrieval_model, get_keras_weights,
                      keras_weight_names, set_keras_weights)
@@ -91,13 +92,20 @@ class TorchBackend:
         torch.distributed group the batch must split over its processes and ``nproc`` (when
         > 1) must be their number (``torch_impl.distributed.DistributedError``).
         ``cuda_graphs`` needs a CUDA device, and ``compile`` / ``cuda_graphs`` one process
-        (UnsupportedOptionError)."""
+        (UnsupportedOptionError). Recipes that several processes cannot run:
+        ``twostage.recipes.refuse_in_parallel``."""
         device = resolve_device(config.train.device)
         if config.train.cuda_graphs and device.type != "cuda":
             raise UnsupportedOptionError(
                 f"cuda_graphs=True needs a CUDA device, not device={config.train.device!r}: "
                 "use --device cuda, or drop --cuda-graphs (the CPU has no graph capture)")
+        if config.train.cuda_graphs and config.task.mixed_negatives:
+            raise UnsupportedOptionError(
+                "cuda_graphs=True captures batches of the training split only, not the sampled "
+                "titles of mixed_negatives: drop --cuda-graphs or --mixed-negatives")
         group = current_group()
+        if config.distributed.nproc > 1 or group is not None:
+            refuse_in_parallel(config)
         if group is not None:
             if config.train.cuda_graphs or config.train.compile:
                 raise UnsupportedOptionError(
@@ -285,13 +293,9 @@ class TorchBackend:
 
     def encode_batch(self, batch: RawBatch) -> Batch:
         """Raw numpy batch (user_id, timestamp, movie_title [, label,
-        candidate_sampling_probability, sample_weight]) -> model input tensors."""
-        arrays = dict(self.spec.encode(batch["user_id"], batch["timestamp"],
-                                       batch["movie_title"]))
-        for key in ("label", SAMPLING_PROBABILITY, "sample_weight"):
-            if key in batch:
-                arrays[key] = np.asarray(batch[key], dtype=np.float32)
-        return to_tensors(arrays, self.device)
+        candidate_sampling_probability, sample_weight, mixed negatives]) -> model input
+        tensors (``features.encode_raw_batch``)."""
+        return encode_raw_batch(self.spec, batch, self.device)
 
     def batch_loss(self, stage: str, batch: RawBatch, training: bool = True) -> float:
         """The task loss of one raw batch (retrieval: SUM over the batch; ranking: mean BCE).

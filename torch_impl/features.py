@@ -8,6 +8,9 @@ and this module only moves those arrays into tensors:
 - ``ts_norm``                                     [N] float32
 - ``title_tokens``                                [N, L] int64, 0 = padding
 - ``label``, ``candidate_sampling_probability``, ``sample_weight`` (optional) [N] float32
+- mixed negatives (``twostage.recipes``): ``negative_title_index`` [N'] int64,
+  ``negative_title_tokens`` [N', L'] int64 (the candidate keys with the ``negative_`` prefix)
+  and ``negative_sampling_probability`` [N'] float32, one set per batch, not per row
 
 Tensors are made once per fit (the whole training split, on the model's device) and indexed per
 batch, so a training step copies nothing from the host and allocates nothing but the batch.
@@ -20,11 +23,15 @@ import numpy as np
 import torch
 
 from twostage.data.features import FeatureSpec
+from twostage.recipes import NEGATIVE_PROBABILITY, NEGATIVE_TITLES
 from twostage.sampling import SAMPLING_PROBABILITY  # noqa: F401  (the batch key, re-exported)
 
 QUERY_KEYS: tuple[str, ...] = ("user_index", "ts_bucket", "ts_norm")
 CANDIDATE_KEYS: tuple[str, ...] = ("title_index", "title_tokens")
 FEATURE_KEYS: tuple[str, ...] = QUERY_KEYS + CANDIDATE_KEYS
+NEGATIVE_PREFIX = "negative_"  # candidate inputs of a batch's sampled negatives
+# Raw float columns a batch may carry besides the features.
+FLOAT_KEYS: tuple[str, ...] = ("label", SAMPLING_PROBABILITY, "sample_weight")
 
 Batch = dict[str, torch.Tensor]
 
@@ -106,3 +113,35 @@ def encode_titles(spec: FeatureSpec, titles, device: str | torch.device = "cpu")
     """Raw [N] titles (str) -> candidate-tower input tensors (unknown titles -> OOV row 0,
     unknown tokens -> [UNK] id 1, padding 0 to the longest title of ``titles``)."""
     return to_tensors(spec.encode_titles(titles), device)
+
+
+def encode_raw_batch(spec: FeatureSpec, batch: Mapping[str, np.ndarray],
+                     device: str | torch.device = "cpu") -> Batch:
+    """A raw batch (user_id, timestamp, movie_title [, label, candidate_sampling_probability,
+    sample_weight] [, negative_titles, negative_sampling_probability]) -> model input tensors
+    (the sampled negatives as ``negative_``-prefixed candidate inputs)."""
+    arrays = dict(spec.encode(batch["user_id"], batch["timestamp"], batch["movie_title"]))
+    for key in FLOAT_KEYS:
+        if key in batch:
+            arrays[key] = np.asarray(batch[key], dtype=np.float32)
+    if NEGATIVE_TITLES in batch:
+        for key, value in spec.encode_titles(batch[NEGATIVE_TITLES]).items():
+            arrays[NEGATIVE_PREFIX + key] = value
+        arrays[NEGATIVE_PROBABILITY] = np.asarray(batch[NEGATIVE_PROBABILITY], dtype=np.float32)
+    return to_tensors(arrays, device)
+
+
+def negative_inputs(batch: Mapping[str, torch.Tensor]) -> Batch:
+    """The candidate-tower inputs of a batch's sampled negatives (prefix removed), or {}."""
+    return {k[len(NEGATIVE_PREFIX):]: v for k, v in batch.items()
+            if k.startswith(NEGATIVE_PREFIX) and k != NEGATIVE_PROBABILITY}
+
+
+def title_table(spec: FeatureSpec, device: str | torch.device = "cpu") -> Batch:
+    """Candidate-tower inputs of every title id: row i = title id i (row 0: the OOV title, no
+    token), for gathering sampled negatives on the device. title_index [V + 1],
+    title_tokens [V + 1, L]."""
+    arrays = spec.encode_titles(np.asarray(spec.title_vocab, dtype=object))
+    table = {k: np.concatenate([np.zeros((1,) + v.shape[1:], v.dtype), v])
+             for k, v in arrays.items()}
+    return to_tensors(table, device)

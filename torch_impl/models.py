@@ -29,6 +29,7 @@ from twostage.data.features import FeatureSpec
 
 Batch = Mapping[str, torch.Tensor]
 EMBEDDING_INIT_LIMIT = 0.05  # Keras RandomUniform default bounds of Embedding
+L2_EPSILON = 1e-12  # tf.math.l2_normalize's default epsilon (on the squared norm)
 # Keras weight-name prefix of each stage's model (tfrs_impl's names: the ranking model's layers
 # live under the seed's ``ranking_model`` attribute of MovielensRankingModel).
 KERAS_PREFIX: dict[str, str] = {"retrieval": "", "ranking": "ranking_model/"}
@@ -166,37 +167,65 @@ class MovieModel(nn.Module):
         return torch.cat([self.title_embedding(inputs["title_index"]), text], dim=1)
 
 
-class QueryModel(nn.Module):
-    """Query tower: UserModel -> dense_layers ([B, layer_sizes[-1]])."""
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """``tf.math.l2_normalize(x, axis=1)`` (tensorflow/python/ops/nn_impl.py): ``x *
+    rsqrt(max(sum(x**2), 1e-12))``; the epsilon bounds the squared norm, unlike
+    ``F.normalize``'s bound on the norm. [B, D] -> [B, D]."""
+    return x * torch.rsqrt(x.square().sum(dim=1, keepdim=True).clamp_min(L2_EPSILON))
 
-    def __init__(self, embedding_model: UserModel, layer_sizes: Sequence[int]) -> None:
+
+class Tower(nn.Module):
+    """Features -> dense_layers ([B, layer_sizes[-1]]), L2-normalised when ``normalize``
+    (``config.task.normalize``: cosine scores; the index sees unit vectors too)."""
+
+    def __init__(self, embedding_model: nn.Module, layer_sizes: Sequence[int],
+                 normalize: bool = False) -> None:
         super().__init__()
         self.embedding_model = embedding_model
         self.dense_layers = tower_stack(embedding_model.out_features, layer_sizes)
+        self.normalize = normalize
 
     def forward(self, inputs: Batch) -> torch.Tensor:
-        return self.dense_layers(self.embedding_model(inputs))
+        out = self.dense_layers(self.embedding_model(inputs))
+        return l2_normalize(out) if self.normalize else out
 
 
-class CandidateModel(nn.Module):
-    """Candidate tower: MovieModel -> dense_layers ([B, layer_sizes[-1]])."""
+class QueryModel(Tower):
+    """Query tower: UserModel -> dense_layers (see :class:`Tower`)."""
 
-    def __init__(self, embedding_model: MovieModel, layer_sizes: Sequence[int]) -> None:
+
+class CandidateModel(Tower):
+    """Candidate tower: MovieModel -> dense_layers (see :class:`Tower`)."""
+
+
+class LearnedTemperature(nn.Module):
+    """A trainable softmax temperature ``T = exp(log_temperature)`` (a scalar, started at
+    ``log(initial)``): the log keeps T positive and makes Adagrad's step relative to T. The loss
+    divides the query embeddings by T, i.e. ``scores = (q / T) @ c^T`` (tfrs_impl twin:
+    ``models.LearnedTemperature``); Keras name ``temperature/log_temperature``, updated by the
+    stage's Adagrad like every weight (its own accumulator)."""
+
+    def __init__(self, initial: float = 1.0) -> None:
         super().__init__()
-        self.embedding_model = embedding_model
-        self.dense_layers = tower_stack(embedding_model.out_features, layer_sizes)
+        if not initial > 0:
+            raise ValueError(f"initial temperature {initial} must be > 0")
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(initial), dtype=torch.float32))
 
-    def forward(self, inputs: Batch) -> torch.Tensor:
-        return self.dense_layers(self.embedding_model(inputs))
+    def value(self) -> torch.Tensor:
+        """T = exp(log_temperature), a scalar."""
+        return torch.exp(self.log_temperature)
 
 
 class RetrievalModel(nn.Module):
-    """The two towers (the seed's MovielensRetrievalModel minus its task)."""
+    """The two towers (the seed's MovielensRetrievalModel minus its task), and the learned
+    temperature when ``config.task.learn_temperature``."""
 
-    def __init__(self, query_model: QueryModel, candidate_model: CandidateModel) -> None:
+    def __init__(self, query_model: QueryModel, candidate_model: CandidateModel,
+                 temperature: LearnedTemperature | None = None) -> None:
         super().__init__()
         self.query_model = query_model
         self.candidate_model = candidate_model
+        self.temperature = temperature
 
     def forward(self, inputs: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (query embeddings [B, D], candidate embeddings [B, D]) of aligned rows."""
@@ -254,13 +283,23 @@ def _movie_model(spec: FeatureSpec, config: Config) -> MovieModel:
                       config.model.empty_title)
 
 
+def learned_temperature(config: Config) -> LearnedTemperature | None:
+    """The trainable temperature of ``config.task.learn_temperature``, started at
+    ``config.task.temperature`` (or 1), else None."""
+    if not config.task.learn_temperature:
+        return None
+    return LearnedTemperature(config.task.temperature or 1.0)
+
+
 def build_retrieval_model(spec: FeatureSpec, config: Config, *,
                           device: str | torch.device = "cpu") -> RetrievalModel:
     """Query and candidate towers sized by ``spec``/``config`` (token-less titles pooled as
     ``config.model.empty_title``), Keras-initialised from ``torch.Generator().manual_seed(
     config.seed)`` on the CPU (same values on any device)."""
-    model = RetrievalModel(QueryModel(_user_model(spec, config), config.model.layer_sizes),
-                           CandidateModel(_movie_model(spec, config), config.model.layer_sizes))
+    sizes, normalize = config.model.layer_sizes, config.task.normalize
+    model = RetrievalModel(QueryModel(_user_model(spec, config), sizes, normalize),
+                           CandidateModel(_movie_model(spec, config), sizes, normalize),
+                           learned_temperature(config))
     keras_init_(model, torch.Generator().manual_seed(config.seed))
     return model.to(device)
 

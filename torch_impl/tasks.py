@@ -45,7 +45,7 @@ from torch import nn
 from twostage.config import RANKING_LOSSES, Config
 from twostage.group import Group, SingleProcess
 
-from .features import SAMPLING_PROBABILITY
+from .features import NEGATIVE_PROBABILITY, SAMPLING_PROBABILITY, negative_inputs
 from .models import RankingModel, RetrievalModel
 
 MIN_FLOAT = float(np.finfo(np.float32).min / 100.0)
@@ -492,8 +492,11 @@ class Ranking(nn.Module):
 
 
 def make_retrieval_task(config: Config) -> Retrieval:
-    """The Retrieval task of ``config.task`` (temperature, num_hard_negatives, accidental hits)."""
-    return Retrieval(temperature=config.task.temperature,
+    """The Retrieval task of ``config.task`` (temperature, num_hard_negatives, accidental hits).
+    With ``learn_temperature`` the task has no fixed temperature: the model's
+    ``LearnedTemperature`` scales the queries instead (:func:`retrieval_loss`)."""
+    fixed = None if config.task.learn_temperature else config.task.temperature
+    return Retrieval(temperature=fixed,
                      num_hard_negatives=config.task.num_hard_negatives,
                      remove_accidental_hits=config.task.remove_accidental_hits)
 
@@ -506,13 +509,21 @@ def make_ranking_task(config: Config | None = None) -> Ranking:
 
 # --- the loss of one batch (the seed's compute_loss) ----------------------------------------------
 
+def scaled_queries(model: RetrievalModel, query: torch.Tensor) -> torch.Tensor:
+    """``query / T`` with the model's learned temperature (scores ``(q / T) @ c^T``, the
+    twin of tfrs_impl.tasks.scaled_queries), else ``query`` itself."""
+    if model.temperature is None:
+        return query
+    return query / model.temperature.value()
+
+
 def retrieval_loss(model: RetrievalModel, task: Retrieval, batch: Mapping[str, torch.Tensor],
                    use_sampling_probability: bool = False) -> torch.Tensor:
     """The seed's ``MovielensRetrievalModel.compute_loss``: task(query_model(batch),
     candidate_model(batch)) -> scalar; candidate ids = ``title_index`` when the task removes
     accidental hits; ``candidate_sampling_probability`` [B] and ``sample_weight`` [B] are taken
     from the batch when used / present."""
-    query = model.query_model(batch)
+    query = scaled_queries(model, model.query_model(batch))
     candidate = model.candidate_model(batch)
     probability = None
     if use_sampling_probability:
@@ -520,9 +531,43 @@ def retrieval_loss(model: RetrievalModel, task: Retrieval, batch: Mapping[str, t
             raise KeyError(f"use_sampling_probability needs a '{SAMPLING_PROBABILITY}' column "
                            "(twostage.sampling.candidate_sampling_probability(dataset))")
         probability = batch[SAMPLING_PROBABILITY]
-    ids = batch["title_index"] if task.remove_accidental_hits else None
+    inputs = RetrievalInputs(probability, batch["title_index"] if task.remove_accidental_hits
+                             else None)
+    if NEGATIVE_PROBABILITY in batch:
+        candidate, inputs = mixed_negatives(model, batch, candidate, inputs)
     return task(query, candidate, sample_weight=batch.get("sample_weight"),
-                candidate_sampling_probability=probability, candidate_ids=ids)
+                candidate_sampling_probability=inputs.candidate_sampling_probability,
+                candidate_ids=inputs.candidate_ids, score_mask=inputs.score_mask)
+
+
+def mixed_negatives(model: RetrievalModel, batch: Mapping[str, torch.Tensor],
+                    candidates: torch.Tensor, inputs: RetrievalInputs
+                    ) -> tuple[torch.Tensor, RetrievalInputs]:
+    """Append the batch's sampled negatives (``twostage.recipes``; Yang et al. 2020) to the B
+    in-batch candidates -> candidates [B + N, D] and the task inputs over those B + N columns:
+    sampling probabilities (the in-batch ones, or 1 = no correction without logQ, then the
+    sampled titles' 1 / V), candidate ids (when the task removes accidental hits) and the score
+    mask hiding, per row, a sampled title equal to the row's positive title."""
+    negatives = negative_inputs(batch)
+    extra = model.candidate_model(negatives)
+    b = candidates.shape[0]
+    in_batch = inputs.candidate_sampling_probability
+    if in_batch is None:
+        in_batch = torch.ones(b, dtype=torch.float32, device=candidates.device)
+    probability = torch.cat([in_batch.reshape(-1), batch[NEGATIVE_PROBABILITY].reshape(-1)])
+    ids = inputs.candidate_ids
+    if ids is not None:
+        ids = torch.cat([ids.reshape(-1), negatives["title_index"].reshape(-1)])
+    mask = sampled_hit_mask(batch["title_index"], negatives["title_index"])
+    return torch.cat([candidates, extra]), RetrievalInputs(probability, ids, mask)
+
+
+def sampled_hit_mask(positive_ids: torch.Tensor, sampled_ids: torch.Tensor) -> torch.Tensor:
+    """[B, B + N] bool score mask: False where sampled column j (after the B in-batch ones)
+    holds row i's positive title, True elsewhere (in-batch hits are the task's business)."""
+    hits = positive_ids.reshape(-1, 1) == sampled_ids.reshape(1, -1)
+    keep = torch.ones(hits.shape[0], hits.shape[0], dtype=torch.bool, device=hits.device)
+    return torch.cat([keep, ~hits], dim=1)
 
 
 def ranking_loss(model: RankingModel, task: Ranking, batch: Mapping[str, torch.Tensor],

@@ -45,11 +45,13 @@ from twostage.config import Config
 from twostage.env import ThreadGovernor
 from twostage.dataset import Dataset
 from twostage.group import Group, SingleProcess
+from twostage.recipes import epoch_negatives, negative_sampling_probability
 from twostage.schedule import BatchPlan, should_validate
 
 from .distributed import (DataParallel, TorchGroup, sharded_ranking_loss,
                           sharded_retrieval_loss)
-from .features import SAMPLING_PROBABILITY, Batch, batch_iter, num_rows, select_rows, to_tensors
+from .features import (NEGATIVE_PREFIX, NEGATIVE_PROBABILITY, SAMPLING_PROBABILITY, Batch,
+                       batch_iter, num_rows, select_rows, title_table, to_tensors)
 from .models import RankingModel, RetrievalModel
 from .optim import make_optimizer
 from .tasks import (TOP_K_METRIC, BinaryAccuracy, Ranking, Retrieval, binary_accuracy,
@@ -81,7 +83,9 @@ class StageParts:
     ``loss``: the loss of a training batch; ``validate``: () -> validation values (with "loss"
     and "loss_per_example"), or None; ``metrics``: extra training metrics. ``parallel``: the
     process group and the loss of a rank's slice (``torch_impl.distributed.DataParallel``) when
-    training over several processes, else None (``loss`` is then used).
+    training over several processes, else None (``loss`` is then used). ``extras``: (absolute
+    0-based epoch, steps) -> per step, columns added to the step's batch that are not rows of
+    the training split (the sampled negatives of ``config.task.mixed_negatives``), or None.
     """
 
     stage: str
@@ -91,6 +95,7 @@ class StageParts:
     validate: Optional[Callable[[], dict[str, float]]] = None
     metrics: list[EpochMetric] = field(default_factory=list)
     parallel: Optional[DataParallel] = None
+    extras: Optional[Callable[[int, int], list[Batch]]] = None
 
     @property
     def group(self) -> Group:
@@ -156,17 +161,21 @@ def with_precision(loss: Callable, config: Config, device: torch.device) -> Call
     return run
 
 
-# One training step of a batch given by its positions ``rows`` [B] into the training split ->
-# (detached loss, outputs for the metrics or None, the batch it trained on).
-StepFn = Callable[[torch.Tensor], tuple[torch.Tensor, Optional[torch.Tensor], Batch]]
+# One training step of a batch given by its positions ``rows`` [B] into the training split
+# (and the step's extra columns, or None) -> (detached loss, outputs for the metrics or None,
+# the batch it trained on).
+StepFn = Callable[..., tuple[torch.Tensor, Optional[torch.Tensor], Batch]]
 
 
 def eager_step(parts: StageParts, train: Batch, loss: Optional[BatchLoss] = None) -> StepFn:
-    """The plain step: a gather of the batch on the device, then :func:`train_step`."""
+    """The plain step: a gather of the batch on the device (plus the step's extra columns),
+    then :func:`train_step`."""
     loss = parts.loss if loss is None else loss
 
-    def step(rows: torch.Tensor):
+    def step(rows: torch.Tensor, extra: Optional[Batch] = None):
         batch = select_rows(train, rows)
+        if extra:
+            batch.update(extra)
         value, outputs = train_step(parts.optimizer, loss, batch)
         return value, outputs, batch
     return step
@@ -220,7 +229,11 @@ class CudaGraphStep:
             optimizer.step()
         self.graph, self._out = graph, (value.detach(), outputs, batch)
 
-    def __call__(self, rows: torch.Tensor):
+    def __call__(self, rows: torch.Tensor, extra: Optional[Batch] = None):
+        if extra:
+            raise ValueError("CUDA graphs capture batches of the training split only; per-step "
+                             "extra columns (mixed negatives) are refused by the backend's "
+                             "check_config")
         if rows.shape[0] != self.batch_size:
             return self.fallback(rows)
         if self.graph is None and self.warmed < self.warmup:
@@ -292,16 +305,19 @@ def _raise_non_finite(stage: str, step_losses: np.ndarray, epoch: int) -> None:
 
 def run_epoch(parts: StageParts, train: Batch, batches: list[torch.Tensor],
               on_step: Callable[[], None] = lambda: None,
-              step_fn: Optional[StepFn] = None) -> torch.Tensor:
+              step_fn: Optional[StepFn] = None,
+              extras: Optional[list[Batch]] = None) -> torch.Tensor:
     """One epoch of optimizer steps -> the step losses [S] (a device tensor, not read here).
     ``on_step()`` is called after every step (the progress bar; it gets nothing to read);
-    ``step_fn``: the step (:func:`make_step`; default :func:`eager_step`)."""
+    ``step_fn``: the step (:func:`make_step`; default :func:`eager_step`); ``extras``: each
+    step's extra columns (``StageParts.extras``) or None."""
     step_fn = eager_step(parts, train) if step_fn is None else step_fn
     step_losses = torch.empty(len(batches), dtype=torch.float32, device=batches[0].device)
     for metric in parts.metrics:
         metric.reset()
     for step, rows in enumerate(batches):
-        step_losses[step], outputs, batch = step_fn(rows)
+        extra = None if extras is None else extras[step]
+        step_losses[step], outputs, batch = step_fn(rows, extra)
         for metric in parts.metrics:
             metric.update(batch, outputs)
         on_step()
@@ -326,12 +342,12 @@ def run_sharded_epoch(parts: StageParts, train: Batch, batches: list[torch.Tenso
 
 
 def _epoch_losses(parts: StageParts, train: Batch, batches: list[torch.Tensor],
-                  on_step: Callable[[], None], step_fn: Optional[StepFn] = None
-                  ) -> tuple[np.ndarray, float]:
+                  on_step: Callable[[], None], step_fn: Optional[StepFn] = None,
+                  extras: Optional[list[Batch]] = None) -> tuple[np.ndarray, float]:
     """(step losses [S] float32, the epoch's loss per example), reading the device once."""
     sizes = [len(b) for b in batches]
     if parts.parallel is None:
-        losses = run_epoch(parts, train, batches, on_step, step_fn).cpu().numpy()
+        losses = run_epoch(parts, train, batches, on_step, step_fn, extras).cpu().numpy()
         return losses, per_example(parts.stage, losses, sizes)
     both = run_sharded_epoch(parts, train, batches, on_step).cpu().numpy()
     return both[0], float(both[1].astype(np.float64).sum() / max(sum(sizes), 1))
@@ -372,10 +388,12 @@ def fit(parts: StageParts, train: Batch, plan: BatchPlan, config: Config, *, epo
                 f", loss {history.loss[-1]:.4f}" if history.loss else ""), refresh=False)
             start = time.perf_counter()
             batches = epoch_order(plan, config, epoch_offset + epoch - 1, device)
+            extras = (None if parts.extras is None
+                      else parts.extras(epoch_offset + epoch - 1, len(batches)))
             # the epoch's one read of the device (after one all_reduce with several processes)
             losses, loss_per_example = _epoch_losses(parts, train, batches,
                                                      on_step=lambda: bar.update(1),
-                                                     step_fn=step_fn)
+                                                     step_fn=step_fn, extras=extras)
             _raise_non_finite(stage, losses, epoch)  # the same losses on every rank
             history.epoch_seconds.append(time.perf_counter() - start)
             history.loss.append(float(losses.astype(np.float64).mean()))
@@ -531,8 +549,33 @@ def retrieval_parts(model: RetrievalModel, dataset: Dataset, config: Config, *,
     parts = StageParts("retrieval", model, optimizer or make_optimizer(model, config),
                        loss=with_precision(lambda b: (retrieval_loss(model, task, b, logq), None),
                                            config, device),
-                       validate=check, parallel=parallel)
+                       validate=check, parallel=parallel,
+                       extras=negative_sampler(dataset, config, device))
     return parts, train
+
+
+def negative_sampler(dataset: Dataset, config: Config, device: torch.device
+                     ) -> Optional[Callable[[int, int], list[Batch]]]:
+    """``StageParts.extras`` of ``config.task.mixed_negatives`` (None when 0): (epoch, steps)
+    -> per step the sampled titles' candidate inputs (``negative_``-prefixed, gathered on the
+    device from one table of every title) and their sampling probabilities, the ids of
+    ``twostage.recipes.epoch_negatives`` (what the TFRS backend is fed); one copy per epoch."""
+    n = config.task.mixed_negatives
+    if not n:
+        return None
+    table = title_table(dataset.spec, device)
+    num_titles = len(dataset.spec.title_vocab)
+    probability = torch.from_numpy(negative_sampling_probability(num_titles, n)).to(device)
+
+    def sample(epoch: int, steps: int) -> list[Batch]:
+        ids = torch.from_numpy(epoch_negatives(num_titles, n, config.seed, epoch, steps))
+        out = []
+        for row in ids.to(device).unbind(0):
+            extra = {NEGATIVE_PREFIX + k: v.index_select(0, row) for k, v in table.items()}
+            extra[NEGATIVE_PROBABILITY] = probability
+            out.append(extra)
+        return out
+    return sample
 
 
 def ranking_parts(model: RankingModel, dataset: Dataset, config: Config, *,

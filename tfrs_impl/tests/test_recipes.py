@@ -1,0 +1,89 @@
+"""The recipes of issue 15 on the TFRS backend: cosine towers, the learned temperature, the mixed
+negatives stream fit trains on (the shared ids), and the refusals."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrs_impl import models, train
+from tfrs_impl.backend import TfrsBackend
+from tfrs_impl.features import feature_columns, to_tensors
+from twostage.backend import UnsupportedOptionError
+from twostage.recipes import NEGATIVE_PROBABILITY, NEGATIVE_TITLES, epoch_negatives
+
+TEMPERATURE = "temperature/log_temperature"
+
+
+def test_cosine_towers_give_unit_vectors_and_the_default_does_not(synthetic_dataset,
+                                                                   small_config):
+    ds = synthetic_dataset
+    for normalize in (False, True):
+        model = models.build_retrieval_model(ds.spec, small_config.replace(normalize=normalize))
+        q, c = model.embeddings(to_tensors(ds.raw(ds.split.test[:64])))
+        norms = np.concatenate([np.linalg.norm(q.numpy(), axis=1),
+                                np.linalg.norm(c.numpy(), axis=1)])
+        assert np.allclose(norms, 1.0, atol=1e-6) == normalize
+
+
+def test_learned_temperature_is_a_weight_and_trains(synthetic_dataset, small_config):
+    ds = synthetic_dataset
+    assert TEMPERATURE not in models.get_weights(models.build_retrieval_model(ds.spec,
+                                                                              small_config))
+    config = small_config.replace(normalize=True, learn_temperature=True, temperature=0.5)
+    model = models.build_retrieval_model(ds.spec, config, ds.corpus_titles)
+    assert model.task._temperature is None  # the model scales the queries, not the task
+    start = models.get_weights(model)[TEMPERATURE]
+    assert start.shape == () and start == pytest.approx(math.log(0.5))
+    train.fit_retrieval(model, ds, config, epochs=1)
+    assert models.get_weights(model)[TEMPERATURE] != pytest.approx(math.log(0.5), abs=1e-6)
+
+
+def test_learned_temperature_at_start_equals_the_fixed_one(synthetic_dataset, small_config):
+    ds = synthetic_dataset
+    batch = ds.raw(ds.split.train[:128])
+    fixed = small_config.replace(normalize=True, temperature=0.05)
+    losses = [train.batch_loss(models.build_retrieval_model(ds.spec, c), batch)
+              for c in (fixed, fixed.replace(learn_temperature=True))]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+def test_fit_is_fed_the_shared_negatives(synthetic_dataset, small_config):
+    ds, config = synthetic_dataset, small_config.replace(mixed_negatives=16)
+    stream = list(train.train_dataset(ds, config, 2, feature_columns(ds), first_epoch=1,
+                                      negatives=16))
+    steps = -(-len(ds.split.train) // config.train.batch_size)
+    assert len(stream) == 2 * steps
+    vocab = np.asarray(ds.spec.title_vocab, dtype=object)
+    ids = np.concatenate([epoch_negatives(len(vocab), 16, config.seed, e, steps) for e in (1, 2)])
+    for batch, step_ids in zip(stream, ids):
+        assert [t.decode() for t in batch[NEGATIVE_TITLES].numpy()] == list(vocab[step_ids - 1])
+        np.testing.assert_allclose(batch[NEGATIVE_PROBABILITY].numpy(), 1 / len(vocab))
+    plain = next(iter(train.train_dataset(ds, config, 1, feature_columns(ds))))
+    assert NEGATIVE_TITLES not in plain  # the ranking stage's stream has none
+
+
+def test_mixed_negatives_train_in_both_batch_orders(synthetic_dataset, small_config):
+    ds = synthetic_dataset
+    for shared in (True, False):
+        config = small_config.replace(mixed_negatives=16, use_sampling_probability=True,
+                                      shared_batches=shared, validation_freq=100)
+        model = models.build_retrieval_model(ds.spec, config, ds.corpus_titles)
+        history = train.fit_retrieval(model, ds, config, epochs=2)
+        assert np.isfinite(history.loss).all()
+
+
+def test_recipes_that_cannot_run_are_refused(small_config):
+    with pytest.raises(UnsupportedOptionError, match="mixed_negatives"):
+        TfrsBackend.check_config(small_config.replace(mixed_negatives=8, nproc=2))
+    TfrsBackend.check_config(small_config.replace(mixed_negatives=8, normalize=True,
+                                                  learn_temperature=True))
+
+
+def test_l2_normalize_is_the_tf_op():
+    x = tf.constant([[3.0, 4.0], [0.0, 0.0]])
+    assert models.normalized(x, True).numpy().tolist() == [[0.6000000238418579,
+                                                             0.800000011920929], [0.0, 0.0]]
+    assert models.normalized(x, False) is x
