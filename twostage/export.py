@@ -32,9 +32,11 @@ def torch_to_tfrs(torch_backend):
     """A TfrsBackend with the same config, spec and weights as ``torch_backend``."""
     from tfrs_impl.backend import TfrsBackend
 
-    # What TFRS supports (BruteForce, CPU, the fit loss, one replica); no weight depends on it.
+    # What TFRS supports (BruteForce, CPU, the fit loss, one replica, fp32, no torch.compile);
+    # no weight depends on it.
     config = torch_backend.config.replace(index="flat", device="cpu", ranking_loss="keras_graph",
-                                          nproc=1)
+                                          nproc=1, precision="fp32", compile=False,
+                                          cuda_graphs=False)
     tfrs_backend = TfrsBackend(config, torch_backend.spec)
     copy_weights(torch_backend, tfrs_backend)
     return tfrs_backend
@@ -105,6 +107,10 @@ def export_run_to_tfrs(run, out: Path, *, backend: str | None = None, k: int = 1
         log.warning("the run serves with a %s index; the SavedModel retrieves exactly "
                     "(BruteForce), so its candidates can differ from `twostage recommend`'s",
                     source.config.index.kind)
+    if source.config.train.precision != "fp32":
+        log.warning("the run infers under %s autocast; the SavedModel computes in float32, so "
+                    "its scores differ from `twostage recommend`'s by the rounding of %s",
+                    source.config.train.precision, source.config.train.precision)
     return export_saved_model(out, tfrs_backend.retrieval_model, titles, k=k, force=force,
                               ranking_model=tfrs_backend.ranking_model.ranking_model,
                               num_candidates=_num_candidates(source, num_candidates),
