@@ -1,10 +1,24 @@
-"""Seeded synthetic MovieLens data in the GroupLens raw layout (u.data, u.item, u.user, ...).
+"""Seeded synthetic MovieLens data in the GroupLens raw layouts, at any size.
 
-Used by tests on machines without the real files, and by anyone who wants a quick smoke run.
-The files exercise what the parsers and feature rules must handle: ISO-8859-1 titles with accented
-letters, duplicate titles under different movie ids, punctuation, a title that standardizes to no
-token, users and movies with few ratings, and ratings that depend on (user, movie) latent factors
-so that the models have something to learn.
+Used by tests on machines without the real files, by the benchmarks, and by anyone who wants a
+quick smoke run. ``generate(directory, layout=...)`` writes the files of one layout (see
+:mod:`data.registry`): ``100k`` (u.data, u.item, u.user, u.genre), ``1m`` (ratings.dat,
+movies.dat, users.dat) or ``csv`` (ratings.csv, movies.csv: the 20m, 25m and latest-small layout).
+
+Two generators:
+
+- the original one (``layout="100k"``, ``realistic=False``, the default): byte for byte what every
+  existing test folder was generated with. Pairs (user, movie) repeat in it.
+- the realistic one (any layout; the default for 1m and csv): power-law movie popularity, users of
+  very different activity (log-normal, a few rate thousands), at most one rating per (user, movie)
+  as in every real release, per-user activity windows in time, ratings from latent factors on the
+  release's scale (half stars for csv), sparse movie ids (1m, csv), and titles with commas
+  ("Misérables, Les"), quotes, and non-ASCII letters (Latin-1 for 100k/1m, any Unicode for csv).
+  Vectorised: ml-25m size (25 million ratings) in about a minute.
+
+Both exercise what the parsers and feature rules must handle: duplicate titles under different
+movie ids, punctuation, a title that standardizes to no token, users and movies with few ratings,
+and ratings that depend on (user, movie) latent factors so that the models have something to learn.
 """
 from __future__ import annotations
 
@@ -33,11 +47,32 @@ def _titles(rng: np.random.Generator, num_movies: int) -> list[str]:
     return titles
 
 
+LAYOUT_NAMES = ("100k", "1m", "csv")
+
+
 def generate(directory: Path | str, *, num_users: int = 200, num_movies: int = 150,
-             num_ratings: int = 5000, seed: int = 0) -> Path:
-    """Write a synthetic ml-100k-layout folder into ``directory`` (created) and return it."""
+             num_ratings: int = 5000, seed: int = 0, layout: str = "100k",
+             realistic: bool | None = None, progress: bool = False) -> Path:
+    """Write a synthetic folder of ``layout`` into ``directory`` (created) and return it.
+
+    ``realistic``: None picks the original generator for 100k and the realistic one otherwise
+    (see the module docstring); the realistic one needs ``num_ratings <= num_users *
+    num_movies`` (one rating per pair). ``progress``: a progress bar over the steps.
+    """
     if min(num_users, num_movies) < 1 or num_ratings < 2:
         raise ValueError("need at least 1 user, 1 movie and 2 ratings")
+    if layout not in LAYOUT_NAMES:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUT_NAMES)}, not {layout!r}")
+    if realistic is None:
+        realistic = layout != "100k"
+    if realistic:
+        from .synthetic_realistic import generate_realistic
+        return generate_realistic(Path(directory), num_users=num_users, num_movies=num_movies,
+                                  num_ratings=num_ratings, seed=seed, layout=layout,
+                                  progress=progress)
+    if layout != "100k":
+        raise ValueError(f"the original generator writes the 100k layout only; pass "
+                         f"realistic=True for layout={layout!r}")
     rng = np.random.default_rng(seed)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)

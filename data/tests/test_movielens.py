@@ -1,21 +1,20 @@
 """data.movielens against tensorflow_datasets' own 100k parsers, and its errors on bad input.
 
-The reference is ``tensorflow_datasets.structured.movielens_parsing`` run on the same folder, each
-record passed through the ``movielens/100k-*`` builders' ``FeaturesDict.encode_example`` so the
-TFDS feature types apply (user_rating float32, timestamp int64, ages float32, user_gender bool,
-genres and occupation label as ClassLabel, mapped back to names). Our columns must then be equal
-field by field, row by row, with the same numpy dtypes.
+The reference (data/tests/tfds_reference.py) is ``tensorflow_datasets.structured.
+movielens_parsing`` run on the same folder, typed by the ``movielens/100k-*`` FeaturesDicts; our
+columns must be equal field by field, row by row, with the same numpy dtypes.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from twostage.data.movielens import DataFormatError, load_movielens, read_movies
 from twostage.data.synthetic import generate
+
+from . import tfds_reference as reference
 
 RATING_FIELDS = ("movie_id", "movie_title", "movie_genres", "user_id", "user_rating", "timestamp",
                  "user_gender", "bucketized_user_age", "raw_user_age", "user_occupation_label",
@@ -23,67 +22,15 @@ RATING_FIELDS = ("movie_id", "movie_title", "movie_genres", "user_id", "user_rat
 MOVIE_FIELDS = ("movie_id", "movie_title", "movie_genres")
 
 
-# --- the TFDS reference -------------------------------------------------------------------------
+# --- the TFDS reference (data/tests/tfds_reference.py) ------------------------------------------
 @pytest.fixture(scope="module")
 def tfds_features(tf, tmp_path_factory):
     """FeaturesDicts of movielens/100k-ratings and -movies (built offline, nothing downloaded)."""
-    import tensorflow_datasets as tfds
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    return {name: tfds.builder(f"movielens/100k-{name}", data_dir=data_dir).info.features
-            for name in ("ratings", "movies")}
-
-
-def _decode(features, encoded: dict) -> dict:
-    """One encoded TFDS example -> plain values: str, numpy scalars, tuple of genre names."""
-    out = {}
-    for key, value in encoded.items():
-        feature = features[key]
-        if key == "movie_genres":
-            out[key] = tuple(feature.feature.int2str(int(i)) for i in value)
-        elif key == "user_occupation_label":
-            out[key] = feature.int2str(int(value))
-        else:
-            out[key] = np.asarray(value).item() if feature.np_dtype == object else value[()]
-    return out
-
-
-def tfds_columns(features, directory: Path, table: str) -> dict[str, list]:
-    """Run TFDS' parser for ``table`` ('ratings' or 'movies') and return its columns, typed."""
-    from tensorflow_datasets.structured import movielens_parsing as parsing
-    parse = {"ratings": parsing.parse_100k_ratings_data,
-             "movies": parsing.parse_100k_movies_data}[table]
-    fdict = features[table]
-    rows = [_decode(fdict, fdict.encode_example(rec)) for _, rec in parse(str(directory))]
-    return {key: [r[key] for r in rows] for key in rows[0]}
-
-
-def assert_same_records(ours: pd.DataFrame, ref: dict[str, list], features, fields) -> None:
-    """Every field of every row equal, in order; numeric columns also in the TFDS dtype."""
-    assert set(ref) == set(fields)
-    assert len(ours) == len(ref[fields[0]])
-    for key in fields:
-        feature = features[key]
-        got, want = ours[key].tolist(), ref[key]
-        if key == "movie_genres":
-            got = [tuple(g) for g in got]
-        elif key != "user_occupation_label" and feature.np_dtype != object:
-            assert ours[key].dtype == np.dtype(feature.np_dtype), key
-            got = ours[key].to_numpy()
-            want = np.asarray(want, dtype=feature.np_dtype)
-            bad = np.flatnonzero(got != want)
-        if key in ("movie_genres", "user_occupation_label") or feature.np_dtype == object:
-            assert all(isinstance(v, (str, tuple)) for v in got), key
-            bad = [i for i, (a, b) in enumerate(zip(got, want)) if a != b]
-        assert len(bad) == 0, f"{key}: {len(bad)} rows differ, first row {bad[0]}: " \
-                              f"ours {got[bad[0]]!r} vs TFDS {want[bad[0]]!r}"
+    return reference.tfds_features(tmp_path_factory.mktemp("tfds"), "100k")
 
 
 def check_against_tfds(directory: Path, tfds_features) -> None:
-    ml = load_movielens(directory)
-    assert_same_records(ml.ratings, tfds_columns(tfds_features, directory, "ratings"),
-                        tfds_features["ratings"], RATING_FIELDS)
-    assert_same_records(ml.movies, tfds_columns(tfds_features, directory, "movies"),
-                        tfds_features["movies"], MOVIE_FIELDS)
+    reference.check_against_tfds(load_movielens(directory), tfds_features)
 
 
 def test_synthetic_records_equal_tfds(synthetic_dir, tfds_features):
