@@ -1,0 +1,56 @@
+"""benchmarks.quality on tiny synthetic data: every recipe run and baseline reported, targets."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import quality
+from twostage.data.synthetic import generate
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("ml"), num_users=80, num_movies=60,
+                    num_ratings=2000, seed=5)
+
+
+@pytest.mark.slow
+def test_quality_runs_recipes_and_baselines_and_resumes(data_dir, tmp_path, capsys):
+    argv = ["--data-dir", str(data_dir), "--seeds", "2", "--recipes", "seed,best",
+            "--epochs", "1", "--out", str(tmp_path)]
+    assert quality.main(argv) == 0
+    report = json.loads((tmp_path / "quality.json").read_text())
+    assert {r: len(v) for r, v in report["runs"].items()} == {"seed": 2, "best": 2}
+    columns = [c for c, _, _ in quality.FIGURES]
+    for runs in report["runs"].values():
+        for figures in runs:
+            assert all(0.0 <= figures[c] <= 1.0 for c in columns) and figures["train_s"] > 0
+    assert set(report["baselines"]) == set(quality.BASELINES)
+    assert report["baselines"]["popular"]["top-100"] >= report["baselines"]["popular"]["top-10"]
+    assert [t["target"] for t in report["targets"]][-1].startswith("best's re-ranked nDCG@10")
+    for recipe, cells in report["summary"].items():                 # mean of the seeds' runs
+        mean = sum(r["top-10"] for r in report["runs"][recipe]) / 2
+        assert cells["top-10"][0] == pytest.approx(mean)
+    md = (tmp_path / "quality.md").read_text()
+    assert "baseline: ease" in md and "| best (" in md
+    assert (tmp_path / "quality.png").stat().st_size > 1000
+    # --resume with everything done trains nothing and keeps the figures
+    before = report["runs"]
+    capsys.readouterr()
+    assert quality.main(argv + ["--resume"]) == 0
+    assert json.loads((tmp_path / "quality.json").read_text())["runs"] == before
+    assert "seed seed" not in capsys.readouterr().err
+
+
+def test_quality_refuses_unknown_recipes():
+    with pytest.raises(SystemExit):
+        quality.main(["--recipes", "seed,magic"])
+
+
+def test_recipe_config_keeps_the_split_seed_and_overrides_epochs():
+    from twostage.config import Config
+    c = quality.recipe_config(Config(), "logq", 2, epochs=1)
+    assert c.seed == 42 + 2 * quality.SEED_STRIDE and c.task.use_sampling_probability
+    assert (c.train.retrieval_epochs, c.train.ranking_epochs) == (1, 1)
+    assert quality.recipe_config(Config(), "seed", 0) == Config()
