@@ -322,12 +322,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 EXPORT_TARGETS = ("tfrs", "torch")
-EXPORT_KINDS = {"tfrs": "savedmodel", "torch": "torch-export"}  # io marker kinds of --out
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_run_to_tfrs, export_run_to_torch
     from .rundir import RunDir
+    from .serving import SAVEDMODEL_KIND, TORCH_KIND
 
     run = RunDir.open(args.run)
     size = len(run.corpus_titles)
@@ -342,7 +342,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"--num-candidates {args.num_candidates}: must be >= 1")
     run.backend_dir(args.backend)  # a missing backend fails before anything is loaded
     out = Path(args.out)
-    io.check_replaceable(out, EXPORT_KINDS[args.to], force=args.force)
+    io.check_replaceable(out, SAVEDMODEL_KIND if args.to == "tfrs" else TORCH_KIND,
+                         force=args.force)
     if args.to == "tfrs":
         path = export_run_to_tfrs(run, out, backend=args.backend, k=k,
                                   num_candidates=args.num_candidates, force=args.force)

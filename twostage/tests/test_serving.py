@@ -218,6 +218,10 @@ def test_export_refuses_foreign_folders_and_replaces_its_own(run_dir, export_dir
     _export(run_dir, again, "--num-candidates", "20")
     assert serving.load(again).num_candidates == 20
     assert not list(tmp_path.glob(".again*"))             # no temporaries left
+    capsys.readouterr()                                   # a SavedModel never replaces it
+    assert main(["export", "--run", str(run_dir), "--to", "tfrs", "--out", str(again)]) == 2
+    assert "torch-export, not a savedmodel" in capsys.readouterr().err
+    assert serving.load(again).num_candidates == 20
 
 
 def test_export_usage_errors(run_dir, tmp_path, capsys):
