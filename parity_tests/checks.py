@@ -233,22 +233,24 @@ def check_end_to_end_metrics(pair: Pair, dataset: Dataset, rows: np.ndarray) -> 
     check_two_stage(pair, dataset, rows)
 
 
-def two_stage_report(backend, dataset: Dataset, rows: np.ndarray, c: int):
+def two_stage_report(backend, dataset: Dataset, rows: np.ndarray, c: int, exclusions=None):
     """pipeline.recommend of the test rows -> (retrieval scores, candidate title ids, ranking
-    scores [rows, c] in retrieval order, true title ids)."""
+    scores [rows, c] in retrieval order, true title ids). ``exclusions``: exclude_seen's."""
     recs = recommend(backend, dataset.user_id[rows], dataset.timestamp[rows], c,
-                     dataset.corpus_titles)
-    ids = dataset.corpus_features["title_index"][recs.rows]
+                     dataset.corpus_titles, exclude=exclusions)
+    ids = np.where(recs.rows >= 0,
+                   dataset.corpus_features["title_index"][np.maximum(recs.rows, 0)], -1)
     return recs.retrieval_scores, ids, recs.ranking_scores, dataset.features["title_index"][rows]
 
 
-def check_two_stage(pair: Pair, dataset: Dataset, rows: np.ndarray) -> None:
-    """nDCG@k / hit@k before and after re-ranking, per query, on rows without near-ties."""
+def check_two_stage(pair: Pair, dataset: Dataset, rows: np.ndarray, exclusions=None) -> None:
+    """nDCG@k / hit@k before and after re-ranking, per query, on rows without near-ties
+    (``exclusions``: under exclude_seen, candidates retrieved after exclusion)."""
     c, k = pair.config.eval.num_candidates, pair.config.eval.ndcg_k
     pair.torch.build_index(dataset.corpus_titles)
     pair.tfrs.build_index(dataset.corpus_titles)
-    ts_, t_ids, t_rank, truth = two_stage_report(pair.torch, dataset, rows, c + 1)
-    fs_, f_ids, f_rank, _ = two_stage_report(pair.tfrs, dataset, rows, c + 1)
+    ts_, t_ids, t_rank, truth = two_stage_report(pair.torch, dataset, rows, c + 1, exclusions)
+    fs_, f_ids, f_rank, _ = two_stage_report(pair.tfrs, dataset, rows, c + 1, exclusions)
     stable = ~(fragile_rows(fs_, tol.INDEX_SCORE_ATOL)
                | fragile_rows(np.sort(f_rank[:, :c], axis=1), tol.INDEX_SCORE_ATOL))
     if stable.mean() < 0.5:
@@ -289,3 +291,153 @@ def check_index(pair: Pair, dataset: Dataset, rows: np.ndarray, k: int = 100) ->
                               f"{dataset.corpus_titles[t_rows[i, j]]!r} ({t_scores[i, j]:.7g}) vs "
                               f"BruteForce {dataset.corpus_titles[f_rows[i, j]]!r} "
                               f"({f_scores[i, j]:.7g})")
+
+
+# --- 7. the exclude_seen protocol -------------------------------------------------------------
+ExclusionsFn = Callable[[Dataset, np.ndarray], "evaluation.QueryExclusions"]
+
+
+def _exclusions(dataset: Dataset, rows: np.ndarray):
+    from twostage.pipeline import exclusions
+    return exclusions(dataset, rows)
+
+
+def seen_reference(dataset: Dataset, rows: np.ndarray) -> list[np.ndarray]:
+    """The definition of exclude_seen, from the raw strings: for each rating row, the corpus
+    rows whose title its user rated in training, its own title kept (Python sets)."""
+    train = dataset.split.train
+    seen: dict[str, set] = {}
+    for user, title in zip(dataset.user_id[train], dataset.movie_title[train]):
+        seen.setdefault(user, set()).add(title)
+    corpus = dataset.corpus_titles.astype(str)
+    out = []
+    for r in rows:
+        drop = seen.get(dataset.user_id[r], set()) - {dataset.movie_title[r]}
+        out.append(np.flatnonzero(np.isin(corpus, sorted(drop))) if drop
+                   else np.zeros(0, np.int64))
+    return out
+
+
+def check_exclusion_brute_force(backend, dataset: Dataset, rows: np.ndarray,
+                                exclusions: ExclusionsFn = _exclusions) -> None:
+    """The exclusion (``evaluation.count_scoring_higher`` with the pipeline's block-built
+    exclusions, and ``pipeline.retrieve_unseen``) equals a dense one-query-at-a-time reference
+    built from the raw strings: the same count of corpus rows above every positive, exactly,
+    and the same retrieved titles. Both count on one score matrix computed alike (one float32
+    GEMM block): BLAS may round a product differently in a block of another height (measured:
+    6 of 1,600 rows moved by one at 97-row blocks, where the true title's own row ties its
+    positive), which is the score rule's matter, not the exclusion's."""
+    from twostage.pipeline import retrieve_unseen
+
+    u, ts, titles = dataset.user_id[rows], dataset.timestamp[rows], dataset.movie_title[rows]
+    q, truth = backend.query_embeddings(u, ts), backend.candidate_embeddings(titles)
+    corpus = backend.candidate_embeddings(dataset.corpus_titles)
+    excluded = exclusions(dataset, rows)
+    counts = evaluation.count_scoring_higher(q, truth, corpus, exclude=excluded,
+                                             budget_bytes=4 * corpus.shape[0] * len(rows))
+    scores = q @ np.ascontiguousarray(corpus.T)
+    pos = evaluation.positive_scores(q, truth)
+    reference = seen_reference(dataset, rows)
+    expected = np.array([np.count_nonzero(np.delete(scores[i], drop) > pos[i])
+                         for i, drop in enumerate(reference)])
+    assert_close("exclude_seen: corpus rows above the positive", counts.greater_unseen,
+                 expected, rtol=0.0, atol=tol.METRIC_EXACT)
+    k = min(100, len(dataset.corpus_titles))
+    backend.build_index(dataset.corpus_titles)
+    _, got = retrieve_unseen(backend, u, ts, k, excluded, block=512)
+    _, full = backend.retrieve(u, ts, len(dataset.corpus_titles))
+    ids = dataset.corpus_features["title_index"]
+    want = np.stack([np.concatenate([ids[line[~np.isin(line, drop)]][:k],
+                                     np.full(k, -1)])[:k]
+                     for line, drop in zip(full, reference)])
+    assert_equal("exclude_seen: retrieved titles", np.where(got >= 0, ids[got], -1), want)
+
+
+def tfrs_query_with_exclusions(backend: TfrsBackend, dataset: Dataset, rows: np.ndarray,
+                               excluded: list[np.ndarray], k: int, batch: int = 128
+                               ) -> tuple[np.ndarray, np.ndarray]:
+    """TFRS's own exclusion: ``BruteForce.query_with_exclusions`` (retrieve k + E, push the
+    excluded ids down, keep k) over the corpus rows as identifiers -> (scores, rows)."""
+    from tfrs_impl.index import build_index
+
+    model = backend.retrieval_model
+    index = build_index(model.query_model, model.candidate_model, dataset.corpus_titles)
+    scores, ids = [], []
+    for start in range(0, len(rows), batch):
+        part = excluded[start:start + batch]
+        width = max(1, max(len(e) for e in part))
+        table = np.full((len(part), width), -1, np.int64)        # -1 matches no row id
+        for i, e in enumerate(part):
+            table[i, :len(e)] = e
+        r = rows[start:start + batch]
+        s, j = index.query_with_exclusions(
+            tf_features.to_tensors({"user_id": dataset.user_id[r],
+                                    "timestamp": dataset.timestamp[r]}),
+            tf.constant(table), k=k)
+        scores.append(s.numpy())
+        ids.append(j.numpy().astype(np.int64))
+    return np.concatenate(scores), np.concatenate(ids)
+
+
+def check_exclude_seen(pair: Pair, dataset: Dataset, rows: np.ndarray,
+                       exclusions: ExclusionsFn = _exclusions) -> None:
+    """exclude_seen agrees between the backends, each with its own embeddings and index:
+    score-based top-k (the numpy metric on torch vs TFRS embeddings, TF's positive order on the
+    TFRS side) within the share of near-tie rows, as ``check_end_to_end_metrics``; the torch
+    pipeline's id-based exclusion (FAISS + ``retrieve_unseen``) against TFRS's own
+    ``query_with_exclusions``, equal titles except near-ties, as ``check_index``; two-stage
+    nDCG/hit/MRR after exclusion equal on rows without near-ties, as ``check_two_stage``."""
+    from twostage.pipeline import retrieve_unseen
+
+    ks = pair.config.eval.top_ks
+    u, ts, titles = dataset.user_id[rows], dataset.timestamp[rows], dataset.movie_title[rows]
+    excluded = exclusions(dataset, rows)
+    tq, tt = pair.torch.query_embeddings(u, ts), pair.torch.candidate_embeddings(titles)
+    tc = pair.torch.candidate_embeddings(dataset.corpus_titles)
+    fq, ft = pair.tfrs.query_embeddings(u, ts), pair.tfrs.candidate_embeddings(titles)
+    fc = pair.tfrs.candidate_embeddings(dataset.corpus_titles)
+    fpos = tf_positive_scores(fq, ft)
+    ours = evaluation.count_scoring_higher(tq, tt, tc, exclude=excluded)
+    theirs = evaluation.count_scoring_higher(fq, ft, fc, exclude=excluded, positive=fpos)
+    dense = fq @ fc.T                  # near-ties are judged on the rows left in the ranking
+    row, col = excluded.slice(0, len(rows)).pairs()
+    dense[row, col] = -np.inf
+    dense = np.sort(dense, axis=1)[:, ::-1]
+    n = len(rows)
+    for k in ks:
+        kk = min(k, dense.shape[1])
+        near = np.abs(dense[:, :kk + 1] - fpos[:, None]).min(axis=1) <= tol.INDEX_SCORE_ATOL
+        a = np.count_nonzero(ours.finite & (ours.greater_unseen < k)) / n
+        b = np.count_nonzero(theirs.finite & (theirs.greater_unseen < k)) / n
+        if abs(a - b) > near.mean() + 1e-12:
+            raise ParityError(f"exclude_seen top-{k} accuracy: torch {a:.6f} vs TFRS {b:.6f}: "
+                              f"differs by {abs(a - b):.6f}, more than the share of near-tie "
+                              f"rows {near.mean():.6f}")
+    k = min(max(ks), len(dataset.corpus_titles))
+    pair.torch.build_index(dataset.corpus_titles)
+    t_scores, t_rows = retrieve_unseen(pair.torch, u, ts, k, excluded,
+                                       pair.config.eval.eval_batch_size)
+    per_query = excluded.slice(0, n)
+    lists = [per_query.cols[per_query.indptr[i]:per_query.indptr[i + 1]] for i in range(n)]
+    f_scores, f_rows = tfrs_query_with_exclusions(pair.tfrs, dataset, rows, lists, k)
+    _compare_retrieved("exclude_seen index", dataset, t_scores, t_rows, f_scores, f_rows)
+    check_two_stage(pair, dataset, rows, exclusions=excluded)
+
+
+def _compare_retrieved(what: str, dataset: Dataset, t_scores, t_rows, f_scores, f_rows
+                       ) -> None:
+    """Same titles at every rank, except swaps between TFRS neighbours whose scores are within
+    INDEX_SCORE_ATOL (rounding decides their order)."""
+    assert_close(f"{what} scores", t_scores, f_scores, rtol=tol.FORWARD_RTOL,
+                 atol=tol.INDEX_SCORE_ATOL)
+    ids = dataset.corpus_features["title_index"]
+    t_ids, f_ids = ids[t_rows], ids[f_rows]
+    nxt = np.abs(np.diff(f_scores, axis=1, append=-np.inf))
+    prv = np.abs(np.diff(f_scores, axis=1, prepend=np.inf))
+    bad = (t_ids != f_ids) & ~(np.minimum(nxt, prv) <= tol.INDEX_SCORE_ATOL)
+    if bad.any():
+        i, j = (int(x) for x in np.argwhere(bad)[0])
+        raise ParityError(f"{what}: {int(bad.sum())} entries differ without a tie; first at "
+                          f"query {i}, rank {j}: torch {dataset.corpus_titles[t_rows[i, j]]!r} "
+                          f"({t_scores[i, j]:.7g}) vs TFRS "
+                          f"{dataset.corpus_titles[f_rows[i, j]]!r} ({f_scores[i, j]:.7g})")
