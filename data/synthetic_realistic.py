@@ -218,8 +218,9 @@ def movie_titles(rng: np.random.Generator, num_movies: int, unicode: bool) -> li
     years = rng.integers(1915, 2020, size=num_movies)
     kinds = rng.random(num_movies)
     # Whatever the seed and size: a comma, quotes, Latin-1 and (csv) other Unicode letters.
-    kinds[:3] = (0.0, 0.15, 0.2)
-    picks[:3, 0] = (0, 1, len(special) - 1)
+    first = min(3, num_movies)
+    kinds[:first] = (0.0, 0.15, 0.2)[:first]
+    picks[:first, 0] = (0, 1, len(special) - 1)[:first]
     titles = []
     for i in range(num_movies):
         base = " ".join(words[picks[i, : lengths[i]]])

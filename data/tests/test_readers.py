@@ -192,13 +192,18 @@ def test_1m_duplicate_ids_and_pairs(dir_1m):
     expect(dir_1m, "1m", "movies.dat", 6, f"movie id {first_id} appears twice")
 
 
-def test_1m_repeated_pair_rejected(dir_1m):
-    path = dir_1m / "ratings.dat"
-    user, movie = lines_of(path, "latin-1")[1].split("::")[:2]
-    _field_1m(path, 10, 0, user)
-    _field_1m(path, 10, 1, movie)
-    expect(dir_1m, "1m", "ratings.dat", 10, rf"user {user} rated movie {movie} twice \(lines 2 "
-                                            r"and 10\)", duplicates="reject")
+@pytest.mark.parametrize("dataset, name, sep, encoding, first", [
+    ("1m", "ratings.dat", "::", "latin-1", 2), ("25m", "ratings.csv", ",", "utf-8", 3)])
+def test_repeated_pair_rejected_naming_both_lines(tmp_path, dataset, name, sep, encoding, first):
+    """Line numbers count from the file's first line (the CSV header is line 1)."""
+    folder = generate(tmp_path, layout="csv" if sep == "," else "1m", num_users=25,
+                      num_movies=30, num_ratings=300, seed=4)
+    path = folder / name
+    user, movie = lines_of(path, encoding)[first - 1].split(sep)[:2]
+    fields = lines_of(path, encoding)[19].split(sep)
+    set_line(path, 20, sep.join([user, movie, *fields[2:]]), encoding)
+    expect(folder, dataset, name, 20, rf"user {user} rated movie {movie} twice \(lines {first} "
+                                      r"and 20\)", duplicates="reject")
 
 
 def test_1m_encoding_and_truncation(dir_1m):
@@ -319,15 +324,6 @@ def test_csv_movies_file_values(dir_csv):
     expect(dir_csv, "25m", "movies.csv", 7, "movie id 'x7' is not an integer")
     set_line(movies, 7, "123456789,Again (2001),")
     expect(dir_csv, "25m", "movies.csv", 7, "unknown genre ''")
-
-
-def test_csv_repeated_pair_names_lines_after_the_header(dir_csv):
-    path = dir_csv / "ratings.csv"
-    user, movie = lines_of(path, "utf-8")[2].split(",")[:2]
-    _field_csv(path, 20, 0, user)
-    _field_csv(path, 20, 1, movie)
-    expect(dir_csv, "25m", "ratings.csv", 20, rf"user {user} rated movie {movie} twice "
-                                              r"\(lines 3 and 20\)", duplicates="reject")
 
 
 @pytest.mark.parametrize("name", ["movies.csv", "ratings.csv"])
