@@ -4,6 +4,10 @@ The seed shuffles the 100,000 ratings once (seed 42) and takes the first 80,000 
 the next 20,000 for testing, then reshuffles the training set every epoch into batches of 2048.
 Here both shuffles come from numpy's PCG64 so the torch and TFRS paths can be fed exactly the
 same examples in exactly the same batches.
+
+``--split temporal`` (:func:`temporal_split`) trains on the earliest 80% of the ratings by
+timestamp and tests on the rest, so that no model is evaluated on ratings older than some it was
+trained on (the random split lets the future leak into training).
 """
 from __future__ import annotations
 
@@ -21,15 +25,45 @@ class Split:
     test: np.ndarray
 
 
-def train_test_split(num_ratings: int, *, seed: int = 42, train_fraction: float = 0.8) -> Split:
-    """Shuffle ``range(num_ratings)`` once; the first ``round(f * n)`` rows train, the rest test."""
+def _train_size(num_ratings: int, train_fraction: float) -> int:
+    """``round(f * n)`` rows train, at least one row on each side."""
     if num_ratings < 2:
         raise ValueError(f"need at least 2 ratings to split, got {num_ratings}")
     if not 0.0 < train_fraction < 1.0:
         raise ValueError(f"train_fraction={train_fraction} must be strictly between 0 and 1")
+    return min(max(int(round(train_fraction * num_ratings)), 1), num_ratings - 1)
+
+
+def train_test_split(num_ratings: int, *, seed: int = 42, train_fraction: float = 0.8) -> Split:
+    """Shuffle ``range(num_ratings)`` once; the first ``round(f * n)`` rows train, the rest test."""
+    n_train = _train_size(num_ratings, train_fraction)
     order = np.random.default_rng(seed).permutation(num_ratings).astype(np.int64)
-    n_train = min(max(int(round(train_fraction * num_ratings)), 1), num_ratings - 1)
     return Split(train=order[:n_train], test=order[n_train:])
+
+
+def temporal_split(timestamps: np.ndarray, *, train_fraction: float = 0.8) -> Split:
+    """The earliest ``round(f * n)`` ratings by timestamp train, the rest test.
+
+    Ratings of equal timestamps keep their file order (a stable sort), so a tie at the boundary
+    is split the same way on every run and machine. Both sides are in time order.
+    """
+    timestamps = np.asarray(timestamps)
+    n_train = _train_size(len(timestamps), train_fraction)
+    order = np.argsort(timestamps, kind="stable").astype(np.int64)
+    return Split(train=order[:n_train], test=order[n_train:])
+
+
+SPLITS = ("random", "temporal")
+
+
+def make_split(kind: str, timestamps: np.ndarray, *, seed: int, train_fraction: float) -> Split:
+    """``config.data.split``: 'random' (the seed's shuffle, :func:`train_test_split`) or
+    'temporal' (:func:`temporal_split`)."""
+    if kind == "random":
+        return train_test_split(len(timestamps), seed=seed, train_fraction=train_fraction)
+    if kind == "temporal":
+        return temporal_split(timestamps, train_fraction=train_fraction)
+    raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {kind!r} (--split)")
 
 
 def epoch_batches(num_examples: int, batch_size: int, *, seed: int, epoch: int

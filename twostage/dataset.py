@@ -9,7 +9,7 @@ import numpy as np
 from twostage.data.download import resolve_data_dir
 from twostage.data.features import FeatureSpec
 from twostage.data.movielens import MovieLens, load_movielens
-from twostage.data.split import Split, train_test_split
+from twostage.data.split import Split, make_split
 
 from .config import Config
 
@@ -77,7 +77,8 @@ def from_movielens(movielens: MovieLens, config: Config) -> Dataset:
                 "title_tokens": spec.title_tokens(movie_title, length=width)}
     return Dataset(
         movielens=movielens, spec=spec,
-        split=train_test_split(len(r), seed=config.seed, train_fraction=config.data.train_fraction),
+        split=make_split(config.data.split, timestamp, seed=config.seed,
+                         train_fraction=config.data.train_fraction),
         user_id=user_id, timestamp=timestamp, movie_title=movie_title,
         label=(r["user_rating"].to_numpy() >= config.data.rating_threshold).astype(np.float32),
         features=features, corpus_titles=corpus_titles, corpus_features=corpus_features)

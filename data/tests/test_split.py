@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from twostage.data.split import (Split, batch_schedule, epoch_batches, sequential_batches,
-                        train_test_split)
+from twostage.data.split import (Split, batch_schedule, epoch_batches, make_split,
+                                 sequential_batches, temporal_split, train_test_split)
 
 
 # --- train_test_split --------------------------------------------------------------------------
@@ -140,3 +140,58 @@ def test_sequential_batches_bad_arguments():
     with pytest.raises(ValueError, match="num_examples=-1 must be >= 0"):
         sequential_batches(-1, 4)
     assert sequential_batches(0, 4) == []
+
+
+# --- temporal_split / make_split ----------------------------------------------------------------
+def test_temporal_trains_on_the_past():
+    rng = np.random.default_rng(3)
+    stamps = rng.integers(0, 500, size=10_001)  # many ties
+    split = temporal_split(stamps, train_fraction=0.8)
+    assert (len(split.train), len(split.test)) == (8001, 2000)  # as the random split's sizes
+    assert len(train_test_split(10_001, train_fraction=0.8).train) == 8001
+    assert stamps[split.train].max() <= stamps[split.test].min()
+    np.testing.assert_array_equal(np.sort(np.concatenate([split.train, split.test])),
+                                  np.arange(10_001))
+    assert split.train.dtype == split.test.dtype == np.int64
+    assert (np.diff(stamps[split.train]) >= 0).all() and (np.diff(stamps[split.test]) >= 0).all()
+
+
+def test_temporal_ties_keep_file_order():
+    """Rows of one timestamp on both sides of the boundary: the earlier rows train."""
+    stamps = np.array([5, 3, 3, 3, 3, 1, 3, 9, 3, 3])
+    split = temporal_split(stamps, train_fraction=0.5)
+    assert split.train.tolist() == [5, 1, 2, 3, 4]
+    assert split.test.tolist() == [6, 8, 9, 0, 7]
+
+
+def test_temporal_needs_no_seed_and_checks_like_random():
+    stamps = np.arange(10)[::-1]
+    assert temporal_split(stamps).train.tolist() == list(range(9, 1, -1))
+    with pytest.raises(ValueError, match="need at least 2 ratings"):
+        temporal_split(np.array([1]))
+    with pytest.raises(ValueError, match="train_fraction=1.0 must be strictly between 0 and 1"):
+        temporal_split(stamps, train_fraction=1.0)
+
+
+def test_make_split():
+    stamps = np.random.default_rng(0).integers(0, 10**9, size=1000)
+    random = make_split("random", stamps, seed=42, train_fraction=0.8)
+    seed = train_test_split(1000, seed=42, train_fraction=0.8)  # the default, byte for byte
+    assert random.train.tobytes() == seed.train.tobytes()
+    assert random.test.tobytes() == seed.test.tobytes()
+    temporal = make_split("temporal", stamps, seed=42, train_fraction=0.8)
+    np.testing.assert_array_equal(temporal.train, temporal_split(stamps).train)
+    with pytest.raises(ValueError, match="split must be one of random, temporal, not 'time'"):
+        make_split("time", stamps, seed=42, train_fraction=0.8)
+
+
+def test_dataset_uses_config_split(tmp_path):
+    """twostage.dataset: --split picks the split; the default stays the seed's shuffle."""
+    from twostage.config import Config
+    from twostage.dataset import synthetic_dataset
+    default = synthetic_dataset(tmp_path / "a", Config.of(split="random"))
+    np.testing.assert_array_equal(default.split.train,
+                                  train_test_split(len(default.timestamp), seed=42).train)
+    temporal = synthetic_dataset(tmp_path / "b", Config.of(split="temporal"))
+    assert temporal.timestamp[temporal.split.train].max() <= \
+        temporal.timestamp[temporal.split.test].min()
