@@ -16,6 +16,10 @@ features. Each mapping reproduces the tf_keras layer the seed uses (sources in
   by count descending, ties by token descending (``np.lexsort(...)[::-1]``), at most
   ``max_tokens - 2`` learned tokens; index 0 is padding, 1 is OOV ``[UNK]``, token i -> i + 2.
   Output padded with 0 to the longest title of the batch.
+
+Fitting and encoding work once per distinct value: titles are tokenised once per movie (and
+cached), users looked up once per user, and the per-rating arrays of :meth:`FeatureSpec.
+encode_ratings` gathered from those by index, so 25 million ratings cost no per-rating Python.
 """
 from __future__ import annotations
 
@@ -23,13 +27,15 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 
 from .. import io
-from .movielens import MovieLens
+from .movielens import MovieLens, column_codes
 
 # tf_keras text_vectorization.DEFAULT_STRIP_REGEX, verbatim.
 STRIP_PUNCTUATION = re.compile(r'[!"#$%&()\*\+,-\./:;<=>?@\[\\\]^_`{|}~\']')
@@ -48,7 +54,13 @@ def standardize(text: str) -> str:
 
 def tokenize(text: str) -> list[str]:
     """Standardize, then split on ASCII whitespace as ``tf.strings.split`` does."""
-    return [t for t in ASCII_WHITESPACE.split(standardize(text)) if t]
+    return list(_tokens(text))
+
+
+@lru_cache(maxsize=1 << 17)  # every title of ml-25m (62,423) twice over
+def _tokens(text: str) -> tuple[str, ...]:
+    """:func:`tokenize`, cached: fitting, the corpus and serving see the same titles again."""
+    return tuple(t for t in ASCII_WHITESPACE.split(standardize(text)) if t)
 
 
 def _as_str_array(values: Iterable) -> np.ndarray:
@@ -62,6 +74,19 @@ def _lookup(vocabulary: np.ndarray, values: Iterable) -> np.ndarray:
     """StringLookup(mask_token=None, num_oov_indices=1): vocab[i] -> i + 1, unknown -> 0."""
     table = {v: i + 1 for i, v in enumerate(vocabulary)}
     return np.array([table.get(v, 0) for v in _as_str_array(values).ravel()], dtype=np.int64)
+
+
+def _distinct(column: pd.Series) -> np.ndarray:
+    """The distinct values a column holds (object array), found through its codes."""
+    codes, values = column_codes(column)
+    return values[np.unique(codes)] if len(codes) else values[:0]
+
+
+def _corpus_rows(titles: np.ndarray, corpus_titles: np.ndarray) -> np.ndarray:
+    """The first corpus row of each title, -1 where the corpus has none."""
+    first = {t: i for i, t in reversed(list(enumerate(corpus_titles.tolist())))}
+    return np.fromiter((first.get(t, -1) for t in titles.tolist()), dtype=np.int64,
+                       count=len(titles))
 
 
 @dataclass(frozen=True)
@@ -92,13 +117,13 @@ class FeatureSpec:
         if max_tokens < 3:
             raise ValueError(f"max_tokens={max_tokens} must be >= 3 (padding, OOV, one token)")
         ts = data.ratings["timestamp"].to_numpy(np.int64)
-        counts = Counter(t for title in data.movies["movie_title"] for t in tokenize(title))
+        counts = Counter(t for title in data.movies["movie_title"] for t in _tokens(str(title)))
         tokens = np.array(list(counts.keys()), dtype=object)
         freq = np.array(list(counts.values()), dtype=np.int64)
         # Keras sorts the UTF-8 bytes; byte order equals code-point order for valid UTF-8.
         order = np.lexsort((tokens.astype(str), freq))[::-1][: max_tokens - 2]
         return cls(
-            user_vocab=tuple(np.unique(data.ratings["user_id"].to_numpy(str)).tolist()),
+            user_vocab=tuple(np.unique(_distinct(data.ratings["user_id"]).astype(str)).tolist()),
             title_vocab=tuple(np.unique(data.movies["movie_title"].to_numpy(str)).tolist()),
             ts_boundaries=tuple(np.linspace(ts.min(), ts.max(), num=num_buckets).tolist()),
             ts_mean=float(ts.astype(np.float64).mean()),
@@ -149,7 +174,7 @@ class FeatureSpec:
     def title_tokens(self, titles: Iterable, length: int | None = None) -> np.ndarray:
         """[N] str -> [N, L] int64 token ids, 0-padded; L = longest title unless given."""
         table = {t: i + 2 for i, t in enumerate(self.token_vocab)}
-        rows = [[table.get(t, 1) for t in tokenize(s)] for s in _as_str_array(titles).ravel()]
+        rows = [[table.get(t, 1) for t in _tokens(s)] for s in _as_str_array(titles).ravel()]
         width = max((len(r) for r in rows), default=0) if length is None else length
         out = np.zeros((len(rows), width), dtype=np.int64)
         for i, r in enumerate(rows):
@@ -172,6 +197,30 @@ class FeatureSpec:
         """Candidate-tower inputs: title_index [N], title_tokens [N, L]."""
         titles = _as_str_array(titles)
         return {"title_index": self.title_index(titles), "title_tokens": self.title_tokens(titles)}
+
+    def encode_ratings(self, ratings: pd.DataFrame, corpus_titles: np.ndarray,
+                       corpus_features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The encoded inputs of every rating of ``ratings`` (a MovieLens ratings frame), equal to
+        ``encode_queries`` of its users and timestamps plus ``title_index`` and ``title_tokens``
+        (padded to the corpus' width) of its titles, but computed per distinct user and title:
+        a title's features are the corpus row's (``corpus_features`` of ``corpus_titles``, from
+        :meth:`encode_titles`), gathered by index.
+        """
+        user_codes, users = column_codes(ratings["user_id"])
+        title_codes, titles = column_codes(ratings["movie_title"])
+        timestamps = ratings["timestamp"].to_numpy(dtype=np.int64)
+        rows = _corpus_rows(titles, corpus_titles)
+        if (rows >= 0).all():
+            per_title = {k: corpus_features[k][rows] for k in ("title_index", "title_tokens")}
+        else:  # titles outside the corpus (a hand-built frame): encode them here
+            width = corpus_features["title_tokens"].shape[1]
+            per_title = {"title_index": self.title_index(titles),
+                         "title_tokens": self.title_tokens(titles, length=width)}
+        return {"user_index": self.user_index(users)[user_codes],
+                "ts_bucket": self.timestamp_bucket(timestamps),
+                "ts_norm": self.timestamp_normalized(timestamps),
+                "title_index": per_title["title_index"][title_codes],
+                "title_tokens": per_title["title_tokens"][title_codes]}
 
     # --- persistence ------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -8,7 +8,7 @@ import numpy as np
 
 from twostage.data.download import resolve_data_dir
 from twostage.data.features import FeatureSpec
-from twostage.data.movielens import MovieLens, load_movielens
+from twostage.data.movielens import MovieLens, load_movielens, object_column
 from twostage.data.split import Split, make_split
 
 from .config import Config
@@ -66,15 +66,14 @@ def from_movielens(movielens: MovieLens, config: Config) -> Dataset:
     """Fit the spec on ``movielens`` and encode every rating and the corpus."""
     spec = FeatureSpec.fit(movielens, num_buckets=config.data.num_buckets, max_tokens=config.data.max_tokens)
     r = movielens.ratings
-    user_id = r["user_id"].to_numpy(dtype=object)
+    # Object arrays of shared str objects (one per distinct user / title): what the TFRS backend
+    # feeds its string lookups; the torch backend reads ``features`` only.
+    user_id = object_column(r["user_id"])
     timestamp = r["timestamp"].to_numpy(dtype=np.int64)
-    movie_title = r["movie_title"].to_numpy(dtype=object)
+    movie_title = object_column(r["movie_title"])
     corpus_titles = movielens.movies["movie_title"].to_numpy(dtype=object)
     corpus_features = spec.encode_titles(corpus_titles)
-    width = corpus_features["title_tokens"].shape[1]
-    features = {**spec.encode_queries(user_id, timestamp),
-                "title_index": spec.title_index(movie_title),
-                "title_tokens": spec.title_tokens(movie_title, length=width)}
+    features = spec.encode_ratings(r, corpus_titles, corpus_features)
     return Dataset(
         movielens=movielens, spec=spec,
         split=make_split(config.data.split, timestamp, seed=config.seed,

@@ -382,3 +382,69 @@ def _movielens(timestamps, titles) -> MovieLens:
 
 def _spec_for(timestamps, titles, **kw) -> FeatureSpec:
     return FeatureSpec.fit(_movielens(timestamps, titles), **kw)
+
+
+# --- fitted once per distinct value -------------------------------------------------------------
+def _per_rating(spec: FeatureSpec, ratings: pd.DataFrame, width: int) -> dict[str, np.ndarray]:
+    """What encoding every rating on its own gives (the reference for encode_ratings)."""
+    user_id = ratings["user_id"].to_numpy(dtype=object)
+    titles = ratings["movie_title"].to_numpy(dtype=object)
+    return {**spec.encode_queries(user_id, ratings["timestamp"].to_numpy(np.int64)),
+            "title_index": spec.title_index(titles),
+            "title_tokens": spec.title_tokens(titles, length=width)}
+
+
+def _assert_same_arrays(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key].dtype == want[key].dtype and got[key].shape == want[key].shape, key
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+@pytest.mark.parametrize("layout, dataset", [("100k", "100k"), ("1m", "1m"), ("csv", "25m")])
+def test_encode_ratings_equals_per_rating_encoding(tmp_path, layout, dataset):
+    from twostage.data.movielens import load_movielens
+    from twostage.data.synthetic import generate
+    ml = load_movielens(generate(tmp_path, layout=layout, realistic=layout != "100k",
+                                 num_users=70, num_movies=60, num_ratings=900, seed=1),
+                        dataset=dataset)
+    spec = FeatureSpec.fit(ml, max_tokens=40)  # few tokens: out-of-vocabulary ones too
+    corpus = ml.movies["movie_title"].to_numpy(dtype=object)
+    corpus_features = spec.encode_titles(corpus)
+    got = spec.encode_ratings(ml.ratings, corpus, corpus_features)
+    _assert_same_arrays(got, _per_rating(spec, ml.ratings, corpus_features["title_tokens"].shape[1]))
+
+
+def test_encode_ratings_of_titles_outside_the_corpus():
+    """A hand-built frame (plain columns, a title the corpus lacks) is encoded the same way."""
+    ml = _movielens([10, 20, 30, 40], ["a b c", "d"])
+    ratings = ml.ratings.assign(movie_title=["a b c", "zz yy", "d", "a b c"])
+    spec = FeatureSpec.fit(ml)
+    corpus = ml.movies["movie_title"].to_numpy(dtype=object)
+    corpus_features = spec.encode_titles(corpus)
+    got = spec.encode_ratings(ratings, corpus, corpus_features)
+    _assert_same_arrays(got, _per_rating(spec, ratings, 3))
+    assert got["title_index"].tolist() == [1, 0, 2, 1]
+
+
+def test_titles_tokenised_once_per_movie_and_users_looked_up_once(tmp_path, monkeypatch):
+    """Fit plus encoding of every rating: one tokenisation per distinct title, one vocabulary
+    lookup per distinct user, whatever the number of ratings."""
+    from twostage.config import Config
+    from twostage.data import features
+    from twostage.dataset import from_movielens
+    from twostage.data.movielens import load_movielens
+    from twostage.data.synthetic import generate
+    ml = load_movielens(generate(tmp_path, num_users=50, num_movies=40, num_ratings=4000))
+    standardized, looked_up = [], []
+    real_standardize, real_lookup = features.standardize, features._lookup
+    monkeypatch.setattr(features, "standardize", lambda t: standardized.append(t)
+                        or real_standardize(t))
+    monkeypatch.setattr(features, "_lookup", lambda vocab, values: looked_up.append(
+        len(list(values))) or real_lookup(vocab, values))
+    features._tokens.cache_clear()
+    dataset = from_movielens(ml, Config.of())
+    assert sorted(standardized) == sorted(set(ml.movies["movie_title"]))
+    assert max(looked_up) < 4000  # lookups of the distinct users and titles, never per rating
+    assert ml.ratings["user_id"].nunique() in looked_up
+    assert len(dataset.features["user_index"]) == 4000
