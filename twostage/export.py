@@ -62,6 +62,11 @@ def load_run_backend(run, backend: str | None = None):
     name, folder = run.backend_dir(backend)
     config = stored_config(folder).replace(device="cpu", nproc=1, compile=False,
                                            cuda_graphs=False)
+    unsupported = [f"model.{f}" for f in ("genres", "history") if getattr(config.model, f)]
+    if unsupported:  # their inputs come from the data (genres per title, history per user)
+        raise ValueError(f"{folder} was trained with {' and '.join(unsupported)}; the serving "
+                         "exports carry the seed's features only (user id, timestamp, title): "
+                         "export a run trained without them")
     stages = _stored_stages(folder)
     if stages is not None and "ranking" not in stages:
         raise ValueError(f"{folder} holds no ranking stage (stages: {stages}); an export "

@@ -261,3 +261,18 @@ def test_run_without_a_ranking_stage_is_refused(run_dir, tmp_path, capsys):
                  str(tmp_path / "x")]) == 1
     assert "no ranking stage" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("feature", ["genres", "history"])
+def test_runs_with_data_features_are_refused(run_dir, tmp_path, monkeypatch, capsys, feature):
+    """Genre and history inputs come from the data, which an export does not carry."""
+    import twostage.checkpoint as checkpoint
+
+    stored = checkpoint.stored_config
+    monkeypatch.setattr(checkpoint, "stored_config",
+                        lambda folder: stored(folder).replace(**{feature: True}))
+    capsys.readouterr()
+    assert main(["export", "--run", str(run_dir), "--to", "torch", "--out",
+                 str(tmp_path / "x")]) == 1
+    assert f"trained with model.{feature}" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
