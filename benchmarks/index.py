@@ -36,9 +36,10 @@ Per catalog size:
   on raw inner products and with the MIPS-to-L2 augmentation (efSearch sweep, same graph
   settings); sq): build seconds, memory (``Index.serialized_bytes``: what the index holds; and
   the growth of this process's resident memory over the build), and per search setting
-  recall@10 (of a k=10 search) and recall@100 (of a k=100 search) against the ground truth,
-  queries/s of the k=100 search with one batch of all ``--queries`` (best of up to 3 runs) and
-  with ``--single-queries`` batches of one;
+  recall@100 of a k=100 search against the ground truth and recall@10 of its first 10 rows
+  (HNSW, whose walk depends on k: of a k=10 search), queries/s of the k=100 search with one
+  batch of all ``--queries`` (best of up to 3 runs) and with ``--single-queries`` batches of
+  one (fewer if they take over 30 s: ``single_queries`` says how many ran);
 - TFRS's ``BruteForce`` layer on the same catalog and queries, in a child process (the only
   TensorFlow use): its [Q, N] score matrix is computed in query chunks of at most 1 GiB.
 
@@ -48,10 +49,12 @@ defaults: nlist the FAISS guideline 4*sqrt(N), HNSW M and efConstruction). A var
 build is estimated (from the previous sizes, see ``estimate_build_s``) to exceed ``--budget-s``
 is skipped at that size and the JSON and output say so.
 
-Writes ``OUT/index.json`` (after every size, atomically: a killed run keeps the finished sizes),
-``OUT/index.png`` (recall@100 against queries/s per size) and ``OUT/index.md`` (the table),
-prints the table and the issue's targets with pass / miss. FAISS uses ``--threads`` OpenMP
-threads (default: every core).
+Writes ``OUT/index.json`` after every variant (atomically; a size still running has
+``"complete": false``, so a killed run keeps what it measured; a variant that raises is listed
+under ``failed`` and the run goes on), ``OUT/index.png`` (recall@100 against queries/s per size)
+and ``OUT/index.md`` (the table) after every size, ``OUT/embeddings.npz`` at the start; prints
+progress lines to stderr, then the table and the issue's targets with pass / miss. FAISS uses
+``--threads`` OpenMP threads (default: every core).
 """
 from __future__ import annotations
 
@@ -79,6 +82,8 @@ NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 EF_SEARCHES = (16, 32, 64, 128, 256, 512)
 FLOOR_BLOCKS = (1024, 4096, 16384)   # catalog rows per block of the GEMM floor
 TFRS_CHUNK_BYTES = 1 << 30
+SINGLE_BUDGET_S = 30.0     # batches of one: stop after this long per setting ...
+MIN_SINGLES = 20           # ... once this many ran
 ONE_GIB = 1 << 30
 # Build-time growth with the catalog size N when only one earlier size is known: flat and sq
 # copy / train on a sample (N), IVF assigns N vectors to 4*sqrt(N) cells (N^1.5), HNSW inserts
@@ -265,12 +270,18 @@ def best_time(fn: Callable[[], object], budget_s: float = 5.0, repeats: int = 3
     return min(times), result
 
 
-def singles_s(search: Callable[[np.ndarray], object], queries: np.ndarray) -> float:
-    """Seconds for ``queries`` searched one at a time (batches of one)."""
-    t = time.perf_counter()
+def singles_qps(search: Callable[[np.ndarray], object], queries: np.ndarray,
+                budget_s: float = SINGLE_BUDGET_S) -> tuple[float, int]:
+    """(queries/s, how many ran) of ``queries`` searched one at a time (batches of one), in
+    order, stopping early once ``budget_s`` is spent and ``MIN_SINGLES`` ran (an exhaustive
+    scan of 10 million items takes seconds per query)."""
+    t, done = time.perf_counter(), 0
     for q in queries:
         search(q[None, :])
-    return time.perf_counter() - t
+        done += 1
+        if done >= MIN_SINGLES and time.perf_counter() - t > budget_s:
+            break
+    return done / (time.perf_counter() - t), done
 
 
 def rss_bytes() -> int | None:
@@ -328,12 +339,14 @@ def measure_search(index, ctx: Context) -> dict:
     """Recall@10, recall@100 and queries/s (one batch of all queries; batches of one)."""
     index.search(ctx.queries[:10], K)                                  # warm-up
     batch_s, (_, rows100) = best_time(lambda: index.search(ctx.queries, K))
-    _, rows10 = index.search(ctx.queries, 10)
-    one_s = singles_s(lambda q: index.search(q, K), ctx.singles)
+    # Scans rank the same cells or codes whatever k, so their top 10 is the top-100's head;
+    # HNSW's walk depends on k, so it searches again.
+    rows10 = index.search(ctx.queries, 10)[1] if index.kind == "hnsw" else rows100[:, :10]
+    qps_single, singles = singles_qps(lambda q: index.search(q, K), ctx.singles)
     return {"recall_at_10": recall(rows10, ctx.truth, 10),
             "recall_at_100": recall(rows100, ctx.truth, K),
             "qps_batch": len(ctx.queries) / batch_s, "batch_s": batch_s,
-            "qps_single": len(ctx.singles) / one_s}
+            "qps_single": qps_single, "single_queries": singles}
 
 
 def measure_variant(variant: Variant, ctx: Context) -> list[dict]:
@@ -372,7 +385,7 @@ def measure_variant(variant: Variant, ctx: Context) -> list[dict]:
 # --- TFRS BruteForce, in a child process ----------------------------------------------------
 def tfrs_child(folder: Path, singles: int) -> int:
     """``--tfrs-child``: BruteForce over ``folder``/catalog.npy, searched with queries.npy;
-    writes result.npz (rows at k=10 and k=100) and prints one JSON line of seconds."""
+    writes rows100.npy (its top-100 rows) and prints one JSON line of timings."""
     import tensorflow as tf
     import tensorflow_recommenders as tfrs
 
@@ -382,22 +395,21 @@ def tfrs_child(folder: Path, singles: int) -> int:
     layer = tfrs.layers.factorized_top_k.BruteForce(k=K)
     layer.index(tf.constant(catalog))
     build_s = time.perf_counter() - t
-    search = {k: tf.function(lambda q, k=k: layer(q, k=k), input_signature=[
-        tf.TensorSpec([None, catalog.shape[1]], tf.float32)]) for k in (10, K)}
+    search = tf.function(lambda q: layer(q, k=min(K, len(catalog))), input_signature=[
+        tf.TensorSpec([None, catalog.shape[1]], tf.float32)])
     chunk = int(max(1, min(len(queries), TFRS_CHUNK_BYTES // (4 * len(catalog)))))
 
-    def batched(k: int) -> np.ndarray:
-        return np.concatenate([search[k](queries[i: i + chunk])[1].numpy()
+    def batched() -> np.ndarray:
+        return np.concatenate([search(queries[i: i + chunk])[1].numpy()
                                for i in range(0, len(queries), chunk)])
 
-    batched(K)                                                           # trace, warm up
-    batch_s, rows100 = best_time(lambda: batched(K))
-    rows10 = batched(10)
-    search[K](queries[:1])
-    one_s = singles_s(lambda q: search[K](q)[1].numpy(), queries[:singles])
-    np.savez(folder / "result.npz", rows10=rows10, rows100=rows100)
-    print(json.dumps({"build_s": build_s, "batch_s": batch_s, "single_s": one_s,
-                      "chunk": chunk}))
+    batched()                                                            # trace, warm up
+    batch_s, rows100 = best_time(batched)
+    search(queries[:1])
+    qps_single, done = singles_qps(lambda q: search(q)[1].numpy(), queries[:singles])
+    np.save(folder / "rows100.npy", rows100)
+    print(json.dumps({"build_s": build_s, "batch_s": batch_s, "qps_single": qps_single,
+                      "single_queries": done, "chunk": chunk}))
     return 0
 
 
@@ -416,24 +428,25 @@ def measure_tfrs(ctx: Context, out: Path) -> list[dict]:
             raise RuntimeError(f"the TFRS BruteForce child failed ({done.returncode}):\n"
                                f"{done.stderr[-3000:]}")
         seconds = json.loads(done.stdout.strip().splitlines()[-1])
-        with np.load(folder / "result.npz") as z:
-            rows10, rows100 = z["rows10"], z["rows100"]
+        rows100 = np.load(folder / "rows100.npy")
     ctx.history.setdefault("tfrs_bruteforce", []).append((len(ctx.catalog), seconds["build_s"]))
     row = {"variant": "tfrs_bruteforce", "kind": "tfrs", "params": {"k": K},
            "build_s": seconds["build_s"], "index_bytes": int(ctx.catalog.nbytes),
            "rss_delta_bytes": None, "setting": "query_chunk", "value": seconds["chunk"],
-           "recall_at_10": recall(rows10, ctx.truth, 10),
+           "recall_at_10": recall(rows100[:, :10], ctx.truth, 10),
            "recall_at_100": recall(rows100, ctx.truth, K),
            "qps_batch": len(ctx.queries) / seconds["batch_s"], "batch_s": seconds["batch_s"],
-           "qps_single": len(ctx.singles) / seconds["single_s"]}
+           "qps_single": seconds["qps_single"], "single_queries": seconds["single_queries"]}
     _step(f"  {_label(row)}: recall@100 {row['recall_at_100']:.3f}, {row['qps_batch']:,.0f} q/s "
           f"batched, {row['qps_single']:,.0f} q/s single")
     return [row]
 
 
 def measure_size(items: int, seed_rows: np.ndarray, queries: np.ndarray, args,
-                 chosen: dict[str, Variant], history: dict, out: Path) -> dict:
-    """Everything measured at one catalog size."""
+                 chosen: dict[str, Variant], history: dict, out: Path,
+                 on_variant: Callable[[dict], None] = lambda result: None) -> dict:
+    """Everything measured at one catalog size; ``on_variant(result so far)`` after each
+    variant (the driver writes the JSON then, so a killed run keeps what it measured)."""
     _step(f"[{items:,} items] building the catalog")
     catalog = enlarge(seed_rows, items, args.seed + 1)
     t = time.perf_counter()
@@ -449,7 +462,7 @@ def measure_size(items: int, seed_rows: np.ndarray, queries: np.ndarray, args,
               "gemm_floor": {"seconds": floor_s, "queries": len(queries),
                              "block_rows": floor_block, "flops": 2.0 * len(queries) * items
                              * catalog.shape[1]},
-              "rows": [], "skipped": []}
+              "rows": [], "skipped": [], "failed": [], "complete": False}
     jobs = [(name, v.kind, lambda v=v: measure_variant(v, ctx)) for name, v in chosen.items()]
     if args.tfrs:
         jobs.append(("tfrs_bruteforce", "tfrs", lambda: measure_tfrs(ctx, out)))
@@ -460,10 +473,16 @@ def measure_size(items: int, seed_rows: np.ndarray, queries: np.ndarray, args,
             _step(f"  {name}: skipped, {why}")
             continue
         _step(f"[{items:,} items] {name}")
-        result["rows"].extend(job())
-    exact = _flat(result)
-    if exact:
-        result["exact_over_floor"] = exact["batch_s"] / floor_s
+        try:
+            result["rows"].extend(job())
+        except Exception as e:          # one variant failing must not lose the others' hours
+            result["failed"].append({"variant": name, "error": f"{type(e).__name__}: {e}"})
+            _step(f"  {name}: FAILED, {type(e).__name__}: {e}")
+        exact = _flat(result)
+        if exact:
+            result["exact_over_floor"] = exact["batch_s"] / floor_s
+        on_variant(result)
+    result["complete"] = True
     return result
 
 
@@ -564,6 +583,8 @@ def table(sizes: dict[str, dict]) -> str:
                              f"{floor['queries'] / floor['seconds']:,.0f} | | | |")
         for s in size["skipped"]:
             lines.append(f"| {n} | {s['variant']} | skipped: {s['reason']} | | | | | | |")
+        for s in size.get("failed", []):
+            lines.append(f"| {n} | {s['variant']} | failed: {s['error']} | | | | | | |")
     return "\n".join(lines)
 
 
@@ -675,11 +696,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.tfrs_child:
         return tfrs_child(Path(args.tfrs_child), args.single_queries)
     env.setup_process()
-    import faiss
-    faiss.omp_set_num_threads(args.threads)
     chosen = chosen_variants(args)
     out = io.ensure_writable_dir(args.out, "--out")
     seed_rows, queries, facts = embeddings(args)
+    import faiss
+    faiss.omp_set_num_threads(args.threads)   # after training: torch sets OpenMP's count too
     io.write_with(out / "embeddings.npz", lambda tmp: np.savez(
         tmp, seed_rows=seed_rows, queries=queries, facts=np.array(json.dumps(facts))))
     args.single_queries = min(args.single_queries, len(queries))
@@ -694,13 +715,15 @@ def main(argv: list[str] | None = None) -> int:
               "sizes": {}}
     history: dict = {}
     for items in args.items:
-        report["sizes"][str(items)] = measure_size(items, seed_rows, queries, args, chosen,
-                                                   history, out)
-        report["targets"] = targets(report["sizes"])
-        io.write_json(out / "index.json", report)
+        def partial(result: dict, items: int = items) -> None:
+            report["sizes"][str(items)] = result
+            report["targets"] = targets(report["sizes"])
+            io.write_json(out / "index.json", report)
+
+        partial(measure_size(items, seed_rows, queries, args, chosen, history, out, partial))
         plot(report["sizes"], out / "index.png")
         io.write_text(out / "index.md", table(report["sizes"]) + "\n")
-        _step(f"[{items:,} items] done; wrote {out / 'index.json'}")
+        _step(f"[{items:,} items] done; wrote {out / 'index.json'}, index.png, index.md")
     print(table(report["sizes"]))
     print()
     for t in report["targets"]:

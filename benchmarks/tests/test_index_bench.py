@@ -23,7 +23,7 @@ def tiny_run(tmp_path_factory):
 def test_tiny_run_measures_every_kind_against_exact_search(tiny_run, capsys):
     out, report = tiny_run
     size = report["sizes"]["3000"]
-    assert size["items"] == 3000 and size["skipped"] == []
+    assert size["items"] == 3000 and size["skipped"] == size["failed"] == [] and size["complete"]
     expected = set(bench.variants(32)) | {"tfrs_bruteforce"}
     assert {r["variant"] for r in size["rows"]} == expected
     assert {r["kind"] for r in size["rows"]} == {"flat", "ivf", "ivfpq", "hnsw", "sq", "tfrs"}
@@ -32,7 +32,7 @@ def test_tiny_run_measures_every_kind_against_exact_search(tiny_run, capsys):
         by.setdefault(r["variant"], []).append(r)
         assert 0.0 <= r["recall_at_10"] <= 1.0 and 0.0 <= r["recall_at_100"] <= 1.0
         assert r["qps_batch"] > 0 and r["qps_single"] > 0 and r["build_s"] >= 0
-        assert r["index_bytes"] > 0
+        assert r["index_bytes"] > 0 and r["single_queries"] == 10
     for exact in ("flat", "tfrs_bruteforce"):      # both exact: they find the ground truth
         assert by[exact][0]["recall_at_10"] == 1.0
         assert by[exact][0]["recall_at_100"] >= 0.999
@@ -109,6 +109,7 @@ def test_build_estimates_and_the_budget_skip(tmp_path, capsys):
     assert skip["variant"] == "hnsw" and skip["reason"].startswith(
         "estimated build 1,149 s exceeds --budget-s 900 (built in 500.0 s at 1,000 items)")
     assert history["flat"][0][0] == 2000              # measured builds feed the next size
+    assert size["complete"] and size["failed"] == []
     assert "hnsw | skipped: estimated build" in bench.table({"2000": size})
     assert "skipped" in capsys.readouterr().err
 
@@ -151,3 +152,34 @@ def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="unknown variant.*annoy"):
         bench.main(["--items", "2000", "--synthetic", "--kinds", "annoy", "--out",
                     str(tmp_path)])
+
+
+def test_a_failing_variant_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    real = bench.measure_variant
+
+    def flaky(variant, ctx):
+        if variant.name == "ivf":
+            raise MemoryError("no room")
+        return real(variant, ctx)
+
+    monkeypatch.setattr(bench, "measure_variant", flaky)
+    assert bench.main(["--items", "2000", "--kinds", "flat", "ivf", "sq", "--no-tfrs",
+                       "--out", str(tmp_path), *TINY]) == 0
+    size = json.loads((tmp_path / "index.json").read_text())["sizes"]["2000"]
+    assert [r["variant"] for r in size["rows"]] == ["flat", "sq"]
+    assert size["failed"] == [{"variant": "ivf", "error": "MemoryError: no room"}]
+    assert "ivf | failed: MemoryError: no room" in (tmp_path / "index.md").read_text()
+
+
+def test_single_queries_stop_once_the_time_is_spent():
+    import time
+    calls = []
+
+    def slow(q):
+        calls.append(q.shape)
+        time.sleep(0.002)
+
+    qps, done = bench.singles_qps(slow, np.zeros((50, 4), np.float32), budget_s=0.01)
+    assert done == len(calls) == bench.MIN_SINGLES and calls[0] == (1, 4)   # batches of one
+    assert 0 < qps < 500
+    assert bench.singles_qps(lambda q: None, np.zeros((30, 4), np.float32))[1] == 30
