@@ -15,6 +15,8 @@ Typical use::
 
     index = make_index(config).add(candidate_embeddings)      # [M, D] float32
     scores, rows = index.search(query_embeddings, k)           # [N, k'] float32, int64
+    index.set_search(nprobe=32)                                # ivf/ivfpq (hnsw: ef_search)
+    index.serialized_bytes()                                   # what it holds
     index.save(path)
     index = Index.load(path, expect_dim=D, expect_ntotal=M)    # the stored kind's class
 

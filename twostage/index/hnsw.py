@@ -25,8 +25,11 @@ class HNSWIndex(Index):
         (|q|^2 + R^2 - distance) / 2 (float64, then float32). Measured on Gaussian embeddings
         whose norms vary (4,000 x 16, M=8, efConstruction 40): recall@10 0.54 augmented against
         0.99 raw at efSearch 64 (the augmented points crowd a sphere cap, all distances near
-        R^2, which misleads the greedy graph walk), so it is not the default; whether it helps
-        on a trained model's embeddings is for ``benchmarks.index`` to measure.
+        R^2, which misleads the greedy graph walk), so it is not the default. On a trained
+        model's embeddings it is the other way round: ``benchmarks.index`` (torch, 5 retrieval
+        epochs on ml-100k, catalogue enlarged to 100,000 items as TFRS's efficient-serving
+        example does, M=32, efConstruction 40) measured recall@100 0.90 augmented against 0.31
+        raw at efSearch 128, and 0.99 against 0.40 at efSearch 512.
       mips_radius: R, fixed by the first ``add`` (stored, so a loaded index encodes the same
         way); later candidates longer than R are refused: add the whole catalogue at once.
 
