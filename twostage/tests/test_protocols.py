@@ -247,8 +247,10 @@ def test_pipeline_exclude_seen_equals_brute_force(trained, synthetic_dataset, sm
             assert report["standard_error"][name][k] == pytest.approx(math.sqrt(p * (1 - p) / n))
 
 
-def test_two_stage_candidates_exclude_the_seen_titles(trained, synthetic_dataset, small_config):
+def test_two_stage_candidates_exclude_the_seen_titles(trained, synthetic_dataset, small_config,
+                                                     monkeypatch):
     from twostage import pipeline
+    monkeypatch.setattr(pipeline, "UNSEEN_SUB_BATCH", 7)   # several sub-batches per block
     ds = synthetic_dataset
     rows = ds.split.test[:80]
     seen = training_sets(ds)
