@@ -5,7 +5,7 @@ within the group 4 ones (the learned temperature and the sampled negatives go th
 import numpy as np
 import pytest
 
-from twostage.recipes import epoch_negatives, raw_negatives
+from twostage.recipes import HISTORY, RecipeData, epoch_negatives, raw_negatives
 
 from . import checks
 from .tolerances import FORWARD_ATOL, FORWARD_RTOL, TRAJECTORY_LEARNING_RATE
@@ -24,13 +24,31 @@ RECIPES = {
     "mixed_negatives_all": {"mixed_negatives": 128, "use_sampling_probability": True,
                             "remove_accidental_hits": True, "num_hard_negatives": 30,
                             "normalize": True, "temperature": 0.1, "learn_temperature": True},
+    "genres": {"genres": True},
+    "history": {"history": True},
+    "everything": {"genres": True, "history": True, "mixed_negatives": 64,
+                   "use_sampling_probability": True, "normalize": True, "temperature": 0.1,
+                   "learn_temperature": True},
 }
+
+
+def _pair(dataset, config):
+    """:func:`checks.make_pair` with the training dataset's recipe lookups attached to both."""
+    pair = checks.make_pair(dataset, config)
+    recipe = RecipeData.from_dataset(dataset, config)
+    pair.torch.attach_recipe_data(recipe)
+    pair.tfrs.attach_recipe_data(recipe)
+    return pair
 
 
 def _batches(dataset, config, steps):
     """The first ``steps`` shared batches, with the mixed negatives fit draws for them."""
     rows = checks.training_batches(dataset, config, steps)
     out = [checks.raw_batch(dataset, r, config) for r in rows]
+    recipe = RecipeData.from_dataset(dataset, config)
+    for batch in out:
+        if config.model.history:
+            batch[HISTORY] = recipe.histories(batch["user_id"], batch["timestamp"])
     n = config.task.mixed_negatives
     if n:
         vocab = dataset.spec.title_vocab
@@ -49,20 +67,21 @@ def _batch(dataset, config):
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_recipe_loss_and_gradients(dataset, config, recipe):
     cfg = config.replace(**RECIPES[recipe])
-    pair = checks.make_pair(dataset, cfg)
+    pair = _pair(dataset, cfg)
     checks.check_loss_and_gradients(pair, "retrieval", _batch(dataset, cfg))
 
 
-@pytest.mark.parametrize("recipe", ["cosine_learned_temperature", "mixed_negatives_logq"])
+@pytest.mark.parametrize("recipe", ["cosine_learned_temperature", "mixed_negatives_logq",
+                                    "everything"])
 def test_recipe_trajectory(dataset, config, recipe):
     cfg = config.replace(learning_rate=TRAJECTORY_LEARNING_RATE, **RECIPES[recipe])
-    pair = checks.make_pair(dataset, cfg)
+    pair = _pair(dataset, cfg)
     checks.check_trajectory(pair, "retrieval", _batches(dataset, cfg, RECIPE_STEPS))
 
 
 def test_cosine_embeddings_are_unit_vectors_in_both(dataset, config, eval_rows):
     cfg = config.replace(normalize=True, temperature=0.05)
-    pair = checks.make_pair(dataset, cfg)
+    pair = _pair(dataset, cfg)
     checks.check_forward(pair, dataset, eval_rows[:512])
     for side in (pair.torch, pair.tfrs):
         q = side.query_embeddings(dataset.user_id[eval_rows[:512]],
@@ -77,7 +96,7 @@ def test_sampled_negatives_change_the_loss(dataset, config):
     """The extra columns are scored (a batch without them has another loss in both backends),
     and a sampled title equal to a row's positive is masked, not counted as a negative."""
     cfg = config.replace(mixed_negatives=64)
-    pair = checks.make_pair(dataset, cfg)
+    pair = _pair(dataset, cfg)
     batch = _batch(dataset, cfg)
     plain = {k: v for k, v in batch.items() if not k.startswith("negative_")}
     for side in (pair.torch, pair.tfrs):
@@ -90,3 +109,10 @@ def test_sampled_negatives_change_the_loss(dataset, config):
     titles[:8] = batch["movie_title"][:8]
     hit = dict(batch, negative_titles=titles)
     checks.check_loss_and_gradients(pair, "retrieval", hit)
+
+
+@pytest.mark.parametrize("recipe", ["genres", "history"])
+def test_recipe_forward(dataset, config, eval_rows, recipe):
+    """Embeddings of the test rows (their histories looked up by each backend) and the corpus."""
+    pair = _pair(dataset, config.replace(**RECIPES[recipe]))
+    checks.check_forward(pair, dataset, eval_rows[:1024])

@@ -28,10 +28,10 @@ from twostage.config import Config
 from twostage.data.features import FeatureSpec
 from twostage.dataset import Dataset, check_same_spec, check_spec_matches_config
 from twostage.group import SingleProcess
-from twostage.recipes import refuse_in_parallel
+from twostage.recipes import RecipeData, attach_recipe_data, refuse_in_parallel
 
 from . import checkpoint, distributed, index as index_lib, models, optim, tasks, train
-from .features import to_tensors
+from .features import query_arrays, to_tensors
 
 # "section.field" -> the values this backend honours.
 SUPPORTED: dict[str, tuple] = {"index.kind": ("flat",), "train.device": ("cpu",),
@@ -104,6 +104,7 @@ class TfrsBackend:
         self.epochs_done: dict[str, int] = {stage: int(epochs_done.get(stage, 0))
                                             for stage in STAGES}
         self.group = SingleProcess()  # MirroredStrategy replicas live in this one process
+        self.recipe: RecipeData | None = None  # genre / history lookups (twostage.recipes)
         self._index = None
         self._corpus_attached = False
 
@@ -111,6 +112,13 @@ class TfrsBackend:
     def models(self) -> dict:
         """The two tfrs.models.Model, by stage."""
         return {"retrieval": self.retrieval_model, "ranking": self.ranking_model}
+
+    def attach_recipe_data(self, recipe: RecipeData | None) -> None:
+        """The towers' genre table and user histories (``twostage.recipes``): fit_retrieval
+        attaches its dataset's; a loaded checkpoint has none (they are not stored)."""
+        if recipe is not None:
+            attach_recipe_data(self.retrieval_model, recipe)
+        self.recipe, self._index = recipe, None
 
     # --- training ------------------------------------------------------------------------------
     def _trainable(self, stage: str):
@@ -123,6 +131,7 @@ class TfrsBackend:
     def fit_retrieval(self, dataset: Dataset, epochs: int | None = None,
                       on_epoch: EpochCallback | None = None) -> History:
         check_same_spec(dataset, self.spec)
+        self.attach_recipe_data(RecipeData.from_dataset(dataset, self.config))
         if not self._corpus_attached:  # Keras collects the metrics when fit builds its functions
             with distributed.scope(self.strategy):  # metric variables belong to the strategy
                 tasks.attach_corpus_metrics(self.retrieval_model, dataset.corpus_titles)
@@ -130,7 +139,7 @@ class TfrsBackend:
         self._index = None  # the towers change; a built index would be stale
         return train.fit_retrieval(self._trainable("retrieval"), dataset, self.config, epochs,
                                    epochs_done=self.epochs_done, on_epoch=on_epoch,
-                                   strategy=self.strategy)
+                                   strategy=self.strategy, recipe=self.recipe)
 
     def fit_ranking(self, dataset: Dataset, epochs: int | None = None,
                     on_epoch: EpochCallback | None = None) -> History:
@@ -152,11 +161,10 @@ class TfrsBackend:
     # --- inference -----------------------------------------------------------------------------
     def query_embeddings(self, user_ids: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
         """[N] str, [N] int64 -> [N, D] float32."""
-        user_ids = np.asarray(user_ids, dtype=object)
-        timestamps = np.asarray(timestamps, dtype=np.int64)
+        arrays = query_arrays(self.config, self.recipe, user_ids, timestamps)
         bs = self.config.eval.eval_batch_size
         parts = [self.retrieval_model.query_model(to_tensors(
-                     {"user_id": user_ids[i: i + bs], "timestamp": timestamps[i: i + bs]})).numpy()
+                     {k: v[i: i + bs] for k, v in arrays.items()})).numpy()
                  for i in range(0, len(user_ids), bs)]
         return (np.concatenate(parts) if parts else
                 np.zeros((0, self.config.model.layer_sizes[-1]), np.float32)).astype(np.float32)
@@ -180,8 +188,9 @@ class TfrsBackend:
         if self._index is None:
             raise RuntimeError("no index: call build_index(dataset.corpus_titles) first (and "
                                "again after training)")
+        history = query_arrays(self.config, self.recipe, user_ids, timestamps).get("history")
         scores, rows = index_lib.query(self._index, user_ids, timestamps, k,
-                                       self.config.eval.eval_batch_size)
+                                       self.config.eval.eval_batch_size, history=history)
         return scores, rows.astype(np.int64)
 
     def ranking_scores(self, user_ids: np.ndarray, timestamps: np.ndarray, titles: np.ndarray

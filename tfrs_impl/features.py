@@ -18,11 +18,15 @@ import tensorflow as tf
 
 from twostage.data.features import FeatureSpec
 from twostage.dataset import Dataset
-from twostage.recipes import NEGATIVE_PROBABILITY, NEGATIVE_TITLES, negative_sampling_probability
+from twostage.config import Config
+from twostage.recipes import (HISTORY, NEGATIVE_PROBABILITY, NEGATIVE_TITLES, RecipeData,
+                              negative_sampling_probability, not_attached)
 from twostage.sampling import SAMPLING_PROBABILITY, candidate_sampling_probability
 
 layers = tf.keras.layers
 STRING_KEYS: tuple[str, ...] = ("user_id", "movie_title", NEGATIVE_TITLES)
+INT_KEYS: tuple[str, ...] = ("timestamp", HISTORY)
+QUERY_KEYS: tuple[str, ...] = ("user_id", "timestamp", HISTORY)  # what the query tower reads
 Batch = dict[str, tf.Tensor]
 
 
@@ -96,14 +100,14 @@ def _strings(values: np.ndarray) -> tf.Tensor:
 
 def to_tensors(batch: Mapping[str, np.ndarray]) -> Batch:
     """Raw numpy batch -> tensors with the dtypes the models expect: ``user_id`` /
-    ``movie_title`` [N] tf.string, ``timestamp`` [N] int64, anything else (label, sampling
-    probability, sample weight) [N] float32."""
+    ``movie_title`` (/ ``negative_titles``) [N] tf.string, ``timestamp`` [N] and ``history``
+    [N, H] int64, anything else (label, sampling probabilities, sample weight) [N] float32."""
     out = {}
     for key, value in batch.items():
         value = np.asarray(value)
         if key in STRING_KEYS:
             out[key] = _strings(value)
-        elif key == "timestamp":
+        elif key in INT_KEYS:
             out[key] = tf.constant(value.astype(np.int64))
         else:
             out[key] = tf.constant(value.astype(np.float32))
@@ -111,16 +115,38 @@ def to_tensors(batch: Mapping[str, np.ndarray]) -> Batch:
 
 
 # --- tf.data input columns ---------------------------------------------------------------------
-def feature_columns(dataset: Dataset, with_sampling_probability: bool = False) -> Batch:
+def feature_columns(dataset: Dataset, with_sampling_probability: bool = False,
+                    history: np.ndarray | None = None) -> Batch:
     """All rating rows as constant tensors: user_id/movie_title string, timestamp int64,
-    label float32 [N] (+ candidate_sampling_probability float32 [N], twostage.sampling)."""
+    label float32 [N] (+ candidate_sampling_probability float32 [N], twostage.sampling; +
+    ``history`` [N, H] int64 when given: twostage.recipes.history_column)."""
     columns = {"user_id": tf.constant(dataset.user_id.astype(str)),
                "timestamp": tf.constant(dataset.timestamp.astype(np.int64)),
                "movie_title": tf.constant(dataset.movie_title.astype(str)),
                "label": tf.constant(dataset.label.astype(np.float32))}
     if with_sampling_probability:
         columns[SAMPLING_PROBABILITY] = tf.constant(candidate_sampling_probability(dataset))
+    if history is not None:
+        columns[HISTORY] = tf.constant(np.asarray(history, dtype=np.int64))
     return columns
+
+
+def query_inputs(features: Mapping[str, tf.Tensor]) -> Batch:
+    """The query tower's inputs of a batch: user_id, timestamp (and history when present)."""
+    return {k: features[k] for k in QUERY_KEYS if k in features}
+
+
+def query_arrays(config: Config, recipe: RecipeData | None, user_ids: np.ndarray,
+                 timestamps: np.ndarray) -> dict[str, np.ndarray]:
+    """Raw query columns of [N] user ids and timestamps, plus the ``history`` [N, H] that
+    ``recipe`` holds for them when ``config.model.history`` (twin of torch_impl.features)."""
+    arrays = {"user_id": np.asarray(user_ids, dtype=object),
+              "timestamp": np.asarray(timestamps, dtype=np.int64)}
+    if config.model.history:
+        if recipe is None or recipe.history is None:
+            raise RuntimeError(not_attached("user histories"))
+        arrays[HISTORY] = recipe.histories(arrays["user_id"], arrays["timestamp"])
+    return arrays
 
 
 def select_rows(columns: Mapping[str, tf.Tensor], rows: tf.Tensor) -> Batch:

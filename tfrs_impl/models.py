@@ -24,8 +24,10 @@ import tensorflow_recommenders as tfrs
 
 from twostage.config import EMPTY_TITLE_MODES, Config
 from twostage.data.features import FeatureSpec
+from twostage.recipes import HISTORY, HISTORY_LENGTH, NUM_GENRES, not_attached
 
 from . import features
+from .features import query_inputs
 from . import tasks
 
 keras = tf.keras
@@ -68,10 +70,21 @@ def dense_stack(layer_sizes: Sequence[int], name: str = "dense_layers") -> keras
 
 class UserModel(keras.Model):
     """{"user_id": [B] str, "timestamp": [B] int64} -> [B, 2 * dim + 1]
-    = concat[user embedding, timestamp-bucket embedding, normalized timestamp]."""
+    = concat[user embedding, timestamp-bucket embedding, normalized timestamp].
 
-    def __init__(self, spec: FeatureSpec, embedding_dim: int = 32, **kwargs):
+    ``history`` (the query tower of ``config.model.history``): also the masked mean of
+    ``history_embedding`` over ``inputs["history"]`` [B, H] int64 title ids (0 = padding, the
+    spec's title_index; twostage.recipes) -> [B, 3 * dim + 1]; no title gives zeros."""
+
+    def __init__(self, spec: FeatureSpec, embedding_dim: int = 32, history: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.history_embedding = None
+        if history:
+            self.history_embedding = keras.Sequential([
+                keras.layers.Embedding(spec.num_title_rows, embedding_dim, mask_zero=True),
+                MaskedAveragePooling1D(),
+            ], name="history_embedding")
         self.user_embedding = keras.Sequential([
             features.user_lookup(spec),
             keras.layers.Embedding(spec.num_user_rows, embedding_dim),
@@ -83,11 +96,15 @@ class UserModel(keras.Model):
         self.normalized_timestamp = features.timestamp_normalization(spec)
 
     def call(self, inputs):
-        return tf.concat([
-            self.user_embedding(inputs["user_id"]),
-            self.timestamp_embedding(inputs["timestamp"]),
-            tf.reshape(self.normalized_timestamp(inputs["timestamp"]), (-1, 1)),
-        ], axis=1)
+        parts = [self.user_embedding(inputs["user_id"]),
+                 self.timestamp_embedding(inputs["timestamp"]),
+                 tf.reshape(self.normalized_timestamp(inputs["timestamp"]), (-1, 1))]
+        if self.history_embedding is not None:
+            if HISTORY not in inputs:
+                raise KeyError(f"the query tower of config.model.history needs a '{HISTORY}' "
+                               "input (twostage.recipes.RecipeData.histories)")
+            parts.append(self.history_embedding(inputs[HISTORY]))
+        return tf.concat(parts, axis=1)
 
 
 class MovieModel(keras.Model):
@@ -96,11 +113,25 @@ class MovieModel(keras.Model):
     Token ids come from TextVectorization (0 = padding, masked by ``mask_zero``); the text table
     has ``max_tokens`` rows as in the seed, whatever the learned vocabulary size. A title with
     no token pools to zeros (``empty_title="zero"``) or NaN as Keras (``"nan"``).
+
+    ``genres`` (the candidate tower of ``config.model.genres``): also the masked mean of
+    ``genre_embedding`` (NUM_GENRES + 1 rows, 0 = padding) over the title's genre ids, gathered
+    by title id from ``genre_table`` (a non-trainable int64 variable: data, filled by
+    :meth:`attach_genres` from ``twostage.recipes.genre_table``) -> [B, 3 * dim].
     """
 
     def __init__(self, spec: FeatureSpec, embedding_dim: int = 32, empty_title: str = "zero",
-                 **kwargs):
+                 genres: bool = False, **kwargs):
         super().__init__(**kwargs)
+        self.genre_embedding = None
+        if genres:
+            self.genre_embedding = keras.Sequential([
+                keras.layers.Embedding(NUM_GENRES + 1, embedding_dim, mask_zero=True),
+                MaskedAveragePooling1D(),
+            ], name="genre_embedding")
+            self.genre_table = tf.Variable(tf.zeros([spec.num_title_rows, NUM_GENRES], tf.int64),
+                                           trainable=False, name="genre_table")
+        self.genres_attached = False
         self.title_embedding = keras.Sequential([
             features.title_lookup(spec),
             keras.layers.Embedding(spec.num_title_rows, embedding_dim),
@@ -112,11 +143,22 @@ class MovieModel(keras.Model):
             text_pooling(empty_title),
         ], name="title_text_embedding")
 
+    def attach_genres(self, table: np.ndarray) -> None:
+        """Fill ``genre_table`` ([title rows, NUM_GENRES] genre ids per title id)."""
+        if tuple(table.shape) != tuple(self.genre_table.shape):
+            raise ValueError(f"genre table {table.shape} does not fit the model's "
+                             f"{tuple(self.genre_table.shape)} (another spec?)")
+        self.genre_table.assign(np.asarray(table, dtype=np.int64))
+        self.genres_attached = True
+
     def call(self, titles):
-        return tf.concat([
-            self.title_embedding(titles),
-            self.title_text_embedding(titles),
-        ], axis=1)
+        parts = [self.title_embedding(titles), self.title_text_embedding(titles)]
+        if self.genre_embedding is not None:
+            if not self.genres_attached:
+                raise RuntimeError(not_attached("genre table"))
+            ids = self.title_embedding.layers[0](titles)  # its StringLookup: the title id
+            parts.append(self.genre_embedding(tf.gather(self.genre_table, ids)))
+        return tf.concat(parts, axis=1)
 
 
 def normalized(x: tf.Tensor, normalize: bool) -> tf.Tensor:
@@ -143,17 +185,19 @@ class QueryModel(Tower):
     """Raw query features -> [B, layer_sizes[-1]] query embeddings."""
 
     def __init__(self, spec: FeatureSpec, layer_sizes: Sequence[int], embedding_dim: int = 32,
-                 normalize: bool = False, **kwargs):
-        super().__init__(UserModel(spec, embedding_dim), layer_sizes, normalize, **kwargs)
+                 normalize: bool = False, history: bool = False, **kwargs):
+        super().__init__(UserModel(spec, embedding_dim, history), layer_sizes, normalize,
+                         **kwargs)
 
 
 class CandidateModel(Tower):
     """[B] str titles -> [B, layer_sizes[-1]] candidate embeddings."""
 
     def __init__(self, spec: FeatureSpec, layer_sizes: Sequence[int], embedding_dim: int = 32,
-                 empty_title: str = "zero", normalize: bool = False, **kwargs):
-        super().__init__(MovieModel(spec, embedding_dim, empty_title), layer_sizes, normalize,
-                         **kwargs)
+                 empty_title: str = "zero", normalize: bool = False, genres: bool = False,
+                 **kwargs):
+        super().__init__(MovieModel(spec, embedding_dim, empty_title, genres), layer_sizes,
+                         normalize, **kwargs)
 
 
 class LearnedTemperature(keras.layers.Layer):
@@ -192,17 +236,16 @@ class MovielensRetrievalModel(tfrs.models.Model):
         self.config = config
         m = config.model
         normalize = config.task.normalize
-        self.query_model = QueryModel(spec, m.layer_sizes, m.embedding_dim, normalize)
+        self.query_model = QueryModel(spec, m.layer_sizes, m.embedding_dim, normalize, m.history)
         self.candidate_model = CandidateModel(spec, m.layer_sizes, m.embedding_dim, m.empty_title,
-                                              normalize)
+                                              normalize, m.genres)
         if config.task.learn_temperature:
             self.temperature = LearnedTemperature(config.task.temperature or 1.0)
         self.task = tasks.make_retrieval_task(config)
 
     def embeddings(self, features: dict) -> tuple[tf.Tensor, tf.Tensor]:
         """(query [B, D], candidate [B, D]) embeddings of a batch."""
-        query = self.query_model({"user_id": features["user_id"],
-                                  "timestamp": features["timestamp"]})
+        query = self.query_model(query_inputs(features))
         return query, self.candidate_model(features["movie_title"])
 
     def compute_loss(self, features, training=False):
@@ -270,7 +313,8 @@ def _sample_inputs(spec: FeatureSpec) -> dict[str, tf.Tensor]:
     """One in-vocabulary example, to create every (lazily built) variable."""
     return {"user_id": tf.constant([spec.user_vocab[0]]),
             "timestamp": tf.constant([int(spec.ts_boundaries[0])], tf.int64),
-            "movie_title": tf.constant([spec.title_vocab[0]])}
+            "movie_title": tf.constant([spec.title_vocab[0]]),
+            HISTORY: tf.zeros([1, HISTORY_LENGTH], tf.int64)}
 
 
 def build_retrieval_model(spec: FeatureSpec, config: Config,
@@ -282,7 +326,10 @@ def build_retrieval_model(spec: FeatureSpec, config: Config,
     """
     with seeded(config.seed):
         model = MovielensRetrievalModel(spec, config)
+        movie = model.candidate_model.embedding_model
+        movie.genres_attached = True  # only to create the variables: the zeros are never served
         model.embeddings(_sample_inputs(spec))
+        movie.genres_attached = False
     if corpus_titles is not None:
         tasks.attach_corpus_metrics(model, corpus_titles)
     return model

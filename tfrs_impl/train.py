@@ -45,7 +45,7 @@ import tensorflow as tf
 from twostage.backend import EpochCallback, History, RawBatch, check_stage, per_example
 from twostage.config import Config
 from twostage.dataset import Dataset
-from twostage.recipes import epoch_negatives
+from twostage.recipes import RecipeData, attach_recipe_data, epoch_negatives, history_column
 from twostage.schedule import BatchPlan, validation_epochs
 
 from . import distributed, optim
@@ -291,12 +291,14 @@ def _watch(stage: str, config: Config) -> str:
 
 def fit(stage: str, model, dataset: Dataset, config: Config, epochs: int | None = None, *,
         epochs_done: dict[str, int] | None = None, on_epoch: EpochCallback | None = None,
-        strategy=None) -> History:
+        strategy=None, recipe: RecipeData | None = None) -> History:
     """Train a stage's model (retrieval: a MovielensRetrievalModel with corpus metrics attached;
     ranking: a MovielensRankingModel on ``label``) on the training split; validate on the test
     split. ``epochs_done[stage]`` (counted up per epoch) is where the shared batch order
     resumes; ``on_epoch`` is called after every epoch, after its validation. ``strategy``: the
-    MirroredStrategy the model was built in (nproc > 1), or None."""
+    MirroredStrategy the model was built in (nproc > 1), or None. ``recipe``: the retrieval
+    towers' genre / history lookups (default: ``RecipeData.from_dataset(dataset, config)``),
+    attached to the model; the histories become a column of every batch."""
     check_stage(stage)
     default = config.train.retrieval_epochs if stage == "retrieval" else config.train.ranking_epochs
     epochs = default if epochs is None else epochs
@@ -311,7 +313,13 @@ def fit(stage: str, model, dataset: Dataset, config: Config, epochs: int | None 
         return recorder.history
     with distributed.scope(strategy):
         compile_model(model, config)
-    columns = feature_columns(dataset, retrieval and config.task.use_sampling_probability)
+    history = None
+    if retrieval:
+        recipe = recipe if recipe is not None else RecipeData.from_dataset(dataset, config)
+        attach_recipe_data(model, recipe)
+        history = history_column(recipe, dataset, config)
+    columns = feature_columns(dataset, retrieval and config.task.use_sampling_probability,
+                              history)
     first_epoch = (epochs_done or {}).get(stage, 0)
     steps = math.ceil(train_rows / config.train.batch_size)
     callbacks = [recorder]
@@ -329,10 +337,11 @@ def fit(stage: str, model, dataset: Dataset, config: Config, epochs: int | None 
 
 def fit_retrieval(model, dataset: Dataset, config: Config, epochs: int | None = None, *,
                   epochs_done: dict[str, int] | None = None,
-                  on_epoch: EpochCallback | None = None, strategy=None) -> History:
+                  on_epoch: EpochCallback | None = None, strategy=None,
+                  recipe: RecipeData | None = None) -> History:
     """:func:`fit` of the retrieval stage."""
     return fit("retrieval", model, dataset, config, epochs, epochs_done=epochs_done,
-               on_epoch=on_epoch, strategy=strategy)
+               on_epoch=on_epoch, strategy=strategy, recipe=recipe)
 
 
 def fit_ranking(model, dataset: Dataset, config: Config, epochs: int | None = None, *,

@@ -31,15 +31,17 @@ from twostage.data.features import FeatureSpec
 from twostage.dataset import Dataset, check_same_spec, check_spec_matches_config
 from twostage.group import Group, SingleProcess
 from twostage.index import Index
-from twostage.recipes import refuse_in_parallel
+from twostage.recipes import RecipeData, attach_recipe_data, refuse_in_parallel
 
 from . import checkpoint as ckpt
 from .distributed import (DataParallel, TorchGroup, check_world, current_group,
                           sharded_ranking_loss, sharded_retrieval_loss)
-from .features import Batch, batch_iter, encode_raw_batch, resolve_device, to_tensors
+from .features import (Batch, batch_iter, encode_raw_batch, query_arrays, resolve_device,
+                       to_tensors)
 from .index import build_index
-from .models import (KERAS_PREFIX, build_ranking_model, build_retrieval_model, get_keras_weights,
-                     keras_weight_names, set_keras_weights)
+from .models import (KERAS_PREFIX, build_ranking_model,
+                     build_retrieval_model, get_keras_weights, keras_weight_names,
+                     set_keras_weights)
 from .optim import make_optimizer
 from .tasks import (make_ranking_task, make_retrieval_task, ranking_loss, retrieval_loss,
                     scoring_higher)
@@ -75,6 +77,7 @@ class TorchBackend:
         self._torch_group: Optional[TorchGroup] = current_group()
         self.group: Group = self._torch_group or SingleProcess()
         self._index: Optional[Index] = None
+        self.recipe: Optional[RecipeData] = None  # genre / history lookups (twostage.recipes)
         self.broadcast_state()
 
     def broadcast_state(self) -> None:
@@ -121,17 +124,25 @@ class TorchBackend:
     def _model(self, stage: str) -> nn.Module:
         return self.models[check_stage(stage)]
 
+    def attach_recipe_data(self, recipe: Optional[RecipeData]) -> None:
+        """The genre table and user histories the towers look up (``twostage.recipes``; the
+        training dataset's are attached by ``fit_retrieval``; checkpoints do not store them)."""
+        if recipe is not None:
+            attach_recipe_data(self.retrieval_model, recipe)
+        self.recipe = recipe
+        self._index = None
+
     # --- training -------------------------------------------------------------------------------
     def fit_retrieval(self, dataset: Dataset, epochs: int | None = None,
                       on_epoch: EpochCallback | None = None) -> History:
         """Train the towers (see ``torch_impl.train.fit_retrieval``); drops a built index."""
         check_same_spec(dataset, self.spec)
         epochs = self.config.train.retrieval_epochs if epochs is None else epochs
-        self._index = None  # the towers change: the index goes stale
+        self.attach_recipe_data(RecipeData.from_dataset(dataset, self.config))
         history = fit_retrieval(self.retrieval_model, dataset, self.config,
                                 task=self.retrieval_task, optimizer=self.optimizers["retrieval"],
                                 epochs=epochs, epoch_offset=self.epochs_done["retrieval"],
-                                on_epoch=on_epoch, group=self._torch_group)
+                                on_epoch=on_epoch, group=self._torch_group, recipe=self.recipe)
         self.epochs_done["retrieval"] += epochs
         return history
 
@@ -212,7 +223,8 @@ class TorchBackend:
         """[N] str, [N] int64 -> [N, D] float32 query-tower outputs."""
         if len(user_ids) != len(timestamps):
             raise ValueError(f"{len(user_ids)} user ids but {len(timestamps)} timestamps")
-        tensors = to_tensors(self.spec.encode_queries(user_ids, timestamps), self.device)
+        tensors = to_tensors(query_arrays(self.spec, self.config, self.recipe, user_ids,
+                                          timestamps), self.device)
         return self._run(self.retrieval_model.query_model, tensors,
                          self.config.model.layer_sizes[-1])
 

@@ -8,6 +8,7 @@ and this module only moves those arrays into tensors:
 - ``ts_norm``                                     [N] float32
 - ``title_tokens``                                [N, L] int64, 0 = padding
 - ``label``, ``candidate_sampling_probability``, ``sample_weight`` (optional) [N] float32
+- ``history`` [N, H] int64 title ids, 0 = padding (``config.model.history``; twostage.recipes)
 - mixed negatives (``twostage.recipes``): ``negative_title_index`` [N'] int64,
   ``negative_title_tokens`` [N', L'] int64 (the candidate keys with the ``negative_`` prefix)
   and ``negative_sampling_probability`` [N'] float32, one set per batch, not per row
@@ -23,7 +24,9 @@ import numpy as np
 import torch
 
 from twostage.data.features import FeatureSpec
-from twostage.recipes import NEGATIVE_PROBABILITY, NEGATIVE_TITLES
+from twostage.config import Config
+from twostage.recipes import (HISTORY, NEGATIVE_PROBABILITY, NEGATIVE_TITLES, RecipeData,
+                              not_attached)
 from twostage.sampling import SAMPLING_PROBABILITY  # noqa: F401  (the batch key, re-exported)
 
 QUERY_KEYS: tuple[str, ...] = ("user_index", "ts_bucket", "ts_norm")
@@ -124,6 +127,8 @@ def encode_raw_batch(spec: FeatureSpec, batch: Mapping[str, np.ndarray],
     for key in FLOAT_KEYS:
         if key in batch:
             arrays[key] = np.asarray(batch[key], dtype=np.float32)
+    if HISTORY in batch:
+        arrays[HISTORY] = np.asarray(batch[HISTORY], dtype=np.int64)
     if NEGATIVE_TITLES in batch:
         for key, value in spec.encode_titles(batch[NEGATIVE_TITLES]).items():
             arrays[NEGATIVE_PREFIX + key] = value
@@ -145,3 +150,15 @@ def title_table(spec: FeatureSpec, device: str | torch.device = "cpu") -> Batch:
     table = {k: np.concatenate([np.zeros((1,) + v.shape[1:], v.dtype), v])
              for k, v in arrays.items()}
     return to_tensors(table, device)
+
+
+def query_arrays(spec: FeatureSpec, config: Config, recipe: RecipeData | None, user_ids,
+                 timestamps) -> dict[str, np.ndarray]:
+    """Query-tower inputs of raw [N] user ids and timestamps: the spec's encoding, plus the
+    ``history`` [N, H] that ``recipe`` holds for them when ``config.model.history``."""
+    arrays = dict(spec.encode_queries(user_ids, timestamps))
+    if config.model.history:
+        if recipe is None or recipe.history is None:
+            raise RuntimeError(not_attached("user histories"))
+        arrays[HISTORY] = recipe.histories(user_ids, timestamps)
+    return arrays

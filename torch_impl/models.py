@@ -26,6 +26,7 @@ from torch import nn
 
 from twostage.config import EMPTY_TITLE_MODES, Config
 from twostage.data.features import FeatureSpec
+from twostage.recipes import HISTORY, NUM_GENRES, not_attached
 
 Batch = Mapping[str, torch.Tensor]
 EMBEDDING_INIT_LIMIT = 0.05  # Keras RandomUniform default bounds of Embedding
@@ -131,40 +132,74 @@ class NormalizedTimestamp(nn.Module):
 
 class UserModel(nn.Module):
     """Query features: concat [user_embedding(user_index), timestamp_embedding(ts_bucket),
-    ts_norm] -> [B, 2 * dim + 1] (65 for dim 32)."""
+    ts_norm] -> [B, 2 * dim + 1] (65 for dim 32). With ``history_rows`` (the query tower of
+    ``config.model.history``) also the masked mean of ``history_embedding`` over the
+    ``history`` title ids [B, H] (0 = padding; no title: a zero vector) -> [B, 3 * dim + 1]."""
 
-    def __init__(self, num_users: int, num_buckets: int, dim: int = 32) -> None:
+    def __init__(self, num_users: int, num_buckets: int, dim: int = 32,
+                 history_rows: int | None = None) -> None:
         super().__init__()
         self.user_embedding = nn.Embedding(num_users, dim)
         self.timestamp_embedding = nn.Embedding(num_buckets, dim)
         self.normalized_timestamp = NormalizedTimestamp()
-        self.out_features = 2 * dim + 1
+        self.history_embedding = None if history_rows is None else nn.Embedding(history_rows, dim)
+        self.out_features = (2 if history_rows is None else 3) * dim + 1
 
     def forward(self, inputs: Batch) -> torch.Tensor:
-        return torch.cat([self.user_embedding(inputs["user_index"]),
-                          self.timestamp_embedding(inputs["ts_bucket"]),
-                          self.normalized_timestamp(inputs["ts_norm"])], dim=1)
+        parts = [self.user_embedding(inputs["user_index"]),
+                 self.timestamp_embedding(inputs["ts_bucket"]),
+                 self.normalized_timestamp(inputs["ts_norm"])]
+        if self.history_embedding is not None:
+            if HISTORY not in inputs:
+                raise KeyError(f"the query tower of config.model.history needs a '{HISTORY}' "
+                               "column (twostage.recipes.RecipeData.histories)")
+            parts.append(bag_mean(inputs[HISTORY], self.history_embedding.weight))
+        return torch.cat(parts, dim=1)
 
 
 class MovieModel(nn.Module):
     """Candidate features: concat [title_embedding(title_index), masked mean of
     title_text_embedding(title_tokens)] -> [B, 2 * dim] (64 for dim 32). Token id 0 is padding
-    (Keras ``Embedding(mask_zero=True)``); see :func:`masked_mean` for the token-less title."""
+    (Keras ``Embedding(mask_zero=True)``); see :func:`masked_mean` for the token-less title.
+
+    ``genres`` (the candidate tower of ``config.model.genres``): also the masked mean of
+    ``genre_embedding`` (NUM_GENRES + 1 rows, 0 = padding) over the title's genre ids, read from
+    ``genre_table`` [title rows, NUM_GENRES] (a buffer, not a weight: data, filled by
+    :meth:`attach_genres` from ``twostage.recipes.genre_table``) -> [B, 3 * dim]."""
 
     def __init__(self, num_titles: int, max_tokens: int, dim: int = 32,
-                 empty_title: str = "zero") -> None:
+                 empty_title: str = "zero", genres: bool = False) -> None:
         super().__init__()
         if empty_title not in EMPTY_TITLE_MODES:
             raise ValueError(f"empty_title={empty_title!r} must be one of {EMPTY_TITLE_MODES}")
         self.title_embedding = nn.Embedding(num_titles, dim)
         self.title_text_embedding = nn.Embedding(max_tokens, dim)
+        self.genre_embedding = nn.Embedding(NUM_GENRES + 1, dim) if genres else None
+        if genres:
+            self.register_buffer("genre_table", torch.zeros(num_titles, NUM_GENRES,
+                                                            dtype=torch.int64), persistent=False)
+        self.genres_attached = False
         self.empty_title = empty_title
-        self.out_features = 2 * dim
+        self.out_features = (3 if genres else 2) * dim
+
+    def attach_genres(self, table: np.ndarray) -> None:
+        """Fill ``genre_table`` ([title rows, NUM_GENRES] genre ids per title id)."""
+        if tuple(table.shape) != tuple(self.genre_table.shape):
+            raise ValueError(f"genre table {table.shape} does not fit the model's "
+                             f"{tuple(self.genre_table.shape)} (another spec?)")
+        self.genre_table.copy_(torch.from_numpy(np.asarray(table, dtype=np.int64)))
+        self.genres_attached = True
 
     def forward(self, inputs: Batch) -> torch.Tensor:
         tokens = inputs["title_tokens"]
         text = bag_mean(tokens, self.title_text_embedding.weight, self.empty_title)
-        return torch.cat([self.title_embedding(inputs["title_index"]), text], dim=1)
+        parts = [self.title_embedding(inputs["title_index"]), text]
+        if self.genre_embedding is not None:
+            if not self.genres_attached:
+                raise RuntimeError(not_attached("genre table"))
+            genre_ids = self.genre_table.index_select(0, inputs["title_index"])
+            parts.append(bag_mean(genre_ids, self.genre_embedding.weight))
+        return torch.cat(parts, dim=1)
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -274,13 +309,14 @@ def keras_init_(module: nn.Module, generator: torch.Generator) -> nn.Module:
     return module
 
 
-def _user_model(spec: FeatureSpec, config: Config) -> UserModel:
-    return UserModel(spec.num_user_rows, spec.num_bucket_rows, config.model.embedding_dim)
+def _user_model(spec: FeatureSpec, config: Config, history: bool = False) -> UserModel:
+    return UserModel(spec.num_user_rows, spec.num_bucket_rows, config.model.embedding_dim,
+                     spec.num_title_rows if history else None)
 
 
-def _movie_model(spec: FeatureSpec, config: Config) -> MovieModel:
+def _movie_model(spec: FeatureSpec, config: Config, genres: bool = False) -> MovieModel:
     return MovieModel(spec.num_title_rows, spec.max_tokens, config.model.embedding_dim,
-                      config.model.empty_title)
+                      config.model.empty_title, genres)
 
 
 def learned_temperature(config: Config) -> LearnedTemperature | None:
@@ -297,9 +333,10 @@ def build_retrieval_model(spec: FeatureSpec, config: Config, *,
     ``config.model.empty_title``), Keras-initialised from ``torch.Generator().manual_seed(
     config.seed)`` on the CPU (same values on any device)."""
     sizes, normalize = config.model.layer_sizes, config.task.normalize
-    model = RetrievalModel(QueryModel(_user_model(spec, config), sizes, normalize),
-                           CandidateModel(_movie_model(spec, config), sizes, normalize),
-                           learned_temperature(config))
+    model = RetrievalModel(
+        QueryModel(_user_model(spec, config, config.model.history), sizes, normalize),
+        CandidateModel(_movie_model(spec, config, config.model.genres), sizes, normalize),
+        learned_temperature(config))
     keras_init_(model, torch.Generator().manual_seed(config.seed))
     return model.to(device)
 

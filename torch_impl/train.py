@@ -45,13 +45,14 @@ from twostage.config import Config
 from twostage.env import ThreadGovernor
 from twostage.dataset import Dataset
 from twostage.group import Group, SingleProcess
-from twostage.recipes import epoch_negatives, negative_sampling_probability
+from twostage.recipes import (RecipeData, attach_recipe_data, epoch_negatives, history_column,
+                              negative_sampling_probability)
 from twostage.schedule import BatchPlan, should_validate
 
 from .distributed import (DataParallel, TorchGroup, sharded_ranking_loss,
                           sharded_retrieval_loss)
-from .features import (NEGATIVE_PREFIX, NEGATIVE_PROBABILITY, SAMPLING_PROBABILITY, Batch,
-                       batch_iter, num_rows, select_rows, title_table, to_tensors)
+from .features import (HISTORY, NEGATIVE_PREFIX, NEGATIVE_PROBABILITY, SAMPLING_PROBABILITY,
+                       Batch, batch_iter, num_rows, select_rows, title_table, to_tensors)
 from .models import RankingModel, RetrievalModel
 from .optim import make_optimizer
 from .tasks import (TOP_K_METRIC, BinaryAccuracy, Ranking, Retrieval, binary_accuracy,
@@ -495,11 +496,15 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def split_tensors(dataset: Dataset, rows: np.ndarray, device: torch.device,
-                  sampling: Optional[np.ndarray] = None) -> Batch:
-    """Encoded features (+ label, + the logQ column when given) of ``rows``, on ``device``."""
+                  sampling: Optional[np.ndarray] = None,
+                  history: Optional[np.ndarray] = None) -> Batch:
+    """Encoded features (+ label, + the logQ column and the histories [N, H] of every rating
+    row when given) of ``rows``, on ``device``."""
     arrays = dataset.encoded(rows)
     if sampling is not None:
         arrays[SAMPLING_PROBABILITY] = sampling[rows]
+    if history is not None:
+        arrays[HISTORY] = history[rows]
     return to_tensors(arrays, device)
 
 
@@ -523,10 +528,13 @@ def _parallel(group: Optional[TorchGroup], stage: str, loss, config: Config
 def retrieval_parts(model: RetrievalModel, dataset: Dataset, config: Config, *,
                     task: Optional[Retrieval] = None,
                     optimizer: Optional[torch.optim.Optimizer] = None, validate: bool = True,
-                    group: Optional[TorchGroup] = None) -> tuple[StageParts, Batch]:
+                    group: Optional[TorchGroup] = None,
+                    recipe: Optional[RecipeData] = None) -> tuple[StageParts, Batch]:
     """What :func:`fit` needs to train the towers -> (parts, the training split's tensors on
-    the model's device, with the logQ column when ``config.task.use_sampling_probability``).
-    ``group``: train over its processes (``config.distributed.negatives``)."""
+    the model's device, with the logQ column when ``config.task.use_sampling_probability`` and
+    the histories when ``config.model.history``). ``group``: train over its processes
+    (``config.distributed.negatives``). ``recipe``: the genre / history lookups (default:
+    ``RecipeData.from_dataset(dataset, config)``), attached to the model."""
     _check_train_size(dataset, "retrieval")
     task = task or make_retrieval_task(config)
     device = _model_device(model)
@@ -535,14 +543,17 @@ def retrieval_parts(model: RetrievalModel, dataset: Dataset, config: Config, *,
     if logq:
         from twostage.sampling import candidate_sampling_probability
         sampling = candidate_sampling_probability(dataset)
-    train = split_tensors(dataset, dataset.split.train, device, sampling)
+    recipe = recipe if recipe is not None else RecipeData.from_dataset(dataset, config)
+    attach_recipe_data(model, recipe)
+    history = history_column(recipe, dataset, config)
+    train = split_tensors(dataset, dataset.split.train, device, sampling, history)
     parallel = _parallel(group, "retrieval", with_precision(lambda b, shard: (
         sharded_retrieval_loss(model, task, b, shard, use_sampling_probability=logq,
                                negatives=config.distributed.negatives), None), config, device),
         config)
     check = None
     if validate and len(dataset.split.test):
-        test = split_tensors(dataset, dataset.split.test, device, sampling)
+        test = split_tensors(dataset, dataset.split.test, device, sampling, history)
         corpus = to_tensors(dataset.corpus_features, device, keys=("title_index", "title_tokens"))
         where = SingleProcess() if parallel is None else parallel.group
         check = lambda: validate_retrieval(model, task, test, corpus, config, where)  # noqa: E731
@@ -606,13 +617,15 @@ def fit_retrieval(model: RetrievalModel, dataset: Dataset, config: Config, *,
                   optimizer: Optional[torch.optim.Optimizer] = None,
                   epochs: Optional[int] = None, epoch_offset: int = 0,
                   validate: bool = True, on_epoch: Optional[EpochCallback] = None,
-                  group: Optional[TorchGroup] = None) -> History:
+                  group: Optional[TorchGroup] = None,
+                  recipe: Optional[RecipeData] = None) -> History:
     """Train the towers on ``dataset.split.train`` (the model's device); validate on the test
     split (FactorizedTopK + loss) every ``config.train.validation_freq`` epochs and after the
     last. ``epoch_offset``: epochs already run (batch orders continue from there). ``group``:
-    train over its processes (every rank calls this with the same arguments)."""
+    train over its processes (every rank calls this with the same arguments). ``recipe``: see
+    :func:`retrieval_parts`."""
     parts, train = retrieval_parts(model, dataset, config, task=task, optimizer=optimizer,
-                                   validate=validate, group=group)
+                                   validate=validate, group=group, recipe=recipe)
     epochs = config.train.retrieval_epochs if epochs is None else epochs
     return fit(parts, train, _plan(dataset, config), config, epochs=epochs,
                epoch_offset=epoch_offset, on_epoch=on_epoch)

@@ -14,18 +14,46 @@ Both backends read what is computed here, so they see the same numbers:
   a row's positive title is masked for that row (score_mask: it is the positive, not a negative),
   whether or not ``remove_accidental_hits`` is on for the in-batch columns.
 
+- Genres (``config.model.genres``): the candidate tower adds the mean of the embeddings of its
+  title's genres. :func:`genre_table` [title rows, G] holds per title id its genre ids (1-based
+  into ``TFDS_GENRES``, the ClassLabel every MovieLens release of TFDS uses, so the embedding
+  table has G + 1 rows whatever the release; 0 = padding), the union over u.item entries sharing
+  the title (the candidate tower's identity is the title); the OOV row 0 has none.
+- User history (``config.model.history``): the query tower adds the masked mean of the
+  embeddings of the titles the user rated IN THE TRAINING SPLIT STRICTLY BEFORE the query's
+  timestamp, the most recent :data:`HISTORY_LENGTH` of them (:class:`HistoryIndex`). Ratings
+  at the query's own second are excluded, the query's own rating with them: MovieLens users
+  rate in bursts within one second, and nothing orders those, so "before" would otherwise leak
+  ratings made together with the one predicted. A user without such ratings (new, or whose
+  first rating this is) gets no history (a zero vector). A user unseen in training is served
+  from history once their ratings are added (:meth:`HistoryIndex.with_ratings`): the user
+  embedding is then the OOV row, the history is theirs.
+
+:class:`RecipeData` bundles the two tables; a backend holds it (``attach_recipe_data``; its fit
+attaches the training dataset's).
+
 Raw batch keys (what the parity suite and ``train_steps`` pass; the torch backend encodes them):
-``negative_titles`` [N] str and ``negative_sampling_probability`` [N] float32.
+``negative_titles`` [N] str and ``negative_sampling_probability`` [N] float32; ``history``
+[B, H] int64 title ids (0 = padding; the spec's ``title_index``).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 
 from .backend import UnsupportedOptionError
 from .config import Config
+from .data.features import FeatureSpec
+from .data.registry import TFDS_GENRES
 
 NEGATIVE_TITLES = "negative_titles"
 NEGATIVE_PROBABILITY = "negative_sampling_probability"
+HISTORY = "history"
+HISTORY_LENGTH = 50  # titles of a history: the most recent 50 (YouTube's candidate model: 50)
+NUM_GENRES = len(TFDS_GENRES)  # genre ids 1..NUM_GENRES, 0 = padding
+_TS_BITS = 32  # HistoryIndex keys: slot << 32 | timestamp (MovieLens timestamps < 2**32)
 # Mixes the step into the seed sequence so negatives never share a stream with the batch order.
 _NEGATIVES_STREAM = 0x4E4547
 
@@ -76,3 +104,156 @@ def raw_negatives(title_vocab, ids: np.ndarray) -> dict[str, np.ndarray]:
     vocab = np.asarray(title_vocab, dtype=object)
     return {NEGATIVE_TITLES: vocab[np.asarray(ids) - 1],
             NEGATIVE_PROBABILITY: negative_sampling_probability(len(vocab), len(ids))}
+
+
+# --- genres ---------------------------------------------------------------------------------------
+def genre_table(titles: Iterable, genres: Iterable, spec: FeatureSpec) -> np.ndarray:
+    """[spec.num_title_rows, NUM_GENRES] int64: row ``spec.title_index(title)`` holds the
+    1-based ``TFDS_GENRES`` ids of the title's genres, ascending, 0-padded (the union over every
+    u.item entry with that title). ``titles`` [M] and ``genres`` [M] (tuples of genre names)
+    are the corpus' (``MovieLens.movies``). An unknown genre name is a ValueError."""
+    ids = {name: i + 1 for i, name in enumerate(TFDS_GENRES)}
+    rows: dict[int, set[int]] = {}
+    for row, names in zip(spec.title_index(list(titles)), genres):
+        unknown = [g for g in names if g not in ids]
+        if unknown:
+            raise ValueError(f"unknown genre {unknown[0]!r}: MovieLens genres are "
+                             f"{', '.join(TFDS_GENRES)}")
+        rows.setdefault(int(row), set()).update(ids[g] for g in names)
+    table = np.zeros((spec.num_title_rows, NUM_GENRES), dtype=np.int64)
+    for row, found in rows.items():
+        if row:  # titles outside the vocabulary (none in a fitted spec) keep the OOV row empty
+            table[row, : len(found)] = sorted(found)
+    return table
+
+
+# --- user history ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HistoryIndex:
+    """Ratings by user, sorted by time: what :meth:`lookup` takes histories from.
+
+    ``users``: user id -> slot; per slot its ratings are ``keys[offsets[s]: offsets[s + 1]]``
+    (``slot << 32 | timestamp``, ascending) and ``titles`` (title ids) in the same order.
+    """
+
+    users: dict
+    keys: np.ndarray
+    titles: np.ndarray
+
+    @classmethod
+    def from_ratings(cls, user_ids: Iterable, timestamps: Iterable, title_index: Iterable
+                     ) -> "HistoryIndex":
+        """From rating rows (the TRAINING split's): [R] user ids, timestamps, title ids."""
+        users = np.asarray(list(user_ids) if not isinstance(user_ids, np.ndarray) else user_ids,
+                           dtype=object).astype(str)
+        ts = _timestamps(timestamps)
+        titles = np.asarray(title_index, dtype=np.int64)
+        if not len(users) == len(ts) == len(titles):
+            raise ValueError(f"{len(users)} users, {len(ts)} timestamps, {len(titles)} titles")
+        if len(ts) and (ts.min() < 0 or ts.max() >= 1 << _TS_BITS):
+            raise ValueError(f"rating timestamps must lie in [0, 2**{_TS_BITS}); got "
+                             f"{ts.min()}..{ts.max()}")
+        names, slots = np.unique(users, return_inverse=True)
+        keys = (slots.astype(np.int64) << _TS_BITS) | ts
+        order = np.argsort(keys, kind="stable")
+        return cls({str(u): i for i, u in enumerate(names)}, keys[order], titles[order])
+
+    def with_ratings(self, user_ids: Iterable, timestamps: Iterable, title_index: Iterable
+                     ) -> "HistoryIndex":
+        """This index plus more ratings (e.g. of a user unseen in training, to serve them)."""
+        slots = self.keys >> _TS_BITS
+        names = np.empty(len(self.users), dtype=object)
+        for name, slot in self.users.items():
+            names[slot] = name
+        return HistoryIndex.from_ratings(
+            np.concatenate([names[slots], np.asarray(list(user_ids), dtype=object)]),
+            np.concatenate([self.keys & ((1 << _TS_BITS) - 1), _timestamps(timestamps)]),
+            np.concatenate([self.titles, np.asarray(list(title_index), dtype=np.int64)]))
+
+    def lookup(self, user_ids: Iterable, timestamps: Iterable, length: int = HISTORY_LENGTH
+               ) -> np.ndarray:
+        """[N, length] int64 title ids: per query, the user's ratings strictly before its
+        timestamp, the most recent ``length``, oldest first, right-aligned (0-padded on the
+        left); an unknown user has none."""
+        users = np.asarray(list(user_ids) if not isinstance(user_ids, np.ndarray) else user_ids,
+                           dtype=object)
+        ts = np.clip(_timestamps(timestamps), 0, (1 << _TS_BITS) - 1)
+        if len(users) != len(ts):
+            raise ValueError(f"{len(users)} user ids but {len(ts)} timestamps")
+        slots = np.array([self.users.get(str(u), -1) for u in users], dtype=np.int64)
+        known = slots >= 0
+        base = np.where(known, slots, 0) << _TS_BITS
+        start = np.searchsorted(self.keys, base, side="left")
+        end = np.searchsorted(self.keys, base | ts, side="left")  # strictly before ts
+        count = np.where(known, np.minimum(end - start, length), 0)
+        cols = np.arange(length, dtype=np.int64)
+        idx = end[:, None] - length + cols[None, :]
+        valid = cols[None, :] >= (length - count)[:, None]
+        taken = self.titles[np.clip(idx, 0, max(len(self.titles) - 1, 0))] if len(
+            self.titles) else np.zeros(idx.shape, np.int64)
+        return np.where(valid, taken, 0).astype(np.int64)
+
+
+def _timestamps(values: Iterable) -> np.ndarray:
+    return np.asarray(list(values) if not isinstance(values, np.ndarray) else values,
+                      dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class RecipeData:
+    """The lookups of the genre and history recipes (None where the config does not use it):
+    ``genres`` [title rows, NUM_GENRES] (:func:`genre_table`), ``history`` (training ratings)."""
+
+    genres: np.ndarray | None = None
+    history: HistoryIndex | None = None
+
+    @classmethod
+    def from_dataset(cls, dataset, config: Config) -> "RecipeData | None":
+        """The tables ``config.model`` asks for, from ``dataset`` (its corpus; its TRAINING
+        split only, for the histories), or None when it asks for neither."""
+        if not (config.model.genres or config.model.history):
+            return None
+        genres = history = None
+        if config.model.genres:
+            movies = dataset.movielens.movies
+            genres = genre_table(movies["movie_title"].to_numpy(dtype=object),
+                                 movies["movie_genres"], dataset.spec)
+        if config.model.history:
+            train = dataset.split.train
+            history = HistoryIndex.from_ratings(dataset.user_id[train], dataset.timestamp[train],
+                                                dataset.features["title_index"][train])
+        return cls(genres, history)
+
+    def histories(self, user_ids: Iterable, timestamps: Iterable) -> np.ndarray:
+        """[N, HISTORY_LENGTH] title ids (:meth:`HistoryIndex.lookup`)."""
+        if self.history is None:
+            raise ValueError("these recipe data have no history index (config.model.history "
+                             "was off when they were made)")
+        return self.history.lookup(user_ids, timestamps)
+
+
+def attach_recipe_data(model, recipe: RecipeData | None) -> None:
+    """Give a retrieval model of either backend the lookups its towers hold: the genre table
+    of ``config.model.genres`` (``candidate_model.embedding_model.attach_genres``); the
+    histories are inputs of the query tower, passed with each batch."""
+    movie = model.candidate_model.embedding_model
+    if movie.genre_embedding is not None:
+        if recipe is None or recipe.genres is None:
+            raise ValueError(not_attached("genre table"))
+        movie.attach_genres(recipe.genres)
+
+
+def not_attached(what: str) -> str:
+    """The error of a model whose recipe lookups are missing (what to do about it)."""
+    return (f"the {what} of this configuration's recipes are not attached: fit on the dataset, "
+            "or backend.attach_recipe_data(RecipeData.from_dataset(dataset, config)) "
+            "(checkpoints do not store them)")
+
+
+def history_column(recipe: RecipeData | None, dataset, config: Config) -> np.ndarray | None:
+    """[N] rating rows' histories (every row of ``dataset``) when ``config.model.history``."""
+    if not config.model.history:
+        return None
+    if recipe is None or recipe.history is None:
+        raise ValueError(not_attached("user histories"))
+    return recipe.histories(dataset.user_id, dataset.timestamp)

@@ -87,3 +87,47 @@ def test_l2_normalize_is_the_tf_op():
     assert models.normalized(x, True).numpy().tolist() == [[0.6000000238418579,
                                                              0.800000011920929], [0.0, 0.0]]
     assert models.normalized(x, False) is x
+
+
+def test_genre_part_is_the_mean_of_the_titles_genre_embeddings(synthetic_dataset, small_config):
+    from twostage.recipes import RecipeData, attach_recipe_data
+    ds, config = synthetic_dataset, small_config.replace(genres=True)
+    model = models.build_retrieval_model(ds.spec, config)
+    movie = model.candidate_model.embedding_model
+    titles = tf.constant(ds.corpus_titles.astype(str))
+    with pytest.raises(RuntimeError, match="genre table"):
+        movie(titles)  # never silently without genres
+    recipe = RecipeData.from_dataset(ds, config)
+    attach_recipe_data(model, recipe)
+    dim = config.model.embedding_dim
+    out = movie(titles).numpy()[:, 2 * dim:]
+    weight = models.get_weights(model)["candidate_model/embedding_model/genre_embedding/embeddings"]
+    for i, row in enumerate(recipe.genres[ds.spec.title_index(ds.corpus_titles)]):
+        ids = row[row > 0]
+        want = weight[ids].mean(axis=0) if len(ids) else np.zeros(dim)
+        np.testing.assert_allclose(out[i], want, rtol=1e-5, atol=1e-7)
+
+
+def test_history_backend_trains_serves_and_refuses_without_histories(synthetic_dataset,
+                                                                     small_config):
+    from twostage.recipes import RecipeData
+    ds = synthetic_dataset
+    config = small_config.replace(history=True, genres=True, validation_freq=100)
+    backend = TfrsBackend(config, ds.spec)
+    with pytest.raises(RuntimeError, match="user histories"):
+        backend.query_embeddings(ds.user_id[:3], ds.timestamp[:3])
+    history = backend.fit_retrieval(ds, epochs=2)
+    assert np.isfinite(history.loss).all()
+    t = int(ds.timestamp.max()) + 10
+    cold = backend.query_embeddings(np.array(["newcomer"]), np.array([t]))
+    titles = ds.spec.title_index(ds.corpus_titles[:5])
+    backend.attach_recipe_data(RecipeData(backend.recipe.genres, backend.recipe.history
+                                          .with_ratings(["newcomer"] * 5, [t - 1] * 5, titles)))
+    warm = backend.query_embeddings(np.array(["newcomer"]), np.array([t]))
+    assert not np.allclose(cold, warm)
+    backend.build_index(ds.corpus_titles)
+    scores, rows = backend.retrieve(np.array(["newcomer", ds.user_id[0]]), np.array([t, t]), 10)
+    # the index scores with the same query tower (histories included) as query_embeddings
+    corpus = backend.candidate_embeddings(ds.corpus_titles)
+    np.testing.assert_allclose(scores[0], np.sort(corpus @ warm[0])[::-1][:10], rtol=1e-5,
+                               atol=1e-6)

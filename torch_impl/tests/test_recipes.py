@@ -179,3 +179,140 @@ def test_recipes_that_cannot_run_are_refused(small_config):
     TorchBackend.check_config(small_config.replace(learn_temperature=True, nproc=2))  # replica
     TorchBackend.check_config(small_config.replace(mixed_negatives=8, normalize=True,
                                                    learn_temperature=True))
+
+
+# --- genres ---------------------------------------------------------------------------------------
+def test_genre_table_holds_each_titles_genres(synthetic_dataset):
+    from twostage.data.registry import TFDS_GENRES
+    from twostage.recipes import NUM_GENRES, genre_table
+    ds = synthetic_dataset
+    movies = ds.movielens.movies
+    table = genre_table(movies["movie_title"], movies["movie_genres"], ds.spec)
+    assert table.shape == (ds.spec.num_title_rows, NUM_GENRES) and not table[0].any()
+    for title, names in zip(movies["movie_title"][:20], movies["movie_genres"][:20]):
+        row = table[ds.spec.title_index([title])[0]]
+        got = {TFDS_GENRES[i - 1] for i in row if i}
+        assert set(names) <= got  # duplicates of a title add their genres (a union)
+    with pytest.raises(ValueError, match="unknown genre 'Space-Opera'"):
+        genre_table(["x"], [("Space-Opera",)], ds.spec)
+
+
+def test_genre_part_is_the_mean_of_the_titles_genre_embeddings(synthetic_dataset, small_config):
+    from twostage.recipes import RecipeData, attach_recipe_data
+    ds, config = synthetic_dataset, small_config.replace(genres=True)
+    model = build_retrieval_model(ds.spec, config)
+    movie = model.candidate_model.embedding_model
+    assert movie.out_features == 3 * config.model.embedding_dim
+    inputs = to_tensors(ds.spec.encode_titles(ds.corpus_titles))
+    with pytest.raises(RuntimeError, match="genre table"):
+        movie(inputs)  # never silently without genres
+    recipe = RecipeData.from_dataset(ds, config)
+    attach_recipe_data(model, recipe)
+    with torch.no_grad():
+        out = movie(inputs)[:, 2 * config.model.embedding_dim:].numpy()
+    weight = movie.genre_embedding.weight.detach().numpy()
+    for i, row in enumerate(recipe.genres[inputs["title_index"].numpy()]):
+        ids = row[row > 0]
+        want = weight[ids].mean(axis=0) if len(ids) else np.zeros(weight.shape[1])
+        np.testing.assert_allclose(out[i], want, rtol=1e-5, atol=1e-7)
+
+
+# --- user history ---------------------------------------------------------------------------------
+def test_history_is_strictly_before_the_query_and_capped():
+    from twostage.recipes import HistoryIndex
+    index = HistoryIndex.from_ratings(["a"] * 5 + ["b"], [10, 20, 20, 30, 40, 5],
+                                      [1, 2, 3, 4, 5, 9])
+    got = index.lookup(["a", "a", "a", "a", "b", "c"], [20, 21, 40, 41, 5, 100], length=3)
+    assert got.tolist() == [[0, 0, 1],   # strictly before 20: the ratings at 20 are excluded
+                            [1, 2, 3],   # oldest first, right-aligned
+                            [2, 3, 4],   # capped at the 3 most recent before 40
+                            [3, 4, 5],
+                            [0, 0, 0],   # b's only rating is at the query's second
+                            [0, 0, 0]]   # unknown user
+    more = index.with_ratings(["c", "c"], [50, 60], [7, 8])
+    assert more.lookup(["c", "a"], [61, 41], length=3).tolist() == [[0, 7, 8], [3, 4, 5]]
+
+
+def test_no_future_rating_leaks_into_a_dataset_history(synthetic_dataset, small_config):
+    """Every title of every row's history was rated by that user in TRAINING strictly before
+    the row's timestamp (so a test rating, or a rating at or after the query, never is)."""
+    from twostage.recipes import RecipeData, history_column
+    ds, config = synthetic_dataset, small_config.replace(history=True)
+    history = history_column(RecipeData.from_dataset(ds, config), ds, config)
+    train = ds.split.train
+    rated: dict = {}
+    for u, t, title in zip(ds.user_id[train], ds.timestamp[train],
+                           ds.features["title_index"][train]):
+        rated.setdefault(u, []).append((int(t), int(title)))
+    checked = 0
+    for row in range(len(ds.user_id)):
+        before = sorted(p for p in rated.get(ds.user_id[row], []) if p[0] < ds.timestamp[row])
+        titles = [title for _, title in before]
+        got = [int(x) for x in history[row] if x]
+        assert sorted(got) == sorted(titles[len(titles) - len(got):]) and len(got) == min(
+            len(titles), history.shape[1]), row
+        checked += len(got) > 0
+    assert checked > len(ds.user_id) // 2  # most rows have a history to check
+
+
+def _history_backend(ds, config):
+    from twostage.recipes import RecipeData
+    backend = TorchBackend(config, ds.spec)
+    recipe = RecipeData.from_dataset(ds, config)
+    backend.attach_recipe_data(recipe)
+    return backend, recipe
+
+
+def test_a_later_rating_never_changes_a_query_embedding(synthetic_dataset, small_config):
+    """A test that fails if the future leaks: ratings at or after the query's second do not
+    move its embedding; one a second before does."""
+    from twostage.recipes import RecipeData
+    ds, config = synthetic_dataset, small_config.replace(history=True)
+    backend, recipe = _history_backend(ds, config)
+    user, t = ds.user_id[ds.split.test[0]], int(ds.timestamp[ds.split.test[0]])
+    title = ds.features["title_index"][ds.split.train[0]]
+    before = backend.query_embeddings(np.array([user]), np.array([t]))
+    for when, moves in ((t, False), (t + 1000, False), (t - 1, True)):
+        later = RecipeData(recipe.genres, recipe.history.with_ratings([user] * 3, [when] * 3,
+                                                                      [title] * 3))
+        backend.attach_recipe_data(later)
+        after = backend.query_embeddings(np.array([user]), np.array([t]))
+        assert (not np.array_equal(before, after)) == moves, when
+
+
+def test_an_unseen_user_is_served_from_their_history(synthetic_dataset, small_config):
+    from twostage.recipes import RecipeData
+    ds, config = synthetic_dataset, small_config.replace(history=True)
+    backend, recipe = _history_backend(ds, config)
+    backend.fit_retrieval(ds, epochs=1)
+    assert "newcomer" not in set(ds.spec.user_vocab)
+    t = int(ds.timestamp.max()) + 10
+    cold = backend.query_embeddings(np.array(["newcomer"]), np.array([t]))
+    titles = ds.spec.title_index(ds.corpus_titles[:5])
+    backend.attach_recipe_data(RecipeData(None, backend.recipe.history.with_ratings(
+        ["newcomer"] * 5, [t - 100] * 5, titles)))
+    assert sorted(backend.recipe.histories(["newcomer"], [t])[0][-5:]) == sorted(titles)
+    warm = backend.query_embeddings(np.array(["newcomer"]), np.array([t]))
+    assert not np.allclose(cold, warm)  # the OOV user embedding alone, then with a history
+    backend.build_index(ds.corpus_titles)
+    scores, rows = backend.retrieve(np.array(["newcomer"]), np.array([t]), 10)
+    assert rows.shape == (1, 10)
+
+
+def test_history_model_needs_its_histories(synthetic_dataset, small_config):
+    backend = TorchBackend(small_config.replace(history=True), synthetic_dataset.spec)
+    with pytest.raises(RuntimeError, match="user histories"):
+        backend.query_embeddings(synthetic_dataset.user_id[:3], synthetic_dataset.timestamp[:3])
+
+
+@pytest.mark.parametrize("recipe", [{"genres": True}, {"history": True},
+                                    {"genres": True, "history": True, "mixed_negatives": 16}])
+def test_recipes_train_and_evaluate(synthetic_dataset, small_config, recipe):
+    from twostage.pipeline import evaluate
+    config = small_config.replace(**recipe)
+    backend = TorchBackend(config, synthetic_dataset.spec)
+    history = backend.fit_retrieval(synthetic_dataset, epochs=3)
+    assert history.loss[-1] < history.loss[0]
+    backend.fit_ranking(synthetic_dataset, epochs=1)
+    report = evaluate(backend, synthetic_dataset, config)
+    assert 0 < report["retrieval"]["top_k_accuracy"]["100"] <= 1
