@@ -403,7 +403,7 @@ def tfrs_child(folder: Path, singles: int) -> int:
         return np.concatenate([search(queries[i: i + chunk])[1].numpy()
                                for i in range(0, len(queries), chunk)])
 
-    batched()                                                            # trace, warm up
+    search(queries[:chunk])                                              # trace, warm up
     batch_s, rows100 = best_time(batched)
     search(queries[:1])
     qps_single, done = singles_qps(lambda q: search(q)[1].numpy(), queries[:singles])
@@ -447,6 +447,7 @@ def measure_size(items: int, seed_rows: np.ndarray, queries: np.ndarray, args,
                  on_variant: Callable[[dict], None] = lambda result: None) -> dict:
     """Everything measured at one catalog size; ``on_variant(result so far)`` after each
     variant (the driver writes the JSON then, so a killed run keeps what it measured)."""
+    load = os.getloadavg()[0]        # this process's own work counts too (up to --threads)
     _step(f"[{items:,} items] building the catalog")
     catalog = enlarge(seed_rows, items, args.seed + 1)
     t = time.perf_counter()
@@ -457,7 +458,8 @@ def measure_size(items: int, seed_rows: np.ndarray, queries: np.ndarray, args,
           f"{len(queries):,} queries")
     ctx = Context(catalog, queries, queries[: args.single_queries], truth, args.budget_s,
                   history)
-    result = {"items": items, "catalog_norms": norm_quantiles(catalog),
+    result = {"items": items, "load_average_at_start": load,
+              "catalog_norms": norm_quantiles(catalog),
               "ground_truth_s": truth_s,
               "gemm_floor": {"seconds": floor_s, "queries": len(queries),
                              "block_rows": floor_block, "flops": 2.0 * len(queries) * items
@@ -483,6 +485,7 @@ def measure_size(items: int, seed_rows: np.ndarray, queries: np.ndarray, args,
             result["exact_over_floor"] = exact["batch_s"] / floor_s
         on_variant(result)
     result["complete"] = True
+    result["load_average_at_end"] = os.getloadavg()[0]
     return result
 
 
@@ -697,6 +700,10 @@ def main(argv: list[str] | None = None) -> int:
         return tfrs_child(Path(args.tfrs_child), args.single_queries)
     env.setup_process()
     chosen = chosen_variants(args)
+    load = os.getloadavg()[0]
+    if load > 0.5 * (os.cpu_count() or 1):
+        _step(f"WARNING: load average {load:.1f} on {os.cpu_count()} cores before starting: "
+              "other processes share the cores, so timings will be slow and noisy")
     out = io.ensure_writable_dir(args.out, "--out")
     seed_rows, queries, facts = embeddings(args)
     import faiss
