@@ -32,7 +32,7 @@ Per catalog size:
 - matrix-multiply floor: the same GEMM (queries [Q, D] @ catalog block [D, B] into a reused
   output buffer, all blocks, no top-k; numpy's BLAS) timed alone, the fastest of a few block
   sizes; exact search is reported beside it (``exact_over_floor``);
-- for each index variant (``VARIANTS``: flat; ivf, ivfpq at two code sizes (nprobe sweep); hnsw
+- for each index variant (``variants()``: flat; ivf, ivfpq at two code sizes (nprobe sweep); hnsw
   on raw inner products and with the MIPS-to-L2 augmentation (efSearch sweep, same graph
   settings); sq): build seconds, memory (``Index.serialized_bytes``: what the index holds; and
   the growth of this process's resident memory over the build), and per search setting
@@ -44,10 +44,11 @@ Per catalog size:
   TensorFlow use): its [Q, N] score matrix is computed in query chunks of at most 1 GiB.
 
 HNSW's efSearch below k still returns k rows, from a shallower walk (lower recall@100). Each
-index kind uses the project's settings (``twostage.config.IndexConfig``
-defaults: nlist the FAISS guideline 4*sqrt(N), HNSW M and efConstruction). A variant whose
-build is estimated (from the previous sizes, see ``estimate_build_s``) to exceed ``--budget-s``
-is skipped at that size and the JSON and output say so.
+index kind uses the project's settings (``twostage.config.IndexConfig`` defaults: nlist the
+FAISS guideline 4*sqrt(N), HNSW M and efConstruction). A variant whose
+build is estimated (from the smaller sizes of the same run, see ``estimate_build_s``) to exceed
+``--budget-s`` is skipped at that size and the JSON and output say so; the first size of a run
+has no estimate, so everything chosen is built there.
 
 Writes ``OUT/index.json`` after every variant (atomically; a size still running has
 ``"complete": false``, so a killed run keeps what it measured; a variant that raises is listed
@@ -659,7 +660,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ef-search", type=int, nargs="+", default=list(EF_SEARCHES),
                    help="hnsw efSearch values swept")
     p.add_argument("--kinds", nargs="+", metavar="VARIANT",
-                   help="variants to measure (default: all; see VARIANTS)")
+                   help="variants to measure (default: all: flat ivf ivfpq<D/4> ivfpq<D/2> "
+                   "hnsw hnsw_mips sq)")
     p.add_argument("--no-tfrs", dest="tfrs", action="store_false",
                    help="leave out TFRS's BruteForce (no TensorFlow)")
     p.add_argument("--budget-s", type=float, default=900.0,
