@@ -79,7 +79,7 @@ def _lookup(vocabulary: np.ndarray, values: Iterable) -> np.ndarray:
 def _distinct(column: pd.Series) -> np.ndarray:
     """The distinct values a column holds (object array), found through its codes."""
     codes, values = column_codes(column)
-    return values[np.unique(codes)] if len(codes) else values[:0]
+    return values[np.bincount(codes, minlength=len(values)) > 0]
 
 
 def _corpus_rows(titles: np.ndarray, corpus_titles: np.ndarray) -> np.ndarray:

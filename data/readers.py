@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -94,12 +95,12 @@ def _genres(path: Path, field: pd.Series, first_line: int, fix: str,
     unknown = ~flat.isin(_KNOWN_GENRES).to_numpy()
     if unknown.any():
         at = int(np.argmax(unknown))
-        row = int(flat.index[at])
-        raise DataFormatError(path, row + first_line,
+        raise DataFormatError(path, int(flat.index[at]) + first_line,
                               f"unknown genre {flat.iat[at]!r} (TFDS knows "
                               f"{', '.join(TFDS_GENRES)})", fix)
-    grouped = flat.groupby(level=0, sort=True).agg(tuple)
-    return grouped.reindex(range(len(field))).tolist()
+    if rename:
+        return [tuple(rename.get(g, g) for g in names) for names in lists.tolist()]
+    return [tuple(names) for names in lists.tolist()]
 
 
 # --------------------------------------------------------------------------- 1m
@@ -277,22 +278,9 @@ def read_movies_csv(directory: Path | str) -> pd.DataFrame:
 
 
 _ALLOWED_RATINGS_BYTES = b"0123456789,.\n"
-_BLOCK_BYTES = 32 << 20  # the leading-zero scan runs on blocks of this size (bounded memory)
-
-
-def _has_leading_zero(raw: bytes | memoryview) -> bool:
-    """A field such as '007' (a '0' after ',' or a line start, followed by a digit)."""
-    if bytes(raw[:1]) == b"0" and bytes(raw[1:2]).isdigit():
-        return True
-    for start in range(0, len(raw), _BLOCK_BYTES):
-        block = np.frombuffer(raw, dtype=np.uint8, offset=start,
-                              count=min(_BLOCK_BYTES + 2, len(raw) - start))
-        zero = block[1:-1] == 48
-        zero &= (block[:-2] == 44) | (block[:-2] == 10)
-        zero &= (block[2:] - np.uint8(48)) < 10
-        if zero.any():
-            return True
-    return False
+# A field such as '007': a '0' after a separator, then a digit. Regexes with a literal prefix
+# scan at memchr speed; any hit sends the file to the per-line parser, which keeps the text.
+_LEADING_ZERO = (re.compile(rb",0[0-9]"), re.compile(rb"\n0[0-9]"))
 
 
 def _plain_ratings(raw: bytes, body: int) -> bool:
@@ -301,7 +289,9 @@ def _plain_ratings(raw: bytes, body: int) -> bool:
     others = raw.translate(None, _ALLOWED_RATINGS_BYTES)  # no copy of the body: usually tiny
     if others != raw[:body].translate(None, _ALLOWED_RATINGS_BYTES):
         return False
-    return not _has_leading_zero(memoryview(raw)[body:])
+    if raw[body: body + 1] == b"0" and raw[body + 1: body + 2].isdigit():
+        return False
+    return not any(pattern.search(raw, body) for pattern in _LEADING_ZERO)
 
 
 _RATING_COLUMNS = {"userId": np.int64, "movieId": np.int64, "rating": np.float64,
