@@ -54,7 +54,8 @@ class Dataset:
 
     def facts(self) -> dict:
         """Dataset facts recorded in reports."""
-        return {"source": str(self.movielens.source), "num_ratings": int(len(self.user_id)),
+        return {"source": str(self.movielens.source), "dataset": self.movielens.dataset,
+                "num_ratings": int(len(self.user_id)),
                 "num_users": len(self.spec.user_vocab), "num_movies": int(len(self.corpus_titles)),
                 "num_unique_titles": len(self.spec.title_vocab),
                 "num_tokens": len(self.spec.token_vocab), "num_train": int(len(self.split.train)),
