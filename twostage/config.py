@@ -168,9 +168,10 @@ class IndexConfig:
     ef_search: int = option(128, "hnsw: candidates explored per query", flag="--hnsw-ef-search")
     ef_construction: int = option(40, "hnsw: candidates explored per insertion while building",
                                   flag="--hnsw-ef-construction")
-    mips: bool = option(False, "hnsw: build the graph on the MIPS-to-L2 augmentation instead "
-                        "of raw inner products (see twostage/index/hnsw.py for when it helps)",
-                        flag="--hnsw-mips")
+    mips: bool = option(True, "hnsw: build the graph on the MIPS-to-L2 augmentation (default; "
+                        "on trained embeddings recall@100 0.90 against 0.31 raw at efSearch "
+                        "128) or on raw inner products (see twostage/index/hnsw.py)",
+                        flag="--hnsw-raw-ip", invert=True)
     pq_bytes: int = option(8, "ivfpq: bytes per vector (one code per D / pq_bytes dims)")
 
 

@@ -198,8 +198,8 @@ def test_kinds_registry_matches_the_configuration():
 @pytest.mark.parametrize("kind,cls,params", [
     ("flat", FlatIndex, {}),
     ("ivf", IVFIndex, {"nlist": 16, "nprobe": 4}),
-    ("hnsw", HNSWIndex, {"hnsw_m": 8, "ef_search": 24, "ef_construction": 40, "mips": False,
-                         "mips_radius": None}),
+    ("hnsw", HNSWIndex, {"hnsw_m": 8, "ef_search": 24, "ef_construction": 40, "mips": True,
+                         "mips_radius": None}),     # the augmentation by default; R set by add
     ("ivfpq", IVFPQIndex, {"nlist": 16, "nprobe": 4, "pq_bytes": 8}),
     ("sq", SQIndex, {}),
 ])
