@@ -8,8 +8,12 @@ that scores the models, under both protocols (``seed`` and ``exclude_seen``) and
 deterministic order, the same for all three: more training ratings first, then the smaller
 title index. The models keep TFRS's rule (ties in the positive's favour).
 
-* ``random``: seeded uniform scores (numpy PCG64 per block of queries).
-* ``popular``: the number of training ratings of each title (Steck's and RecBole's "Pop").
+* ``random``: its exact expectation (no draw, no noise): the true title's position among the
+  R corpus rows left in the ranking (its own duplicate rows tie with it, in its favour) is
+  uniform over 1..R+1 under a uniformly random order of the rows, so
+  hit@k = min(k, R+1) / (R+1), and nDCG and MRR likewise.
+* ``popular``: the number of training ratings of each title (Steck's and RecBole's "Pop"),
+  scored by its rank in the tie-breaking order, so no two titles tie.
 * ``ease``: Steck 2019, "Embarrassingly Shallow Autoencoders for Sparse Data": X the binary
   user x title matrix of the training ratings, P = (X^T X + lambda I)^-1,
   B = I - P / diag(P) (column j divided by P_jj), so diag(B) = 0; a user's scores are x_u B.
@@ -109,31 +113,18 @@ class Scorer(Protocol):
 
 
 @dataclass(frozen=True)
-class RandomScorer:
-    """Uniform float32 scores per title from numpy's PCG64, seeded by (seed, first rating row
-    of the block): the same queries in the same blocks get the same scores in every run."""
-
-    seed: int
-    num_titles: int
-    corpus_titles: np.ndarray
-
-    def corpus_scores(self, rows: np.ndarray, users: np.ndarray) -> np.ndarray:
-        first = int(rows[0]) if len(rows) else 0
-        titles = np.random.default_rng([self.seed, first]).random((len(rows), self.num_titles),
-                                                                  dtype=np.float32)
-        return np.take(titles, self.corpus_titles, axis=1)
-
-
-@dataclass(frozen=True)
 class PopularScorer:
-    """Every query gets the training rating count of each title (a broadcast view: no
-    [n, M] copy)."""
+    """Every query gets each title's rank in the popularity order (training rating count,
+    ties by title index: ``tie_priority``) as score, higher first: the same order as the
+    counts, without ties between titles. A broadcast view: no [n, M] copy."""
 
     popularity: np.ndarray
     corpus_titles: np.ndarray
+    ties = False   # its scores never tie between titles: no tie-break pass needed
 
     def corpus_scores(self, rows: np.ndarray, users: np.ndarray) -> np.ndarray:
-        per_row = self.popularity[self.corpus_titles].astype(np.float32)
+        rank = tie_priority(self.popularity)[self.corpus_titles]
+        per_row = (self.popularity.size - rank).astype(np.float32)   # exact below 2^24
         return np.broadcast_to(per_row, (len(rows), per_row.size))
 
 
@@ -163,7 +154,7 @@ def gram(interactions: Interactions, budget_bytes: int = evaluation.DEFAULT_CHUN
     """X^T X [T, T] float64 of the binary user x title matrix (repeated ratings count once),
     accumulated over blocks of users so X is never held whole."""
     t = interactions.num_titles
-    pairs = np.unique(interactions.users * t + interactions.titles)
+    pairs = evaluation.sorted_unique(interactions.users * t + interactions.titles)
     users, titles = pairs // t, pairs % t
     distinct, user_pos = np.unique(users, return_inverse=True)
     g = np.zeros((t, t), dtype=np.float64)
@@ -230,10 +221,12 @@ def score(scorer: Scorer, queries: Queries, seen: evaluation.SeenTitles,
         scores = scorer.corpus_scores(queries.rows[start:end], queries.users[start:end])
         return scores, scores[np.arange(end - start), first_row[queries.titles[start:end]]]
 
+    ties = getattr(scorer, "ties", True)
     return evaluation.count_higher(
         block, queries.rows.size, evaluation.chunk_rows(corpus_titles.size, budget_bytes),
         exclude=seen.for_queries(queries.users, queries.titles),
-        column_priority=priority[corpus_titles], positive_priority=priority[queries.titles])
+        column_priority=priority[corpus_titles] if ties else None,
+        positive_priority=priority[queries.titles] if ties else None)
 
 
 def _first_rows(corpus_titles: np.ndarray, num_titles: int) -> np.ndarray:
@@ -242,6 +235,40 @@ def _first_rows(corpus_titles: np.ndarray, num_titles: int) -> np.ndarray:
     rows = np.arange(corpus_titles.size, dtype=np.int64)
     first[corpus_titles[::-1]] = rows[::-1]       # the last write (smallest row) wins
     return first
+
+
+def random_expectation(queries: Queries, seen: evaluation.SeenTitles,
+                       corpus_titles: np.ndarray, config: Config) -> dict:
+    """The random baseline's exact expected figures (see the module docstring), in
+    ``summarize``'s layout; standard errors are the binomial ones of N queries."""
+    ks = tuple(config.eval.top_ks)
+    m, n = np.asarray(corpus_titles).size, queries.rows.size
+    k, c = config.eval.ndcg_k, min(config.eval.num_candidates, m)
+    others = m - seen.rows_of_title[queries.titles]                 # R under the seed protocol
+    unseen = others - seen.excluded_counts(queries.users, queries.titles)
+    out: dict = {"standard_error": {}}
+    for suffix, r in (("", others), ("_exclude_seen", unseen)):
+        places = (r + 1).astype(np.float64)                          # positions 1..R+1
+        acc = {str(kk): float(np.mean(np.minimum(kk, places) / places)) for kk in ks}
+        out["top_k_accuracy" + suffix] = acc
+        out["standard_error"]["top_k_accuracy" + suffix] = {
+            kk: evaluation.standard_error(v, n) for kk, v in acc.items()}
+        if queries.positive.any():
+            out["positives" + suffix] = _expected_rank_metrics(places[queries.positive],
+                                                               min(k, c), c)
+    return out
+
+
+def _expected_rank_metrics(places: np.ndarray, k: int, c: int) -> dict[str, float]:
+    """Mean over queries of E[nDCG@k], P(hit@k), E[RR within c] for a rank uniform over
+    1..places."""
+    ranks = np.arange(1, max(k, c) + 1, dtype=np.float64)
+    gain = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(ranks + 1.0))])
+    rr = np.concatenate([[0.0], np.cumsum(1.0 / ranks)])
+    within_k, within_c = np.minimum(places, k).astype(int), np.minimum(places, c).astype(int)
+    return {f"ndcg@{k}": float(np.mean(gain[within_k] / places)),
+            f"hit@{k}": float(np.mean(within_k / places)),
+            "mrr": float(np.mean(rr[within_c] / places))}
 
 
 def summarize(counts: evaluation.HigherCounts, queries: Queries, config: Config,
@@ -347,10 +374,14 @@ def evaluate_baselines(dataset: Dataset, config: Config, rows: np.ndarray | None
                          f"{EASE_MAX_TITLES}: the dense T x T inverse would need "
                          f"{8 * train.num_titles ** 2 / 2 ** 30:.1f} GiB and ~T^3 flops"}
             continue
-        scorer, extra = _scorer(name, dataset, config, train, seen, popularity)
-        counts = score(scorer, queries, seen, corpus, priority)
-        out[name] = {**summarize(counts, queries, config, corpus.size), **extra,
-                     "seconds": time.perf_counter() - start}
+        if name == "random":
+            figures = {**random_expectation(queries, seen, corpus, config),
+                       "expectation": True}
+        else:
+            scorer, extra = _scorer(name, dataset, config, train, seen, popularity)
+            figures = {**summarize(score(scorer, queries, seen, corpus, priority), queries,
+                                   config, corpus.size), **extra}
+        out[name] = {**figures, "seconds": time.perf_counter() - start}
     return {"models": out, "num_queries": int(rows.size),
             "tie_break": "more training ratings first, then the smaller title index"}
 
@@ -358,8 +389,6 @@ def evaluate_baselines(dataset: Dataset, config: Config, rows: np.ndarray | None
 def _scorer(name: str, dataset: Dataset, config: Config, train: Interactions,
             seen: evaluation.SeenTitles, popularity: np.ndarray) -> tuple[Scorer, dict]:
     corpus = dataset.corpus_features["title_index"]
-    if name == "random":
-        return RandomScorer(config.seed, train.num_titles, corpus), {"seed": int(config.seed)}
     if name == "popular":
         return PopularScorer(popularity, corpus), {}
     if name == "ease":

@@ -208,9 +208,11 @@ def count_higher(block: ScoreBlock, num_queries: int, rows_per_block: int,
     ``rows_per_block`` queries, so at most one block of scores is alive at a time. A corpus row
     ranks above the positive when its score is STRICTLY greater (TFRS's rule: ties in the
     positive's favour), or, when ``column_priority`` [M] and ``positive_priority`` [N] are given
-    (baselines, whose scores tie often: popularity counts), when it ties and its priority is
-    smaller (ranked first by a deterministic order). Rows with the positive's own priority (its
-    duplicate titles) never count. ``exclude``: per-query corpus rows dropped for
+    (baselines, whose scores may tie), when it ties and its priority is smaller (ranked first by
+    a deterministic order). Rows with the positive's own priority (its duplicate titles) never
+    count. With priorities, the positive must be one of the block's own scores (the baselines
+    read it from the column of the true title), so a row where a single column ties holds no
+    other tie and skips the rule. ``exclude``: per-query corpus rows dropped for
     ``greater_unseen``; their verdicts are read from the same block, so the two protocols differ
     exactly by the excluded rows.
     """
@@ -229,12 +231,16 @@ def count_higher(block: ScoreBlock, num_queries: int, rows_per_block: int,
         pos = np.asarray(pos).reshape(-1, 1)
         higher = scores > pos
         if prio is not None:
-            higher |= (scores == pos) & (prio[None, :] < pos_prio[start:end, None])
+            # only rows where something besides the positive's own column ties need the rule
+            tied = scores == pos
+            rows = np.flatnonzero(np.count_nonzero(tied, axis=1) > 1)
+            higher[rows] |= tied[rows] & (prio[None, :] < pos_prio[start + rows, None])
         greater[start:end] = np.count_nonzero(higher, axis=1)
         finite[start:end] = np.isfinite(pos[:, 0]) & np.isfinite(scores).all(axis=1)
         if unseen is not None:
             row, col = exclude.slice(start, end).pairs()
-            dropped = np.bincount(row[higher[row, col]], minlength=end - start)
+            flat = higher.reshape(-1)[row * higher.shape[1] + col]   # flat gather: faster
+            dropped = np.bincount(row[flat], minlength=end - start)
             unseen[start:end] = greater[start:end] - dropped
     return HigherCounts(greater, unseen, finite)
 
@@ -539,12 +545,22 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return offsets + np.arange(total, dtype=np.int64)
 
 
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """np.unique of a 1-D integer array by sort + neighbour comparison (numpy 2's hash-based
+    unique was several times slower on the ~1M training pairs of ml-1m)."""
+    values = np.sort(np.asarray(values).reshape(-1))
+    if values.size == 0:
+        return values
+    return values[np.concatenate([[True], values[1:] != values[:-1]])]
+
+
 class SeenTitles:
     """The titles each user rated in training, and the corpus rows they occupy.
 
     ``users`` [R], ``titles`` [R]: integer user and title indices of the TRAINING ratings;
     ``corpus_titles`` [M]: the title index of every corpus row (duplicate titles share one).
-    Memory: O(distinct (user, title) pairs of training + M).
+    Held as the distinct (user, title) pairs, each expanded into its corpus rows once, so a
+    block of queries is one range gather. Memory: O(distinct training pairs + M).
     """
 
     def __init__(self, users, titles, corpus_titles) -> None:
@@ -556,20 +572,28 @@ class SeenTitles:
         if corpus.size == 0:
             raise ValueError("the corpus is empty: nothing to exclude from")
         size = int(max(corpus.max(initial=0), titles.max(initial=0))) + 1
-        pairs = np.unique(users * size + titles)               # distinct, sorted by user
+        self.pairs = sorted_unique(users * size + titles)        # distinct, sorted by user
         self.num_titles, self.num_columns = size, corpus.size
-        self.pair_users, self.pair_titles = pairs // size, pairs % size
-        # title -> its corpus rows (ascending)
-        self.rows_by_title = np.argsort(corpus, kind="stable").astype(np.int64)
-        self.title_ptr = np.searchsorted(corpus[self.rows_by_title], np.arange(size + 1))
+        self.pair_users, self.pair_titles = self.pairs // size, self.pairs % size
+        # title -> its corpus rows (ascending); each pair -> the rows of its title
+        rows_by_title = np.argsort(corpus, kind="stable").astype(np.int64)
+        title_ptr = np.searchsorted(corpus[rows_by_title], np.arange(size + 1))
+        self.rows_of_title = np.diff(title_ptr)
+        per_pair = self.rows_of_title[self.pair_titles]
+        self.pair_ptr = np.concatenate([[0], np.cumsum(per_pair)]).astype(np.int64)
+        self.seen_rows = rows_by_title[_ranges(title_ptr[self.pair_titles], per_pair)]
+        self.seen_row_titles = np.repeat(self.pair_titles, per_pair)
+
+    def _pair_range(self, users) -> tuple[np.ndarray, np.ndarray]:
+        users = np.asarray(users, dtype=np.int64).reshape(-1)
+        return (np.searchsorted(self.pair_users, users, side="left"),
+                np.searchsorted(self.pair_users, users, side="right"))
 
     def titles_of(self, users) -> tuple[np.ndarray, np.ndarray]:
         """(query [P], title [P]): the training titles of each of ``users`` [N]."""
-        users = np.asarray(users, dtype=np.int64).reshape(-1)
-        first = np.searchsorted(self.pair_users, users, side="left")
-        lengths = np.searchsorted(self.pair_users, users, side="right") - first
-        query = np.repeat(np.arange(users.size, dtype=np.int64), lengths)
-        return query, self.pair_titles[_ranges(first, lengths)]
+        first, last = self._pair_range(users)
+        query = np.repeat(np.arange(first.size, dtype=np.int64), last - first)
+        return query, self.pair_titles[_ranges(first, last - first)]
 
     def for_queries(self, users, truth_titles) -> "QueryExclusions":
         """The ``exclude_seen`` exclusions of N queries, built block by block on demand (what
@@ -582,16 +606,27 @@ class SeenTitles:
         title ``truth_titles[i]``), every corpus row of every title that user rated in
         training, except the rows of its own true title."""
         truth = np.asarray(truth_titles, dtype=np.int64).reshape(-1)
-        query, title = self.titles_of(users)
-        if truth.size != np.asarray(users).size:
-            raise ValueError(f"{np.asarray(users).size} users but {truth.size} true titles")
-        keep = title != truth[query]
-        query, title = query[keep], title[keep]
-        lengths = self.title_ptr[title + 1] - self.title_ptr[title]
-        cols = self.rows_by_title[_ranges(self.title_ptr[title], lengths)]
-        per_query = np.bincount(query, weights=lengths, minlength=truth.size).astype(np.int64)
-        return Exclusions(np.concatenate([[0], np.cumsum(per_query)]).astype(np.int64), cols,
-                          self.num_columns)   # grouped by query already (titles_of's order)
+        first, last = self._pair_range(users)
+        if truth.size != first.size:
+            raise ValueError(f"{first.size} users but {truth.size} true titles")
+        start, lengths = self.pair_ptr[first], self.pair_ptr[last] - self.pair_ptr[first]
+        at = _ranges(start, lengths)
+        query = np.repeat(np.arange(truth.size, dtype=np.int64), lengths)
+        own = self.seen_row_titles[at] == truth[query]
+        per_query = lengths - np.bincount(query[own], minlength=truth.size)
+        return Exclusions(np.concatenate([[0], np.cumsum(per_query)]).astype(np.int64),
+                          self.seen_rows[at[~own]], self.num_columns)
+
+    def excluded_counts(self, users, truth_titles) -> np.ndarray:
+        """[N] int64: how many corpus rows ``exclusions`` would drop per query, without
+        building them."""
+        truth = np.asarray(truth_titles, dtype=np.int64).reshape(-1)
+        first, last = self._pair_range(users)
+        total = self.pair_ptr[last] - self.pair_ptr[first]
+        code = np.asarray(users, dtype=np.int64).reshape(-1) * self.num_titles + truth
+        at = np.minimum(np.searchsorted(self.pairs, code), max(self.pairs.size - 1, 0))
+        rated = (self.pairs[at] == code) if self.pairs.size else np.zeros(truth.size, bool)
+        return total - np.where(rated, self.rows_of_title[truth], 0)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import pytest
 from twostage import baselines as bl
 from twostage import evaluation as ev
 from twostage import pipeline, report
+from twostage.config import Config
 
 
 # ---------------------------------------------------------------- EASE, closed form
@@ -90,19 +91,52 @@ def test_popular_exclude_seen_through_the_same_code():
 
 # ---------------------------------------------------------------- random
 
-def test_random_matches_its_expectation_and_is_seeded():
-    m, n, k = 50, 6000, 10
-    corpus = np.arange(1, m + 1)
-    priority = bl.tie_priority(np.zeros(m + 1, int))
-    users, titles = np.zeros(n, int), np.random.default_rng(1).integers(1, m + 1, n)
-    counts = score_queries(bl.RandomScorer(7, m + 1, corpus), users, titles, corpus, priority)
-    acc = float(np.mean(counts.greater < k))
-    expected = k / m                         # the truth's rank is uniform over the m titles
-    assert abs(acc - expected) < 4 * ev.standard_error(expected, n)
-    again = score_queries(bl.RandomScorer(7, m + 1, corpus), users, titles, corpus, priority)
-    other = score_queries(bl.RandomScorer(8, m + 1, corpus), users, titles, corpus, priority)
-    np.testing.assert_array_equal(counts.greater, again.greater)
-    assert not np.array_equal(counts.greater, other.greater)
+def test_random_expectation_by_hand():
+    # 5 corpus rows, titles 1..4 with title 2 twice; user 0 rated title 4 in training
+    corpus = np.array([1, 2, 3, 2, 4])
+    seen = ev.SeenTitles([0], [4], corpus)
+    queries = bl.Queries(rows=np.arange(2), users=np.array([0, 0]), titles=np.array([1, 2]),
+                         positive=np.array([True, False]))
+    cfg = Config.of(top_ks=(1, 2), ndcg_k=2, num_candidates=3)
+    out = bl.random_expectation(queries, seen, corpus, cfg)
+    # seed: R = 4 other rows for title 1, 3 for title 2 (its duplicate ties with it)
+    assert out["top_k_accuracy"] == pytest.approx({"1": (1 / 5 + 1 / 4) / 2,
+                                                   "2": (2 / 5 + 2 / 4) / 2})
+    # exclude_seen: title 4's row leaves: R = 3 and 2
+    assert out["top_k_accuracy_exclude_seen"] == pytest.approx({"1": (1 / 4 + 1 / 3) / 2,
+                                                                "2": (2 / 4 + 2 / 3) / 2})
+    # the positive query (title 1, R = 3 unseen): rank uniform over 1..4
+    assert out["positives_exclude_seen"] == pytest.approx(
+        {"ndcg@2": (1 + 1 / np.log2(3)) / 4, "hit@2": 2 / 4, "mrr": (1 + 1 / 2 + 1 / 3) / 4})
+
+
+def test_random_expectation_equals_the_mean_of_random_orders(synthetic_dataset, small_config):
+    """Monte Carlo through the shared scoring loop: uniform scores per corpus row, the true
+    title's rows tied with it, then the same exclusions."""
+    ds, cfg = synthetic_dataset, small_config
+    train = bl.Interactions.of(ds, ds.split.train)
+    corpus = ds.corpus_features["title_index"]
+    seen = train.seen(corpus)
+    queries = bl.Queries.of(ds, ds.split.test)
+    expected = bl.random_expectation(queries, seen, corpus, cfg)
+    rng = np.random.default_rng(0)
+    own = corpus[None, :] == queries.titles[:, None]
+    draws = []
+    for _ in range(40):
+        scores = rng.random((queries.rows.size, corpus.size)).astype(np.float32)
+        positive = rng.random(queries.rows.size).astype(np.float32)
+        scores = np.where(own, positive[:, None], scores)   # the truth's rows tie together
+
+        def block(a, b, s=scores, p=positive):
+            return s[a:b], p[a:b]
+        counts = ev.count_higher(block, queries.rows.size, 10 ** 6,
+                                 exclude=seen.for_queries(queries.users, queries.titles))
+        draws.append([np.mean(g < 10) for g in (counts.greater, counts.greater_unseen)])
+    mean = np.mean(draws, axis=0)
+    se = np.std(draws, axis=0) / np.sqrt(len(draws))
+    assert abs(mean[0] - expected["top_k_accuracy"]["10"]) < 4 * se[0] + 1e-9
+    assert abs(mean[1] - expected["top_k_accuracy_exclude_seen"]["10"]) < 4 * se[1] + 1e-9
+    assert expected["top_k_accuracy_exclude_seen"]["10"] > expected["top_k_accuracy"]["10"]
 
 
 # ---------------------------------------------------------------- lambda on validation only
