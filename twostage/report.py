@@ -177,6 +177,9 @@ def baseline_notes(reports: dict[str, dict]) -> str:
         for name, entry in base.get("models", {}).items():
             if entry.get("skipped"):
                 notes.append(f"- {BASELINE_NAMES.get(name, name)} skipped: {entry['skipped']}.")
+            elif entry.get("expectation"):
+                notes.append(f"- {BASELINE_NAMES.get(name, name)}: the exact expectation over "
+                             "uniformly random orders of the corpus rows, not one draw.")
             elif "validation" in entry:
                 v = entry["validation"]
                 tried = ", ".join(f"{lam}: {acc:.4f}" for lam, acc in v["scores"].items())
