@@ -255,3 +255,14 @@ def test_comparison_ratio_and_difference():
     text = report.comparison_table({"torch": {**model, "vs_baselines": {"popular": versus}}})
     assert "| torch vs most-popular | seed | x1.20 (+0.0100) | x0.50 (-0.0200) |" in text
     assert "| torch vs most-popular | exclude_seen | x∞ (+0.0900) | x0.50 (-0.0400) |" in text
+
+
+def test_results_markdown_states_the_sample_and_the_errors():
+    model = {"retrieval": {"top_k_accuracy": {"10": 0.06}, "top_k_accuracy_exclude_seen":
+                           {"10": 0.09},
+                           "standard_error": {"top_k_accuracy_exclude_seen": {"10": 0.0064}}},
+             "eval_sample": {"num_queries": 2000, "num_test_rows": 20000, "sampled": True,
+                             "eval_queries": 2000, "seed": 42, "exclude_seen": "by title"}}
+    text = report.results_markdown({"torch": model})
+    assert "| exclude_seen | top-10 | 0.0900 ± 0.0064 |" in text
+    assert "Evaluated 2000 of 20000 test ratings (a seeded sample (eval_queries=2000" in text
