@@ -212,16 +212,15 @@ def recommend(backend: Backend, user_ids: np.ndarray, timestamps: np.ndarray,
     suite all call it): retrieve ``num_candidates`` from the built index, score each candidate
     with the ranking model. ``titles`` [M] are the indexed titles (``build_index``'s input).
     ``exclude``: per-query corpus rows never to recommend (``exclude_seen``): the candidates
-    are the first ``num_candidates`` after exclusion (:func:`retrieve_unseen`); padding rows
-    (-1, when too few remain) get ranking score -inf, so they stay last after re-ranking."""
+    are the first ``num_candidates`` after exclusion (:func:`retrieve_unseen`). Padding rows
+    (-1: too few remain after exclusion, or an approximate index found too few) get ranking
+    score -inf, so they stay last after re-ranking, and are never scored as a title."""
     if exclude is None:
         scores, rows = backend.retrieve(user_ids, timestamps, num_candidates)
-        c = rows.shape[1]
-        ranking = backend.ranking_scores(np.repeat(np.asarray(user_ids, dtype=object), c),
-                                         np.repeat(np.asarray(timestamps, dtype=np.int64), c),
-                                         np.asarray(titles, dtype=object)[rows].ravel())
-        return Recommendations(rows, scores, ranking.reshape(rows.shape))
-    scores, rows = retrieve_unseen(backend, user_ids, timestamps, num_candidates, exclude, block)
+    else:
+        scores, rows = retrieve_unseen(backend, user_ids, timestamps, num_candidates, exclude,
+                                       block)
+    # An approximate index pads with row -1 too (too few candidates in the probed cells).
     valid = rows >= 0
     per_row = valid.sum(axis=1)
     ranking = np.full(rows.shape, -np.inf, dtype=np.float32)

@@ -296,3 +296,27 @@ def test_eval_queries_reports_the_sample_and_its_errors(trained, synthetic_datas
         p = report[key]["hit@10_reranked"]
         assert report[key]["standard_error"]["hit@10_reranked"] == pytest.approx(
             math.sqrt(p * (1 - p) / positives))
+
+
+def test_recommend_never_scores_an_index_padding_row_as_a_title():
+    """An approximate index pads with row -1; recommend must not score it as titles[-1]."""
+    from twostage.pipeline import recommend
+
+    class PaddingIndexBackend:
+        seen_titles: list = []
+
+        def retrieve(self, users, stamps, k):
+            rows = np.array([[2, 0, -1], [1, -1, -1]])
+            scores = np.where(rows >= 0, 1.0, -np.inf).astype(np.float32)
+            return scores, rows
+
+        def ranking_scores(self, users, stamps, titles):
+            self.seen_titles.extend(titles)
+            return np.arange(len(titles), dtype=np.float32)
+
+    backend = PaddingIndexBackend()
+    recs = recommend(backend, np.array(["1", "2"], dtype=object), np.array([5, 6]), 3,
+                     np.array(["a", "b", "c"], dtype=object))
+    assert backend.seen_titles == ["c", "a", "b"]          # never "c" for a -1 row
+    assert np.isneginf(recs.ranking_scores[recs.rows < 0]).all()
+    assert np.isfinite(recs.ranking_scores[recs.rows >= 0]).all()
