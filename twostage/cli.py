@@ -291,6 +291,7 @@ def _query_time(args: argparse.Namespace, default: int) -> int:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     from .checkpoint import stored_config
+    from .index.base import check_k
     from .pipeline import load_backend, recommend
     from .rundir import RunDir
 
@@ -309,6 +310,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
               "embedding is used", file=sys.stderr)
     ts = _query_time(args, run.max_timestamp)
     titles = run.corpus_titles
+    try:
+        check_k(args.k, len(titles), "-k")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     backend.build_index(titles)
     c = min(max(args.k, backend.config.eval.num_candidates), len(titles))
     recs = recommend(backend, np.array([args.user], dtype=object), np.array([ts], np.int64), c,
@@ -316,6 +321,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     print(f"user {args.user} at {ts} ({name}): {c} retrieved, re-ranked")
     print(f"{'#':>3}  {'retrieval':>9}  {'ranking':>7}  title")
     for i, j in enumerate(recs.reranked()[0, : args.k], start=1):
+        if recs.rows[0, j] < 0:     # an approximate index found fewer than c candidates
+            print(f"{i:>3}  (no more candidates: the index returned fewer; raise --ivf-nprobe "
+                  "or --hnsw-ef-search when training)")
+            break
         print(f"{i:>3}  {recs.retrieval_scores[0, j]:9.4f}  {recs.ranking_scores[0, j]:7.4f}  "
               f"{titles[recs.rows[0, j]]}")
     return 0

@@ -64,6 +64,11 @@ def test_recommend_from_saved_run(run_dir, capsys):
     scores = [float(line.split()[2]) for line in lines[2:]]
     assert scores == sorted(scores, reverse=True)  # re-ranked by the ranking score
     assert main(["recommend", "--run", str(run_dir), "--user", "7", "--backend", "tfrs"]) == 0
+    # more than the catalog holds: a usage error naming -k and the limit, nothing printed
+    capsys.readouterr()
+    assert main(["recommend", "--run", str(run_dir), "--user", "7", "-k", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert "-k=100000 exceeds the catalog's" in err and "lower -k to at most" in err
 
 
 def test_export_matches_faiss_top_k(run_dir, tmp_path):
