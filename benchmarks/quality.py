@@ -29,23 +29,23 @@ from twostage import env
 from twostage.config import BACKENDS, DATASETS, PRESETS, Config
 
 SEED_STRIDE = 1000
+_20 = {"retrieval_epochs": 20, "ranking_epochs": 20}
 # name -> (config changes, what it is). Epochs are part of a recipe: the seed's 100 + 100 over-
 # fits the retrieval stage, so the recipes train 20 retrieval epochs (measured best for logQ).
 RECIPES: dict[str, tuple[dict, str]] = {
     "seed": ({}, "the article: in-batch softmax, 100 + 100 epochs"),
-    "seed-20": ({"retrieval_epochs": 20, "ranking_epochs": 20}, "the seed, 20 + 20 epochs"),
-    "logq": ({"use_sampling_probability": True, "retrieval_epochs": 20, "ranking_epochs": 20},
+    "seed-20": (_20, "the seed, 20 + 20 epochs"),
+    "logq": ({**_20, "use_sampling_probability": True},
              "logQ correction (in-batch title frequencies)"),
-    "cosine": ({"normalize": True, "temperature": 0.05, "retrieval_epochs": 20,
-                "ranking_epochs": 20}, "L2-normalised towers, temperature 0.05"),
-    "mixed": ({"mixed_negatives": 1024, "use_sampling_probability": True,
-               "retrieval_epochs": 20, "ranking_epochs": 20},
-              "logQ + 1,024 uniformly sampled titles per batch as extra negatives"),
-    "genres": ({"genres": True, "use_sampling_probability": True, "retrieval_epochs": 20,
-                "ranking_epochs": 20}, "logQ + genres in the candidate tower"),
-    "history": ({"history": True, "use_sampling_probability": True, "retrieval_epochs": 20,
-                 "ranking_epochs": 20}, "logQ + the user's training history in the query tower"),
-    "best": (PRESETS["best"], "--preset best"),
+    "cosine": ({**_20, "use_sampling_probability": True, "normalize": True, "temperature": 0.1,
+                "learn_temperature": True}, "logQ + L2-normalised towers, learned temperature"),
+    "mixed": ({**_20, "use_sampling_probability": True, "mixed_negatives": 512},
+              "logQ + 512 uniformly sampled titles per batch as extra negatives"),
+    "genres": ({**_20, "use_sampling_probability": True, "genres": True},
+               "logQ + genres in the candidate tower"),
+    "history": ({**_20, "use_sampling_probability": True, "history": True},
+                "logQ + the user's training history in the query tower"),
+    "best": (PRESETS["best"], "--preset best: history + genres + logQ + cosine, learned T"),
 }
 # (column, model figure in flatten(evaluate(...)), baseline figure in evaluate_baselines)
 FIGURES: tuple[tuple[str, str, str], ...] = (
