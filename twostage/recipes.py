@@ -61,9 +61,11 @@ _NEGATIVES_STREAM = 0x4E4547
 def refuse_in_parallel(config: Config) -> None:
     """UnsupportedOptionError for the recipes that several processes / replicas cannot run
     (``config.distributed.nproc`` > 1): mixed negatives (a batch's sampled titles are not split
-    over the processes), and on torch's global negatives a learned temperature (its gathered
-    loss does not scale the queries)."""
-    problems = []
+    over the processes), on torch's global negatives a learned temperature (its gathered loss
+    does not scale the queries), and genres / history (their lookups are attached to one
+    process's models; not tested across processes yet)."""
+    problems = [f"{name}=True (its lookups are not attached across processes yet)"
+                for name in ("genres", "history") if getattr(config.model, name)]
     if config.task.mixed_negatives:
         problems.append(f"mixed_negatives={config.task.mixed_negatives} (the sampled titles "
                         "are not split over processes)")

@@ -176,6 +176,9 @@ def test_recipes_that_cannot_run_are_refused(small_config):
     with pytest.raises(UnsupportedOptionError, match="learn_temperature"):
         TorchBackend.check_config(small_config.replace(learn_temperature=True, nproc=2,
                                                        negatives="global"))
+    for name in ("genres", "history"):
+        with pytest.raises(UnsupportedOptionError, match=name):
+            TorchBackend.check_config(small_config.replace(nproc=2, **{name: True}))
     TorchBackend.check_config(small_config.replace(learn_temperature=True, nproc=2))  # replica
     TorchBackend.check_config(small_config.replace(mixed_negatives=8, normalize=True,
                                                    learn_temperature=True))
