@@ -226,6 +226,37 @@ class RecipeData:
                                                 dataset.features["title_index"][train])
         return cls(genres, history)
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain numpy arrays (for an ``np.savez`` beside a checkpoint's weights):
+        ``genres``, ``history_users`` (str, by slot), ``history_keys``, ``history_titles``."""
+        out: dict[str, np.ndarray] = {}
+        if self.genres is not None:
+            out["genres"] = np.asarray(self.genres, dtype=np.int64)
+        if self.history is not None:
+            names = sorted(self.history.users, key=self.history.users.get)
+            out["history_users"] = np.asarray(names, dtype=str)
+            out["history_keys"] = self.history.keys
+            out["history_titles"] = self.history.titles
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "RecipeData":
+        """The inverse of :meth:`to_arrays` (ValueError naming what is inconsistent)."""
+        genres = np.asarray(arrays["genres"], dtype=np.int64) if "genres" in arrays else None
+        if genres is not None and (genres.ndim != 2 or genres.shape[1] != NUM_GENRES):
+            raise ValueError(f"genres must be [title rows, {NUM_GENRES}], got {genres.shape}")
+        history = None
+        if "history_keys" in arrays:
+            keys = np.asarray(arrays["history_keys"], dtype=np.int64)
+            titles = np.asarray(arrays["history_titles"], dtype=np.int64)
+            users = [str(u) for u in arrays["history_users"]]
+            if len(keys) != len(titles) or (len(keys) and (
+                    np.any(np.diff(keys) < 0) or int(keys[-1] >> _TS_BITS) >= len(users))):
+                raise ValueError("history arrays are inconsistent (keys unsorted, or a slot "
+                                 "without a user, or keys and titles of different lengths)")
+            history = HistoryIndex({u: i for i, u in enumerate(users)}, keys, titles)
+        return cls(genres, history)
+
     def histories(self, user_ids: Iterable, timestamps: Iterable) -> np.ndarray:
         """[N, HISTORY_LENGTH] title ids (:meth:`HistoryIndex.lookup`)."""
         if self.history is None:

@@ -319,3 +319,20 @@ def test_recipes_train_and_evaluate(synthetic_dataset, small_config, recipe):
     backend.fit_ranking(synthetic_dataset, epochs=1)
     report = evaluate(backend, synthetic_dataset, config)
     assert 0 < report["retrieval"]["top_k_accuracy"]["100"] <= 1
+
+
+def test_recipe_data_round_trips_through_plain_arrays(synthetic_dataset, small_config, tmp_path):
+    from twostage.recipes import RecipeData
+    ds = synthetic_dataset
+    recipe = RecipeData.from_dataset(ds, small_config.replace(genres=True, history=True))
+    path = tmp_path / "recipe.npz"
+    np.savez(path, **recipe.to_arrays())
+    with np.load(path) as stored:
+        back = RecipeData.from_arrays(dict(stored))
+    assert np.array_equal(back.genres, recipe.genres)
+    rows = np.arange(len(ds.user_id))
+    assert np.array_equal(back.histories(ds.user_id[rows], ds.timestamp[rows]),
+                          recipe.histories(ds.user_id[rows], ds.timestamp[rows]))
+    broken = dict(recipe.to_arrays(), history_keys=recipe.history.keys[::-1])
+    with pytest.raises(ValueError, match="inconsistent"):
+        RecipeData.from_arrays(broken)
