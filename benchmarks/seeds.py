@@ -181,6 +181,27 @@ def print_table(summary: dict, names: list[str], mode: str, n: int) -> None:
         print(line)
 
 
+def markdown(summary: dict, names: list[str], mode: str, n: int) -> str:
+    """The README's table: means ± std per backend, the difference, the tests' Holm-corrected
+    p-values, the smallest detectable difference and the verdict (``stats.verdict``'s words)."""
+    tests = stats.PAIRED_TESTS if mode == "paired" else stats.INDEPENDENT_TESTS
+    two = len(names) == 2 and n >= 2
+    head = ["metric", *(f"{name} (mean ± std, {n} seeds)" for name in names)]
+    if two:
+        head += ["torch - tfrs", *(f"{t} p (Holm)" for t in tests), "smallest detectable",
+                 "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for metric, row in summary.items():
+        cells = [metric, *(f"{row[name]['mean']:.5f} ± {row[name]['std']:.5f}" for name in names)]
+        if two:
+            cells += [f"{row['diff']:+.5f}",
+                      *(f"{_p(row['tests'][t]['p'])} ({_p(row['p_holm'][t])})" for t in tests),
+                      f"{row['mde']:.2g}" if row["mde"] is not None else "-",
+                      "DIFFERENT" if row["verdict"].startswith("DIFFERENT") else "none detected"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # --- the run -----------------------------------------------------------------------------------
 def settings_of(base: Config, mode: str, names: list[str]) -> dict:
     """What must match for --resume to continue a seeds.json (the number of seeds may grow)."""
@@ -280,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     names = list(BACKENDS) if args.backend == "both" else [args.backend]
     report = run(dataset, base, args.seeds, args.mode, names, Path(args.out), args.resume)
     print_table(report["summary"], names, args.mode, len(report["per_seed"]))
+    from twostage import io
+    io.write_text(Path(args.out) / "seeds.md", markdown(report["summary"], names, args.mode,
+                                                        len(report["per_seed"])) + "\n")
     return 0
 
 

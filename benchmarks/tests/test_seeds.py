@@ -80,6 +80,7 @@ def test_paired_mode_end_to_end(data_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "paired mode, 2 seeds" in printed
     assert report["summary"]["ranking.auc"]["verdict"] in printed
+    assert (tmp_path / "seeds.md").read_text().startswith("| metric | torch (mean ± std, 2 seeds)")
 
 
 @pytest.mark.slow
@@ -131,6 +132,11 @@ def test_each_seed_is_saved_and_resume_continues(tmp_path, monkeypatch, capsys):
     assert other["verdict"].startswith("no difference detected at Holm-corrected p >= 0.05")
     seeds.print_table(report["summary"], ["torch", "tfrs"], "paired", 4)
     assert top1["verdict"] in capsys.readouterr().out
+    table = seeds.markdown(report["summary"], ["torch", "tfrs"], "paired", 4).splitlines()
+    names = seeds.metric_names(TINY)
+    assert len(table) == 2 + len(names) and "| paired_t p (Holm) |" in table[0]
+    assert table[2].startswith(f"| {names[0]} |") and table[2].endswith("| DIFFERENT |")
+    assert table[3].endswith("| none detected |") and "+0.1" in table[2]
 
 
 def test_resume_refuses_other_settings(tmp_path, monkeypatch):
