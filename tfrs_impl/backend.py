@@ -115,7 +115,7 @@ class TfrsBackend:
 
     def attach_recipe_data(self, recipe: RecipeData | None) -> None:
         """The towers' genre table and user histories (``twostage.recipes``): fit_retrieval
-        attaches its dataset's; a loaded checkpoint has none (they are not stored)."""
+        attaches its dataset's, :meth:`load` the checkpoint's."""
         if recipe is not None:
             attach_recipe_data(self.retrieval_model, recipe)
         self.recipe, self._index = recipe, None
@@ -208,24 +208,28 @@ class TfrsBackend:
 
     # --- persistence ---------------------------------------------------------------------------
     def save(self, directory: Path | str) -> None:
-        """Weights, Adagrad accumulators, epochs done, spec and config (twostage.checkpoint)."""
+        """Weights, Adagrad accumulators, epochs done, spec, config and the attached recipe
+        lookups (genres / history), atomically (twostage.checkpoint)."""
         checkpoint.save(directory, config=self.config, spec=self.spec,
-                        models=self.models,
-                        optimizers=self.optimizers, epochs_done=self.epochs_done)
+                        models=self.models, optimizers=self.optimizers,
+                        epochs_done=self.epochs_done, recipe=self.recipe)
 
     @classmethod
     def load(cls, directory: Path | str, config: Config | None = None,
              spec: FeatureSpec | None = None) -> "TfrsBackend":
         """A backend from a checkpoint written by :meth:`save`. ``config``: must agree with the
         stored one on the architecture fields; its runtime options are used (and must be ones
-        this backend supports). ``spec``: must be the stored one."""
+        this backend supports). ``spec``: must be the stored one. The stored recipe lookups
+        are attached (histories: the stored training ratings)."""
         stored = load_checkpoint(directory, backend=cls.name, config=config, spec=spec)
         cls.check_config(stored.config)  # before building anything
         strategy = distributed.strategy_for(stored.config)
         built, optimizers = build_stages(stored.spec, stored.config, strategy)
         checkpoint.restore(stored, built, optimizers)
-        return cls._from_parts(stored.config, stored.spec, built, optimizers, stored.epochs_done,
-                               strategy)
+        backend = cls._from_parts(stored.config, stored.spec, built, optimizers,
+                                  stored.epochs_done, strategy)
+        backend.attach_recipe_data(stored.recipe)
+        return backend
 
     def export_saved_model(self, directory: Path | str, corpus_titles: np.ndarray,
                            k: int = index_lib.DEFAULT_K, force: bool = False) -> Path:

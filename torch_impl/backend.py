@@ -126,7 +126,7 @@ class TorchBackend:
 
     def attach_recipe_data(self, recipe: Optional[RecipeData]) -> None:
         """The genre table and user histories the towers look up (``twostage.recipes``; the
-        training dataset's are attached by ``fit_retrieval``; checkpoints do not store them)."""
+        training dataset's are attached by ``fit_retrieval``, a checkpoint's by ``load``)."""
         if recipe is not None:
             attach_recipe_data(self.retrieval_model, recipe)
         self.recipe = recipe
@@ -274,10 +274,11 @@ class TorchBackend:
 
     # --- persistence ----------------------------------------------------------------------------
     def save(self, directory: Path | str) -> None:
-        """Weights + Adagrad accumulators by Keras name, epochs done, spec and config, atomically
-        (``twostage.checkpoint``). The index is not saved: rebuild it with build_index."""
+        """Weights + Adagrad accumulators by Keras name, epochs done, spec, config and the
+        attached recipe lookups (genres / history), atomically (``twostage.checkpoint``). The
+        index is not saved: rebuild it with build_index."""
         ckpt.save(directory, config=self.config, spec=self.spec, models=self.models,
-                  optimizers=self.optimizers, epochs_done=self.epochs_done)
+                  optimizers=self.optimizers, epochs_done=self.epochs_done, recipe=self.recipe)
 
     @classmethod
     def load(cls, directory: Path | str, config: Optional[Config] = None,
@@ -285,10 +286,12 @@ class TorchBackend:
         """Rebuild from :meth:`save`'s directory. ``config`` / ``spec``, when given, must match
         the stored ones (architecture fields / fingerprint) and the given config's runtime
         options (device, index, ...) are used; otherwise the stored ones. Raises
-        ``twostage.checkpoint.CheckpointNotFoundError`` / ``CheckpointError``."""
+        ``twostage.checkpoint.CheckpointNotFoundError`` / ``CheckpointError``. The stored
+        recipe lookups are attached (histories: the stored training ratings)."""
         stored = load_checkpoint(directory, backend=cls.name, config=config, spec=spec)
         backend = cls(stored.config, stored.spec)
         ckpt.restore(stored, backend.models, backend.optimizers)
+        backend.attach_recipe_data(stored.recipe)
         backend.epochs_done.update(stored.epochs_done)
         backend.broadcast_state()  # several processes: rank 0's copy of the checkpoint
         return backend

@@ -45,7 +45,8 @@ def stage_state(stage: str, model: nn.Module, optimizer: KerasAdagrad) -> core.S
 
 def save(directory: Path | str, **kwargs) -> Path:
     """``twostage.checkpoint.save_models`` with this backend's :func:`stage_state`: ``config``,
-    ``spec``, ``models`` / ``optimizers`` by stage, ``epochs_done``."""
+    ``spec``, ``models`` / ``optimizers`` by stage, ``epochs_done``, ``recipe`` (the attached
+    ``RecipeData``: written as recipe.npz when the config uses genres / history)."""
     return core.save_models(directory, backend=BACKEND, stage_state=stage_state,
                             framework=framework(), **kwargs)
 

@@ -404,7 +404,8 @@ def assign_from_keras(targets: Mapping[str, torch.Tensor], model: nn.Module,
             if tuple(value.shape) != tuple(target.shape):
                 raise ValueError(f"{keras}: {what} shape {np.asarray(values[keras]).shape} does "
                                  "not fit the model (built from another spec/config?)")
-            target.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+            # reshape: ascontiguousarray makes a 0-d array (a learned temperature) [1]
+            target.copy_(torch.from_numpy(np.ascontiguousarray(value).reshape(value.shape)))
 
 
 def get_keras_weights(model: nn.Module, prefix: str = "") -> dict[str, np.ndarray]:

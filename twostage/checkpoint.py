@@ -9,12 +9,22 @@ then one rename; an existing folder is replaced only if it is a checkpoint of ou
     feature_spec.json  FeatureSpec.to_dict()
     retrieval.npz      "weights/<Keras name>" and "accumulators/<Keras name>" (Adagrad state)
     ranking.npz        idem
+    recipe.npz         only with model.genres / model.history: the lookups those recipes read
+                       (``RecipeData.to_arrays()``: genre table, training ratings by user);
+                       its sha256 is in meta.json ("recipe"), so an edited file is refused
 
 Both backends name weights by the Keras attribute path of the seed's models with Dense kernels
 [in, out] (``torch_impl.models`` transposes Linear weights), and store the Keras Adagrad
 accumulator of every weight under the same name, so a resumed run of either backend continues
 the same optimizer state. Everything read back is validated before anything is allocated:
 every failure is one :class:`CheckpointError` line naming the file, the field and the fix.
+
+The recipe lookups are data, not weights, but a model of ``genres`` / ``history`` cannot run
+without them, so they travel with the weights (both backends write the same arrays) and a
+loaded backend has them attached. A loaded model's user history at a query time is therefore
+the user's ratings IN THE STORED TRAINING SPLIT strictly before that time
+(``twostage.recipes.HistoryIndex``): ``twostage recommend`` at the default time (the latest in
+the data) sees every training rating of the user, and none of the test split's.
 """
 from __future__ import annotations
 
@@ -26,18 +36,24 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from . import io
-from .config import Config
+from .config import FIELD_SECTION, Config
 from .data.features import FeatureSpec
+from .recipes import NUM_GENRES, RecipeData
 
 FORMAT = "twostage-checkpoint"
 VERSION = 2
 KIND = "checkpoint"
 STAGES = ("retrieval", "ranking")
 STAGE_FILES = {"retrieval": "retrieval.npz", "ranking": "ranking.npz"}
+RECIPE_FILE = "recipe.npz"
 WEIGHTS, ACCUMULATORS = "weights/", "accumulators/"
-# Config fields that decide parameter shapes or the meaning of the inputs.
+# Config fields that decide parameter shapes or the meaning of the inputs and scores (a model
+# built with another value would load silently and compute something else: cosine vs dot).
 ARCHITECTURE_FIELDS = ("embedding_dim", "layer_sizes", "ranking_layer_sizes", "num_buckets",
-                       "max_tokens")
+                       "max_tokens", "genres", "history", "normalize", "learn_temperature")
+# RecipeData.to_arrays() entries and the dtype kind each must have ("i" int, "U" str).
+_RECIPE_ARRAYS = {"genres": "i", "history_users": "U", "history_keys": "i",
+                  "history_titles": "i"}
 MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32: far above any MovieLens model
 
 
@@ -68,16 +84,20 @@ class Checkpoint:
     stages: dict[str, StageState] = field(default_factory=dict)
     epochs_done: dict[str, int] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    recipe: RecipeData | None = None  # the genre / history lookups (model.genres / history)
 
 
 # --- writing ---------------------------------------------------------------------------------
 def save_checkpoint(directory: Path | str, *, backend: str, config: Config, spec: FeatureSpec,
                     stages: Mapping[str, StageState], epochs_done: Mapping[str, int],
-                    framework: str = "") -> Path:
-    """Write a checkpoint atomically to ``directory`` (replacing an older checkpoint only)."""
+                    framework: str = "", recipe: RecipeData | None = None) -> Path:
+    """Write a checkpoint atomically to ``directory`` (replacing an older checkpoint only).
+    ``recipe``: the lookups ``config.model.genres`` / ``history`` need (ValueError, before
+    anything is written, when they are missing); ignored when the config uses neither."""
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         raise ValueError(f"unknown stages {unknown}; use {STAGES}")
+    recipe_arrays = _recipe_arrays(config, recipe)
 
     def write(tmp: Path) -> None:
         for stage, state in stages.items():
@@ -86,25 +106,48 @@ def save_checkpoint(directory: Path | str, *, backend: str, config: Config, spec
                 arrays.update({ACCUMULATORS + k: np.asarray(v)
                                for k, v in state.accumulators.items()})
             io.write_with(tmp / STAGE_FILES[stage], lambda p, a=arrays: _savez(p, a))
+        recipe_entry = None
+        if recipe_arrays is not None:
+            io.write_with(tmp / RECIPE_FILE, lambda p: _savez(p, recipe_arrays))
+            recipe_entry = {"file": RECIPE_FILE, "sha256": io.sha256_file(tmp / RECIPE_FILE)}
         io.write_json(tmp / "config.json", config.to_dict())
         io.write_json(tmp / "feature_spec.json", spec.to_dict())
         io.write_json(tmp / "meta.json", {
             "format": FORMAT, "version": VERSION, "backend": backend,
             "spec_fingerprint": spec.fingerprint(), "framework": framework,
             "stages": sorted(stages), "epochs_done": {s: int(epochs_done.get(s, 0))
-                                                      for s in STAGES}})
+                                                      for s in STAGES},
+            "recipe": recipe_entry})
     return io.replace_directory(Path(directory), write, KIND)
+
+
+def _recipe_arrays(config: Config, recipe: RecipeData | None) -> dict[str, np.ndarray] | None:
+    """What recipe.npz holds for ``config``: the parts of ``recipe`` it uses, or None."""
+    wanted = [name for name in ("genres", "history") if getattr(config.model, name)]
+    if not wanted:
+        return None
+    missing = [name for name in wanted if recipe is None or getattr(recipe, name) is None]
+    if missing:
+        raise ValueError(f"cannot save: model.{missing[0]}=True but its lookups are not "
+                         "attached (fit the backend on its dataset, or "
+                         "backend.attach_recipe_data(RecipeData.from_dataset(dataset, config)) "
+                         "before save)")
+    return RecipeData(recipe.genres if config.model.genres else None,
+                      recipe.history if config.model.history else None).to_arrays()
 
 
 def save_models(directory: Path | str, *, backend: str, config: Config, spec: FeatureSpec,
                 models: Mapping, optimizers: Mapping, epochs_done: Mapping[str, int],
-                stage_state: Callable[[str, Any, Any], StageState], framework: str) -> Path:
+                stage_state: Callable[[str, Any, Any], StageState], framework: str,
+                recipe: RecipeData | None = None) -> Path:
     """:func:`save_checkpoint` of framework models: ``stage_state(stage, model, optimizer)``
-    (the backend's ``checkpoint.stage_state``) turns each stage into named numpy arrays."""
+    (the backend's ``checkpoint.stage_state``) turns each stage into named numpy arrays;
+    ``recipe``: the backend's attached lookups."""
+    _recipe_arrays(config, recipe)  # refuse missing lookups before touching the models
     stages = {stage: stage_state(stage, model, optimizers[stage])
               for stage, model in models.items()}
     return save_checkpoint(directory, backend=backend, config=config, spec=spec, stages=stages,
-                           epochs_done=epochs_done, framework=framework)
+                           epochs_done=epochs_done, framework=framework, recipe=recipe)
 
 
 def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -145,6 +188,11 @@ def _check_meta(meta, path: Path, backend: str | None) -> dict:
                               f"{epochs!r}")
     if not isinstance(meta.get("spec_fingerprint"), str):
         raise CheckpointError(f"{path}: 'spec_fingerprint' is missing")
+    recipe = meta.get("recipe")
+    if recipe is not None and not (isinstance(recipe, dict) and recipe.get("file") == RECIPE_FILE
+                                   and isinstance(recipe.get("sha256"), str)):
+        raise CheckpointError(f"{path}: 'recipe' must be null or name {RECIPE_FILE!r} with its "
+                              f"'sha256', got {recipe!r}; train and save again")
     return meta
 
 
@@ -152,9 +200,13 @@ def config_differences(stored: Config, given: Config,
                        fields: tuple[str, ...] = ARCHITECTURE_FIELDS) -> dict[str, tuple]:
     """{field: (stored, given)} for the architecture ``fields`` that differ."""
     def get(c: Config, name: str):
-        section = "data" if name in ("num_buckets", "max_tokens") else "model"
-        return getattr(getattr(c, section), name)
+        return getattr(getattr(c, _section(name)), name)
     return {f: (get(stored, f), get(given, f)) for f in fields if get(stored, f) != get(given, f)}
+
+
+def _section(name: str) -> str:
+    """The config section of an architecture field (``data``, ``model`` or ``task``)."""
+    return FIELD_SECTION[name]
 
 
 def parameter_count(config: Config, spec: FeatureSpec) -> int:
@@ -163,6 +215,8 @@ def parameter_count(config: Config, spec: FeatureSpec) -> int:
     tables = spec.num_user_rows + spec.num_bucket_rows  # UserModel
     movie = spec.num_title_rows + spec.max_tokens        # MovieModel
     per_pair = (tables + movie) * d
+    # the retrieval towers' recipe tables: history [title rows, d], genres [NUM_GENRES + 1, d]
+    recipes = (spec.num_title_rows * m.history + (NUM_GENRES + 1) * m.genres) * d
 
     def mlp(width: int, sizes) -> int:
         total = 0
@@ -170,20 +224,25 @@ def parameter_count(config: Config, spec: FeatureSpec) -> int:
             total += width * s + s
             width = s
         return total
-    towers = mlp(2 * d + 1, m.layer_sizes) + mlp(2 * d, m.layer_sizes)
+    towers = mlp((2 + m.history) * d + 1, m.layer_sizes) + mlp((2 + m.genres) * d, m.layer_sizes)
     ranking = mlp(4 * d + 1, [*m.ranking_layer_sizes, 1])
-    return 2 * per_pair + towers + ranking
+    return 2 * per_pair + recipes + towers + ranking + int(config.task.learn_temperature)
+
+
+def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz (no pickles), or one CheckpointError naming the file."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise CheckpointError(f"{path}: not a readable {what} ({e}); train and save again"
+                              ) from None
 
 
 def _load_stage(path: Path) -> StageState:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; the checkpoint is incomplete")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise CheckpointError(f"{path}: not a readable weight file ({e}); train and save again"
-                              ) from None
+    arrays = _read_npz(path, "weight file")
     bad = sorted(k for k in arrays if not k.startswith((WEIGHTS, ACCUMULATORS)))
     if bad:
         raise CheckpointError(f"{path}: unexpected entries {bad[:3]} (expected "
@@ -239,15 +298,71 @@ def load_checkpoint(directory: Path | str, *, backend: str | None = None,
     if config is not None:
         diff = config_differences(stored_config, config)
         if diff:
-            details = ", ".join(f"{k}: checkpoint {a!r} vs given {b!r}"
+            details = ", ".join(f"{_section(k)}.{k}: checkpoint {a!r} vs given {b!r}"
                                 for k, (a, b) in diff.items())
             raise CheckpointError(f"{directory}: the checkpoint's architecture differs from the "
                                   f"given config ({details}); load without a config or with "
                                   "matching values")
+    recipe = _load_recipe(directory, meta, stored_config, stored_spec)
     stages = {s: _load_stage(directory / STAGE_FILES[s]) for s in meta["stages"]}
     return Checkpoint(directory=directory, backend=meta.get("backend", ""),
                       config=config or stored_config, spec=stored_spec, stages=stages,
-                      epochs_done={**{s: 0 for s in STAGES}, **meta["epochs_done"]}, meta=meta)
+                      epochs_done={**{s: 0 for s in STAGES}, **meta["epochs_done"]}, meta=meta,
+                      recipe=recipe)
+
+
+def _load_recipe(directory: Path, meta: dict, config: Config, spec: FeatureSpec
+                 ) -> RecipeData | None:
+    """recipe.npz checked against meta.json's checksum, the stored config and spec."""
+    path, entry = directory / RECIPE_FILE, meta.get("recipe")
+    wanted = {name for name in ("genres", "history") if getattr(config.model, name)}
+    if entry is None:
+        if wanted:
+            raise CheckpointError(f"{path} is missing: config.json uses model."
+                                  f"{sorted(wanted)[0]}, whose lookups a checkpoint of this "
+                                  "version stores (saved by an older version?); train and save "
+                                  "again")
+        return None
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete: train and save "
+                              "again")
+    if io.sha256_file(path) != entry["sha256"]:
+        raise CheckpointError(f"{path} changed after it was saved (its sha256 differs from "
+                              "meta.json's); restore the file, or train and save again")
+    arrays = _read_npz(path, "recipe file")
+    _check_recipe_arrays(path, arrays, wanted, spec)
+    try:
+        return RecipeData.from_arrays(arrays)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: {e}; train and save again") from None
+
+
+def _check_recipe_arrays(path: Path, arrays: dict[str, np.ndarray], wanted: set[str],
+                         spec: FeatureSpec) -> None:
+    """Names, dtypes and value ranges of recipe.npz against the config's recipes and the spec
+    (title ids must index the title table the towers were built with)."""
+    expected = {"genres"} if "genres" in wanted else set()
+    if "history" in wanted:
+        expected |= {"history_users", "history_keys", "history_titles"}
+    if set(arrays) != expected:
+        raise CheckpointError(f"{path}: holds {sorted(arrays)}, config.json's recipes need "
+                              f"{sorted(expected)}; the checkpoint was edited or mixed up: "
+                              "train and save again")
+    for name, v in arrays.items():
+        if v.dtype.kind != _RECIPE_ARRAYS[name] or (v.ndim != 1 and name != "genres"):
+            raise CheckpointError(f"{path}: {name} has dtype {v.dtype} and {v.ndim} dims; "
+                                  "train and save again")
+    genres = arrays.get("genres")
+    if genres is not None and (genres.shape != (spec.num_title_rows, NUM_GENRES) or (
+            genres.size and (genres.min() < 0 or genres.max() > NUM_GENRES))):
+        raise CheckpointError(f"{path}: genres must be [{spec.num_title_rows}, {NUM_GENRES}] "
+                              f"ids in 0..{NUM_GENRES}, got shape {genres.shape}; train and "
+                              "save again")
+    titles = arrays.get("history_titles")
+    if titles is not None and titles.size and (titles.min() < 0 or
+                                               titles.max() >= spec.num_title_rows):
+        raise CheckpointError(f"{path}: history_titles must be title ids in "
+                              f"0..{spec.num_title_rows - 1}; train and save again")
 
 
 def stored_config(directory: Path | str) -> Config:

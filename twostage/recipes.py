@@ -280,7 +280,7 @@ def not_attached(what: str) -> str:
     """The error of a model whose recipe lookups are missing (what to do about it)."""
     return (f"the {what} of this configuration's recipes are not attached: fit on the dataset, "
             "or backend.attach_recipe_data(RecipeData.from_dataset(dataset, config)) "
-            "(checkpoints do not store them)")
+            "(a backend loaded from a checkpoint has the stored ones)")
 
 
 def history_column(recipe: RecipeData | None, dataset, config: Config) -> np.ndarray | None:
