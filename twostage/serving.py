@@ -60,7 +60,8 @@ class ExportError(ValueError):
 @dataclass(frozen=True)
 class Served:
     """The top k of N queries, in re-ranked order (ranking score descending, ties in retrieval
-    order): ``titles`` [N, k] object, ``rows`` [N, k] int64 catalog positions (index rows),
+    order): ``titles`` [N, k] object (None where an approximate index found fewer than k
+    candidates), ``rows`` [N, k] int64 catalog positions (index rows; -1 there),
     ``retrieval_scores`` / ``ranking_scores`` [N, k] float32."""
 
     titles: np.ndarray
@@ -77,8 +78,8 @@ def top_k(recs: Recommendations, titles: np.ndarray, k: int) -> Served:
     def take(a: np.ndarray) -> np.ndarray:
         return np.take_along_axis(a, order, axis=1)
     rows = take(recs.rows)
-    return Served(np.asarray(titles, dtype=object)[rows], rows, take(recs.retrieval_scores),
-                  take(recs.ranking_scores))
+    named = np.where(rows >= 0, np.asarray(titles, dtype=object)[np.maximum(rows, 0)], None)
+    return Served(named, rows, take(recs.retrieval_scores), take(recs.ranking_scores))
 
 
 def check_k(k: int, catalog_size: int) -> int:
@@ -221,9 +222,14 @@ class TorchExport:
         c = min(max(k, self.num_candidates), self.catalog_size)
         queries = self._run("query_tower", self.spec.encode_queries(users, ts), QUERY_INPUTS)
         scores, rows = self.index.search(queries, c)
-        ranking = self._run("ranking_model", self.spec.encode(
-            np.repeat(users, c), np.repeat(ts, c), self.titles[rows].ravel()), RANKING_INPUTS)
-        return top_k(Recommendations(rows, scores, ranking.reshape(rows.shape)), self.titles, k)
+        # An approximate index pads with row -1: ranking score -inf, never scored as a title
+        # (as twostage.pipeline.recommend).
+        valid = rows >= 0
+        ranking = np.full(rows.shape, -np.inf, dtype=np.float32)
+        ranking[valid] = self._run("ranking_model", self.spec.encode(
+            np.repeat(users, valid.sum(axis=1)), np.repeat(ts, valid.sum(axis=1)),
+            self.titles[rows[valid]]), RANKING_INPUTS).reshape(-1)
+        return top_k(Recommendations(rows, scores, ranking), self.titles, k)
 
     def _run(self, name: str, arrays: dict[str, np.ndarray], keys: tuple[str, ...]
              ) -> np.ndarray:

@@ -276,3 +276,23 @@ def test_runs_with_data_features_are_refused(run_dir, tmp_path, monkeypatch, cap
                  str(tmp_path / "x")]) == 1
     assert f"trained with model.{feature}" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_index_padding_is_never_served_as_a_title(export_dir, monkeypatch):
+    """An approximate index pads with row -1: the loader must not score or name it as the last
+    title (it stays last, title None, ranking score -inf)."""
+    served = serving.load(export_dir)
+    search = served.index.search
+
+    def padded_search(queries, c):
+        scores, rows = search(queries, c)
+        rows, scores = rows.copy(), scores.copy()
+        rows[:, 2:], scores[:, 2:] = -1, -np.inf            # only two candidates found
+        return scores, rows
+
+    monkeypatch.setattr(served.index, "search", padded_search)
+    out = served.recommend(["1", "2", "3"], None, k=5)
+    assert (out.rows[:, :2] >= 0).all() and (out.rows[:, 2:] == -1).all()
+    assert all(t is None for t in out.titles[:, 2:].ravel())
+    assert np.isneginf(out.ranking_scores[:, 2:]).all()
+    assert np.isfinite(out.ranking_scores[:, :2]).all()
