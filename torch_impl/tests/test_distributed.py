@@ -354,9 +354,7 @@ def test_a_stalled_rank_ends_the_others_after_the_timeout(small_config, syntheti
     assert outcome.exit_codes[0] == 1 and outcome.exit_codes[1] is None  # 1: killed
     stalled = json.loads((tmp_path / "stalled.json").read_text())["time"]
     waited = outcome.errors[0]["time"] - stalled
-    # at least the timeout; the upper bound only proves it did not hang until the deadline
-    # (generous: on a loaded 2-core machine the error path itself can take seconds)
-    assert timeout - 0.5 < waited < timeout + 30, waited
+    assert timeout - 0.5 < waited < timeout + 5, waited
     assert "Timed out" in outcome.errors[0]["text"]
     assert not list(tmp_path.glob("done-*")) and not list(tmp_path.glob(".*"))
 
