@@ -194,9 +194,12 @@ class FeatureSpec:
                 "ts_norm": self.timestamp_normalized(ts)}
 
     def encode_titles(self, titles: Iterable) -> dict[str, np.ndarray]:
-        """Candidate-tower inputs: title_index [N], title_tokens [N, L]."""
-        titles = _as_str_array(titles)
-        return {"title_index": self.title_index(titles), "title_tokens": self.title_tokens(titles)}
+        """Candidate-tower inputs: title_index [N], title_tokens [N, L]. Each distinct title is
+        looked up and tokenised once (re-ranking encodes every query's candidates: 10 rows a
+        query, about 1,600 distinct titles in 200,000 rows on ml-100k)."""
+        codes, distinct = pd.factorize(_as_str_array(titles).ravel())
+        return {"title_index": self.title_index(distinct)[codes],
+                "title_tokens": self.title_tokens(distinct)[codes]}
 
     def encode_ratings(self, ratings: pd.DataFrame, corpus_titles: np.ndarray,
                        corpus_features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -37,7 +37,7 @@ from .features import query_arrays, to_tensors
 SUPPORTED: dict[str, tuple] = {"index.kind": ("flat",), "train.device": ("cpu",),
                                "task.ranking_loss": ("keras_graph",),
                                "train.precision": ("fp32",), "train.compile": (False,),
-                               "train.cuda_graphs": (False,)}
+                               "train.cuda_graphs": (False, None)}
 # Further limits with nproc > 1 (MirroredStrategy): TFRS's Retrieval never gathers candidates
 # across replicas (tfrs_impl/distributed.py).
 DISTRIBUTED_SUPPORTED: dict[str, tuple] = {"distributed.negatives": ("replica",)}

@@ -248,14 +248,7 @@ class Retrieval(nn.Module):
         :class:`RetrievalInputs` (``positive_offset`` > 0: global negatives, see the module
         docstring).
         """
-        if query_embeddings.dim() == 3:
-            scores = torch.einsum("qne,ce->qnc", query_embeddings, candidate_embeddings)
-            scores = scores.amax(dim=1)
-        else:
-            scores = query_embeddings @ candidate_embeddings.T
-        # bf16 autocast makes the score matrix in bf16; the corrections, the log-sum-exp and
-        # the loss run in fp32 (a no-op, the same tensor, when the scores are fp32 already)
-        scores = scores.float()
+        scores = fp32_scores(query_embeddings, candidate_embeddings)
         inputs = RetrievalInputs(candidate_sampling_probability, candidate_ids, score_mask,
                                  int(positive_offset))
         labels: Labels = None
@@ -622,6 +615,22 @@ class BinaryAccuracy:
         return float(correct) / float(count)
 
 
+def fp32_scores(query_embeddings: torch.Tensor, candidate_embeddings: torch.Tensor
+                ) -> torch.Tensor:
+    """``q @ c^T`` [Q, C] in float32 (queries [Q, D], or [Q, H, D]: the max over the H heads),
+    also under bf16 autocast, where the towers' outputs are bf16: the in-batch softmax and the
+    top-k counts need score differences to float32 precision. Measured (issue 12, H200, seed
+    protocol): with the score matrix in bf16 the retrieval loss turns and rises from about epoch
+    12 (x550 by epoch 100) and top-100 ends at 0.11 instead of 0.28, and bf16 scores tie so
+    often that the validation's top-k (ties favour the positive) read up to 0.81. The product
+    is a [2048, 32] x [32, 2048] GEMM per step, so fp32 costs nothing measurable here."""
+    with torch.autocast(query_embeddings.device.type, enabled=False):
+        q, c = query_embeddings.float(), candidate_embeddings.float()
+        if q.dim() == 3:
+            return torch.einsum("qne,ce->qnc", q, c).amax(dim=1)
+        return q @ c.T
+
+
 def factorized_top_k(query_embeddings: torch.Tensor, true_candidate_embeddings: torch.Tensor,
                      corpus_embeddings: torch.Tensor, ks: Sequence[int] = (1, 5, 10, 50, 100),
                      chunk: int = 4096) -> dict[str, float]:
@@ -652,8 +661,9 @@ def factorized_top_k_hits(query_embeddings: torch.Tensor, true_candidate_embeddi
     kt = torch.tensor(list(ks), device=query_embeddings.device).unsqueeze(0)
     for start in range(0, n, chunk):
         q = query_embeddings[start: start + chunk]
-        positive = (q * true_candidate_embeddings[start: start + chunk]).sum(dim=1, keepdim=True)
-        scores = q @ corpus_embeddings.T
+        positive = (q.float() * true_candidate_embeddings[start: start + chunk].float()
+                    ).sum(dim=1, keepdim=True)
+        scores = fp32_scores(q, corpus_embeddings)
         greater = (scores > positive).sum(dim=1, keepdim=True)
         valid = torch.isfinite(positive) & torch.isfinite(scores).all(dim=1, keepdim=True)
         hits += ((greater < kt) & valid).sum(dim=0)
@@ -688,10 +698,9 @@ def scoring_higher(query_embeddings: torch.Tensor, true_candidate_embeddings: to
     positive = (q * t).sum(dim=1)
     greater = torch.empty(n, dtype=torch.int64, device=q.device)
     finite = torch.isfinite(positive)
-    corpus_t = corpus.T
     for start in range(0, n, chunk):
         end = min(start + chunk, n)
-        scores = q[start:end] @ corpus_t
+        scores = fp32_scores(q[start:end], corpus)
         greater[start:end] = (scores > positive[start:end, None]).sum(dim=1)
         finite[start:end] &= torch.isfinite(scores).all(dim=1)
     return greater, finite

@@ -78,10 +78,11 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 kind = next(a for a in args if a is not type(None))
             shown = (",".join(map(str, default)) if isinstance(default, tuple) else
                      "off" if default is None else default)
-            if kind is bool:
+            if kind is bool:  # an optional bool (None = decided at run time): --x / --no-x
+                action = (argparse.BooleanOptionalAction if default is None else
+                          "store_false" if md["invert"] else "store_true")
                 group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS,
-                                   action="store_false" if md["invert"] else "store_true",
-                                   help=md["help"])
+                                   action=action, help=md["help"])
                 continue
             group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS,
                                choices=md["choices"], metavar=md["metavar"],

@@ -136,12 +136,15 @@ class TrainConfig:
     validation_freq: int = option(10, "validate every N epochs (and after the last)")
     device: str = option("cpu", "torch device: cpu, cuda or cuda:N (the TFRS backend runs "
                          "on cpu only)")
-    precision: str = option("fp32", "torch towers and score matrix in fp32, or under bf16 "
-                            "autocast (softmax, losses and optimizer state stay fp32)",
+    precision: str = option("fp32", "torch towers in fp32, or under bf16 autocast (the score "
+                            "matrix, softmax, losses and optimizer state stay fp32)",
                             choices=PRECISIONS)
     compile: bool = option(False, "torch.compile the training step of both stages (torch)")
-    cuda_graphs: bool = option(False, "capture the full training step (forward, backward, "
-                               "Adagrad) as a CUDA graph where shapes are static (torch, cuda)")
+    cuda_graphs: bool | None = option(None, "capture the full training step (forward, "
+                                      "backward, Adagrad) as a CUDA graph where shapes are "
+                                      "static (torch); default: on for a one-process CUDA run "
+                                      "without mixed negatives (measured 3x faster, same "
+                                      "figures), off elsewhere")
 
 
 @dataclass(frozen=True)

@@ -448,3 +448,17 @@ def test_titles_tokenised_once_per_movie_and_users_looked_up_once(tmp_path, monk
     assert max(looked_up) < 4000  # lookups of the distinct users and titles, never per rating
     assert ml.ratings["user_id"].nunique() in looked_up
     assert len(dataset.features["user_index"]) == 4000
+
+
+def test_encode_titles_of_repeated_titles_equals_the_keras_layers(keras):
+    """encode_titles looks each distinct title up once and gathers: every row, repeated
+    titles, bytes and unknown titles included, equals StringLookup / TextVectorization of that
+    row (re-ranking encodes 10 candidates a query, mostly the same titles)."""
+    k = keras
+    titles = list(k.titles[:5]) * 7 + ["zzzunseen words here", "!!!", k.titles[2]]
+    mixed = [t.encode("utf-8") if i % 3 == 0 else t for i, t in enumerate(titles)]
+    enc = k.spec.encode_titles(mixed)
+    np.testing.assert_array_equal(enc["title_index"], run(k.title_lookup, utf8(titles)))
+    np.testing.assert_array_equal(enc["title_tokens"], run(k.vectorizer, utf8(titles)))
+    empty = k.spec.encode_titles([])
+    assert empty["title_index"].shape == (0,) and empty["title_tokens"].shape[0] == 0

@@ -65,6 +65,40 @@ def test_bf16_scores_the_towers_in_bf16_and_the_loss_in_fp32(synthetic_dataset, 
     assert value != value32 and abs(float(value) / float(value32) - 1) < 0.02
 
 
+def test_bf16_keeps_the_score_matrix_in_fp32(synthetic_dataset, small_config):
+    """Under bf16 autocast the towers' outputs are bf16 but the in-batch score matrix is the
+    fp32 product of them (a bf16 score matrix made the seed's retrieval loss diverge on an H200:
+    top-100 0.11 instead of 0.28), and so are the top-k counts' scores."""
+    from torch_impl.tasks import factorized_top_k_hits, fp32_scores, make_retrieval_task
+    config = small_config.replace(precision="bf16")
+    model = build_retrieval_model(synthetic_dataset.spec, config)
+    parts, train = retrieval_parts(model, synthetic_dataset, config, validate=False)
+    batch = {k: v[:64] for k, v in train.items()}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        q, c = model.query_model(batch), model.candidate_model(batch)
+        scores, _ = make_retrieval_task(config).corrected(q, c)
+        heads = fp32_scores(torch.stack([q, q], dim=1), c)  # [Q, H, D]: max over the heads
+        hits = factorized_top_k_hits(q.float(), c.float(), c.float(), (1, 5, 10))
+    assert q.dtype == torch.bfloat16  # the towers do run in bf16
+    with torch.no_grad():  # outside autocast: the plain fp32 product of the same embeddings
+        reference = q.float() @ c.float().T
+        reference_hits = factorized_top_k_hits(q.float(), c.float(), c.float(), (1, 5, 10))
+    assert scores.dtype == torch.float32 and heads.dtype == torch.float32
+    torch.testing.assert_close(scores, reference, rtol=0, atol=0)
+    torch.testing.assert_close(heads, reference, rtol=0, atol=0)
+    assert torch.equal(hits, reference_hits)
+
+
+def test_cuda_graphs_default_on_for_one_cuda_process_only(small_config):
+    from torch_impl.train import graphs_enabled
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert small_config.train.cuda_graphs is None
+    assert graphs_enabled(small_config, cuda) and not graphs_enabled(small_config, cpu)
+    assert not graphs_enabled(small_config.replace(mixed_negatives=8), cuda)
+    assert not graphs_enabled(small_config.replace(cuda_graphs=False), cuda)
+    assert graphs_enabled(small_config.replace(cuda_graphs=True), cpu)  # refused by check_config
+
+
 def test_fp32_default_is_bitwise_the_plain_loss(synthetic_dataset, small_config):
     """precision='fp32' wraps nothing: the stage's loss is the plain compute_loss."""
     from torch_impl.tasks import make_retrieval_task, retrieval_loss

@@ -64,3 +64,16 @@ def test_cli_preset_flags_given_beside_it_win():
     config = config_from_args(args)
     assert config.train.retrieval_epochs == 5 and config.task.use_sampling_probability
     assert config_from_args(_parser().parse_args(["run"])) == Config()
+
+
+def test_cli_optional_bool_has_both_flags_and_defaults_to_none():
+    """cuda_graphs is decided at run time when unset (None: on for one-process CUDA runs), so
+    its flag comes in two forms: --cuda-graphs and --no-cuda-graphs."""
+    from twostage.cli import _parser, config_from_args
+    parse = lambda *flags: config_from_args(_parser().parse_args(["run", *flags]))  # noqa: E731
+    assert parse().train.cuda_graphs is None
+    assert parse("--cuda-graphs").train.cuda_graphs is True
+    assert parse("--no-cuda-graphs").train.cuda_graphs is False
+    assert parse("--cosine").task.normalize is True  # a plain bool keeps its one flag
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["run", "--no-cosine"])
