@@ -201,29 +201,33 @@ class FeatureSpec:
         return {"title_index": self.title_index(distinct)[codes],
                 "title_tokens": self.title_tokens(distinct)[codes]}
 
+    def title_token_table(self) -> np.ndarray:
+        """[V + 1, L] int64: row i = the tokens of title id i (``title_vocab[i - 1]``), row 0
+        (the out-of-vocabulary title) none; L = the longest title of the vocabulary, i.e. of
+        the corpus. What a rating's tokens are gathered from by its ``title_index``, instead of
+        an [N, L] copy per rating (25M ratings x 20 tokens of int64: 4 GB)."""
+        tokens = self.title_tokens(np.asarray(self.title_vocab, dtype=object))
+        return np.concatenate([np.zeros((1, tokens.shape[1]), np.int64), tokens])
+
     def encode_ratings(self, ratings: pd.DataFrame, corpus_titles: np.ndarray,
                        corpus_features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The encoded inputs of every rating of ``ratings`` (a MovieLens ratings frame), equal to
-        ``encode_queries`` of its users and timestamps plus ``title_index`` and ``title_tokens``
-        (padded to the corpus' width) of its titles, but computed per distinct user and title:
-        a title's features are the corpus row's (``corpus_features`` of ``corpus_titles``, from
-        :meth:`encode_titles`), gathered by index.
+        ``encode_queries`` of its users and timestamps plus the ``title_index`` of its titles,
+        but computed per distinct user and title: a title's index is the corpus row's
+        (``corpus_features`` of ``corpus_titles``, from :meth:`encode_titles`), gathered by
+        index. No ``title_tokens``: those of a rating are row ``title_index`` of
+        :meth:`title_token_table` (every title of a MovieLens rating is in the vocabulary).
         """
         user_codes, users = column_codes(ratings["user_id"])
         title_codes, titles = column_codes(ratings["movie_title"])
         timestamps = ratings["timestamp"].to_numpy(dtype=np.int64)
         rows = _corpus_rows(titles, corpus_titles)
-        if (rows >= 0).all():
-            per_title = {k: corpus_features[k][rows] for k in ("title_index", "title_tokens")}
-        else:  # titles outside the corpus (a hand-built frame): encode them here
-            width = corpus_features["title_tokens"].shape[1]
-            per_title = {"title_index": self.title_index(titles),
-                         "title_tokens": self.title_tokens(titles, length=width)}
+        per_title = (corpus_features["title_index"][rows] if (rows >= 0).all()
+                     else self.title_index(titles))  # titles outside the corpus: look them up
         return {"user_index": self.user_index(users)[user_codes],
                 "ts_bucket": self.timestamp_bucket(timestamps),
                 "ts_norm": self.timestamp_normalized(timestamps),
-                "title_index": per_title["title_index"][title_codes],
-                "title_tokens": per_title["title_tokens"][title_codes]}
+                "title_index": per_title[title_codes]}
 
     # --- persistence ------------------------------------------------------------------------
     def to_dict(self) -> dict:

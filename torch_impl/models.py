@@ -168,8 +168,15 @@ class MovieModel(nn.Module):
     :meth:`attach_genres` from ``twostage.recipes.genre_table``) -> [B, 3 * dim]."""
 
     def __init__(self, num_titles: int, max_tokens: int, dim: int = 32,
-                 empty_title: str = "zero", genres: bool = False) -> None:
+                 empty_title: str = "zero", genres: bool = False,
+                 token_table: np.ndarray | None = None) -> None:
         super().__init__()
+        # [num_titles, L] tokens per title id (FeatureSpec.title_token_table; a buffer, not a
+        # weight): what a batch without title_tokens gathers by title_index, as the seed's
+        # tower maps a title to its tokens itself (TextVectorization inside the model)
+        self.register_buffer("title_token_table", None if token_table is None else
+                             torch.from_numpy(np.asarray(token_table, dtype=np.int64)),
+                             persistent=False)
         if empty_title not in EMPTY_TITLE_MODES:
             raise ValueError(f"empty_title={empty_title!r} must be one of {EMPTY_TITLE_MODES}")
         self.title_embedding = nn.Embedding(num_titles, dim)
@@ -190,9 +197,17 @@ class MovieModel(nn.Module):
         self.genre_table.copy_(torch.from_numpy(np.asarray(table, dtype=np.int64)))
         self.genres_attached = True
 
+    def tokens(self, inputs: Batch) -> torch.Tensor:
+        """``inputs["title_tokens"]`` [B, L], else row ``title_index`` of the token table."""
+        if "title_tokens" in inputs:
+            return inputs["title_tokens"]
+        if self.title_token_table is None:
+            raise KeyError("no 'title_tokens' column and no token table: build the model with "
+                           "build_*_model(spec, config) or pass spec.encode_titles' columns")
+        return self.title_token_table.index_select(0, inputs["title_index"])
+
     def forward(self, inputs: Batch) -> torch.Tensor:
-        tokens = inputs["title_tokens"]
-        text = bag_mean(tokens, self.title_text_embedding.weight, self.empty_title)
+        text = bag_mean(self.tokens(inputs), self.title_text_embedding.weight, self.empty_title)
         parts = [self.title_embedding(inputs["title_index"]), text]
         if self.genre_embedding is not None:
             if not self.genres_attached:
@@ -316,7 +331,7 @@ def _user_model(spec: FeatureSpec, config: Config, history: bool = False) -> Use
 
 def _movie_model(spec: FeatureSpec, config: Config, genres: bool = False) -> MovieModel:
     return MovieModel(spec.num_title_rows, spec.max_tokens, config.model.embedding_dim,
-                      config.model.empty_title, genres)
+                      config.model.empty_title, genres, token_table=spec.title_token_table())
 
 
 def learned_temperature(config: Config) -> LearnedTemperature | None:

@@ -20,8 +20,10 @@ class Dataset:
 
     Raw columns (what the TFRS models take): ``user_id`` [N] str, ``timestamp`` [N] int64,
     ``movie_title`` [N] str, ``label`` [N] float32 (rating >= threshold).
-    ``features``: ``spec.encode`` of every rating (what the torch models take); ``title_tokens``
-    is padded to ``token_width``, the longest title of the corpus.
+    ``features``: ``spec.encode`` of every rating (what the torch models take) except
+    ``title_tokens``: a rating's tokens are row ``title_index`` of ``title_token_table``
+    [V + 1, L] (``FeatureSpec.title_token_table``; L = ``token_width``, the longest title of the
+    corpus), which the torch models hold and gather from, so no [N, L] copy per rating exists.
     ``corpus_titles`` [M]: every movie of u.item in file order, duplicate titles kept (as the
     seed's ``movies`` dataset); ``corpus_features``: their encoded candidate-tower inputs.
     """
@@ -36,10 +38,11 @@ class Dataset:
     features: dict[str, np.ndarray]
     corpus_titles: np.ndarray
     corpus_features: dict[str, np.ndarray]
+    title_token_table: np.ndarray
 
     @property
     def token_width(self) -> int:
-        return int(self.corpus_features["title_tokens"].shape[1])
+        return int(self.title_token_table.shape[1])
 
     def raw(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Raw inputs of the given rating rows: user_id, timestamp, movie_title, label."""
@@ -47,10 +50,15 @@ class Dataset:
                 "movie_title": self.movie_title[rows], "label": self.label[rows]}
 
     def encoded(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Encoded inputs of the given rating rows, plus ``label``."""
+        """Encoded inputs of the given rating rows (no ``title_tokens``: :meth:`title_tokens`),
+        plus ``label``."""
         out = {k: v[rows] for k, v in self.features.items()}
         out["label"] = self.label[rows]
         return out
+
+    def title_tokens(self, rows: np.ndarray) -> np.ndarray:
+        """[len(rows), token_width] int64: the title tokens of the given rating rows."""
+        return self.title_token_table[self.features["title_index"][rows]]
 
     def facts(self) -> dict:
         """Dataset facts recorded in reports."""
@@ -75,13 +83,17 @@ def from_movielens(movielens: MovieLens, config: Config) -> Dataset:
     corpus_titles = movielens.movies["movie_title"].to_numpy(dtype=object)
     corpus_features = spec.encode_titles(corpus_titles)
     features = spec.encode_ratings(r, corpus_titles, corpus_features)
+    if not features["title_index"].all():  # the loader refuses ratings of unknown movies
+        raise ValueError("a rating's title is not in the title vocabulary (fitted on the movies "
+                         "file): check that every rated movie id is in the movies file")
     return Dataset(
         movielens=movielens, spec=spec,
         split=make_split(config.data.split, timestamp, seed=config.seed,
                          train_fraction=config.data.train_fraction),
         user_id=user_id, timestamp=timestamp, movie_title=movie_title,
         label=(r["user_rating"].to_numpy() >= config.data.rating_threshold).astype(np.float32),
-        features=features, corpus_titles=corpus_titles, corpus_features=corpus_features)
+        features=features, corpus_titles=corpus_titles, corpus_features=corpus_features,
+        title_token_table=spec.title_token_table())
 
 
 def load_dataset(config: Config, data_dir: str | Path | None = None,

@@ -385,13 +385,12 @@ def _spec_for(timestamps, titles, **kw) -> FeatureSpec:
 
 
 # --- fitted once per distinct value -------------------------------------------------------------
-def _per_rating(spec: FeatureSpec, ratings: pd.DataFrame, width: int) -> dict[str, np.ndarray]:
+def _per_rating(spec: FeatureSpec, ratings: pd.DataFrame) -> dict[str, np.ndarray]:
     """What encoding every rating on its own gives (the reference for encode_ratings)."""
     user_id = ratings["user_id"].to_numpy(dtype=object)
     titles = ratings["movie_title"].to_numpy(dtype=object)
     return {**spec.encode_queries(user_id, ratings["timestamp"].to_numpy(np.int64)),
-            "title_index": spec.title_index(titles),
-            "title_tokens": spec.title_tokens(titles, length=width)}
+            "title_index": spec.title_index(titles)}
 
 
 def _assert_same_arrays(got: dict, want: dict) -> None:
@@ -412,7 +411,13 @@ def test_encode_ratings_equals_per_rating_encoding(tmp_path, layout, dataset):
     corpus = ml.movies["movie_title"].to_numpy(dtype=object)
     corpus_features = spec.encode_titles(corpus)
     got = spec.encode_ratings(ml.ratings, corpus, corpus_features)
-    _assert_same_arrays(got, _per_rating(spec, ml.ratings, corpus_features["title_tokens"].shape[1]))
+    _assert_same_arrays(got, _per_rating(spec, ml.ratings))
+    # every rating's tokens: its row of the token table, as tokenising the rating's title
+    width = corpus_features["title_tokens"].shape[1]
+    table = spec.title_token_table()
+    assert table.shape == (len(spec.title_vocab) + 1, width) and not table[0].any()
+    np.testing.assert_array_equal(table[got["title_index"]], spec.title_tokens(
+        ml.ratings["movie_title"].to_numpy(dtype=object), length=width))
 
 
 def test_encode_ratings_of_titles_outside_the_corpus():
@@ -423,7 +428,7 @@ def test_encode_ratings_of_titles_outside_the_corpus():
     corpus = ml.movies["movie_title"].to_numpy(dtype=object)
     corpus_features = spec.encode_titles(corpus)
     got = spec.encode_ratings(ratings, corpus, corpus_features)
-    _assert_same_arrays(got, _per_rating(spec, ratings, 3))
+    _assert_same_arrays(got, _per_rating(spec, ratings))
     assert got["title_index"].tolist() == [1, 0, 2, 1]
 
 

@@ -175,3 +175,24 @@ def test_unknown_ids_use_the_oov_row(synthetic_dataset, small_config):
     assert enc["user_index"].tolist() == [0, 0]
     q = model.query_model(to_tensors(enc))
     torch.testing.assert_close(q[0], q[1])
+
+
+def test_towers_gather_title_tokens_by_title_index_when_not_given(synthetic_dataset,
+                                                                   small_config):
+    """A batch of rating rows carries no title_tokens (no [N, L] copy per rating): both models
+    gather them from their table by title_index, with the same outputs as the tokens given."""
+    from torch_impl.models import build_ranking_model
+    ds = synthetic_dataset
+    rows = ds.split.train[:64]
+    ids_only = to_tensors(ds.encoded(rows))
+    assert "title_tokens" not in ids_only
+    given = {**ids_only, "title_tokens": torch.from_numpy(ds.title_tokens(rows))}
+    retrieval = build_retrieval_model(ds.spec, small_config)
+    ranking = build_ranking_model(ds.spec, small_config)
+    with torch.no_grad():
+        assert torch.equal(retrieval.candidate_model(ids_only), retrieval.candidate_model(given))
+        assert torch.equal(ranking(ids_only), ranking(given))
+        shuffled = dict(given, title_tokens=given["title_tokens"].roll(1, dims=0))
+        assert not torch.equal(retrieval.candidate_model(ids_only),
+                               retrieval.candidate_model(shuffled))  # the tokens do matter
+    assert "title_token_table" not in retrieval.state_dict()  # data, not a weight
