@@ -11,9 +11,10 @@ ids and normalized timestamps as the torch models, which consume the spec's enco
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, NamedTuple, Union
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from twostage.data.features import FeatureSpec
@@ -115,14 +116,33 @@ def to_tensors(batch: Mapping[str, np.ndarray]) -> Batch:
 
 
 # --- tf.data input columns ---------------------------------------------------------------------
+class CodedStrings(NamedTuple):
+    """A string column of N rows as ``codes`` [N] int32 into its distinct ``values`` [U]
+    tf.string: :func:`select_rows` builds a batch's strings from them (``tf.gather`` of the
+    values by the batch's codes, inside the input pipeline), so no per-rating string tensor
+    exists (at 25M ratings one would hold 25M strings of up to 180 bytes)."""
+
+    codes: tf.Tensor
+    values: tf.Tensor
+
+    @classmethod
+    def of(cls, column: np.ndarray) -> "CodedStrings":
+        codes, values = pd.factorize(np.asarray(column, dtype=object))
+        return cls(tf.constant(codes.astype(np.int32)), tf.constant(values.astype(str)))
+
+
+Column = Union[tf.Tensor, CodedStrings]
+
+
 def feature_columns(dataset: Dataset, with_sampling_probability: bool = False,
-                    history: np.ndarray | None = None) -> Batch:
-    """All rating rows as constant tensors: user_id/movie_title string, timestamp int64,
-    label float32 [N] (+ candidate_sampling_probability float32 [N], twostage.sampling; +
-    ``history`` [N, H] int64 when given: twostage.recipes.history_column)."""
-    columns = {"user_id": tf.constant(dataset.user_id.astype(str)),
+                    history: np.ndarray | None = None) -> dict[str, Column]:
+    """All rating rows as constant tensors: user_id/movie_title strings (:class:`CodedStrings`),
+    timestamp int64, label float32 [N] (+ candidate_sampling_probability float32 [N],
+    twostage.sampling; + ``history`` [N, H] int64 when given: twostage.recipes.history_column).
+    """
+    columns = {"user_id": CodedStrings.of(dataset.user_id),
                "timestamp": tf.constant(dataset.timestamp.astype(np.int64)),
-               "movie_title": tf.constant(dataset.movie_title.astype(str)),
+               "movie_title": CodedStrings.of(dataset.movie_title),
                "label": tf.constant(dataset.label.astype(np.float32))}
     if with_sampling_probability:
         columns[SAMPLING_PROBABILITY] = tf.constant(candidate_sampling_probability(dataset))
@@ -149,9 +169,12 @@ def query_arrays(config: Config, recipe: RecipeData | None, user_ids: np.ndarray
     return arrays
 
 
-def select_rows(columns: Mapping[str, tf.Tensor], rows: tf.Tensor) -> Batch:
-    """Rows ``rows`` ([B] int64) of every column (``tf.gather``; usable inside tf.data map)."""
-    return {key: tf.gather(column, rows) for key, column in columns.items()}
+def select_rows(columns: Mapping[str, Column], rows: tf.Tensor) -> Batch:
+    """Rows ``rows`` ([B] int64) of every column (``tf.gather``; usable inside tf.data map);
+    a :class:`CodedStrings` column gives the rows' strings."""
+    return {key: (tf.gather(column.values, tf.gather(column.codes, rows))
+                  if isinstance(column, CodedStrings) else tf.gather(column, rows))
+            for key, column in columns.items()}
 
 
 class NegativeColumns:

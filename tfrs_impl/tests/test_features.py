@@ -128,6 +128,13 @@ def test_feature_columns_and_select_rows(synthetic_dataset):
     raw = ds.raw(rows)
     assert [t.decode() for t in got["movie_title"].numpy()] == list(raw["movie_title"])
     assert [u.decode() for u in got["user_id"].numpy()] == list(raw["user_id"])
+    # strings are kept once per distinct value, as int32 codes per rating
+    coded = columns["movie_title"]
+    assert isinstance(coded, features.CodedStrings) and coded.codes.dtype == tf.int32
+    assert coded.codes.shape == (len(ds.movie_title),)
+    assert coded.values.shape == (len(set(ds.movie_title)),)
+    every = features.select_rows(columns, tf.range(len(ds.movie_title), dtype=tf.int64))
+    assert [t.decode() for t in every["movie_title"].numpy()] == list(ds.movie_title)
     np.testing.assert_array_equal(got["timestamp"].numpy(), raw["timestamp"])
     np.testing.assert_array_equal(got["label"].numpy(), ds.label[rows])
     np.testing.assert_array_equal(got[SAMPLING_PROBABILITY].numpy(),

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from twostage.data.split import epoch_batches
 from tfrs_impl import models, train
-from tfrs_impl.features import feature_columns, to_tensors
+from tfrs_impl.features import feature_columns, select_rows, to_tensors
 from twostage import evaluation
 from twostage.schedule import BatchPlan, validation_epochs
 
@@ -33,8 +33,7 @@ def _manual_training(model, dataset, config, epochs):
 
     losses = []
     for epoch in range(epochs):
-        per_step = [float(step({k: tf.gather(v, rows) for k, v in columns.items()}))
-                    for rows in plan.rows(epoch, 1)]
+        per_step = [float(step(select_rows(columns, rows))) for rows in plan.rows(epoch, 1)]
         losses.append(np.mean(per_step))
     return losses
 
