@@ -3,6 +3,9 @@
 - :mod:`twostage.index.base`    ``Index``: add / search / params / save / load, the kind
   registry ``KINDS``, ``create_index``, input validation, ``check_k`` (k against the catalog)
 - :mod:`twostage.index.flat`    ``FlatIndex``: exact (``IndexFlatIP``), TFRS's ``BruteForce``
+- :mod:`twostage.index.exact`   ``top_k_inner_product``: exact top-k by BLAS products and a
+  threshold filter, FlatIndex's path for large catalogues (FAISS's heap costs as much as the
+  product there)
 - :mod:`twostage.index.ivf`     ``IVFIndex(nlist, nprobe)``: approximate (``IndexIVFFlat``)
 - :mod:`twostage.index.hnsw`    ``HNSWIndex(hnsw_m, ef_search, ef_construction, mips)``:
   approximate (``IndexHNSWFlat``), with the MIPS-to-L2 augmentation by default
