@@ -5,7 +5,8 @@ Batches: with ``config.train.shared_batches`` epoch e (0-based, counted over all
 stage: ``epochs_done``) feeds exactly ``twostage.schedule.BatchPlan(...).positions(e)``
 (positions into ``dataset.split.train``), in order, one Keras fit over all epochs; otherwise the
 seed's ``train.shuffle(100_000).batch(2048)`` (reshuffled every epoch by tf.data).
-Validation: ``dataset.split.test`` in order, batches of ``eval_batch_size``, after the epochs
+Validation: the test rows of ``twostage.schedule.validation_rows`` (all, or the seeded sample of
+``eval_queries``) in order, batches of ``eval_batch_size``, after the epochs
 ``twostage.schedule.validation_epochs`` names (every ``validation_freq`` and the last).
 
 History semantics (``twostage.backend.History``):
@@ -46,7 +47,7 @@ from twostage.backend import EpochCallback, History, RawBatch, check_stage, per_
 from twostage.config import Config
 from twostage.dataset import Dataset
 from twostage.recipes import RecipeData, attach_recipe_data, epoch_negatives, history_column
-from twostage.schedule import BatchPlan, validation_epochs
+from twostage.schedule import BatchPlan, validation_epochs, validation_rows
 
 from . import distributed, optim
 from .features import Batch, NegativeColumns, feature_columns, select_rows, to_tensors
@@ -134,8 +135,9 @@ def training_input(dataset: Dataset, config: Config, epochs: int, columns: Batch
 
 
 def eval_dataset(dataset: Dataset, config: Config, columns: Batch) -> tf.data.Dataset:
-    """The test split in order, batches of eval_batch_size (the seed's test.batch(4096))."""
-    return (tf.data.Dataset.from_tensor_slices(dataset.split.test)
+    """The validation rows (all of the test split unless ``eval_queries``) in order, batches
+    of eval_batch_size (the seed's test.batch(4096))."""
+    return (tf.data.Dataset.from_tensor_slices(validation_rows(dataset.split.test, config))
             .batch(config.eval.eval_batch_size).map(lambda r: select_rows(columns, r)).cache())
 
 
@@ -303,7 +305,8 @@ def fit(stage: str, model, dataset: Dataset, config: Config, epochs: int | None 
     default = config.train.retrieval_epochs if stage == "retrieval" else config.train.ranking_epochs
     epochs = default if epochs is None else epochs
     retrieval = stage == "retrieval"
-    train_rows, test_rows = len(dataset.split.train), len(dataset.split.test)
+    train_rows = len(dataset.split.train)
+    test_rows = len(validation_rows(dataset.split.test, config))
     recorder = HistoryCallback(
         stage, ("factorized_top_k",) if retrieval else (),
         train_sizes=batch_sizes(train_rows, config.train.batch_size),

@@ -47,7 +47,7 @@ from twostage.dataset import Dataset
 from twostage.group import Group, SingleProcess
 from twostage.recipes import (RecipeData, attach_recipe_data, epoch_negatives, history_column,
                               negative_sampling_probability)
-from twostage.schedule import BatchPlan, should_validate
+from twostage.schedule import BatchPlan, should_validate, validation_rows
 
 from .distributed import (DataParallel, TorchGroup, sharded_ranking_loss,
                           sharded_retrieval_loss)
@@ -566,7 +566,8 @@ def retrieval_parts(model: RetrievalModel, dataset: Dataset, config: Config, *,
         config)
     check = None
     if validate and len(dataset.split.test):
-        test = split_tensors(dataset, dataset.split.test, device, sampling, history)
+        test = split_tensors(dataset, validation_rows(dataset.split.test, config), device,
+                             sampling, history)
         corpus = to_tensors(dataset.corpus_features, device, keys=("title_index", "title_tokens"))
         where = SingleProcess() if parallel is None else parallel.group
         check = lambda: validate_retrieval(model, task, test, corpus, config, where)  # noqa: E731
@@ -615,7 +616,7 @@ def ranking_parts(model: RankingModel, dataset: Dataset, config: Config, *,
         model, task, b, shard, negatives=config.distributed.negatives), config, device), config)
     check = None
     if validate and len(dataset.split.test):
-        test = split_tensors(dataset, dataset.split.test, device)
+        test = split_tensors(dataset, validation_rows(dataset.split.test, config), device)
         where = SingleProcess() if parallel is None else parallel.group
         check = lambda: validate_ranking(model, task, test, config, where)  # noqa: E731
     parts = StageParts("ranking", model, optimizer or make_optimizer(model, config),

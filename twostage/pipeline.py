@@ -24,6 +24,7 @@ from .backend import Backend, EpochCallback, History
 from .config import BACKENDS, Config
 from .dataset import Dataset
 from .group import Group, SingleProcess, shard
+from .schedule import validation_rows
 
 BACKEND_CLASSES = {"torch": ("torch_impl.backend", "TorchBackend"),
                    "tfrs": ("tfrs_impl.backend", "TfrsBackend")}
@@ -55,7 +56,7 @@ def _group(backend: Backend) -> Group:
 def evaluation_rows(dataset: Dataset, config: Config) -> np.ndarray:
     """The test rows every metric is computed on: all of them, or the seeded sample of
     ``config.eval.eval_queries`` (in test-split order)."""
-    return evaluation.sample_rows(dataset.split.test, config.eval.eval_queries, config.seed)
+    return validation_rows(dataset.split.test, config)
 
 
 def seen_titles(dataset: Dataset) -> evaluation.SeenTitles:

@@ -13,6 +13,7 @@ from typing import Iterator
 import numpy as np
 
 from twostage.data.split import epoch_batches
+from twostage.evaluation import sample_rows
 
 
 @dataclass(frozen=True)
@@ -59,3 +60,11 @@ def validation_epochs(epochs: int, every: int) -> list[int]:
 def should_validate(epoch: int, epochs: int, every: int) -> bool:
     """Whether to validate after 1-based ``epoch`` of ``epochs`` (see validation_epochs)."""
     return epoch % every == 0 or epoch == epochs
+
+
+def validation_rows(test: np.ndarray, config) -> np.ndarray:
+    """The test rows both backends validate on during fit, and every evaluation metric is
+    computed on (``twostage.pipeline.evaluation_rows``): all of ``test``, or the seeded sample
+    of ``config.eval.eval_queries`` in test-split order. At 25M ratings a validation over all
+    5M test rows against 62,000 titles would cost minutes and gigabytes each time."""
+    return sample_rows(test, config.eval.eval_queries, config.seed)

@@ -274,3 +274,18 @@ def test_train_steps_are_fit_steps_on_exactly_these_batches(synthetic_dataset, s
         for name in a:  # atol: the candidate tower's output bias gets ~0 gradients (softmax)
             np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)
     assert train.train_steps(models.build_ranking_model(ds.spec, config), config, []) == []
+
+
+def test_validation_takes_the_eval_queries_sample(synthetic_dataset, small_config):
+    """With eval_queries the fit validates on the seeded sample the evaluation uses
+    (twostage.schedule.validation_rows), in test-split order; without, on every test row."""
+    from twostage.schedule import validation_rows
+    ds = synthetic_dataset
+    columns = feature_columns(ds)
+    for n, expected in ((37, 37), (None, len(ds.split.test))):
+        config = small_config.replace(eval_queries=n)
+        rows = validation_rows(ds.split.test, config)
+        batches = list(train.eval_dataset(ds, config, columns))
+        got = np.concatenate([b["timestamp"].numpy() for b in batches])
+        assert len(got) == expected
+        np.testing.assert_array_equal(got, ds.timestamp[rows])

@@ -206,3 +206,26 @@ def test_a_training_step_never_touches_host_memory(synthetic_dataset, small_conf
             losses = run_epoch(parts, train, batches)
         assert losses.shape == (4,) and losses.device == meta
         assert mode.ops == set(), f"{parts.stage}: ops on host tensors {sorted(mode.ops)}"
+
+
+@pytest.mark.parametrize("stage", ["retrieval", "ranking"])
+def test_validation_takes_the_eval_queries_sample(synthetic_dataset, small_config, stage,
+                                                  monkeypatch):
+    """With eval_queries the fit validates on the seeded sample the evaluation uses
+    (twostage.schedule.validation_rows), the TFRS backend's rows too."""
+    from torch_impl import train as train_module
+    from twostage.schedule import validation_rows
+    ds = synthetic_dataset
+    config = small_config.replace(eval_queries=37)
+    seen = []
+    real = train_module.split_tensors
+    monkeypatch.setattr(train_module, "split_tensors",
+                        lambda dataset, rows, *a, **k: seen.append(rows) or real(dataset, rows,
+                                                                                 *a, **k))
+    build = build_retrieval_model if stage == "retrieval" else build_ranking_model
+    parts_of = (train_module.retrieval_parts if stage == "retrieval"
+                else train_module.ranking_parts)
+    parts, _ = parts_of(build(ds.spec, config), ds, config)
+    np.testing.assert_array_equal(seen[-1], validation_rows(ds.split.test, config))
+    assert len(seen[-1]) == 37
+    assert set(parts.validate()) >= {"loss", "loss_per_example"}
