@@ -263,8 +263,9 @@ class Index(abc.ABC):
           k' = min(k, ntotal). Approximate kinds may find fewer than k' items for a query; those
           slots hold row -1 and score -inf, at the end of the row. Equal scores are ordered by
           ascending row (as ``tf.math.top_k``); which of several items tied at the k'-th place
-          is returned is FAISS's choice. Exact scores are dot products up to float32 rounding
-          (FAISS's BLAS/SIMD order).
+          is returned is FAISS's choice, except in ``FlatIndex``'s large-catalogue path
+          (``twostage.index.exact``), which keeps the lowest rows as ``tf.math.top_k``. Exact
+          scores are dot products up to float32 rounding (the BLAS/SIMD order).
         """
         if self._index is None or self.ntotal == 0:
             raise RuntimeError("search before add: call add(corpus_embeddings) first")
