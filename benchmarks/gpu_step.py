@@ -24,13 +24,12 @@ Prints a table and writes ``gpu_step.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from twostage import env
+from twostage import env, io
 from twostage.config import Config
 
 KINDS = ("eager", "compile", "graphs", "graphs-bf16", "graphs-compile")
@@ -183,10 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"retrieval step at batch {args.batch_size} on {name} (median of "
           f"{args.steps // BLOCK} blocks of {BLOCK} steps)")
     print(table(results))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_step.json").write_text(json.dumps(report, indent=1))
-    print(f"wrote {out / 'gpu_step.json'}", file=sys.stderr)
+    print(f"wrote {io.write_json(Path(args.out) / 'gpu_step.json', report)}", file=sys.stderr)
     return 0
 
 

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from twostage import env
+from twostage import env, io
 from twostage.config import BACKENDS, Config
 
 
@@ -147,10 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 2:
         p.error("--epochs must be >= 2 (the first epoch is dropped as warm-up)")
     if args.contention:
-        report = contention(args)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "contention.json").write_text(json.dumps(report, indent=1))
+        io.write_json(Path(args.out) / "contention.json", contention(args))
         return 0
     from twostage.dataset import load_dataset
 
@@ -181,10 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(names) == 2:
             line += f"{report['speedup_tfrs_over_torch'][key]:>11.1f}x"
         print(line)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "speed.json").write_text(json.dumps(report, indent=1))
-    print(f"wrote {out / 'speed.json'}", file=sys.stderr)
+    print(f"wrote {io.write_json(Path(args.out) / 'speed.json', report)}", file=sys.stderr)
     return 0
 
 

@@ -162,40 +162,17 @@ def test_blank_line_in_the_middle(small_dir):
     ("u.item", 3, 0, "three", "movie id 'three' is not an integer"),
     ("u.user", 5, 0, "five", "user id 'five' is not an integer"),
     ("u.user", 5, 1, "thirty", "age 'thirty' is not an integer"),
+    ("u.data", 8, 1, "999", "movie id '999' is not in u.item"),
+    ("u.data", 11, 0, "777", "user id '777' is not in u.user"),
+    ("u.item", 5, 0, "2", "movie id 2 appears twice"),
+    ("u.user", 4, 0, "1", "user id 1 appears twice"),
+    ("u.item", 2, 7, "2", "genre flags must be 0 or 1"),
+    ("u.user", 3, 3, "astronaut", "unknown occupation 'astronaut'"),
 ])
-def test_non_numeric_fields(small_dir, name, lineno, index, value, cause):
+def test_bad_field_values(small_dir, name, lineno, index, value, cause):
+    """Non-numeric fields, unknown or repeated ids, bad flags: one line naming file and line."""
     set_line(small_dir / name, lineno, with_field(small_dir / name, lineno, index, value))
     expect_error(small_dir, name, lineno, cause)
-
-
-def test_unknown_movie_id(small_dir):
-    set_line(small_dir / "u.data", 8, with_field(small_dir / "u.data", 8, 1, "999"))
-    expect_error(small_dir, "u.data", 8, "movie id '999' is not in u.item")
-
-
-def test_unknown_user_id(small_dir):
-    set_line(small_dir / "u.data", 11, with_field(small_dir / "u.data", 11, 0, "777"))
-    expect_error(small_dir, "u.data", 11, "user id '777' is not in u.user")
-
-
-def test_duplicate_movie_id(small_dir):
-    set_line(small_dir / "u.item", 5, with_field(small_dir / "u.item", 5, 0, "2"))
-    expect_error(small_dir, "u.item", 5, "movie id 2 appears twice")
-
-
-def test_duplicate_user_id(small_dir):
-    set_line(small_dir / "u.user", 4, with_field(small_dir / "u.user", 4, 0, "1"))
-    expect_error(small_dir, "u.user", 4, "user id 1 appears twice")
-
-
-def test_bad_genre_flag(small_dir):
-    set_line(small_dir / "u.item", 2, with_field(small_dir / "u.item", 2, 7, "2"))
-    expect_error(small_dir, "u.item", 2, "genre flags must be 0 or 1")
-
-
-def test_unknown_occupation(small_dir):
-    set_line(small_dir / "u.user", 3, with_field(small_dir / "u.user", 3, 3, "astronaut"))
-    expect_error(small_dir, "u.user", 3, "unknown occupation 'astronaut'")
 
 
 def test_utf8_encoded_file(small_dir):
