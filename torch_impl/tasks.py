@@ -624,12 +624,17 @@ def fp32_scores(query_embeddings: torch.Tensor, candidate_embeddings: torch.Tens
     12 (x550 by epoch 100) and top-100 ends at 0.11 instead of 0.28, and bf16 scores tie so
     often that the validation's top-k (ties favour the positive) read up to 0.81. The product
     is a [2048, 32] x [32, 2048] GEMM per step, so fp32 costs nothing measurable here."""
-    q, c = query_embeddings.float(), candidate_embeddings.float()
+    q, c = _at_least_fp32(query_embeddings), _at_least_fp32(candidate_embeddings)
     device = q.device.type
     if device in ("cpu", "cuda"):  # the devices autocast runs on
         with torch.autocast(device, enabled=False):
-            return _scores(q, c)
-    return _scores(q, c)  # e.g. meta (shape checks), where autocast does not exist
+            return _scores(q, c).float()
+    return _scores(q, c).float()  # e.g. meta (shape checks), where autocast does not exist
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """bf16 / fp16 -> fp32; fp32 and fp64 (the parity tests' double models) as they are."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
 
 
 def _scores(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -671,8 +676,8 @@ def factorized_top_k_hits(query_embeddings: torch.Tensor, true_candidate_embeddi
     kt = torch.tensor(list(ks), device=query_embeddings.device).unsqueeze(0)
     for start in range(0, n, chunk):
         q = query_embeddings[start: start + chunk]
-        positive = (q.float() * true_candidate_embeddings[start: start + chunk].float()
-                    ).sum(dim=1, keepdim=True)
+        positive = (_at_least_fp32(q) * _at_least_fp32(true_candidate_embeddings[
+            start: start + chunk])).sum(dim=1, keepdim=True)
         scores = fp32_scores(q, corpus_embeddings)
         greater = (scores > positive).sum(dim=1, keepdim=True)
         valid = torch.isfinite(positive) & torch.isfinite(scores).all(dim=1, keepdim=True)
