@@ -248,7 +248,8 @@ class Retrieval(nn.Module):
         :class:`RetrievalInputs` (``positive_offset`` > 0: global negatives, see the module
         docstring).
         """
-        scores = fp32_scores(query_embeddings, candidate_embeddings)
+        # the corrections, the log-sum-exp and the loss in fp32 (float64 models: rounded here)
+        scores = fp32_scores(query_embeddings, candidate_embeddings).float()
         inputs = RetrievalInputs(candidate_sampling_probability, candidate_ids, score_mask,
                                  int(positive_offset))
         labels: Labels = None
@@ -617,8 +618,8 @@ class BinaryAccuracy:
 
 def fp32_scores(query_embeddings: torch.Tensor, candidate_embeddings: torch.Tensor
                 ) -> torch.Tensor:
-    """``q @ c^T`` [Q, C] in float32 (queries [Q, D], or [Q, H, D]: the max over the H heads),
-    also under bf16 autocast, where the towers' outputs are bf16: the in-batch softmax and the
+    """``q @ c^T`` [Q, C] in float32 or wider (queries [Q, D], or [Q, H, D]: the max over the
+    H heads; float64 inputs give a float64 product), also under bf16 autocast, where the towers' outputs are bf16: the in-batch softmax and the
     top-k counts need score differences to float32 precision. Measured (issue 12, H200, seed
     protocol): with the score matrix in bf16 the retrieval loss turns and rises from about epoch
     12 (x550 by epoch 100) and top-100 ends at 0.11 instead of 0.28, and bf16 scores tie so
@@ -628,8 +629,8 @@ def fp32_scores(query_embeddings: torch.Tensor, candidate_embeddings: torch.Tens
     device = q.device.type
     if device in ("cpu", "cuda"):  # the devices autocast runs on
         with torch.autocast(device, enabled=False):
-            return _scores(q, c).float()
-    return _scores(q, c).float()  # e.g. meta (shape checks), where autocast does not exist
+            return _scores(q, c)
+    return _scores(q, c)  # e.g. meta (shape checks), where autocast does not exist
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
