@@ -143,7 +143,7 @@ def graphs_enabled(config: Config, device: torch.device) -> bool:
     """Whether a one-process fit on ``device`` captures its step as a CUDA graph:
     ``config.train.cuda_graphs`` when set, else (None, the default) on CUDA without mixed
     negatives. Measured on an H200 (``benchmarks/device_check.sh``): the seed's retrieval step
-    0.81 ms captured vs 3.7 ms eager, the seed protocol's fit 7.1 s vs 28 s, same figures."""
+    0.80 ms captured vs 2.8 ms eager, the seed protocol's fit 7.0 s vs 24.8 s, same figures."""
     if config.train.cuda_graphs is not None:
         return config.train.cuda_graphs
     return device.type == "cuda" and not config.task.mixed_negatives
