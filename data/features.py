@@ -27,7 +27,7 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -205,9 +205,16 @@ class FeatureSpec:
         """[V + 1, L] int64: row i = the tokens of title id i (``title_vocab[i - 1]``), row 0
         (the out-of-vocabulary title) none; L = the longest title of the vocabulary, i.e. of
         the corpus. What a rating's tokens are gathered from by its ``title_index``, instead of
-        an [N, L] copy per rating (25M ratings x 20 tokens of int64: 4 GB)."""
+        an [N, L] copy per rating (25M ratings x 20 tokens of int64: 4 GB). Computed once per
+        spec (the dataset and each tower ask for it) and read-only: copy before writing."""
+        return self._title_token_table
+
+    @cached_property
+    def _title_token_table(self) -> np.ndarray:
         tokens = self.title_tokens(np.asarray(self.title_vocab, dtype=object))
-        return np.concatenate([np.zeros((1, tokens.shape[1]), np.int64), tokens])
+        table = np.concatenate([np.zeros((1, tokens.shape[1]), np.int64), tokens])
+        table.flags.writeable = False
+        return table
 
     def encode_ratings(self, ratings: pd.DataFrame, corpus_titles: np.ndarray,
                        corpus_features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -69,7 +69,10 @@ def _as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
     else:
         raise TypeError(f"cannot make a tensor of dtype {a.dtype}; encode strings with the "
                         "FeatureSpec first (spec.encode_queries / spec.encode_titles)")
-    return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+    a = np.ascontiguousarray(a)
+    if not a.flags.writeable:  # a shared read-only table (FeatureSpec.title_token_table)
+        a = a.copy()
+    return torch.from_numpy(a).to(device)
 
 
 def to_tensors(arrays: Mapping[str, np.ndarray], device: str | torch.device = "cpu",
@@ -146,10 +149,9 @@ def title_table(spec: FeatureSpec, device: str | torch.device = "cpu") -> Batch:
     """Candidate-tower inputs of every title id: row i = title id i (row 0: the OOV title, no
     token), for gathering sampled negatives on the device. title_index [V + 1],
     title_tokens [V + 1, L]."""
-    arrays = spec.encode_titles(np.asarray(spec.title_vocab, dtype=object))
-    table = {k: np.concatenate([np.zeros((1,) + v.shape[1:], v.dtype), v])
-             for k, v in arrays.items()}
-    return to_tensors(table, device)
+    tokens = spec.title_token_table()
+    index = np.arange(len(tokens), dtype=np.int64)
+    return to_tensors({"title_index": index, "title_tokens": tokens}, device)
 
 
 def query_arrays(spec: FeatureSpec, config: Config, recipe: RecipeData | None, user_ids,

@@ -197,7 +197,7 @@ class MovieModel(nn.Module):
         # weight): what a batch without title_tokens gathers by title_index, as the seed's
         # tower maps a title to its tokens itself (TextVectorization inside the model)
         self.register_buffer("title_token_table", None if token_table is None else
-                             torch.from_numpy(np.asarray(token_table, dtype=np.int64)),
+                             torch.tensor(np.asarray(token_table), dtype=torch.int64),
                              persistent=False)
         if empty_title not in EMPTY_TITLE_MODES:
             raise ValueError(f"empty_title={empty_title!r} must be one of {EMPTY_TITLE_MODES}")

@@ -619,8 +619,9 @@ class BinaryAccuracy:
 def fp32_scores(query_embeddings: torch.Tensor, candidate_embeddings: torch.Tensor
                 ) -> torch.Tensor:
     """``q @ c^T`` [Q, C] in float32 or wider (queries [Q, D], or [Q, H, D]: the max over the
-    H heads; float64 inputs give a float64 product), also under bf16 autocast, where the towers' outputs are bf16: the in-batch softmax and the
-    top-k counts need score differences to float32 precision. Measured (issue 12, H200, seed
+    H heads; float64 inputs give a float64 product), also under bf16 autocast, where the
+    towers' outputs are bf16: the in-batch softmax and the top-k counts need score differences
+    to float32 precision. Measured (issue 12, H200, seed
     protocol): with the score matrix in bf16 the retrieval loss turns and rises from about epoch
     12 (x550 by epoch 100) and top-100 ends at 0.11 instead of 0.28, and bf16 scores tie so
     often that the validation's top-k (ties favour the positive) read up to 0.81. The product
