@@ -27,7 +27,7 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -207,14 +207,7 @@ class FeatureSpec:
         the corpus. What a rating's tokens are gathered from by its ``title_index``, instead of
         an [N, L] copy per rating (25M ratings x 20 tokens of int64: 4 GB). Computed once per
         spec (the dataset and each tower ask for it) and read-only: copy before writing."""
-        return self._title_token_table
-
-    @cached_property
-    def _title_token_table(self) -> np.ndarray:
-        tokens = self.title_tokens(np.asarray(self.title_vocab, dtype=object))
-        table = np.concatenate([np.zeros((1, tokens.shape[1]), np.int64), tokens])
-        table.flags.writeable = False
-        return table
+        return _title_token_table(self)
 
     def encode_ratings(self, ratings: pd.DataFrame, corpus_titles: np.ndarray,
                        corpus_features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -274,3 +267,12 @@ class FeatureSpec:
         import hashlib
         blob = json.dumps(self.to_dict(), sort_keys=True).encode("utf-8")
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@lru_cache(maxsize=4)
+def _title_token_table(spec: FeatureSpec) -> np.ndarray:
+    """:meth:`FeatureSpec.title_token_table`, once per spec (a frozen, hashable value)."""
+    tokens = spec.title_tokens(np.asarray(spec.title_vocab, dtype=object))
+    table = np.concatenate([np.zeros((1, tokens.shape[1]), np.int64), tokens])
+    table.flags.writeable = False
+    return table
