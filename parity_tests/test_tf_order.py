@@ -17,7 +17,8 @@ def tfrs_score_based_reference(q, c, corpus, ks):
     """TFRS FactorizedTopK.update_state, step by step: top max(ks) corpus scores, y_pred =
     [positive, top_k...], in_top_k(target 0) = count(y_pred > positive) < k, non-finite: miss."""
     pos = tf_row_sum(q * c)
-    scores = q @ corpus.T
+    # the metric's products: near-ties of the positive settled by the FMA chain
+    scores = ev.settle_near_ties(q @ corpus.T, pos, q, corpus, ev.cross_kernel_margin(q, corpus))
     top = -np.sort(-scores, axis=1)[:, :max(ks)]
     y_pred = np.concatenate([pos[:, None], top], axis=1)
     finite = np.isfinite(y_pred).all(axis=1)

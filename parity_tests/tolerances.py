@@ -1,4 +1,5 @@
 """Every parity tolerance, named, with the reason it is not zero."""
+import numpy as np
 
 # Integer features (lookups, buckets, token ids) come from one FeatureSpec: no rounding exists.
 FEATURE_INT_EXACT = 0
@@ -40,3 +41,49 @@ INDEX_SCORE_ATOL = 1e-5
 # two half-batch losses, gradients summed, Keras Adagrad), 10 steps at TRAJECTORY_LEARNING_RATE:
 # the same float32 operations per half-batch; measured within 1e-7 relative on ml-100k.
 DISTRIBUTED_LOSS_RTOL = 1e-5
+
+# --- float32 reductions computed by two different kernels -------------------------------------
+# Two BLAS/ATen/Eigen kernels (or two tilings of one) sum a length-n dot product in different
+# orders, with or without FMA. Each result is within gamma_n * sum|x_i y_i| of the exact value
+# (Higham, "Accuracy and Stability of Numerical Algorithms", (3.5): gamma_n = n u / (1 - n u),
+# u = 2**-24 for float32), so two of them differ by at most twice that. This is the only
+# tolerance where a comparison crosses kernels; bitwise checks stay where both sides run the
+# same code on the same shapes.
+FLOAT32_UNIT_ROUNDOFF = 2.0 ** -24
+
+
+def reduction_gamma(length: int) -> float:
+    """gamma_n of a float32 sum of ``length`` terms, in any order (Higham (3.5))."""
+    nu = int(length) * FLOAT32_UNIT_ROUNDOFF
+    if not 0 <= nu < 1:
+        raise ValueError(f"length={length}: gamma_n needs n * 2**-24 < 1")
+    return nu / (1.0 - nu)
+
+
+def cross_kernel_dot_atol(abs_queries, abs_items) -> np.ndarray:
+    """[N, D] |queries|, [M, D] |items| -> [N, 1] absolute bound on how far two kernels' float32
+    products ``q @ items.T`` of one query can differ, for every item: 2 gamma_D max_j |q||c_j|,
+    plus one rounding of the result (the bound covers its float32 storage too)."""
+    q = np.asarray(abs_queries, dtype=np.float64)
+    c = np.asarray(abs_items, dtype=np.float64)
+    worst = (q @ c.T).max(axis=1, keepdims=True)
+    return (2.0 * reduction_gamma(q.shape[1]) + 2.0 * FLOAT32_UNIT_ROUNDOFF) * worst
+
+
+def assert_top_k_close(scores, rows, ref_scores, ref_rows, atol) -> None:
+    """Two top-k results of the same product by two kernels: scores within ``atol`` [N, 1]
+    position by position (sorting moves no value further than its error), and the rows equal
+    except at positions where the reference holds a near-tie (a neighbour within 2 ``atol``,
+    whose order is rounding). Raises AssertionError naming the first offending query."""
+    scores, ref_scores = np.asarray(scores, np.float64), np.asarray(ref_scores, np.float64)
+    atol = np.broadcast_to(np.asarray(atol, np.float64), (scores.shape[0], 1))
+    off = np.abs(scores - ref_scores) > atol
+    assert not off.any(), (f"query {np.flatnonzero(off.any(axis=1))[0]}: scores differ by more "
+                           f"than the cross-kernel bound (max {np.abs(scores - ref_scores).max():.3g})")
+    gap = np.abs(np.diff(ref_scores, axis=1)) <= 2 * atol
+    near = np.zeros(scores.shape, dtype=bool)
+    near[:, 1:] |= gap
+    near[:, :-1] |= gap
+    bad = (np.asarray(rows) != np.asarray(ref_rows)) & ~near
+    assert not bad.any(), (f"query {np.flatnonzero(bad.any(axis=1))[0]}: rows differ where no "
+                           "near-tie explains it")

@@ -140,6 +140,49 @@ def chunk_rows(num_columns: int, budget_bytes: int = DEFAULT_CHUNK_BYTES) -> int
     return max(1, int(budget_bytes) // (4 * max(int(num_columns), 1)))
 
 
+def fma_chain_dot(a, b) -> np.ndarray:
+    """[P, D], [P, D] -> [P] float32: ``acc = fma(a[:, d], b[:, d], acc)`` for d = 0..D-1 in
+    float32, the order of an x86 GEMM's main kernel (and of TF's matmul), emulated with exact
+    float64 products so that every CPU computes the same bits for the same pair of rows."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    acc = np.zeros(a.shape[0], dtype=np.float32)
+    for d in range(a.shape[1]):
+        acc = (a[:, d] * b[:, d] + acc).astype(np.float32)
+    return acc
+
+
+def cross_kernel_margin(queries: np.ndarray, corpus: np.ndarray) -> np.ndarray:
+    """[N, D], [M, D] float32 -> [N, 1] float32: how far two float32 kernels' ``q @ c`` of one
+    query can lie apart, for any corpus row: (2 gamma_D + 4 u) ||q|| max ||c|| (Higham (3.5),
+    u = 2**-24; any summation order, with or without FMA), plus a denormal floor."""
+    u = 2.0 ** -24
+    d = max(queries.shape[1], 1)
+    gamma = d * u / (1.0 - d * u)
+    largest = float(np.sqrt(np.max(np.sum(np.square(corpus, dtype=np.float64), axis=1),
+                                    initial=0.0)))
+    norms = np.sqrt(np.sum(np.square(queries, dtype=np.float64), axis=1, keepdims=True))
+    return ((2.0 * gamma + 4.0 * u) * norms * largest + 1e-37).astype(np.float32)
+
+
+def settle_near_ties(scores: np.ndarray, positive: np.ndarray, queries: np.ndarray,
+                     corpus: np.ndarray, margin: np.ndarray) -> np.ndarray:
+    """Replace, in place, every BLAS score within ``margin`` of its row's positive by its
+    :func:`fma_chain_dot`; returns ``scores``.
+
+    scores [n, M] (``queries @ corpus.T`` by any kernel), positive [n], queries [n, D], corpus
+    [M, D], margin [n, 1] (:func:`cross_kernel_margin`). Every other score lies on the same
+    side of the positive as its chain value, so ``scores > positive`` afterwards is the same
+    on every CPU, chunk size, shard and row position (docs/decisions.md: GEMM kernels round a
+    row differently by its place in their tiles)."""
+    pos = np.asarray(positive, dtype=np.float32).reshape(-1, 1)
+    with np.errstate(invalid="ignore"):
+        row, col = np.nonzero(np.abs(scores - pos) <= margin)
+    if row.size:
+        scores[row, col] = fma_chain_dot(queries[row], corpus[col])
+    return scores
+
+
 def num_scoring_higher(query_emb, true_cand_emb, corpus_emb,
                        budget_bytes: int = DEFAULT_CHUNK_BYTES, positive=None
                        ) -> tuple[np.ndarray, np.ndarray]:
@@ -175,9 +218,12 @@ def count_scoring_higher(query_emb, true_cand_emb, corpus_emb,
     if corpus.shape[0] == 0:
         raise ValueError("corpus_emb is empty: index at least one candidate")
     corpus_t = np.ascontiguousarray(corpus.T)
+    margin = cross_kernel_margin(q, corpus)
 
     def block(start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
-        return q[start:end] @ corpus_t, pos[start:end]     # [chunk, M] float32, [chunk]
+        scores = settle_near_ties(q[start:end] @ corpus_t, pos[start:end], q[start:end],
+                                  corpus, margin[start:end])
+        return scores, pos[start:end]                      # [chunk, M] float32, [chunk]
     return count_higher(block, q.shape[0], chunk_rows(corpus.shape[0], budget_bytes),
                         exclude=exclude)
 

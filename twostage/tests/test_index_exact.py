@@ -1,5 +1,10 @@
 """twostage.index.exact (blocked products + threshold filter) against FAISS's IndexFlatIP and
-against the tie rule of ``tf.math.top_k``, directly and through FlatIndex's routing."""
+against the tie rule of ``tf.math.top_k``, directly and through FlatIndex's routing.
+
+Two kernels (FAISS's BLAS and numpy's, or two tile shapes of one) round a float32 product
+differently in the last bits, so random-data comparisons use the derived cross-kernel bound
+(``parity_tests.tolerances.cross_kernel_dot_atol``). The tie rules are checked bitwise on
+integer-valued data, whose products are exact in every order on every CPU."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +13,8 @@ import pytest
 from twostage.index import FlatIndex, flat
 from twostage.index import exact
 from twostage.index.exact import GROUP, blas_threads_settable, top_k_inner_product
+
+from parity_tests.tolerances import assert_top_k_close, cross_kernel_dot_atol
 
 F32 = np.float32
 pytestmark = pytest.mark.skipif(not blas_threads_settable(),
@@ -59,32 +66,59 @@ def random_data(n_items, n_queries, dim, seed=0):
             rng.standard_normal((n_queries, dim)).astype(F32))
 
 
+def integer_data(n_items, n_queries, dim, seed=0):
+    """Small integers: every product and sum is exact in float32, so all kernels agree."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(-6, 7, (n_items, dim)).astype(F32),
+            rng.integers(-6, 7, (n_queries, dim)).astype(F32))
+
+
+def assert_close_to(queries, corpus, result, expected):
+    """result == expected up to the cross-kernel rounding of ``queries @ corpus.T``."""
+    atol = cross_kernel_dot_atol(np.abs(queries), np.abs(corpus))
+    assert_top_k_close(*result, *expected, atol)
+
+
 @pytest.mark.parametrize("k", [1, 10, 100, 300])
 def test_flat_equals_faiss_on_random_data(k, route, calls):
     corpus, queries = random_data(12_000, 300, 32)
     index = FlatIndex().add(corpus)
     (f_scores, f_rows), (scores, rows) = both(index, queries, k, route)
     assert calls[0] == 1 and rows.shape == (300, k) and rows.dtype == np.int64
-    np.testing.assert_array_equal(rows, f_rows)         # same BLAS products: same floats
-    np.testing.assert_array_equal(scores, f_scores)
+    assert_close_to(queries, corpus, (scores, rows), (f_scores, f_rows))
     assert scores.dtype == F32 and (np.diff(scores, axis=1) <= 0).all()
+
+
+@pytest.mark.parametrize("k", [1, 10, 100])
+def test_flat_equals_faiss_bitwise_on_exact_products(k, route, calls):
+    """Where every kernel computes the same floats, the two agree to the bit."""
+    corpus, queries = integer_data(3_000, 300, 32)
+    corpus[:, 0] += np.arange(3_000, dtype=F32) * 512     # 7 * 512 > twice the rest's range:
+    queries[:, 0] = 7                                      # distinct scores, all below 2**24
+    index = FlatIndex().add(corpus)
+    (f_scores, f_rows), (scores, rows) = both(index, queries, k, route)
+    assert calls[0] == 1
+    np.testing.assert_array_equal(rows, f_rows)
+    np.testing.assert_array_equal(scores, f_scores)
 
 
 @pytest.mark.parametrize("dim,tile,threads", [(7, 64, 1), (33, 128, 2), (16, 48, 3)])
 def test_many_tiles_and_threads_match_reference(dim, tile, threads):
     corpus, queries = random_data(5_003, 150, dim, seed=dim)   # a ragged last tile
-    scores, rows = top_k_inner_product(queries, corpus, 50, threads=threads, tile=tile)
-    exp_scores, exp_rows = reference(queries, corpus, 50)
+    result = top_k_inner_product(queries, corpus, 50, threads=threads, tile=tile)
+    assert_close_to(queries, corpus, result, reference(queries, corpus, 50))
+    exact_corpus, exact_queries = integer_data(5_003, 150, dim, seed=dim)   # ties everywhere
+    scores, rows = top_k_inner_product(exact_queries, exact_corpus, 50, threads=threads,
+                                       tile=tile)
+    exp_scores, exp_rows = reference(exact_queries, exact_corpus, 50)
     np.testing.assert_array_equal(rows, exp_rows)
     np.testing.assert_array_equal(scores, exp_scores)
 
 
 @pytest.mark.parametrize("k", [7, 99, 150, 1000])
 def test_duplicated_rows_keep_the_lowest_rows_of_a_tie(k, route, calls):
-    rng = np.random.default_rng(3)
-    base = rng.standard_normal((300, 8)).astype(F32)
-    corpus = np.tile(base, (60, 1))               # every score tied 60 times
-    queries = rng.standard_normal((40, 8)).astype(F32)
+    base, queries = integer_data(300, 40, 8, seed=3)   # exact: identical rows tie anywhere
+    corpus = np.tile(base, (60, 1))               # every score tied 60 times (at least)
     index = FlatIndex().add(corpus)
     (f_scores, f_rows), (scores, rows) = both(index, queries, k, route)
     exp_scores, exp_rows = reference(queries, corpus, k)
@@ -138,17 +172,16 @@ def test_k_above_catalogue_is_clipped(route, calls):
     index = FlatIndex().add(corpus)
     (f_scores, f_rows), (scores, rows) = both(index, queries, 600, route)
     assert calls[0] == 1 and rows.shape == (64, 500)
-    np.testing.assert_array_equal(rows, f_rows)
-    np.testing.assert_array_equal(scores, f_scores)
+    assert_close_to(queries, corpus, (scores, rows), (f_scores, f_rows))
     np.testing.assert_array_equal(np.sort(rows, axis=1), np.broadcast_to(np.arange(500), (64, 500)))
 
 
 def test_one_query_and_odd_inputs(route, calls):
-    corpus, queries = random_data(3_000, 40, 16)
+    corpus, queries = integer_data(3_000, 40, 16)     # exact products: bitwise below
     exp_scores, exp_rows = reference(queries, corpus, 20)
     scores, rows = top_k_inner_product(queries[:1], corpus, 20, threads=2)
     np.testing.assert_array_equal(rows, exp_rows[:1])
-    np.testing.assert_allclose(scores, exp_scores[:1], rtol=1e-6)   # one query: BLAS's gemv
+    np.testing.assert_array_equal(scores, exp_scores[:1])         # one query: BLAS's gemv
     route(True)
     index = FlatIndex().add(corpus)
     wide = np.zeros((40, 32), F32)
