@@ -60,6 +60,13 @@ def reduction_gamma(length: int) -> float:
     return nu / (1.0 - nu)
 
 
+def cross_kernel_atol(length: int, scale: float) -> float:
+    """Absolute bound on how far two kernels' float32 sums of ``length`` terms whose absolute
+    values add up to at most ``scale`` can differ: 2 gamma_n scale, plus one rounding of each
+    result (4 u scale)."""
+    return (2.0 * reduction_gamma(length) + 4.0 * FLOAT32_UNIT_ROUNDOFF) * float(scale)
+
+
 def cross_kernel_dot_atol(abs_queries, abs_items) -> np.ndarray:
     """[N, D] |queries|, [M, D] |items| -> [N, 1] absolute bound on how far two kernels' float32
     products ``q @ items.T`` of one query can differ, for every item: 2 gamma_D max_j |q||c_j|,

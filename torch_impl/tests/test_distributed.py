@@ -32,6 +32,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from parity_tests import tolerances as tol
 from torch_impl.backend import TorchBackend
 from torch_impl.tasks import Retrieval, ranking_loss, retrieval_loss
 from torch_impl.train import epoch_order, select_rows, split_tensors, _plan
@@ -105,10 +106,12 @@ def _ranks(run, name):
     return [load_arrays(run / f"{name}-rank{r}.npz") for r in range(2)]
 
 
-def _compare(got: dict, losses: np.ndarray, state: dict, prefix: str = "") -> None:
-    """Per-step losses within RTOL relative; every weight and accumulator within RTOL
-    (relative, and absolute for values near 0)."""
-    np.testing.assert_allclose(got["losses"], losses, rtol=RTOL, atol=0)
+def _compare(got: dict, losses: np.ndarray, state: dict, prefix: str = "",
+             later_rtol: float = RTOL) -> None:
+    """The first step's loss within RTOL relative, later ones within ``later_rtol``; every
+    weight and accumulator within RTOL (relative, and absolute for values near 0)."""
+    np.testing.assert_allclose(got["losses"][:1], losses[:1], rtol=RTOL, atol=0)
+    np.testing.assert_allclose(got["losses"], losses, rtol=later_rtol, atol=0)
     assert state
     for key, want in state.items():
         np.testing.assert_allclose(got[prefix + key], want, rtol=RTOL, atol=RTOL, err_msg=key)
@@ -171,12 +174,14 @@ def test_global_negatives_equal_one_process(run, variants, synthetic_dataset, op
 
 
 def test_global_negatives_in_float32(run, variants, synthetic_dataset):
-    """The production dtype, every correction at once: all 10 step losses within 1e-5, the
-    state after the first step within 1e-5 (see the module docstring on later steps)."""
+    """The production dtype, every correction at once: the first step's loss and the state
+    after it within 1e-5; the later losses within ``TRAJECTORY_RTOL`` (float32 rounding of
+    another summation order compounds through Adagrad: 1.2e-5 at step 5 on an avx2 kernel;
+    see the module docstring). A replica counting its own shard alone fails both."""
     ranks = _ranks(run, "global-all-f32")
     _both_ranks_agree(ranks)
     losses, after_first = _single(*variants["global-all-f32"], synthetic_dataset, first=True)
-    _compare(ranks[0], losses, after_first, prefix="first:")
+    _compare(ranks[0], losses, after_first, prefix="first:", later_rtol=tol.TRAJECTORY_RTOL)
 
 
 def test_uneven_and_empty_slices_through_train_steps(run, variants, uneven_batches,
@@ -413,8 +418,11 @@ def test_offset_positives_split_the_single_process_loss():
                  for s, n in ((0, 5), (5, 5), (10, 2))]
         torch.stack(parts).sum().backward()
         torch.testing.assert_close(sum(parts), whole, rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(qb.grad, qa.grad, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(cb.grad, ca.grad, rtol=1e-5, atol=1e-6)
+        # each gradient element sums 12 terms |p - y| |x| <= |x| in another kernel's order
+        torch.testing.assert_close(qb.grad, qa.grad, rtol=1e-5,
+                                   atol=tol.cross_kernel_atol(12, c.abs().sum(0).max()))
+        torch.testing.assert_close(cb.grad, ca.grad, rtol=1e-5,
+                                   atol=tol.cross_kernel_atol(12, q.abs().sum(0).max()))
 
 
 def test_shard_is_array_split_order():
