@@ -68,16 +68,6 @@ def queries(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return users, stamps
 
 
-def assert_same(served, recs, order) -> None:
-    """Same titles in the same order, scores within TOL."""
-    rows = np.take_along_axis(recs.rows, order, axis=1)
-    np.testing.assert_array_equal(served.rows, rows)
-    for key in ("retrieval_scores", "ranking_scores"):
-        np.testing.assert_allclose(getattr(served, key),
-                                   np.take_along_axis(getattr(recs, key), order, axis=1),
-                                   rtol=0, atol=TOL)
-
-
 def assert_same_up_to_near_ties(served, recs, order) -> int:
     """Every served item is one of the reference's candidates with the same scores (within
     TOL), and the ranking scores position by position agree within TOL: the orders differ at
@@ -104,7 +94,8 @@ def test_savedmodel_reproduces_recommend_for_every_user(run_dir, savedmodel, k):
         served = loaded.recommend(users, ts, k)
         assert served.titles.shape == (len(users), k)
         recs, order = reference(run_dir, "tfrs", users, ts, k)
-        assert_same(served, recs, order)
+        # graph and eager TF may round a score differently by its batch: near-ties may swap
+        assert_same_up_to_near_ties(served, recs, order)
         corpus = RunDir.open(run_dir).corpus_titles
         assert served.titles.tolist() == corpus[served.rows].tolist()
 

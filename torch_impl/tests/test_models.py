@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from parity_tests import tolerances as tol
+
 from torch_impl.features import to_tensors
 from torch_impl.models import (bag_mean, build_ranking_model, build_retrieval_model,
                                get_keras_weights, keras_init_, masked_mean, set_keras_weights)
@@ -57,7 +59,9 @@ def test_fused_bag_mean_equals_masked_mean_with_gradients(empty):
 @pytest.mark.parametrize("empty", ["zero", "nan"])
 def test_bag_mean_padded_input_equals_the_flat_one_bitwise(empty):
     """The accelerator form (padded [B, L] with padding_idx=0: no host-sized selection) gives
-    the CPU form's numbers and gradients exactly."""
+    the CPU form's numbers and gradients, up to the two kernels' summation order (a mean of
+    at most 9 rows; a gradient of at most 32 * 9 same-signed terms). A wrong mask or divisor
+    is off by whole terms."""
     g = torch.Generator().manual_seed(1)
     weight = torch.randn(60, 8, generator=g)
     tokens = torch.randint(1, 60, (32, 9), generator=g)
@@ -66,11 +70,14 @@ def test_bag_mean_padded_input_equals_the_flat_one_bitwise(empty):
     tokens[3, 2] = 0
     w1, w2 = weight.clone().requires_grad_(True), weight.clone().requires_grad_(True)
     a, b = bag_mean(tokens, w1, empty, flat=True), bag_mean(tokens, w2, empty, flat=False)
-    assert torch.equal(torch.nan_to_num(a, nan=7.0), torch.nan_to_num(b, nan=7.0))
+    torch.testing.assert_close(torch.nan_to_num(a, nan=7.0), torch.nan_to_num(b, nan=7.0),
+                               rtol=0, atol=tol.cross_kernel_atol(9, weight.abs().max()))
+    assert torch.equal(torch.isnan(a), torch.isnan(b))
     keep = ~torch.isnan(a).any(dim=1)
     (a[keep] * torch.arange(8.0)).sum().backward()
     (b[keep] * torch.arange(8.0)).sum().backward()
-    assert torch.equal(w1.grad, w2.grad)
+    same_sign = 2 * tol.reduction_gamma(32 * 9) + 4 * tol.FLOAT32_UNIT_ROUNDOFF
+    torch.testing.assert_close(w1.grad, w2.grad, rtol=same_sign, atol=0)
 
 
 def test_empty_title_comes_from_the_config(synthetic_dataset, small_config):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from torch_impl.tasks import (MIN_FLOAT, Ranking, Retrieval, binary_accuracy, factorized_top_k,
-                              make_ranking_task, make_retrieval_task)
+                              make_ranking_task, make_retrieval_task, scoring_higher)
 from twostage.config import Config
 
 Q = np.array([[1.0, 0.0], [0.5, 1.0], [-1.0, 2.0]])
@@ -322,12 +322,23 @@ def test_factorized_top_k_non_finite_rows_miss():
 
 
 def test_factorized_top_k_agrees_with_the_numpy_evaluation():
-    evaluation = pytest.importorskip("twostage.evaluation")
+    """Per query, torch's count of corpus scores above the positive equals numpy's except
+    where a corpus score lies within the cross-kernel margin of the positive (50 queries tie
+    with their own true item: torch's mm and sum round them their own way); the accuracies
+    then differ by at most those queries."""
+    from twostage import evaluation
     g = torch.Generator().manual_seed(0)
     q, truth = torch.randn(300, 8, generator=g), torch.randn(300, 8, generator=g)
     corpus = torch.cat([torch.randn(200, 8, generator=g), truth[:50]])
     ours = factorized_top_k(q, truth, corpus, ks=(1, 10, 100), chunk=64)
     theirs = evaluation.factorized_top_k_accuracy(q.numpy(), truth.numpy(), corpus.numpy(),
                                                   ks=(1, 10, 100))
+    greater, _ = scoring_higher(q, truth, corpus)
+    np_greater, _ = evaluation.num_scoring_higher(q.numpy(), truth.numpy(), corpus.numpy())
+    pos = evaluation.positive_scores(q.numpy(), truth.numpy())[:, None]
+    margin = evaluation.cross_kernel_margin(q.numpy(), corpus.numpy())
+    near = (np.abs(q.numpy() @ corpus.numpy().T - pos) <= 3 * margin).sum(axis=1)
+    moved = np.abs(greater.numpy() - np_greater)
+    assert (moved <= near).all() and (near[:50] > 0).all()      # the ties are exercised
     for k in (1, 10, 100):
-        assert ours[TOPK.format(k)] == pytest.approx(float(theirs[k]))
+        assert abs(ours[TOPK.format(k)] - float(theirs[k])) <= (near > 0).sum() / 300

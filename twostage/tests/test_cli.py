@@ -89,8 +89,14 @@ def test_export_matches_faiss_top_k(run_dir, tmp_path):
     backend.build_index(corpus)
     f_scores, rows = backend.retrieve(np.array(users, dtype=object), np.array(stamps), 10)
     np.testing.assert_allclose(scores.numpy(), f_scores, rtol=1e-5, atol=1e-6)
-    got = [[t.decode() for t in row] for row in titles.numpy()]
-    assert got == corpus[rows].tolist()
+    got = np.array([[t.decode() for t in row] for row in titles.numpy()], dtype=object)
+    # TF's BruteForce and FAISS round each score their own way: titles agree except where
+    # two neighbouring scores are within the comparison's tolerance (their order is rounding)
+    near = np.zeros(rows.shape, dtype=bool)
+    gap = np.abs(np.diff(f_scores, axis=1)) <= 2 * (1e-5 * np.abs(f_scores[:, 1:]) + 1e-6)
+    near[:, 1:] |= gap
+    near[:, :-1] |= gap
+    assert ((got == corpus[rows]) | near).all()
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -258,3 +258,37 @@ def test_two_stage_integer_ids_and_errors():
         ev.two_stage_metrics(cand, np.zeros((1, 3)), np.array(["3"]), k=2)
     with pytest.raises(ValueError, match="ranking_scores"):
         ev.two_stage_metrics(cand, np.zeros((1, 2)), np.array([3]), k=2)
+
+
+def test_near_ties_are_settled_alike_whatever_the_kernel_rounded():
+    """Scores from another kernel (here: the BLAS product moved by up to 8 ulp, as another
+    tiling or CPU rounds it) compare with the positives exactly as numpy's own do, and
+    identical corpus rows score identically near the positive wherever they sit. Without the
+    settling the comparisons flip (checked below), which is what made chunked metrics differ."""
+    rng = np.random.default_rng(4)
+    corpus = rng.normal(size=(400, 32)).astype(F32)
+    corpus[300:] = corpus[:100]                                # duplicates at other places
+    rows = rng.integers(0, 400, 2000)
+    q = (corpus[rows] * 0.5 + rng.normal(size=(2000, 32))).astype(F32)
+    pos = ev.positive_scores(q, corpus[rows])
+    margin = ev.cross_kernel_margin(q, corpus)
+    raw = q @ corpus.T
+    ulp = np.spacing(np.abs(raw)).astype(F32)
+    other = (raw + rng.integers(-8, 9, raw.shape).astype(F32) * ulp).astype(F32)
+    assert ((other > pos[:, None]) != (raw > pos[:, None])).any()   # the kernels disagree
+    a = ev.settle_near_ties(raw.copy(), pos, q, corpus, margin)
+    b = ev.settle_near_ties(other.copy(), pos, q, corpus, margin)
+    np.testing.assert_array_equal(a > pos[:, None], b > pos[:, None])
+    near = np.abs(a - pos[:, None]) <= margin
+    np.testing.assert_array_equal(a[:, :100][near[:, :100]], a[:, 300:][near[:, :100]])
+
+
+def test_fma_chain_dot_is_the_sequential_fma_order():
+    """fma(a, b, acc) once per element in order, one rounding each: on these values a plain
+    float32 multiply-then-add loses the low product bits that the chain keeps."""
+    a = np.array([[1.0, 1 + 2.0 ** -12]], F32)
+    b = np.array([[-1.0, 1 + 2.0 ** -12]], F32)
+    # -1 + (1 + 2^-12)^2 = 2^-11 + 2^-24 in one fma; a float32 product first rounds away 2^-24
+    assert ev.fma_chain_dot(a, b)[0] == F32(2.0 ** -11 + 2.0 ** -24)
+    assert F32(-1.0) + F32(a[0, 1] * b[0, 1]) == F32(2.0 ** -11)
+    assert ev.fma_chain_dot(a[:, ::-1], b[:, ::-1])[0] == F32(2.0 ** -11)   # order matters
