@@ -175,6 +175,12 @@ def replace_directory(target: Path | str, write: Callable[[Path], None], kind: s
     return target
 
 
+def _siblings(parent: Path, prefix: str) -> list[Path]:
+    """The entries of ``parent`` whose names start with ``prefix``, matched literally (a
+    glob would read ``[1]`` in ``run[1]`` as a character class and match another run's)."""
+    return sorted(p for p in parent.iterdir() if p.name.startswith(prefix))
+
+
 def recover_leftovers(target: Path | str) -> list[str]:
     """Repair what a killed process left beside ``target`` and say so (returns the notes).
 
@@ -188,15 +194,14 @@ def recover_leftovers(target: Path | str) -> list[str]:
     parent = target.parent
     if not parent.is_dir():
         return notes
-    olds = sorted(parent.glob(f".{target.name}{OLD_TAG}*"))
-    for old in olds:
+    for old in _siblings(parent, f".{target.name}{OLD_TAG}"):
         previous = old / "previous"
         if previous.exists() and not os.path.lexists(target):
             os.replace(previous, target)
             notes.append(f"restored {target} from an interrupted replacement ({old.name})")
         shutil.rmtree(old, ignore_errors=True)
         notes.append(f"removed leftover {old}")
-    for tmp in sorted(parent.glob(f".{target.name}{TMP_TAG}*")):
+    for tmp in _siblings(parent, f".{target.name}{TMP_TAG}"):
         if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
         else:

@@ -115,6 +115,19 @@ def test_kill_between_the_two_renames_restores_the_old_folder(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
 
 
+def test_leftovers_are_matched_literally_not_as_a_glob(tmp_path):
+    """``--out 'b/run[1]'``: the clean-up of run[1] must not take run1's backup (a glob reads
+    ``[1]`` as a character class, matching ``.run1...``: the only copy after a kill)."""
+    other = tmp_path / f".run1{io.OLD_TAG}x"
+    (other / "previous").mkdir(parents=True)
+    (other / "previous" / "a").write_text("the only copy")
+    notes = io.recover_leftovers(tmp_path / "run[1]")
+    assert notes == [] and (other / "previous" / "a").read_text() == "the only copy"
+    mine = tmp_path / f".run[1]{io.TMP_TAG}y"
+    mine.mkdir()
+    assert io.recover_leftovers(tmp_path / "run[1]") and not mine.exists() and other.exists()
+
+
 def test_outputs_follow_the_umask(tmp_path):
     previous = os.umask(0o022)
     try:
