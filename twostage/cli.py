@@ -10,6 +10,7 @@ option there puts it on the command line, with its help text, choices and parser
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -215,19 +216,27 @@ def _init_distributed(config: Config):
 def _train_and_write(args: argparse.Namespace, config: Config, names: list[str],
                      lead: bool) -> int:
     """Load, train, evaluate every backend of ``names``; the lead process (the only one, or
-    rank 0) checks ``--out`` first and writes the run folder at the end."""
+    rank 0) locks and checks ``--out`` first and writes the run folder at the end."""
+    from . import rundir
+    with contextlib.ExitStack() as lock:
+        out = Path(args.out)
+        if lead:
+            try:  # before any data is loaded: a bad --out must not cost a whole training
+                out = rundir.prepare(out, force=args.force, lock=lock)
+            except (NotADirectoryError, PermissionError) as e:
+                raise UsageError(f"--out {args.out}: {e}") from None
+        return _train_and_write_locked(args, config, names, lead, out)
+
+
+def _train_and_write_locked(args: argparse.Namespace, config: Config, names: list[str],
+                            lead: bool, out: Path) -> int:
+    """:func:`_train_and_write` with ``out`` checked and locked by the lead process."""
     from . import rundir
     from .dataset import load_dataset
     from .baselines import evaluate_baselines
     from .pipeline import check_trainable, run_backend
     from .report import TensorBoardWriter, comparison_table, table, write_results
 
-    out = Path(args.out)
-    if lead:
-        try:  # before any data is loaded: a bad --out must not cost a whole training
-            out = rundir.prepare(out, force=args.force)
-        except (NotADirectoryError, PermissionError) as e:
-            raise UsageError(f"--out {args.out}: {e}") from None
     quiet = config.output.quiet or not lead
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     dataset = load_dataset(config, progress=not quiet)

@@ -16,6 +16,8 @@ Rules (README "What is safe to point it at"):
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -34,8 +36,18 @@ OLD_TAG = ".twostage-old-"    # <parent>/.<name>.twostage-old-XXXX (being replac
 STALE_SECONDS = 0             # leftovers of dead processes; see recover_leftovers
 
 
+LOCK_TAG = ".twostage-lock"    # <parent>/.<name>.twostage-lock (held while a process writes)
+
+
 class OwnershipError(FileExistsError):
     """The target exists and was not written by this project (or is of another kind)."""
+
+
+class TargetBusyError(OwnershipError):
+    """Another process is writing the same target now."""
+
+
+_HELD: dict[str, list[int]] = {}     # lock path -> [fd, depth] held by this process
 
 
 def _umask() -> int:
@@ -97,6 +109,51 @@ def sha256_file(path: Path | str) -> str:
 
 
 # --- folders ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def target_lock(target: Path | str):
+    """Hold this process's exclusive lock on writing ``target`` (an ``fcntl`` lock on
+    ``<parent>/.<name>.twostage-lock``; re-entrant within the process) for the block.
+
+    Raises TargetBusyError at once, naming the target, when another process holds it: two
+    runs into one ``--out`` would otherwise take each other's temporary folders for leftovers
+    of a killed run. The parent folder must exist. The lock file is removed on release (a
+    process that locked a removed file sees another inode at the path and tries again)."""
+    target = Path(target)
+    lock = target.parent / f".{target.name}{LOCK_TAG}"
+    key = os.path.realpath(lock)
+    if key in _HELD:
+        _HELD[key][1] += 1
+    else:
+        _HELD[key] = [_acquire(lock, target), 1]
+    try:
+        yield target
+    finally:
+        _HELD[key][1] -= 1
+        if _HELD[key][1] == 0:
+            fd = _HELD.pop(key)[0]
+            Path(lock).unlink(missing_ok=True)
+            os.close(fd)
+
+
+def _acquire(lock: Path, target: Path) -> int:
+    """An fd holding the flock of the file now at ``lock``."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise TargetBusyError(f"another twostage process is writing {target} now (lock "
+                                  f"{lock}); wait for it to finish, or choose another path"
+                                  ) from None
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)                    # the holder removed it meanwhile: lock the new one
+
+
 def marker_kind(directory: Path) -> str | None:
     """The kind this project recorded in ``directory`` (None: not ours, or not a folder)."""
     try:
@@ -106,10 +163,48 @@ def marker_kind(directory: Path) -> str | None:
     return data.get("kind") if isinstance(data, dict) else None
 
 
+def _entries(root: Path) -> set[str]:
+    """Relative posix paths of every file and folder under ``root`` (links not followed)."""
+    out = set()
+    for folder, dirs, files in os.walk(root):
+        base = Path(folder).relative_to(root)
+        out.update((base / name).as_posix() for name in (*dirs, *files))
+    return out
+
+
+def _written(target: Path) -> set[str] | None:
+    """The files our marker in ``target`` lists (a run folder of an older version: its
+    manifest's), or None when neither says."""
+    try:
+        listed = json.loads((target / MARKER).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        listed = None
+    if listed is None:
+        try:
+            listed = [*json.loads((target / "manifest.json").read_text(encoding="utf-8"))
+                      ["files"], "manifest.json"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return {str(f) for f in listed} if isinstance(listed, list) else None
+
+
+def foreign_entries(target: Path | str) -> list[str]:
+    """Files and folders inside our folder ``target`` that this project did not write (a
+    user's notes, an analysis folder), sorted; ["*"] when the marker lists no files."""
+    target = Path(target)
+    written = _written(target)
+    if written is None:
+        return ["*"]
+    allowed = {MARKER, *written}
+    allowed |= {parent.as_posix() for f in written for parent in Path(f).parents}
+    return sorted(_entries(target) - allowed)
+
+
 def check_replaceable(target: Path | str, kind: str, *, force: bool = False) -> None:
     """Raise OwnershipError unless ``target`` may be replaced by a folder of ``kind``: it does
-    not exist, is an empty folder, or holds our marker of the same kind (``force`` accepts
-    anything but moves it aside instead of deleting it, see :func:`replace_directory`)."""
+    not exist, is an empty folder, or holds our marker of the same kind and only files we
+    wrote (``force`` accepts anything but moves it aside instead of deleting it, see
+    :func:`replace_directory`)."""
     target = Path(target)
     if not os.path.lexists(target) or force:
         return
@@ -119,13 +214,22 @@ def check_replaceable(target: Path | str, kind: str, *, force: bool = False) -> 
     if not any(target.iterdir()):
         return
     found = marker_kind(target)
-    if found == kind:
+    foreign = foreign_entries(target) if found == kind else []
+    if found == kind and not foreign:
         return
-    what = (f"a twostage {found}, not a {kind}" if found else
+    what = (f"files this project did not write ({_some(foreign)})" if found == kind else
+            f"a twostage {found}, not a {kind}" if found else
             "files this project did not write")
     raise OwnershipError(f"{target} holds {what}; refusing to replace it. Choose a new folder, "
                          f"or pass --force to move it aside to {target.name}.replaced-<time> "
                          "(nothing is deleted)")
+
+
+def _some(names: list[str]) -> str:
+    if names == ["*"]:
+        return "its marker lists none of its files"
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return ", ".join(names[:3]) + more
 
 
 def _move_aside(target: Path) -> Path:
@@ -149,16 +253,25 @@ def replace_directory(target: Path | str, write: Callable[[Path], None], kind: s
     target = Path(target)
     check_replaceable(target, kind, force=force)
     target.parent.mkdir(parents=True, exist_ok=True)
+    with target_lock(target):
+        return _replace_locked(target, write, kind, force, extra_marker)
+
+
+def _replace_locked(target: Path, write: Callable[[Path], None], kind: str, force: bool,
+                    extra_marker: dict | None) -> Path:
+    """:func:`replace_directory` under the target's lock."""
     recover_leftovers(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{TMP_TAG}", dir=target.parent))
     old: Path | None = None
     try:
         _chmod_default(tmp, directory=True)
         write(tmp)
-        write_json(tmp / MARKER, {"kind": kind, **(extra_marker or {})})
+        write_json(tmp / MARKER, {"kind": kind, **(extra_marker or {}),
+                                  "files": sorted(_entries(tmp))})
         if os.path.lexists(target):
-            if force and marker_kind(target) != kind and (
-                    not target.is_dir() or target.is_symlink() or any(target.iterdir())):
+            if force and (not target.is_dir() or target.is_symlink() or (
+                    any(target.iterdir()) and (marker_kind(target) != kind
+                                               or foreign_entries(target)))):
                 _move_aside(target)
             else:
                 old = Path(tempfile.mkdtemp(prefix=f".{target.name}{OLD_TAG}",

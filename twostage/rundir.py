@@ -17,6 +17,7 @@ use them; every failure is one :class:`RunDirError` line naming the file and the
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -51,14 +52,20 @@ def _files(root: Path) -> dict[str, str]:
     return out
 
 
-def prepare(out: Path | str, *, force: bool = False) -> Path:
+def prepare(out: Path | str, *, force: bool = False,
+            lock: contextlib.ExitStack | None = None) -> Path:
     """Check, before any data is loaded, that ``out`` can receive a run: not a file, in a
-    writable place, and either new, empty, or a run folder of ours (``force``: anything, moved
-    aside). Raises OwnershipError / OSError with the path and the fix."""
+    writable place, and either new, empty, or a run folder holding only what we wrote
+    (``force``: anything, moved aside). With ``lock``, ``out``'s write lock
+    (:func:`twostage.io.target_lock`) is entered on it, so it is held until the stack closes.
+    Raises OwnershipError (TargetBusyError: another process writes ``out``) / OSError with
+    the path and the fix."""
     out = Path(out)
     io.check_replaceable(out, KIND, force=force)
     io.ensure_writable_dir(out.parent if out.parent != Path("") else Path("."),
                            "the parent folder of --out")
+    if lock is not None:
+        lock.enter_context(io.target_lock(out))
     io.recover_leftovers(out)
     return out
 

@@ -66,6 +66,57 @@ def test_run_refuses_a_folder_of_user_files_before_loading_data(tmp_path, capsys
     assert snapshot(tmp_path) == before
 
 
+def test_run_refuses_to_replace_a_run_folder_holding_user_files(run_dir, tmp_path, capsys):
+    """A run folder we wrote, with a user's notes and analysis added: never deleted without
+    --force (issue 21: they were, silently)."""
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    (out / "NOTES.txt").write_text("mine")
+    (out / "my_analysis").mkdir()
+    (out / "my_analysis" / "plot.py").write_text("mine")
+    before = snapshot(tmp_path)
+    rc = main(["run", "--data-dir", str(tmp_path / "no-data"), "--out", str(out), *FAST])
+    line = one_line_error(capsys, 2, rc)
+    assert "NOTES.txt" in line and "my_analysis" in line and "--force" in line
+    assert snapshot(tmp_path) == before
+
+
+def test_force_moves_a_run_folder_with_user_files_aside(run_dir, data_dir, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    (out / "NOTES.txt").write_text("mine")
+    assert main(["run", "--data-dir", str(data_dir), "--out", str(out), "--force", *FAST]) == 0
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.replaced-")]
+    assert len(aside) == 1 and (aside[0] / "NOTES.txt").read_text() == "mine"
+    assert not (out / "NOTES.txt").exists() and (out / "manifest.json").is_file()
+    assert io.foreign_entries(out) == []            # the new folder lists all it wrote
+
+
+def test_a_second_writer_of_one_out_fails_at_once(tmp_path, capsys):
+    """Two runs into one --out: the second is refused before loading data, naming the other
+    process's lock (issue 21: one deleted the other's live temporary folder); the lock file
+    goes with its holder."""
+    import subprocess
+    import sys
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from twostage import io\n"
+         "with io.target_lock(sys.argv[1]):\n print('held', flush=True); time.sleep(60)",
+         str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc = main(["run", "--data-dir", str(tmp_path / "no-data"), "--out", str(out), *FAST])
+        assert "another twostage process is writing" in one_line_error(capsys, 2, rc)
+        with pytest.raises(io.TargetBusyError):
+            io.replace_directory(out, lambda tmp: None, "run")
+    finally:
+        holder.kill()
+        holder.wait()
+    with io.target_lock(out):          # free once the holder is gone (killed: its file stays)
+        assert (tmp_path / f".run{io.LOCK_TAG}").exists()
+    assert list(tmp_path.iterdir()) == []          # released: the lock file goes
+
+
 @pytest.mark.parametrize("make", ["file", "under_a_file"])
 def test_run_refuses_an_unusable_out_before_loading_data(tmp_path, capsys, make):
     (tmp_path / "f").write_text("x")
