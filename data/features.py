@@ -23,6 +23,7 @@ encode_ratings` gathered from those by index, so 25 million ratings cost no per-
 """
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import Counter
@@ -41,6 +42,10 @@ from .movielens import MovieLens, column_codes
 STRIP_PUNCTUATION = re.compile(r'[!"#$%&()\*\+,-\./:;<=>?@\[\\\]^_`{|}~\']')
 # tf.strings.split(sep=None) splits on runs of ASCII whitespace and drops empty pieces.
 ASCII_WHITESPACE = re.compile(r"[ \t\n\v\f\r]+")
+NON_WHITESPACE = re.compile(r"[^ \t\n\v\f\r]+")
+# Tokens kept per title (its first ones): the longest MovieLens title has 16, and the token
+# rows of every title are padded to the longest one (docs/data.md).
+MAX_TITLE_TOKENS = 64
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 KERAS_EPSILON = 1e-7  # tf_keras.backend.epsilon(), the Normalization floor on the std
 PAD_TOKEN, OOV_TOKEN = "", "[UNK]"
@@ -59,8 +64,11 @@ def tokenize(text: str) -> list[str]:
 
 @lru_cache(maxsize=1 << 17)  # every title of ml-25m (62,423) twice over
 def _tokens(text: str) -> tuple[str, ...]:
-    """:func:`tokenize`, cached: fitting, the corpus and serving see the same titles again."""
-    return tuple(t for t in ASCII_WHITESPACE.split(standardize(text)) if t)
+    """:func:`tokenize`, cached: fitting, the corpus and serving see the same titles again.
+    At most ``MAX_TITLE_TOKENS`` (the first ones): token rows are padded to the longest title,
+    so one huge title would otherwise size every row (a 10 MB title: 23 GB)."""
+    words = NON_WHITESPACE.finditer(standardize(text))      # split, empty strings dropped
+    return tuple(m.group() for m in itertools.islice(words, MAX_TITLE_TOKENS))
 
 
 def _as_str_array(values: Iterable) -> np.ndarray:

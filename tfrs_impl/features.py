@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from twostage.data.features import FeatureSpec
+from twostage.data.features import MAX_TITLE_TOKENS, FeatureSpec
 from twostage.dataset import Dataset
 from twostage.config import Config
 from twostage.recipes import (HISTORY, NEGATIVE_PROBABILITY, NEGATIVE_TITLES, RecipeData,
@@ -62,6 +62,21 @@ def title_vectorizer(spec: FeatureSpec) -> layers.TextVectorization:
     return layers.TextVectorization(max_tokens=spec.max_tokens,
                                     vocabulary=spec.keras_token_vocabulary,
                                     name="title_vectorizer")
+
+
+class FirstTokens(layers.Layer):
+    """[B, L] token ids -> [B, min(L, n)]: the first ``n`` tokens of each title, the cap of
+    ``twostage.data.features.MAX_TITLE_TOKENS`` (FeatureSpec tokenises the same way)."""
+
+    def __init__(self, n: int = MAX_TITLE_TOKENS, **kwargs):
+        super().__init__(**kwargs)
+        self.n = int(n)
+
+    def call(self, tokens):
+        return tokens[:, : self.n]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "n": self.n}
 
 
 def adapt_seed_way(user_ids: Iterable, timestamps: np.ndarray, corpus_titles: Iterable, *,

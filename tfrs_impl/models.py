@@ -139,6 +139,7 @@ class MovieModel(keras.Model):
         self.title_vectorizer = features.title_vectorizer(spec)
         self.title_text_embedding = keras.Sequential([
             self.title_vectorizer,
+            features.FirstTokens(name="first_tokens"),
             keras.layers.Embedding(spec.max_tokens, embedding_dim, mask_zero=True),
             text_pooling(empty_title),
         ], name="title_text_embedding")

@@ -467,3 +467,25 @@ def test_encode_titles_of_repeated_titles_equals_the_keras_layers(keras):
     np.testing.assert_array_equal(enc["title_tokens"], run(k.vectorizer, utf8(titles)))
     empty = k.spec.encode_titles([])
     assert empty["title_index"].shape == (0,) and empty["title_tokens"].shape[0] == 0
+
+
+def test_a_huge_title_is_cut_to_max_title_tokens(synthetic_dir, tmp_path):
+    """A 2 MB title in u.item: every padded token row stays MAX_TITLE_TOKENS wide (issue 21:
+    one 10 MB title took 23.5 GB), the kept tokens are the title's first ones."""
+    from twostage.data.features import MAX_TITLE_TOKENS
+    from twostage.data.movielens import load_movielens
+    import shutil
+    data = tmp_path / "ml"
+    shutil.copytree(synthetic_dir, data)
+    lines = (data / "u.item").read_text(encoding="latin-1").splitlines()
+    fields = lines[0].split("|")
+    words = [f"w{i}" for i in range(300_000)]
+    fields[1] = " ".join(words)
+    (data / "u.item").write_text("\n".join(["|".join(fields), *lines[1:]]) + "\n",
+                                 encoding="latin-1")
+    spec = FeatureSpec.fit(load_movielens(data))
+    assert spec.title_token_table().shape[1] == MAX_TITLE_TOKENS
+    tokens = spec.title_tokens([fields[1], " ".join(words[:MAX_TITLE_TOKENS])])
+    assert tokens.shape == (2, MAX_TITLE_TOKENS)
+    np.testing.assert_array_equal(tokens[0], tokens[1])
+    assert tokenize(fields[1]) == words[:MAX_TITLE_TOKENS]

@@ -217,7 +217,7 @@ def test_names_follow_attribute_paths_generically(retrieval, ranking):
             is retrieval.query_model.dense_layers.layers[1].kernel)
     assert (models.named_variables(ranking)["ranking_model/movie_embeddings/title_text_embedding/"
                                             "embeddings"]
-            is ranking.ranking_model.movie_embeddings.title_text_embedding.layers[1].embeddings)
+            is ranking.ranking_model.movie_embeddings.title_text_embedding.layers[2].embeddings)
 
 
 def test_name_rules_on_a_toy_model():
@@ -254,3 +254,18 @@ def test_name_rules_on_a_toy_model():
     hidden(tf.zeros((1, 5)))
     with pytest.raises(RuntimeError, match="public attributes"):
         models.named_variables(hidden)
+
+
+def test_a_title_keeps_its_first_max_title_tokens(retrieval, synthetic_dataset):
+    """A 10,000-word title is pooled over its first MAX_TITLE_TOKENS tokens, as FeatureSpec
+    encodes it for torch (issue 21: one huge title sized every padded token row)."""
+    from twostage.data.features import MAX_TITLE_TOKENS
+    vocab = synthetic_dataset.spec.token_vocab
+    words = [vocab[i % len(vocab)] for i in range(10_000)]
+    text = retrieval.candidate_model.embedding_model.title_text_embedding
+    long, head = " ".join(words), " ".join(words[:MAX_TITLE_TOKENS])
+    out = text(tf.constant([long, head])).numpy()
+    np.testing.assert_array_equal(out[0], out[1])
+    tokens = retrieval.candidate_model.embedding_model.title_text_embedding.layers[1](
+        retrieval.candidate_model.embedding_model.title_vectorizer(tf.constant([long])))
+    assert tuple(tokens.shape) == (1, MAX_TITLE_TOKENS)
