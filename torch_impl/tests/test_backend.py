@@ -76,6 +76,7 @@ def test_retrieve_matches_brute_force(trained, synthetic_dataset):
     np.testing.assert_allclose(scores, -np.sort(-exact, axis=1)[:, :5], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.bitwise
 def test_save_load_round_trip(trained, synthetic_dataset, tmp_path):
     ds = synthetic_dataset
     trained.save(tmp_path / "ckpt")
@@ -223,6 +224,7 @@ def test_a_cuda_device_without_cuda_is_a_clear_error(synthetic_dataset, small_co
         resolve_device("gpu")  # Config refuses it too; the function is also used directly
 
 
+@pytest.mark.bitwise
 def test_a_resumed_run_continues_exactly(synthetic_dataset, small_config, tmp_path):
     """1 epoch, save, load, 1 more epoch = 2 epochs in one go, bitwise on the CPU: the weights,
     the Adagrad accumulators (retrieval and ranking) and the batch order's epoch all resume."""

@@ -99,6 +99,7 @@ def test_cuda_graphs_default_on_for_one_cuda_process_only(small_config):
     assert graphs_enabled(small_config.replace(cuda_graphs=True), cpu)  # refused by check_config
 
 
+@pytest.mark.bitwise
 def test_fp32_default_is_bitwise_the_plain_loss(synthetic_dataset, small_config):
     """precision='fp32' wraps nothing: the stage's loss is the plain compute_loss."""
     from torch_impl.tasks import make_retrieval_task, retrieval_loss

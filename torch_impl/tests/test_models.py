@@ -103,6 +103,7 @@ def test_keras_init_statistics(synthetic_dataset, small_config):
         assert torch.all(layer.bias == 0)
 
 
+@pytest.mark.bitwise
 def test_init_depends_only_on_config_seed(synthetic_dataset, small_config):
     spec = synthetic_dataset.spec
     torch.manual_seed(123)
@@ -184,6 +185,7 @@ def test_unknown_ids_use_the_oov_row(synthetic_dataset, small_config):
     torch.testing.assert_close(q[0], q[1])
 
 
+@pytest.mark.bitwise
 def test_towers_gather_title_tokens_by_title_index_when_not_given(synthetic_dataset,
                                                                    small_config):
     """A batch of rating rows carries no title_tokens (no [N, L] copy per rating): both models

@@ -105,6 +105,7 @@ def test_invalid_arguments_are_rejected():
         KerasAdagrad([nn.Parameter(torch.ones(1))], initial_accumulator_value=-1.0)
 
 
+@pytest.mark.bitwise
 def test_row_sparse_path_equals_the_dense_update_bitwise():
     g = torch.Generator().manual_seed(0)
     table = torch.randn(1000, 8, generator=g)
