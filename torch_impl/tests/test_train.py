@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from twostage import backend
 from twostage.data.split import Split, epoch_batches
 from twostage.schedule import BatchPlan
 from torch_impl.models import build_ranking_model, build_retrieval_model
+from torch_impl import train
 from torch_impl.train import epoch_order, fit_ranking, fit_retrieval
 
 TOPK = "factorized_top_k/top_{}_categorical_accuracy"
@@ -101,7 +103,8 @@ def test_zero_epochs_train_nothing(synthetic_dataset, small_config):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_history_records_loss_per_example_and_calls_on_epoch(synthetic_dataset, small_config):
+def test_history_records_loss_per_example_and_calls_on_epoch(synthetic_dataset, small_config,
+                                                           monkeypatch):
     config = small_config.replace(validation_freq=2)
     calls = []
 
@@ -109,6 +112,13 @@ def test_history_records_loss_per_example_and_calls_on_epoch(synthetic_dataset, 
         calls.append((stage, epoch, len(history.loss),
                       {k: list(v) for k, v in history.val.items()}))
 
+    recorded = []
+
+    def spy(stage, losses, sizes):                   # what the epoch loop hands per_example
+        recorded.append(((stage, np.asarray(losses), np.asarray(sizes)),
+                         backend.per_example(stage, losses, sizes)))
+        return recorded[-1][1]
+    monkeypatch.setattr(train, "per_example", spy)
     model = build_ranking_model(synthetic_dataset.spec, config)
     history = fit_ranking(model, synthetic_dataset, config, epochs=3, on_epoch=on_epoch)
     assert [c[:3] for c in calls] == [("ranking", 1, 1), ("ranking", 2, 2), ("ranking", 3, 3)]
@@ -118,6 +128,11 @@ def test_history_records_loss_per_example_and_calls_on_epoch(synthetic_dataset, 
     plan = BatchPlan(synthetic_dataset.split.train, config.train.batch_size, config.seed)
     assert min(len(b) for b in plan.positions(0)) < config.train.batch_size
     assert history.loss_per_example[0] == pytest.approx(history.loss[0], rel=0.05)
+    fits = [r for r in recorded if r[0][2].sum() == len(plan.train)]   # not the validations
+    assert history.loss_per_example == [r[1] for r in fits]      # per_example's own figures
+    for stage, losses, sizes in (r[0] for r in fits):
+        assert stage == "ranking" and min(abs(np.mean(losses) - v) for v in history.loss) < 1e-6
+        assert sorted(sizes) == sorted(len(b) for b in plan.positions(0))
     val = dict(history.val["loss"]), dict(history.val["loss_per_example"])
     assert set(val[0]) == set(val[1]) == {2, 3}
     retrieval = fit_retrieval(build_retrieval_model(synthetic_dataset.spec, config),
@@ -229,3 +244,12 @@ def test_validation_takes_the_eval_queries_sample(synthetic_dataset, small_confi
     np.testing.assert_array_equal(seen[-1], validation_rows(ds.split.test, config))
     assert len(seen[-1]) == 37
     assert set(parts.validate()) >= {"loss", "loss_per_example"}
+
+
+def test_per_example_weights_ranking_batches_by_size_and_sums_retrieval():
+    """Ranking: the example-weighted mean of batch means (an unweighted mean would give 2.0
+    here); retrieval: the SUM over the epoch per example."""
+    assert backend.per_example("ranking", [1.0, 3.0], [256, 44]) == pytest.approx(
+        (256 * 1.0 + 44 * 3.0) / 300)
+    assert backend.per_example("retrieval", [512.0, 88.0], [256, 44]) == pytest.approx(2.0)
+    assert backend.per_example("ranking", [], []) == 0.0
