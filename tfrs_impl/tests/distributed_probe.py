@@ -190,6 +190,24 @@ def _exported_scores_error(backend, dataset, directory) -> float:
     return float(np.abs(scores.numpy() - backend.retrieve(users, ts, 5)[0]).max())
 
 
+def _fragile_fraction(backend, dataset, config, k: int) -> float:
+    """The fraction of evaluated queries whose top-k hit another kernel's rounding could flip:
+    fewer than k corpus scores lie above the positive by more than the cross-kernel margin,
+    but at least k lie above it minus the margin."""
+    from twostage import evaluation, pipeline
+
+    rows = pipeline.evaluation_rows(dataset, config)
+    q = backend.query_embeddings(dataset.user_id[rows], dataset.timestamp[rows])
+    t = backend.candidate_embeddings(dataset.movie_title[rows])
+    corpus = backend.candidate_embeddings(dataset.corpus_titles)
+    pos = evaluation.positive_scores(q, t)[:, None]
+    margin = 2 * evaluation.cross_kernel_margin(q, corpus)
+    scores = q @ corpus.T
+    sure = (scores > pos + margin).sum(axis=1)
+    maybe = (scores > pos - margin).sum(axis=1)
+    return float(np.mean((sure < k) & (maybe >= k)))
+
+
 def check_fit_save_load(backend, dataset, config, directory) -> dict:
     """fit both stages (shared order, validation under the strategy), evaluate outside it,
     save, load back under a strategy, export a SavedModel."""
@@ -207,6 +225,7 @@ def check_fit_save_load(backend, dataset, config, directory) -> dict:
                for s in ("retrieval", "ranking"))
     return {"retrieval_history": retrieval.to_dict(), "ranking_history": ranking.to_dict(),
             "top_k": report["retrieval"]["top_k_accuracy"],
+            "top_10_fragile": _fragile_fraction(backend, dataset, config, 10),
             "binary_accuracy": report["ranking"]["binary_accuracy"],
             "log_loss": report["ranking"]["log_loss"],
             "epochs_done": backend.epochs_done, "group_size": backend.group.size,
