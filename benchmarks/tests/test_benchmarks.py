@@ -25,8 +25,16 @@ def test_speed_reports_both_backends_and_ratios(data_dir, tmp_path, capsys):
         assert set(report["results"][name]) == figures
         assert all(v > 0 for v in report["results"][name].values())
     assert set(report["speedup_tfrs_over_torch"]) == figures
+    torch_r, tfrs_r = report["results"]["torch"], report["results"]["tfrs"]
+    out = capsys.readouterr().out
+    for key, ratio in report["speedup_tfrs_over_torch"].items():
+        # how many times faster torch is: times divide tfrs by torch, rates torch by tfrs
+        want = torch_r[key] / tfrs_r[key] if "per_s" in key else tfrs_r[key] / torch_r[key]
+        assert ratio == pytest.approx(want, rel=1e-12), key
+        line = next(line for line in out.splitlines() if line.startswith(key))
+        assert line.rstrip().endswith(f"{ratio:.1f}x"), line       # the printed ratio
     assert report["machine"]["cpus"] >= 1
-    assert "speed-up" in capsys.readouterr().out
+    assert "speed-up" in out
 
 
 def test_speed_rejects_one_epoch(data_dir):
