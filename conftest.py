@@ -19,6 +19,14 @@ SMALL = Config.of(batch_size=256, eval_batch_size=512, retrieval_epochs=2, ranki
 REAL_DATA_DIR = os.environ.get("TWOSTAGE_DATA_DIR") or None
 
 
+def pytest_report_header(config) -> str:
+    """Say on the first lines which data the real-data tests and the parity suite use."""
+    if REAL_DATA_DIR is None:
+        return ("real ml-100k: TWOSTAGE_DATA_DIR unset -> real_data tests skip, the parity "
+                "suite runs on synthetic data")
+    return f"real ml-100k: {REAL_DATA_DIR}"
+
+
 @pytest.fixture(scope="session")
 def small_config() -> Config:
     return SMALL

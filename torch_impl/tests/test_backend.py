@@ -61,7 +61,6 @@ def test_unknown_strings_fall_back_to_oov(trained, synthetic_dataset):
 
 
 def test_retrieve_matches_brute_force(trained, synthetic_dataset):
-    pytest.importorskip("faiss")
     ds = synthetic_dataset
     backend = TorchBackend(trained.config, ds.spec)
     backend.set_weights("retrieval", trained.get_weights("retrieval"))
@@ -97,7 +96,6 @@ def test_save_load_round_trip(trained, synthetic_dataset, tmp_path):
 
 def test_save_overwrites_atomically_and_a_loaded_backend_rebuilds_the_index(
         trained, synthetic_dataset, tmp_path):
-    pytest.importorskip("faiss")
     ds = synthetic_dataset
     backend = TorchBackend(trained.config, ds.spec)
     backend.set_weights("retrieval", trained.get_weights("retrieval"))
