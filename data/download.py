@@ -57,7 +57,7 @@ from .registry import VARIANTS, Variant, layout_of_files, variant
 __all__ = [
     "OFFICIAL_URL", "OFFICIAL_SHA256", "OFFICIAL_SIZE", "REQUIRED_FILES", "DATA_DIR_ENV",
     "CACHE_ENV", "MANIFEST", "DataNotFoundError", "ChecksumError", "CacheDamagedError",
-    "default_cache_dir", "file_problem", "resolve_data_dir",
+    "default_cache_dir", "file_problem", "resolve_data_dir", "data_source_dir",
 ]
 
 _ML_100K = VARIANTS["100k"]
@@ -249,6 +249,23 @@ def _locate_user_dir(path: Path, source: str, v: Variant = _ML_100K) -> Path:
         f"{source} points at {path}, which {_describe(problems)} "
         f"(and has no {v.folder}/ subdirectory).", v
     )
+
+
+def data_source_dir(data_dir: str | os.PathLike | None = None, *,
+                    dataset: str | Variant | None = None,
+                    cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder :func:`resolve_data_dir` reads ``dataset`` from, by the same rules, found
+    without checking, downloading or writing anything: ``data_dir``, else ``$TWOSTAGE_DATA_DIR``,
+    else ``<cache>/<release folder>``. ``~`` is expanded, links are not resolved, and the folder
+    may not exist. For refusing an output inside the folder this project only reads, before
+    any data is loaded."""
+    if data_dir is not None and str(data_dir) != "":
+        return Path(data_dir).expanduser()
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return cache / variant(dataset).folder
 
 
 def resolve_data_dir(

@@ -15,10 +15,10 @@ user tables), so 25 million ratings cost a few integers each, not Python strings
 Unlike TFDS, malformed input fails with :class:`DataFormatError` naming the file, the line and the
 cause, so a damaged download never turns into silently wrong features. Beyond the layout, values
 are checked against what the release can contain (:class:`ReleaseRules`): a rating off the star
-scale or an impossible timestamp is damage, not data, and so is a second rating of one movie by one
-user (rejected with ``duplicates="reject"``; only logged by default, see :data:`DUPLICATE_PAIRS`).
-A file that does not end with a newline was cut off, so it is rejected too (every GroupLens file
-ends with one).
+scale, an impossible timestamp or a negative user or movie id is damage, not data, and so is a
+second rating of one movie by one user (rejected with ``duplicates="reject"``; only logged by
+default, see :data:`DUPLICATE_PAIRS`). A file that does not end with a newline was cut off, so it
+is rejected too (every GroupLens file ends with one).
 
 u.data, the one large file, is parsed by a vectorised fast path that only accepts the plain layout
 (digits, tabs, newlines, no leading zeros) and values that pass every check; anything else goes to
@@ -209,6 +209,17 @@ def _int(path: Path, n: int, name: str, value: str, fix: str | None = None) -> i
     return number
 
 
+def _id(path: Path, n: int, name: str, value: str, fix: str | None = None) -> int:
+    """A user or movie id: an integer (:func:`_int`) that is not negative. MovieLens ids are
+    positive; a negative one is damage, and ``twostage recommend --user -3`` would read it as a
+    flag."""
+    number = _int(path, n, name, value, fix)
+    if number < 0:
+        raise DataFormatError(path, n, f"{name} {value!r} is negative: MovieLens ids are "
+                                       "positive integers", fix)
+    return number
+
+
 def _rating(path: Path, n: int, value: str, rules: ReleaseRules, fix: str | None = None
             ) -> float:
     """A rating of the release's scale: 'nan', 7 or 4.5 would poison the user_pref labels."""
@@ -246,7 +257,7 @@ def read_movies(directory: Path | str) -> pd.DataFrame:
     ids, titles, genres, seen = [], [], [], set()
     for n, line in enumerate(_read_lines(path), start=1):
         f = _split(path, n, line, "|", 5 + len(GENRES), exact=True)
-        _int(path, n, "movie id", f[0])
+        _id(path, n, "movie id", f[0])
         if f[0] in seen:
             raise DataFormatError(path, n, f"movie id {f[0]} appears twice")
         flags = f[5:]
@@ -274,7 +285,7 @@ def read_users(directory: Path | str) -> pd.DataFrame:
     rows = {}
     for n, line in enumerate(_read_lines(path), start=1):
         user_id, age, gender, occupation, zip_code = _split(path, n, line, "|", 5, exact=True)
-        _int(path, n, "user id", user_id)
+        _id(path, n, "user id", user_id)
         if user_id in rows:  # TFDS would silently keep the last row for this id
             raise DataFormatError(path, n, f"user id {user_id} appears twice")
         raw_age = _int(path, n, "age", age)
@@ -303,8 +314,8 @@ def _parse_ratings_lines(path: Path, lines: list[str], known_movies: dict, known
     user_rows, movie_rows, ratings, stamps = [], [], [], []
     for n, line in enumerate(lines, start=first_line):
         user_id, movie_id, rating, stamp = _split(path, n, line, sep, 4, exact=True, fix=fix)
-        _int(path, n, "user id", user_id, fix)
-        _int(path, n, "movie id", movie_id, fix)
+        _id(path, n, "user id", user_id, fix)
+        _id(path, n, "movie id", movie_id, fix)
         if movie_id not in known_movies:
             raise DataFormatError(path, n, f"movie id {movie_id!r} is not in {names[0]}", fix)
         if user_id not in known_users:

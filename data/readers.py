@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .movielens import (DataFormatError, _Columns, _check_whole_file, _int, _parse_ratings_fast,
-                        _parse_ratings_lines, _rating, _read_lines, _read_raw, _timestamp,
-                        canonical_ids, check_duplicate_pairs, duplicates_policy, join_ratings,
-                        lookup_codes)
+from .movielens import (DataFormatError, _Columns, _check_whole_file, _id, _int,
+                        _parse_ratings_fast, _parse_ratings_lines, _rating, _read_lines,
+                        _read_raw, _timestamp, canonical_ids, check_duplicate_pairs,
+                        duplicates_policy, join_ratings, lookup_codes)
 from .registry import TFDS_GENRES, ReleaseRules, Variant
 
 FIX_1M = ("The GroupLens ml-1m files are '::'-separated ISO-8859-1 text; re-download the "
@@ -75,6 +75,13 @@ def _check_ints(path: Path, values: pd.Series, name: str, first_line: int, fix: 
     suspect = ~values.str.fullmatch(_PLAIN_INT).to_numpy(dtype=bool)
     for row in np.flatnonzero(suspect):
         _int(path, int(row) + first_line, name, values.iat[row], fix)  # raises if it is bad
+
+
+def _check_ids(path: Path, values: pd.Series, name: str, first_line: int, fix: str) -> None:
+    """:func:`_check_ints`, and no id negative (MovieLens ids are positive; see ``_id``)."""
+    _check_ints(path, values, name, first_line, fix)
+    for row in np.flatnonzero(values.str.contains("-", regex=False).to_numpy(dtype=bool)):
+        _id(path, int(row) + first_line, name, values.iat[row], fix)  # raises if negative
 
 
 def _check_unique(path: Path, values: pd.Series, name: str, first_line: int, fix: str) -> None:
@@ -123,7 +130,7 @@ def read_movies_1m(directory: Path | str) -> pd.DataFrame:
     """movies.dat -> movie_id, movie_title, movie_genres (TFDS parse_1m_movies_data)."""
     path = Path(directory) / "movies.dat"
     f = _dat_fields(path, 3, FIX_1M)
-    _check_ints(path, f[0], "movie id", 1, FIX_1M)
+    _check_ids(path, f[0], "movie id", 1, FIX_1M)
     _check_unique(path, f[0], "movie id", 1, FIX_1M)
     genres = _genres(path, f[2], 1, FIX_1M, rename={"Children's": "Children"})
     return pd.DataFrame({"movie_id": f[0].to_numpy(dtype=object),
@@ -134,7 +141,7 @@ def read_users_1m(directory: Path | str) -> pd.DataFrame:
     """users.dat -> the TFDS 1m user fields, indexed by user_id."""
     path = Path(directory) / "users.dat"
     f = _dat_fields(path, 5, FIX_1M)
-    _check_ints(path, f[0], "user id", 1, FIX_1M)
+    _check_ids(path, f[0], "user id", 1, FIX_1M)
     _check_unique(path, f[0], "user id", 1, FIX_1M)
     _check_ints(path, f[2], "age", 1, FIX_1M)
     _check_ints(path, f[3], "occupation", 1, FIX_1M)
@@ -215,14 +222,18 @@ def _normalise_line_ends(path: Path, raw: bytes) -> bytes:
     return raw.replace(b"\r\n", b"\n")
 
 
-def _check_header(path: Path, raw: bytes, expected: str) -> int:
-    """The header line must be the GroupLens one; returns the offset of the first record."""
+def _check_header(path: Path, raw: bytes, expected: str, records: str) -> int:
+    """The header line must be the GroupLens one, and ``records`` ('ratings', 'movies') follow
+    it; returns the offset of the first record."""
     end = raw.find(b"\n")
     head = raw[:end].decode("utf-8", errors="replace")
     if head != expected:
         hint = " (a UTF-8 byte order mark before it)" if head.startswith("\ufeff") else ""
         raise DataFormatError(path, 1, f"header is {head[:80]!r}{hint}, expected {expected!r}",
                               FIX_CSV)
+    if end + 1 == len(raw):  # (the file ends with a newline: _check_whole_file)
+        raise DataFormatError(path, None, f"the file holds only its header line: no "
+                                          f"{records} follow it", FIX_CSV)
     return end + 1
 
 
@@ -263,13 +274,13 @@ def read_movies_csv(directory: Path | str) -> pd.DataFrame:
     _check_whole_file(path, raw, FIX_CSV, "UTF-8")
     raw = _normalise_line_ends(path, raw)
     _decode_utf8(path, raw)
-    _check_header(path, raw, "movieId,title,genres")
+    _check_header(path, raw, "movieId,title,genres", "movies")
     _csv_line_structure(path, raw, 3)
     f = pd.read_csv(io.BytesIO(raw), dtype=str, na_filter=False, keep_default_na=False,
                     engine="c", encoding="utf-8", quoting=csv.QUOTE_MINIMAL,
                     skip_blank_lines=False)
     ids = f["movieId"].astype(object)
-    _check_ints(path, ids, "movie id", 2, FIX_CSV)
+    _check_ids(path, ids, "movie id", 2, FIX_CSV)
     _check_unique(path, ids, "movie id", 2, FIX_CSV)
     genres = _genres(path, f["genres"].astype(object), 2, FIX_CSV)
     return pd.DataFrame({"movie_id": ids.to_numpy(dtype=object),
@@ -314,7 +325,7 @@ def _parse_csv_block(path: Path, raw: bytes, movie_keys: np.ndarray, rules: Rele
     rating = frame["rating"].to_numpy()
     stamp = frame["timestamp"].to_numpy()
     del frame
-    bad = ((movie_rows < 0) | ~np.isin(rating, rules.rating_values)
+    bad = ((users < 0) | (movie_rows < 0) | ~np.isin(rating, rules.rating_values)
            | (stamp < bounds[0]) | (stamp > bounds[1]))
     if bad.any():
         return None
@@ -346,8 +357,8 @@ def _parse_csv_lines(path: Path, body: bytes, known_movies: dict, rules: Release
     user_text, user_rows, movie_rows, ratings, stamps = {}, [], [], [], []
     for n, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=first_line):
         user_id, movie_id, rating, stamp = row
-        _int(path, n, "user id", user_id, FIX_CSV)
-        _int(path, n, "movie id", movie_id, FIX_CSV)
+        _id(path, n, "user id", user_id, FIX_CSV)
+        _id(path, n, "movie id", movie_id, FIX_CSV)
         if movie_id not in known_movies:
             raise DataFormatError(path, n, f"movie id {movie_id!r} is not in movies.csv",
                                   FIX_CSV)
@@ -402,7 +413,7 @@ def read_ratings_csv(directory: Path | str, movies: pd.DataFrame, rules: Release
     raw = _read_raw(path, FIX_CSV)
     _check_whole_file(path, raw, FIX_CSV, "UTF-8")
     raw = _normalise_line_ends(path, raw)
-    body = _check_header(path, raw, "userId,movieId,rating,timestamp")
+    body = _check_header(path, raw, "userId,movieId,rating,timestamp", "ratings")
     bounds = rules.timestamp_range()
     movie_ids = pd.Index(movies["movie_id"], dtype=object)
     keys = canonical_ids(movie_ids)

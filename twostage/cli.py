@@ -2,7 +2,9 @@
 
 Exit codes: 0 success, 1 a runtime failure (no data, bad data, a damaged run folder, training
 diverged), 2 bad usage (a bad flag value, a path the project refuses to overwrite), 130 Ctrl-C.
-Every failure is one line; ``--debug`` adds the traceback.
+Every failure is one line (argparse's rejections too: the problem and ``see --help``, no usage
+block); ``--debug`` adds the traceback. Text that comes from files (titles, paths echoed in
+errors) is printed with its control characters escaped (:func:`printable`).
 
 The flags of ``run`` are generated from the field metadata of :mod:`twostage.config`: adding an
 option there puts it on the command line, with its help text, choices and parser.
@@ -14,7 +16,9 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import sys
+import tempfile
 import time
 import traceback
 import typing
@@ -23,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from . import env, io
-from .config import BACKENDS, FIELD_SECTION, PRESETS, SECTIONS, Config, field_types, preset
+from .config import (BACKENDS, FIELD_SECTION, MAX_SEED, PRESETS, SECTIONS, Config, field_types,
+                     preset)
 
 log = logging.getLogger("twostage")
 INT64 = np.iinfo(np.int64)
@@ -31,6 +36,25 @@ INT64 = np.iinfo(np.int64)
 
 class UsageError(Exception):
     """Bad flag values or a path the user must change (exit code 2)."""
+
+
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: object) -> str:
+    """``str(text)`` with every C0/C1 control character (ESC, BEL, CSI, NUL, ...) written as its
+    Python escape (``\\x1b``, ``\\t``): a title or path that came from a file cannot clear the
+    screen, retitle the terminal or hide what follows. Everything else is kept as it is."""
+    return _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its rejections on one line (the problem and where the usage is) instead
+    of the usage block: exit 2, as every usage error of the CLI. Subcommands inherit it."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {printable(' '.join(message.split()))}; see "
+                     f"`{self.prog} --help`\n")
 
 
 # --- flags generated from the config ---------------------------------------------------------
@@ -63,7 +87,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                         "protocol, every default below; best: " + _describe(PRESETS["best"])
                         + "; default: seed)")
     parser.add_argument("--seed", type=int, default=argparse.SUPPRESS,
-                        help=f"split, batch orders and initialisation (default: {defaults.seed})")
+                        help=f"split, batch orders and initialisation, 0 to {MAX_SEED} "
+                        f"(default: {defaults.seed})")
     for section, cls in SECTIONS.items():
         group = parser.add_argument_group(f"{section} options")
         types = field_types(cls)
@@ -109,7 +134,7 @@ def _describe(changes: dict) -> str:
 
 # --- parser ----------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="twostage", description=__doc__.splitlines()[0])
+    p = _Parser(prog="twostage", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="print tracebacks of errors")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -119,7 +144,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="which framework trains (both: one after the other, same data)")
     run.add_argument("--out", default="runs/latest",
                      help="run folder to write (default runs/latest); replaced only if it is a "
-                     "run folder of ours")
+                     "run folder of ours; never the current folder, one above it, or a folder "
+                     "inside (or holding) the data folder")
     run.add_argument("--force", action="store_true",
                      help="replace --out even if it holds other files (they are moved aside "
                      "to <out>.replaced-<time>, never deleted)")
@@ -129,7 +155,8 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--run", required=True, help="a folder written by `twostage run`")
     rec.add_argument("--user", required=True, help="user id as in the ratings file, e.g. 42")
     rec.add_argument("--timestamp", type=int, default=None,
-                     help="query time (unix seconds; default: the latest time in the data)")
+                     help="query time (unix seconds; default: the latest time in the data); a "
+                     "time outside the training data's range is served with a warning")
     rec.add_argument("-k", type=int, default=10, help="how many recommendations (default 10)")
     rec.add_argument("--backend", choices=BACKENDS, default=None,
                      help="which saved backend (default: the first one saved)")
@@ -174,6 +201,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"launched as {world} processes (torchrun), which is for --backend "
                          "torch; the TFRS backend runs its replicas in one process: "
                          "`twostage run --backend tfrs --nproc N`")
+    if int(os.environ.get("RANK", "0")) == 0:  # the process that writes: its paths, first
+        _check_output_paths(args, config)
     if names == ["torch"] and nproc > 1 and world == 1:
         return _launch_workers(args, nproc)
     _check_backends(names, config)
@@ -186,6 +215,59 @@ def cmd_run(args: argparse.Namespace) -> int:
         if group is not None:
             from torch_impl.distributed import shutdown
             shutdown()
+
+
+def _check_output_paths(args: argparse.Namespace, config: Config) -> None:
+    """Refuse, before any data is loaded, an ``--out`` or ``--tensorboard`` the run cannot or
+    must not write: the current folder or one above it, a folder inside the data folder (or
+    one holding it), a ``--tensorboard`` that cannot become a writable folder. Creates
+    nothing."""
+    _check_not_cwd(args.out, "--out", "runs/latest")
+    _check_outside_data(Path(args.out), "--out", config)
+    tensorboard = config.output.tensorboard
+    if tensorboard:
+        _check_outside_data(Path(tensorboard), "--tensorboard", config)
+        problem = _unwritable(Path(tensorboard))
+        if problem:
+            raise UsageError(f"--tensorboard {tensorboard}: {problem}; choose a folder you can "
+                             "write to")
+
+
+def _check_not_cwd(path: str, flag: str, example: str) -> None:
+    """UsageError for an output folder that is the current folder or one above it (``.``,
+    ``..``, ``a/..``, the working directory by its full path): an output folder is replaced as
+    a whole, by a rename beside it, which cannot be done to the folder one stands in."""
+    here, target = Path.cwd().resolve(), Path(path).resolve()
+    if Path(path).name in ("", ".", "..") or target == here or target in here.parents:
+        raise UsageError(f"{flag} {path} is the current folder or one above it, which is "
+                         f"replaced as a whole; name a folder of its own, e.g. {flag} {example}")
+
+
+def _check_outside_data(path: Path, flag: str, config: Config) -> None:
+    """UsageError for an output inside the data folder of ``config`` (or holding it): the
+    project promises to only read the data folder (its own download cache's included)."""
+    from .data.download import data_source_dir
+    data = data_source_dir(config.data.data_dir, dataset=config.data.dataset).resolve()
+    target = path.resolve()
+    if target == data or data in target.parents or target in data.parents:
+        where = "holds" if target in data.parents else "is inside"
+        raise UsageError(f"{flag} {path} {where} the data folder {data}, which twostage only "
+                         f"reads; choose a folder outside it, e.g. {flag} runs/latest")
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot become a writable folder, found without creating anything (the
+    nearest existing folder on the way gets a probe file, removed at once); None if it can."""
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    try:
+        tempfile.NamedTemporaryFile(dir=existing, prefix=f".probe{io.TMP_TAG}").close()
+    except OSError as e:
+        return f"{existing} is not writable ({e.strerror or e})"
+    return None
 
 
 def _launch_workers(args: argparse.Namespace, nproc: int) -> int:
@@ -245,6 +327,7 @@ def _train_and_write_locked(args: argparse.Namespace, config: Config, names: lis
         check_trainable(dataset, config)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    config = _top_ks_within(config, len(dataset.corpus_titles))
     config = config if lead else config.replace(quiet=True)
     say("baselines: random, most-popular, EASE (lambda on a validation slice of training)")
     baselines = evaluate_baselines(dataset, config)  # once, shared by every backend's report
@@ -278,6 +361,26 @@ def _train_and_write_locked(args: argparse.Namespace, config: Config, names: lis
     return 0
 
 
+def _top_ks_within(config: Config, catalogue: int) -> Config:
+    """``config`` with only the top-k accuracies a catalogue of ``catalogue`` titles can tell
+    apart: a larger k would report 1.0 by construction, so it is dropped with one warning; if
+    none is left, UsageError (before training)."""
+    ks = config.eval.top_ks
+    kept = tuple(k for k in ks if k <= catalogue)
+    if kept == ks:
+        return config
+    shown = ",".join(map(str, ks))
+    if not kept:
+        raise UsageError(f"--top-ks {shown}: every k exceeds the catalogue of {catalogue} "
+                         "titles, where the top-k accuracy is 1.0 by construction; pass k <= "
+                         f"{catalogue}, e.g. --top-ks 1,{catalogue}")
+    log.warning("--top-ks %s: not reporting k=%s, above the catalogue of %d titles (where the "
+                "top-k accuracy is 1.0 by construction); reporting k=%s", shown,
+                ",".join(str(k) for k in ks if k > catalogue), catalogue,
+                ",".join(map(str, kept)))
+    return config.replace(top_ks=kept)
+
+
 def _check_backends(names: list[str], config: Config) -> None:
     """Refuse, before any data is loaded, what a backend cannot do (no torch/TF import here
     beyond what the chosen backend needs)."""
@@ -297,6 +400,17 @@ def _query_time(args: argparse.Namespace, default: int) -> int:
         raise UsageError(f"--timestamp {ts} does not fit a 64-bit timestamp; pass unix seconds "
                          f"such as {default}")
     return ts
+
+
+def _warn_outside_data_time(ts: int, boundaries, max_timestamp: int) -> None:
+    """One warning line on stderr when the query time is outside the training data's time range
+    (the spec's bucket boundaries span it): its time features are then extrapolated."""
+    lo, hi = int(min(boundaries)), max(int(max(boundaries)), max_timestamp)
+    if not lo <= ts <= hi:
+        day = lambda t: time.strftime("%Y-%m-%d", time.gmtime(t))  # noqa: E731
+        print(f"warning: --timestamp {ts} is outside the training data's time range {lo}.."
+              f"{hi} ({day(lo)} to {day(hi)} UTC); its time features are extrapolated, so the "
+              "recommendations may mean little", file=sys.stderr)
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -319,6 +433,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         print(f"warning: user {args.user!r} was not in the training data; the out-of-vocabulary "
               "embedding is used", file=sys.stderr)
     ts = _query_time(args, run.max_timestamp)
+    _warn_outside_data_time(ts, backend.spec.ts_boundaries, run.max_timestamp)
     titles = run.corpus_titles
     try:
         check_k(args.k, len(titles), "-k")
@@ -328,7 +443,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     c = min(max(args.k, backend.config.eval.num_candidates), len(titles))
     recs = recommend(backend, np.array([args.user], dtype=object), np.array([ts], np.int64), c,
                      titles)
-    print(f"user {args.user} at {ts} ({name}): {c} retrieved, re-ranked")
+    print(f"user {printable(args.user)} at {ts} ({name}): {c} retrieved, re-ranked")
     print(f"{'#':>3}  {'retrieval':>9}  {'ranking':>7}  title")
     for i, j in enumerate(recs.reranked()[0, : args.k], start=1):
         if recs.rows[0, j] < 0:     # an approximate index found fewer than c candidates
@@ -336,7 +451,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                   "or --hnsw-ef-search when training)")
             break
         print(f"{i:>3}  {recs.retrieval_scores[0, j]:9.4f}  {recs.ranking_scores[0, j]:7.4f}  "
-              f"{titles[recs.rows[0, j]]}")
+              f"{printable(titles[recs.rows[0, j]])}")
     return 0
 
 
@@ -360,6 +475,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.num_candidates is not None and args.num_candidates < 1:
         raise UsageError(f"--num-candidates {args.num_candidates}: must be >= 1")
     run.backend_dir(args.backend)  # a missing backend fails before anything is loaded
+    _check_not_cwd(args.out, "--out", "serving")
     out = Path(args.out)
     io.check_replaceable(out, SAVEDMODEL_KIND if args.to == "tfrs" else TORCH_KIND,
                          force=args.force)
@@ -421,7 +537,7 @@ def _report(prefix: str, error: BaseException, debug: bool) -> None:
     if debug:
         traceback.print_exception(error)
     message = str(error).strip() or type(error).__name__
-    print(f"{prefix} {' '.join(message.split())}", file=sys.stderr)
+    print(printable(f"{prefix} {' '.join(message.split())}"), file=sys.stderr)
 
 
 if __name__ == "__main__":

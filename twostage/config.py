@@ -36,6 +36,9 @@ CONFIG_VERSION = 2
 MAX_WIDTH = 65_536
 MAX_BUCKETS = 10_000_000
 MAX_TOKENS = 10_000_000
+# The largest --seed: numpy's legacy seed range (2**32 - 1, tf.keras.utils.set_random_seed in
+# the TFRS backend) less one, as the ranking model is initialised from seed + 1.
+MAX_SEED = 2**32 - 2
 
 
 def option(default: Any, help: str, *, flag: str | None = None, choices: tuple | None = None,
@@ -150,7 +153,10 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     eval_batch_size: int = option(4096, "batch size of inference and evaluation")
-    top_ks: tuple[int, ...] = option((1, 5, 10, 50, 100), "k of the top-k accuracies",
+    top_ks: tuple[int, ...] = option((1, 5, 10, 50, 100), "k of the top-k accuracies; a k "
+                                     "above the catalogue size (whose accuracy would be 1.0 by "
+                                     "construction) is dropped with a warning, and none left "
+                                     "is refused before training",
                                      parse=int_list, metavar="K,K")
     num_candidates: int = option(10, "candidates retrieved per query, then re-ranked")
     ndcg_k: int = option(10, "k of nDCG@k / hit@k (<= num_candidates)")
@@ -397,8 +403,9 @@ def _problems(c: Config) -> list[str]:
                         f"{', '.join(NEGATIVES)}")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", t.device):
         problems.append(f"device={t.device!r} must be cpu, cuda or cuda:N")
-    if c.seed < 0:
-        problems.append(f"seed={c.seed} must be >= 0")
+    if not 0 <= c.seed <= MAX_SEED:
+        problems.append(f"seed={c.seed} must be from 0 to {MAX_SEED} (the range every backend "
+                        "can seed)")
     return problems
 
 

@@ -6,9 +6,13 @@ same figures under the same tags from both backends, so their curves overlay.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import socket
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -204,11 +208,39 @@ def results_markdown(reports: dict[str, dict], header: str = "") -> str:
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
-def plot_history(name: str, report: dict, path: Path) -> None:
-    """Loss per epoch of both stages and the validation metrics, one PNG per backend."""
+def _matplotlib_dir() -> Path:
+    """Where matplotlib keeps its config and font cache: ``<project cache>/matplotlib``
+    (``$TWOSTAGE_CACHE`` or ``~/.cache/twostage``, see twostage.data.download), else, where that
+    cannot be created, a temporary folder removed at exit."""
+    from .data.download import default_cache_dir
+    folder = default_cache_dir() / "matplotlib"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.access(folder, os.W_OK | os.X_OK):
+            return folder
+    except OSError:
+        pass
+    tmp = Path(tempfile.mkdtemp(prefix="twostage-matplotlib-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    return tmp
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend, with matplotlib's files kept out of
+    ``$HOME/.config`` and ``$HOME/.cache``: unless ``MPLCONFIGDIR`` says where, it is set to
+    :func:`_matplotlib_dir` before matplotlib is first imported (matplotlib reads it once, at
+    import: a process that imported it earlier keeps its choice)."""
+    if "matplotlib" not in sys.modules and not os.environ.get("MPLCONFIGDIR"):
+        os.environ["MPLCONFIGDIR"] = str(_matplotlib_dir())
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_history(name: str, report: dict, path: Path) -> None:
+    """Loss per epoch of both stages and the validation metrics, one PNG per backend."""
+    plt = pyplot()
 
     hist = report["history"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))

@@ -130,6 +130,15 @@ def test_timestamp_range_is_inclusive(clean_dir, value):
     assert load_movielens(clean_dir).ratings["timestamp"][6] == int(value)
 
 
+@pytest.mark.parametrize("name, index, what", [("u.user", 0, "user id"),
+                                               ("u.item", 0, "movie id")])
+def test_negative_id(clean_dir, name, index, what):
+    """Issue 21: userId -3 was accepted (MovieLens ids are positive; a negative one also reads
+    as a flag on the command line: `twostage recommend --user -3`)."""
+    set_field(clean_dir / name, 4, index, "-3")
+    expect(clean_dir, name, 4, rf"{what} '-3' is negative: MovieLens ids are positive")
+
+
 def test_repeated_pair_rejected_naming_both_lines(clean_dir):
     path = clean_dir / "u.data"
     user, movie = lines_of(path)[2].split("\t")[:2]

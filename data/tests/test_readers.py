@@ -179,6 +179,8 @@ def _field_1m(path: Path, lineno: int, index: int, value: str) -> None:
     ("users.dat", 5, 2, "30", "age '30' is not one of the ml-1m age groups 1, 18, 25"),
     ("users.dat", 5, 3, "21", r"occupation '21' is not an ml-1m occupation index \(0\.\.20\)"),
     ("users.dat", 5, 3, "x", "occupation 'x' is not an integer"),
+    ("users.dat", 5, 0, "-5", "user id '-5' is negative: MovieLens ids are positive"),
+    ("movies.dat", 4, 0, "-4", "movie id '-4' is negative: MovieLens ids are positive"),
 ])
 def test_1m_bad_values(dir_1m, name, lineno, index, value, cause):
     _field_1m(dir_1m / name, lineno, index, value)
@@ -266,6 +268,7 @@ def test_csv_bad_layout(dir_csv, name, lineno, text, cause):
     (6, 1, "999999", "movie id '999999' is not in movies.csv"),
     (6, 1, "1.5", "movie id '1.5' is not an integer"),
     (8, 0, "u1", "user id 'u1' is not an integer"),
+    (8, 0, "-3", "user id '-3' is negative: MovieLens ids are positive"),  # issue 21
     (8, 3, str(2 ** 63 - 1), "is outside the plausible range"),
     (8, 3, "1147880044.5", "timestamp '1147880044.5' is not an integer"),
 ])
@@ -322,6 +325,8 @@ def test_csv_movies_file_values(dir_csv):
     expect(dir_csv, "25m", "movies.csv", 7, f"movie id {first_id} appears twice")
     set_line(movies, 7, "x7,Again (2001),Drama")
     expect(dir_csv, "25m", "movies.csv", 7, "movie id 'x7' is not an integer")
+    set_line(movies, 7, "-7,Again (2001),Drama")
+    expect(dir_csv, "25m", "movies.csv", 7, "movie id '-7' is negative")
     set_line(movies, 7, "123456789,Again (2001),")
     expect(dir_csv, "25m", "movies.csv", 7, "unknown genre ''")
 
@@ -332,6 +337,16 @@ def test_csv_missing_or_empty_file(dir_csv, name):
     expect(dir_csv, "latest-small", name, None, "file is empty")
     (dir_csv / name).unlink()
     expect(dir_csv, "latest-small", name, None, "file is missing")
+
+
+@pytest.mark.parametrize("name, header, what", [
+    ("ratings.csv", "userId,movieId,rating,timestamp", "no rating"),
+    ("movies.csv", "movieId,title,genres", "no movie")])
+def test_csv_header_only_file(dir_csv, name, header, what):
+    """Issue 21: a ratings.csv of its header alone failed later with "zero-size array to
+    reduction operation"; a header-only file is named as such."""
+    (dir_csv / name).write_text(header + "\n")
+    expect(dir_csv, "latest-small", name, None, f"holds only its header line: {what}")
 
 
 def test_folder_of_another_layout_is_named(dir_1m):

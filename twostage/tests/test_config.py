@@ -31,6 +31,8 @@ def test_round_trip_through_dict():
     ({"index": "annoy"}, "flat, ivf, hnsw"),
     ({"ndcg_k": 20}, "exceeds num_candidates"),
     ({"retrieval_epochs": -1}, "retrieval_epochs"),
+    ({"seed": 2 ** 64 + 1}, "seed=18446744073709551617 must be"),  # issue 21: failed late
+    ({"seed": 2 ** 32 - 1}, r"seed=4294967295 must be from 0 to 4294967294"),
 ])
 def test_bad_values_name_the_field(changes, message):
     with pytest.raises(ValueError, match=message):
