@@ -89,3 +89,17 @@ def test_factorized_matches_tfrs_reference_with_ties_and_chunks():
     assert ev.factorized_top_k_accuracy(q, corpus[rows], corpus, ks, positive=pos) == expected
     assert ev.factorized_top_k_accuracy(q, corpus[rows], corpus, ks, budget_bytes=7 * 4 * m,
                                        positive=pos) == expected
+
+
+@pytest.mark.parametrize("d", [5, 8, 9, 31, 32, 33, 40, 64, 100])
+def test_tf_row_sum_matches_tf_reduce_sum_itself(d):
+    """The emulation against TensorFlow's own kernel (not a second copy of the algorithm), on
+    widths below, at and across the packet and 4-packet blocks, with values whose order of
+    summation changes the float32 result."""
+    import tensorflow as tf
+    rng = np.random.default_rng(d)
+    x = (rng.normal(size=(500, d)) * np.exp(rng.normal(size=(500, d)) * 4)).astype(F32)
+    theirs = tf.reduce_sum(tf.constant(x), axis=1).numpy()
+    np.testing.assert_array_equal(tf_row_sum(x), theirs)
+    if d >= 16:                                   # the order matters on this data
+        assert (np.sum(x, axis=1, dtype=F32) != theirs).any()

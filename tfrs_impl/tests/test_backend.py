@@ -14,6 +14,7 @@ import pytest
 
 from tfrs_impl import models
 from tfrs_impl.backend import TfrsBackend
+from twostage import evaluation as ev
 from twostage import pipeline
 from twostage.backend import Backend, UnsupportedOptionError
 from twostage.sampling import candidate_sampling_probability
@@ -36,6 +37,13 @@ def test_backend_protocol_and_pipeline(synthetic_dataset, small_config):
     for name in ("top_k_accuracy", "top_k_accuracy_index"):
         values = [retrieval[name][str(k)] for k in config.eval.top_ks]
         assert values == sorted(values) and 0 <= values[0] and values[-1] <= 1
+    # the report's figure is the metric of this backend's own embeddings of the test split
+    rows = pipeline.evaluation_rows(ds, config)
+    expected = ev.factorized_top_k_accuracy(
+        backend.query_embeddings(ds.user_id[rows], ds.timestamp[rows]),
+        backend.candidate_embeddings(ds.movie_title[rows]),
+        backend.candidate_embeddings(ds.corpus_titles), config.eval.top_ks)
+    assert retrieval["top_k_accuracy"] == {str(k): v for k, v in expected.items()}
     assert report["two_stage"]["num_queries"] == int(ds.label[ds.split.test].sum())
     assert 0 < report["ranking"]["binary_accuracy"] <= 1
 

@@ -108,8 +108,15 @@ def test_factorized_full_size_runs():
     q = rng.normal(size=(20_000, 32)).astype(F32)
     res = ev.factorized_top_k_accuracy(q, corpus[rows], corpus)
     assert list(res) == [1, 5, 10, 50, 100]
-    assert all(0 <= v <= 1 for v in res.values())
-    assert res[1] <= res[5] <= res[10] <= res[50] <= res[100]
+    # against float64 scores: a query may differ only where a corpus score lies within the
+    # cross-kernel margin of its positive (its float32 rounding decides)
+    q64, c64 = q.astype(np.float64), corpus.astype(np.float64)
+    diff = q64 @ c64.T - (q64 * c64[rows]).sum(axis=1, keepdims=True)
+    margin = 2 * ev.cross_kernel_margin(q, corpus).astype(np.float64)
+    sure, maybe = (diff > margin).sum(axis=1), (diff > -margin).sum(axis=1)
+    for k, value in res.items():
+        low, high = np.mean(maybe < k), np.mean(sure < k)     # certain hits, possible hits
+        assert low <= value <= high and high - low < 1e-3, k
 
 
 # ---------------------------------------------------------------- id-based top-k
