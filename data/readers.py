@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .movielens import (DataFormatError, _Columns, _check_whole_file, _id, _int,
-                        _parse_ratings_fast, _parse_ratings_lines, _rating, _read_lines,
-                        _read_raw, _timestamp, canonical_ids, check_duplicate_pairs,
-                        duplicates_policy, join_ratings, lookup_codes)
+from .parsing import (Columns, DataFormatError, canonical_ids, check_duplicate_pairs,
+                      check_whole_file, decode_lines, duplicates_policy, join_ratings,
+                      lookup_codes, parse_id, parse_int, parse_rating, parse_ratings_fast,
+                      parse_ratings_lines, parse_timestamp, read_lines, read_raw)
 from .registry import TFDS_GENRES, ReleaseRules, Variant
 
 FIX_1M = ("The GroupLens ml-1m files are '::'-separated ISO-8859-1 text; re-download the "
@@ -66,22 +66,22 @@ def read_release(directory: Path, v: Variant, rules: ReleaseRules, duplicates: s
 
 # --------------------------------------------------------------------------- shared checks
 
-_PLAIN_INT = r"[+-]?[0-9]{1,18}"  # surely an int64; anything else is looked at by _int
+_PLAIN_INT = r"[+-]?[0-9]{1,18}"  # surely an int64; anything else is looked at by parse_int
 
 
 def _check_ints(path: Path, values: pd.Series, name: str, first_line: int, fix: str) -> None:
-    """Every value an integer that fits int64, as ``_int`` (Python's ``int``) reads one; else
-    name the first bad line. Vectorised: a regex over the column, ``_int`` on the rest only."""
+    """Every value an integer that fits int64, as ``parse_int`` (Python's ``int``) reads one; else
+    name the first bad line. Vectorised: a regex over the column, ``parse_int`` on the rest only."""
     suspect = ~values.str.fullmatch(_PLAIN_INT).to_numpy(dtype=bool)
     for row in np.flatnonzero(suspect):
-        _int(path, int(row) + first_line, name, values.iat[row], fix)  # raises if it is bad
+        parse_int(path, int(row) + first_line, name, values.iat[row], fix)  # raises if it is bad
 
 
 def _check_ids(path: Path, values: pd.Series, name: str, first_line: int, fix: str) -> None:
-    """:func:`_check_ints`, and no id negative (MovieLens ids are positive; see ``_id``)."""
+    """:func:`_check_ints`, and no id negative (MovieLens ids are positive; see ``parse_id``)."""
     _check_ints(path, values, name, first_line, fix)
     for row in np.flatnonzero(values.str.contains("-", regex=False).to_numpy(dtype=bool)):
-        _id(path, int(row) + first_line, name, values.iat[row], fix)  # raises if negative
+        parse_id(path, int(row) + first_line, name, values.iat[row], fix)  # raises if negative
 
 
 def _check_unique(path: Path, values: pd.Series, name: str, first_line: int, fix: str) -> None:
@@ -115,7 +115,7 @@ def _genres(path: Path, field: pd.Series, first_line: int, fix: str,
 
 def _dat_fields(path: Path, n_fields: int, fix: str) -> pd.DataFrame:
     """The '::'-separated fields of every line (decoded and stripped as TFDS does)."""
-    lines = pd.Series(_read_lines(path, fix), dtype=object)
+    lines = pd.Series(read_lines(path, fix), dtype=object)
     parts = lines.str.split("::", regex=False)
     counts = parts.str.len().to_numpy()
     bad = np.flatnonzero(counts != n_fields)
@@ -179,15 +179,14 @@ def _read_1m(directory: Path, rules: ReleaseRules, policy: str
     movies = read_movies_1m(directory)
     users = read_users_1m(directory)
     path = directory / "ratings.dat"
-    raw = _read_raw(path, FIX_1M)
-    _check_whole_file(path, raw, FIX_1M)
+    raw = read_raw(path, FIX_1M)
+    check_whole_file(path, raw, FIX_1M)
     movie_ids, user_ids = pd.Index(movies["movie_id"]), users.index
     bounds = rules.timestamp_range()
-    columns = _parse_ratings_fast(raw, movie_ids, user_ids, rules, bounds, sep=b"::")
+    columns = parse_ratings_fast(raw, movie_ids, user_ids, rules, bounds, sep=b"::")
     if columns is None:  # not plainly valid: the per-line parser names the first bad line
-        from .movielens import _decode_lines
-        columns = _parse_ratings_lines(
-            path, _decode_lines(path, raw, FIX_1M), {m: i for i, m in enumerate(movie_ids)},
+        columns = parse_ratings_lines(
+            path, decode_lines(path, raw, FIX_1M), {m: i for i, m in enumerate(movie_ids)},
             {u: i for i, u in enumerate(user_ids)}, rules, bounds, sep="::",
             names=("movies.dat", "users.dat"), fix=FIX_1M)
     check_duplicate_pairs(path, columns, user_ids, movie_ids, policy, fix=FIX_1M)
@@ -231,7 +230,7 @@ def _check_header(path: Path, raw: bytes, expected: str, records: str) -> int:
         hint = " (a UTF-8 byte order mark before it)" if head.startswith("\ufeff") else ""
         raise DataFormatError(path, 1, f"header is {head[:80]!r}{hint}, expected {expected!r}",
                               FIX_CSV)
-    if end + 1 == len(raw):  # (the file ends with a newline: _check_whole_file)
+    if end + 1 == len(raw):  # (the file ends with a newline: check_whole_file)
         raise DataFormatError(path, None, f"the file holds only its header line: no "
                                           f"{records} follow it", FIX_CSV)
     return end + 1
@@ -270,8 +269,8 @@ def _line(raw: bytes, ends: np.ndarray, row: int) -> str:
 def read_movies_csv(directory: Path | str) -> pd.DataFrame:
     """movies.csv -> movie_id, movie_title, movie_genres (TFDS parse_current_movies_data)."""
     path = Path(directory) / "movies.csv"
-    raw = _read_raw(path, FIX_CSV)
-    _check_whole_file(path, raw, FIX_CSV, "UTF-8")
+    raw = read_raw(path, FIX_CSV)
+    check_whole_file(path, raw, FIX_CSV, "UTF-8")
     raw = _normalise_line_ends(path, raw)
     _decode_utf8(path, raw)
     _check_header(path, raw, "movieId,title,genres", "movies")
@@ -310,7 +309,7 @@ _RATING_COLUMNS = {"userId": np.int64, "movieId": np.int64, "rating": np.float64
 
 
 def _parse_csv_block(path: Path, raw: bytes, movie_keys: np.ndarray, rules: ReleaseRules,
-                     bounds: tuple[int, int]) -> _Columns | None:
+                     bounds: tuple[int, int]) -> Columns | None:
     """The columns of plain ``raw`` (a header line, then records) parsed vectorised, with user
     id values in place of user codes; None if pandas rejects its layout or a value is bad."""
     try:
@@ -345,7 +344,7 @@ def _int_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _parse_csv_lines(path: Path, body: bytes, known_movies: dict, rules: ReleaseRules,
                      bounds: tuple[int, int], first_line: int = 2
-                     ) -> tuple[list[str], _Columns]:
+                     ) -> tuple[list[str], Columns]:
     """TFDS' csv.DictReader reading of the records ``body`` (no header), row by row, exact about
     the first bad line (numbered from ``first_line``).
 
@@ -357,13 +356,13 @@ def _parse_csv_lines(path: Path, body: bytes, known_movies: dict, rules: Release
     user_text, user_rows, movie_rows, ratings, stamps = {}, [], [], [], []
     for n, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=first_line):
         user_id, movie_id, rating, stamp = row
-        _id(path, n, "user id", user_id, FIX_CSV)
-        _id(path, n, "movie id", movie_id, FIX_CSV)
+        parse_id(path, n, "user id", user_id, FIX_CSV)
+        parse_id(path, n, "movie id", movie_id, FIX_CSV)
         if movie_id not in known_movies:
             raise DataFormatError(path, n, f"movie id {movie_id!r} is not in movies.csv",
                                   FIX_CSV)
-        ratings.append(_rating(path, n, rating, rules, FIX_CSV))
-        stamps.append(_timestamp(path, n, stamp, bounds, FIX_CSV))
+        ratings.append(parse_rating(path, n, rating, rules, FIX_CSV))
+        stamps.append(parse_timestamp(path, n, stamp, bounds, FIX_CSV))
         user_rows.append(user_text.setdefault(user_id, len(user_text)))
         movie_rows.append(known_movies[movie_id])
     texts = sorted(user_text, key=lambda t: (int(t), t))  # as the vectorised path orders them
@@ -410,8 +409,8 @@ def read_ratings_csv(directory: Path | str, movies: pd.DataFrame, rules: Release
     but valid lines ('+5', quoted numbers) is read line by line.
     """
     path = Path(directory) / "ratings.csv"
-    raw = _read_raw(path, FIX_CSV)
-    _check_whole_file(path, raw, FIX_CSV, "UTF-8")
+    raw = read_raw(path, FIX_CSV)
+    check_whole_file(path, raw, FIX_CSV, "UTF-8")
     raw = _normalise_line_ends(path, raw)
     body = _check_header(path, raw, "userId,movieId,rating,timestamp", "ratings")
     bounds = rules.timestamp_range()

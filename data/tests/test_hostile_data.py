@@ -262,7 +262,7 @@ def test_missing_file_is_still_missing(clean_dir):
 
 # --- 5. the vectorised u.data parser gives exactly what the per-line parser gives -----------------
 def _per_line_only(monkeypatch) -> None:
-    monkeypatch.setattr(ml, "_parse_ratings_fast", lambda *args: None)
+    monkeypatch.setattr(ml, "parse_ratings_fast", lambda *args: None)
 
 
 def _both_ways(folder: Path, monkeypatch) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -276,7 +276,7 @@ def _both_ways(folder: Path, monkeypatch) -> tuple[pd.DataFrame, pd.DataFrame]:
 def _fast_result(folder: Path):
     movies, users = read_movies(folder), read_users(folder)
     raw = (folder / "u.data").read_bytes()
-    return ml._parse_ratings_fast(raw, pd.Index(movies["movie_id"]), pd.Index(users.index),
+    return ml.parse_ratings_fast(raw, pd.Index(movies["movie_id"]), pd.Index(users.index),
                                   ml.ML_100K, ml.ML_100K.timestamp_range())
 
 

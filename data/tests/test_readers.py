@@ -120,7 +120,7 @@ def test_csv_odd_but_valid_records_equal_tfds(dir_csv, features_csv):
 
 def test_1m_fast_path_equals_per_line_parser(dir_1m, monkeypatch):
     fast = load_movielens(dir_1m, dataset="1m").ratings
-    monkeypatch.setattr(readers, "_parse_ratings_fast", lambda *a, **k: None)
+    monkeypatch.setattr(readers, "parse_ratings_fast", lambda *a, **k: None)
     slow = load_movielens(dir_1m, dataset="1m").ratings
     pd.testing.assert_frame_equal(fast, slow, check_exact=True)
 
