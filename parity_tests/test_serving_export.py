@@ -178,3 +178,59 @@ def test_exports_of_the_other_backends_weights(run_dir, tmp_path, to, weights):
     recs, order = reference(run_dir, weights, users, stamps, 25)
     differing = assert_same_up_to_near_ties(loaded.recommend(users, stamps, 25), recs, order)
     assert differing <= len(users) // 10
+
+
+# --- issue 21, 2c: a SavedModel export carries export.json and is verified before loading -----
+def _variables_data(export: Path) -> Path:
+    return next((export / "variables").glob("variables.data-*"))
+
+
+def _truncate(export: Path) -> Path:
+    data = _variables_data(export)
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    return data
+
+
+def _add_unlisted(export: Path) -> Path:
+    extra = export / "assets" / "extra.txt"
+    extra.parent.mkdir(exist_ok=True)
+    extra.write_text("not written by the export")
+    return extra
+
+
+def _drop_manifest(export: Path) -> Path:
+    (export / serving.MANIFEST).unlink()
+    return export / serving.MANIFEST
+
+
+@pytest.mark.slow
+def test_savedmodel_manifest_lists_every_file(savedmodel):
+    import json
+    manifest = json.loads((savedmodel / serving.MANIFEST).read_text())
+    assert manifest["format"] == serving.SAVEDMODEL_FORMAT
+    assert set(manifest["files"]) == set(serving.exported_files(savedmodel))
+    assert "saved_model.pb" in manifest["files"]
+    assert any(f.startswith("variables/") for f in manifest["files"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage, message", [
+    (_truncate, "changed after the export wrote it"),
+    (_add_unlisted, "is not listed in export.json"),
+    (_drop_manifest, "is missing"),
+])
+def test_damaged_savedmodel_is_one_line_naming_the_file(savedmodel, tmp_path, capsys, damage,
+                                                         message):
+    """A truncated SavedModel ended in a 43-line TensorFlow traceback: its files are checked
+    against export.json before TensorFlow reads any."""
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(savedmodel, copy)
+    file = damage(copy)
+    with pytest.raises(serving.ExportError, match=message) as caught:
+        serving.load(copy)
+    assert str(file) in str(caught.value)
+    capsys.readouterr()
+    assert serving.main([str(copy), "--user", "7"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(file) in err and "Traceback" not in err, err

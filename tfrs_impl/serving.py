@@ -20,9 +20,11 @@ After ``m = tf.saved_model.load(path)``:
   ``m.user_vocab`` (the training users; others get the out-of-vocabulary embedding).
 
 ``queries`` = {"user_id": [B] string, "timestamp": [B] int64}. Written atomically through
-``twostage.io.replace_directory(kind=SAVEDMODEL_KIND)``; :class:`SavedModelExport` serves it with
-the numpy ``recommend`` of ``twostage.serving.TorchExport`` (the torch export's loader, which
-lives in the core so that it needs no torch_impl).
+``twostage.io.replace_directory(kind=SAVEDMODEL_KIND)``, with ``export.json`` (the sha256 of
+every file of the SavedModel, verified by the loader before TensorFlow reads any);
+:class:`SavedModelExport` serves it with the numpy ``recommend`` of
+``twostage.serving.TorchExport`` (the torch export's loader, which lives in the core so that
+it needs no torch_impl).
 """
 from __future__ import annotations
 
@@ -139,6 +141,10 @@ def export_saved_model(directory: Path | str, retrieval_model, corpus_titles: np
             tf.saved_model.save(module, str(tmp), signatures=signatures)
         finally:
             logger.setLevel(level)
+        io.write_json(tmp / served.MANIFEST, {
+            "format": served.SAVEDMODEL_FORMAT, "version": served.VERSION,
+            "tensorflow": tf.__version__, "signatures": sorted(signatures),
+            "files": {f: io.sha256_file(tmp / f) for f in served.exported_files(tmp)}})
     return io.replace_directory(Path(directory), write, SAVEDMODEL_KIND, force=force)
 
 
@@ -163,12 +169,23 @@ class SavedModelExport:
 
     @classmethod
     def load(cls, path: Path | str) -> "SavedModelExport":
-        """ExportError unless ``path`` is a SavedModel export of ours with ``recommend``."""
+        """Verify ``export.json`` (every file listed and unchanged:
+        ``twostage.serving.read_manifest``), then load the SavedModel. Its graph runs when
+        called: load only exports you trust (``twostage.serving.load``).
+
+        Raises:
+            twostage.serving.ExportError: one line naming the file and the fix, when ``path``
+            is not a verified SavedModel export of ours with ``recommend``.
+        """
         path = Path(path)
-        if not path.is_dir() or io.marker_kind(path) != SAVEDMODEL_KIND:
-            raise served.ExportError(f"{path} is not a SavedModel written by `twostage export "
-                                     "--to tfrs` (no savedmodel marker); export the run again")
-        model = load_saved_model(path)
+        served.read_manifest(path, SAVEDMODEL_KIND)
+        try:
+            model = load_saved_model(path)
+        except Exception as e:  # verified files TF cannot read: another TF version's graph
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise served.ExportError(f"{path}: TensorFlow {tf.__version__} cannot load this "
+                                     f"SavedModel ({first}); export the run again with "
+                                     f"`twostage export --to tfrs --out {path}`") from None
         if not hasattr(model, "recommend"):
             raise served.ExportError(f"{path} holds the retrieval stage only (no `recommend`: "
                                      "written without a ranking model); export the run again "

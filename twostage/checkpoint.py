@@ -16,8 +16,11 @@ then one rename; an existing folder is replaced only if it is a checkpoint of ou
 Both backends name weights by the Keras attribute path of the seed's models with Dense kernels
 [in, out] (``torch_impl.models`` transposes Linear weights), and store the Keras Adagrad
 accumulator of every weight under the same name, so a resumed run of either backend continues
-the same optimizer state. Everything read back is validated before anything is allocated:
-every failure is one :class:`CheckpointError` line naming the file, the field and the fix.
+the same optimizer state. Everything read back is validated before anything is allocated (an
+.npz is read only after its zip directory and .npy headers: members stored uncompressed, each
+header's shape matching its bytes, a stage file's values at most the weights and accumulators
+of the config's models): every failure is one :class:`CheckpointError` line naming the file,
+the field and the fix.
 
 The recipe lookups are data, not weights, but a model of ``genres`` / ``history`` cannot run
 without them, so they travel with the weights (both backends write the same arrays) and a
@@ -29,6 +32,8 @@ the data) sees every training rating of the user, and none of the test split's.
 from __future__ import annotations
 
 import json
+import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -55,6 +60,7 @@ ARCHITECTURE_FIELDS = ("embedding_dim", "layer_sizes", "ranking_layer_sizes", "n
 _RECIPE_ARRAYS = {"genres": "i", "history_users": "U", "history_keys": "i",
                   "history_titles": "i"}
 MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32: far above any MovieLens model
+_NPY_HEADER_BYTES = 4096  # allowance per .npz member for its .npy header (np.savez: 128)
 
 
 class CheckpointError(ValueError):
@@ -229,20 +235,83 @@ def parameter_count(config: Config, spec: FeatureSpec) -> int:
     return 2 * per_pair + recipes + towers + ranking + int(config.task.learn_temperature)
 
 
-def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
-    """Every array of an .npz (no pickles), or one CheckpointError naming the file."""
+def _check_npz(path: Path, what: str, max_values: int | None) -> None:
+    """Read only the zip directory and each member's .npy header of ``path`` and refuse, before
+    any array is allocated, what reading would blow up: a member whose header declares more
+    bytes than the member holds (a header claiming 2**40 floats of a 4 MB file), a compressed
+    member (a zip bomb: 4 MB that unpack to gigabytes; np.savez never compresses), object
+    arrays, or (``max_values``) a declared uncompressed size or count of values above what the
+    config's models have.
+
+    Raises:
+        CheckpointError: naming the file (also for a truncated or non-zip file).
+    """
+    def refuse(why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: {why}; the {what} was edited or is not ours: train "
+                               "and save again")
+    total, size = 0, path.stat().st_size
+    with zipfile.ZipFile(path) as z:
+        infos = z.infolist()
+        declared = sum(info.file_size for info in infos)
+        if max_values is not None and declared > 4 * max_values + _NPY_HEADER_BYTES * len(infos):
+            raise refuse(f"its arrays unpack to {declared:,} bytes, more than the float32 "
+                         f"weights and accumulators of config.json's models ({max_values:,} "
+                         "values) take")
+        for info in infos:
+            if info.flag_bits & 0x1 or info.compress_type != zipfile.ZIP_STORED:
+                raise refuse(f"{info.filename} is compressed or encrypted (np.savez stores "
+                             "arrays as they are, so no member can unpack to more than the "
+                             "file holds)")
+            if info.compress_size != info.file_size or \
+                    info.header_offset + info.file_size > size:
+                raise refuse(f"the zip directory gives {info.filename} {info.file_size:,} "
+                             f"bytes, which the {size:,}-byte file does not hold")
+            with z.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise refuse(f"{info.filename} is a .npy of version {version}")
+                header = f.tell()
+            if dtype.hasobject:
+                raise refuse(f"{info.filename} holds Python objects, not numbers")
+            count = math.prod(shape)
+            if header + count * dtype.itemsize != info.file_size:
+                raise refuse(f"{info.filename} declares shape {shape} of {dtype} "
+                             f"({count * dtype.itemsize:,} bytes) but holds "
+                             f"{info.file_size - header:,} bytes")
+            total += count
+    if max_values is not None and total > max_values:
+        raise refuse(f"its arrays declare {total:,} values, more than the {max_values:,} "
+                     "weights and accumulators of config.json's models")
+
+
+def _read_npz(path: Path, what: str, max_values: int | None = None) -> dict[str, np.ndarray]:
+    """Every array of an .npz (no pickles), checked by :func:`_check_npz` before any is read.
+
+    Raises:
+        CheckpointError: one line naming the file (a truncated or bad zip included).
+    """
     try:
+        _check_npz(path, what, max_values)
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, RuntimeError, NotImplementedError,
+            zipfile.BadZipFile) as e:
+        if isinstance(e, CheckpointError):
+            raise
         raise CheckpointError(f"{path}: not a readable {what} ({e}); train and save again"
                               ) from None
 
 
-def _load_stage(path: Path) -> StageState:
+def _load_stage(path: Path, max_values: int) -> StageState:
+    """One stage file; ``max_values``: the most values it may declare (both models'
+    parameters, twice: weights and accumulators)."""
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; the checkpoint is incomplete")
-    arrays = _read_npz(path, "weight file")
+    arrays = _read_npz(path, "weight file", max_values)
     bad = sorted(k for k in arrays if not k.startswith((WEIGHTS, ACCUMULATORS)))
     if bad:
         raise CheckpointError(f"{path}: unexpected entries {bad[:3]} (expected "
@@ -304,7 +373,8 @@ def load_checkpoint(directory: Path | str, *, backend: str | None = None,
                                   f"given config ({details}); load without a config or with "
                                   "matching values")
     recipe = _load_recipe(directory, meta, stored_config, stored_spec)
-    stages = {s: _load_stage(directory / STAGE_FILES[s]) for s in meta["stages"]}
+    limit = 2 * parameter_count(stored_config, stored_spec)  # weights + accumulators
+    stages = {s: _load_stage(directory / STAGE_FILES[s], limit) for s in meta["stages"]}
     return Checkpoint(directory=directory, backend=meta.get("backend", ""),
                       config=config or stored_config, spec=stored_spec, stages=stages,
                       epochs_done={**{s: 0 for s in STAGES}, **meta["epochs_done"]}, meta=meta,

@@ -11,7 +11,6 @@ shape (``set_weights`` refuses anything partial).
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -54,8 +53,9 @@ def tfrs_to_torch(tfrs_backend):
 # --- serving exports of a run folder ---------------------------------------------------------
 def load_run_backend(run, backend: str | None = None):
     """The run's saved ``backend`` (default: the first saved, as ``twostage recommend``) loaded
-    as ``twostage recommend`` loads it: on the CPU, in this process. A checkpoint without a
-    stored ranking stage is refused (the exports serve both stages). ``run``: a RunDir."""
+    as ``twostage recommend`` loads it: on the CPU, in this process. ``run``: a RunDir, whose
+    :meth:`~twostage.rundir.RunDir.open` already refused what ``recommend`` refuses (a
+    checkpoint without both stages included: one rule for both commands)."""
     from .checkpoint import stored_config
     from .pipeline import load_backend
 
@@ -67,22 +67,7 @@ def load_run_backend(run, backend: str | None = None):
         raise ValueError(f"{folder} was trained with {' and '.join(unsupported)}; the serving "
                          "exports carry the seed's features only (user id, timestamp, title): "
                          "export a run trained without them")
-    stages = _stored_stages(folder)
-    if stages is not None and "ranking" not in stages:
-        raise ValueError(f"{folder} holds no ranking stage (stages: {stages}); an export "
-                         "serves retrieval + ranking: re-run `twostage run` to train both")
     return load_backend(name, folder, config)
-
-
-def _stored_stages(folder: Path) -> list | None:
-    """The stages a checkpoint's meta.json lists; None if unreadable (load_backend then
-    reports what is wrong with it)."""
-    try:
-        meta = json.loads((Path(folder) / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    stages = meta.get("stages") if isinstance(meta, dict) else None
-    return list(stages) if isinstance(stages, list) else None
 
 
 def _num_candidates(backend, num_candidates: int | None) -> int:

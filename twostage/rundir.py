@@ -11,9 +11,10 @@ Layout::
 
 The whole folder is written to a temporary sibling and renamed into place when complete
 (:func:`twostage.io.replace_directory`), so an interrupted run leaves the previous folder intact
-and two runs into one ``--out`` never mix. :meth:`RunDir.open` validates every file against the
-manifest and each checkpoint's spec against the manifest's before ``recommend`` or ``export``
-use them; every failure is one :class:`RunDirError` line naming the file and the fix.
+and two runs into one ``--out`` never mix. :meth:`RunDir.open` validates every file a loader
+reads against the manifest (an unlisted one is refused) and the contents against each other
+(corpus vs spec, stages, results) before ``recommend`` or ``export`` use them; every failure is
+one :class:`RunDirError` line naming the file and the fix.
 """
 from __future__ import annotations
 
@@ -27,10 +28,15 @@ from typing import Callable, Mapping
 import numpy as np
 
 from . import io
+from .checkpoint import STAGES
 from .config import BACKENDS
+from .data.features import FeatureSpec
 
 KIND = "run"
 MANIFEST_VERSION = 1
+# What every checkpoint folder holds whatever its stages: listed in the manifest, as anything
+# else in the folder (the stage files, recipe.npz; a missing stage is RunDir.open's stage rule).
+CHECKPOINT_FILES = ("meta.json", "config.json", "feature_spec.json")
 INT64_MAX = int(np.iinfo(np.int64).max)
 
 
@@ -103,6 +109,24 @@ class RunDir:
 
     @classmethod
     def open(cls, path: Path | str) -> "RunDir":
+        """Validate a run folder before ``recommend`` or ``export`` read anything of it: the one
+        rule both follow, so neither serves what the other refuses.
+
+        Checksums prove integrity, not sanity, so both are checked: every file a loader reads
+        is listed in manifest.json and unchanged (an unlisted one is an error), each checkpoint
+        holds both stages and the run's spec fingerprint, the corpus is the catalog that spec
+        was fitted on and its ``max_timestamp`` within the spec's rating times, and
+        results.json holds a report per backend.
+
+        Args:
+            path: the folder given to ``twostage run --out``.
+        Returns:
+            The validated RunDir (its checkpoints are loaded later, by twostage.checkpoint,
+            which checks their contents against their config).
+        Raises:
+            RunDirNotFoundError: no folder at ``path`` (a usage error, exit 2).
+            RunDirError: anything else, one line naming the file and the fix (exit 1).
+        """
         path = Path(path)
         if not os.path.lexists(path):
             raise RunDirNotFoundError(f"run folder {path} does not exist; create one with "
@@ -116,8 +140,12 @@ class RunDir:
                               f"re-run `twostage run --out {path}`")
         manifest = _read(path / "manifest.json")
         backends, fingerprint, files = _check_manifest(manifest, path / "manifest.json")
+        _check_listed(path, backends, files)
         for rel, digest in files.items():
             file = (path / rel).resolve()
+            if os.path.lexists(path / rel) and path.resolve() not in file.parents:
+                raise RunDirError(f"{path / rel} points outside the run folder ({file}); a run "
+                                  "folder is one self-contained unit: re-run it")
             if path.resolve() not in file.parents or not file.is_file():
                 raise RunDirError(f"{path / rel} is listed in manifest.json but missing; the "
                                   "run folder is incomplete: re-run it")
@@ -127,9 +155,21 @@ class RunDir:
         titles, max_ts = _check_corpus(_read(path / "corpus.json"), path / "corpus.json")
         for name in backends:
             meta = _read(path / name / "meta.json")
-            if not isinstance(meta, dict) or meta.get("spec_fingerprint") != fingerprint:
+            if not isinstance(meta, dict):
+                raise RunDirError(f"{path / name / 'meta.json'} must hold a JSON object; re-run")
+            if meta.get("spec_fingerprint") != fingerprint:
                 raise RunDirError(f"{path / name} was trained on other data than this run's "
                                   "corpus (feature spec fingerprints differ); re-run")
+            stages = meta.get("stages")
+            missing = [s for s in STAGES if not isinstance(stages, list) or s not in stages]
+            if missing:  # recommend and export serve both stages: never an untrained one
+                raise RunDirError(f"{path / name} holds no {missing[0]} stage (meta.json "
+                                  f"stages: {stages!r}); a run folder serves retrieval + "
+                                  "ranking: re-run `twostage run` to train both")
+        spec = _read_spec(path / backends[0] / "feature_spec.json", fingerprint)
+        _check_corpus_against_spec(titles, max_ts, spec, manifest.get("data"),
+                                   path / "corpus.json")
+        _check_results(_read(path / "results.json"), backends, path / "results.json")
         return cls(path, backends, titles, max_ts, fingerprint)
 
     def backend_dir(self, name: str | None) -> tuple[str, Path]:
@@ -166,6 +206,72 @@ def _check_manifest(m, path: Path) -> tuple[tuple[str, ...], str, dict[str, str]
     if not isinstance(m.get("spec_fingerprint"), str):
         raise RunDirError(f"{path}: 'spec_fingerprint' is missing")
     return tuple(backends), m["spec_fingerprint"], files
+
+
+def _check_listed(root: Path, backends: tuple[str, ...], files: dict[str, str]) -> None:
+    """Every file a loader reads is in the manifest (else nothing checks it): corpus.json,
+    results.json and every file in each backend's checkpoint folder, the three a checkpoint
+    always has included. Raises RunDirError naming the first one that is not."""
+    required = ["corpus.json", "results.json"]
+    for name in backends:
+        required += [f"{name}/{f}" for f in CHECKPOINT_FILES]
+        folder = root / name
+        if folder.is_dir() and not folder.is_symlink():
+            required += sorted(p.relative_to(root).as_posix() for p in folder.rglob("*")
+                               if not p.is_dir())
+    for rel in dict.fromkeys(required):
+        if rel in files:
+            continue
+        if not os.path.lexists(root / rel):
+            raise RunDirError(f"{root / rel} is missing; the run folder is incomplete: re-run "
+                              "it")
+        raise RunDirError(f"{root / rel} is not listed in manifest.json, so nothing proves "
+                          "the run wrote it; re-run, or remove the file if you added it")
+
+
+def _read_spec(path: Path, fingerprint: str) -> FeatureSpec:
+    """The run's feature spec (its fingerprint must be the manifest's)."""
+    try:
+        spec = FeatureSpec.from_dict(_read(path))
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunDirError(f"{path}: not a feature spec ({e}); re-run") from None
+    if spec.fingerprint() != fingerprint:
+        raise RunDirError(f"{path} is not the feature spec this run was trained on (fingerprint "
+                          f"{spec.fingerprint()}, manifest.json has {fingerprint}); re-run")
+    return spec
+
+
+def _check_corpus_against_spec(titles: np.ndarray, max_ts: int, spec: FeatureSpec, data,
+                               path: Path) -> None:
+    """The corpus is the catalog the spec was fitted on (every movie, so its distinct titles are
+    the spec's title vocabulary; as many movies as the data facts say) and ``max_timestamp`` is
+    the latest rating time the spec saw (its last bucket boundary): a corpus cut to 5 titles or
+    a time of 2**63-1 (query times of 1e11 standard deviations) is not served."""
+    vocab = set(spec.title_vocab)
+    if set(titles.tolist()) != vocab:
+        odd = sorted(set(titles.tolist()) ^ vocab)
+        raise RunDirError(f"{path}: its {len(titles)} titles are not the catalog the models "
+                          f"were trained on ({len(vocab)} distinct titles; {len(odd)} differ, "
+                          f"e.g. {odd[0]!r}); re-run")
+    movies = data.get("num_movies") if isinstance(data, dict) else None
+    if isinstance(movies, int) and not isinstance(movies, bool) and movies != len(titles):
+        raise RunDirError(f"{path}: {len(titles)} titles, but the run's data had {movies} "
+                          "movies (manifest.json); re-run")
+    bounds = spec.ts_boundaries  # linspace(min, max, n): n >= 2 ends exactly at the max
+    low = bounds[0] if bounds else -np.inf
+    high = bounds[-1] if len(bounds) > 1 else np.inf
+    if not low - 1 <= max_ts <= high + 1:
+        raise RunDirError(f"{path}: 'max_timestamp' {max_ts} is outside the rating times the "
+                          f"models were trained on ({low:.0f} to {high:.0f}); re-run")
+
+
+def _check_results(results, backends: tuple[str, ...], path: Path) -> None:
+    """results.json is the report of each backend of the run: {backend: {...}}."""
+    if not isinstance(results, dict) or set(results) != set(backends) or not all(
+            isinstance(r, dict) for r in results.values()):
+        got = sorted(results) if isinstance(results, dict) else type(results).__name__
+        raise RunDirError(f"{path} must map each backend of the run ({', '.join(backends)}) to "
+                          f"its report, got {got}; re-run")
 
 
 def _check_corpus(c, path: Path) -> tuple[np.ndarray, int]:

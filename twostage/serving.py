@@ -16,7 +16,11 @@
 ``twostage export --to tfrs`` writes a TF SavedModel (``tfrs_impl.serving``, marker kind
 "savedmodel") whose ``recommend`` signature does the same in one TensorFlow graph;
 ``tfrs_impl.serving.SavedModelExport`` wraps it with the same ``recommend`` as
-:class:`TorchExport` (:func:`load` picks the class by the folder's marker).
+:class:`TorchExport` (:func:`load` picks the class by the folder's marker). Its ``export.json``
+(format ``twostage-savedmodel-export``) lists the sha256 of every file of the SavedModel.
+
+Both kinds are verified (:func:`read_manifest`) before anything of them is loaded. An export
+is a program (TorchScript, a TF graph): load only exports you trust (see :func:`load`).
 
 :class:`TorchExport` needs numpy, FAISS, torch (imported when a program is loaded) and the
 framework-free feature spec: no torch_impl, no TensorFlow. Its ``recommend`` is ``twostage
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,18 +44,21 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import io
+from .config import PRECISIONS
 from .data.features import FeatureSpec
 from .pipeline import Recommendations
 
 TORCH_KIND = "torch-export"   # twostage.io marker kind of a torch export folder
 SAVEDMODEL_KIND = "savedmodel"  # tfrs_impl.serving.SAVEDMODEL_KIND (the TFRS export)
 FORMAT, VERSION = "twostage-torch-export", 1
-MANIFEST = "export.json"
+SAVEDMODEL_FORMAT = "twostage-savedmodel-export"  # export.json of a SavedModel export
+FORMATS = {TORCH_KIND: FORMAT, SAVEDMODEL_KIND: SAVEDMODEL_FORMAT}
+MANIFEST = "export.json"      # in both kinds: the sha256 of every file a loader reads
 FILES = {"query_tower": "query_tower.pt", "ranking_model": "ranking_model.pt",
          "index": "index.faiss", "titles": "titles.json", "feature_spec": "feature_spec.json"}
 QUERY_INPUTS: tuple[str, ...] = ("user_index", "ts_bucket", "ts_norm")
 RANKING_INPUTS: tuple[str, ...] = QUERY_INPUTS + ("title_index", "title_tokens")
-_REEXPORT = "export it again with `twostage export --run RUN --to torch --out {path}`"
+_TARGETS = {TORCH_KIND: "torch", SAVEDMODEL_KIND: "tfrs"}
 
 
 class ExportError(ValueError):
@@ -113,46 +121,89 @@ def query_arrays(user_ids, timestamps, default_timestamp: int
 
 
 # --- the torch export ------------------------------------------------------------------------
-def _read_json(path: Path, what: str) -> Any:
+def _reexport(path: Path, kind: str = TORCH_KIND) -> str:
+    return (f"export it again with `twostage export --run RUN --to {_TARGETS[kind]} --out "
+            f"{path}`")
+
+
+def _read_json(path: Path, what: str, kind: str = TORCH_KIND) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ExportError(f"{path} is missing: the export is incomplete; "
-                          f"{_REEXPORT.format(path=path.parent)}") from None
+                          f"{_reexport(path.parent, kind)}") from None
     except (OSError, ValueError) as e:
         raise ExportError(f"{path}: not readable {what} ({e}); "
-                          f"{_REEXPORT.format(path=path.parent)}") from None
+                          f"{_reexport(path.parent, kind)}") from None
 
 
-def read_manifest(path: Path) -> dict:
-    """``export.json`` of a torch export, with every listed file present and unchanged
-    (sha256); ExportError naming the file and the fix otherwise."""
+def exported_files(root: Path) -> list[str]:
+    """Relative posix paths of the files under an export folder ``root`` that ``export.json``
+    lists: all but the marker and ``export.json`` itself (a linked file is listed, a linked
+    folder not entered: read_manifest refuses any listed file that resolves outside)."""
+    out = []
+    for folder, _, names in os.walk(root):
+        base = Path(folder).relative_to(root)
+        out += [(base / n).as_posix() for n in names]
+    return sorted(set(out) - {io.MARKER, MANIFEST})
+
+
+def read_manifest(path: Path, kind: str = TORCH_KIND) -> dict:
+    """``export.json`` of an export of ``kind`` (TORCH_KIND or SAVEDMODEL_KIND), verified before
+    anything of the export is loaded.
+
+    Every file a loader reads must be listed (a torch export: exactly :data:`FILES`; a
+    SavedModel: every file in the folder, since TensorFlow reads what it finds), inside the
+    folder (no link out of it) and unchanged (sha256).
+
+    Args:
+        path: the export folder.
+        kind: the marker kind the folder must carry.
+    Returns:
+        The manifest (a dict).
+    Raises:
+        ExportError: one line naming the file and the fix.
+    """
+    path = Path(path)
     if not path.is_dir():
         raise ExportError(f"no export folder at {path}; write one with `twostage export --run "
-                          f"RUN --to torch --out {path}`")
-    kind = io.marker_kind(path)
-    if kind != TORCH_KIND:
-        what = (f"a twostage {kind}" if kind else "not a twostage export (no marker)")
-        hint = (" (load a SavedModel with twostage.serving.load)" if kind == SAVEDMODEL_KIND
-                else "")
-        raise ExportError(f"{path} is {what}, not a torch export{hint}")
-    manifest = _read_json(path / MANIFEST, "export manifest")
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ExportError(f"{path / MANIFEST}: not a {FORMAT} manifest")
+                          f"RUN --to {_TARGETS[kind]} --out {path}`")
+    found = io.marker_kind(path)
+    if found != kind:
+        what = (f"a twostage {found}" if found else "not a twostage export (no marker)")
+        hint = (" (load a SavedModel with twostage.serving.load)"
+                if found == SAVEDMODEL_KIND and kind == TORCH_KIND else "")
+        label = "torch export" if kind == TORCH_KIND else "SavedModel export"
+        raise ExportError(f"{path} is {what}, not a {label}{hint}")
+    manifest = _read_json(path / MANIFEST, "export manifest", kind)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMATS[kind]:
+        raise ExportError(f"{path / MANIFEST}: not a {FORMATS[kind]} manifest (written by an "
+                          f"older version?); {_reexport(path, kind)}")
     if manifest.get("version") != VERSION:
         raise ExportError(f"{path / MANIFEST}: version {manifest.get('version')!r}; this "
-                          f"twostage reads version {VERSION}: {_REEXPORT.format(path=path)}")
+                          f"twostage reads version {VERSION}: {_reexport(path, kind)}")
     files = manifest.get("files")
-    if not isinstance(files, dict) or set(files) != set(FILES.values()):
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                              for k, v in files.items()):
+        raise ExportError(f"{path / MANIFEST}: 'files' must map paths to checksums")
+    if kind == TORCH_KIND and set(files) != set(FILES.values()):
         raise ExportError(f"{path / MANIFEST}: 'files' must list {sorted(FILES.values())}")
+    unlisted = sorted(set(exported_files(path)) - set(files)) if kind != TORCH_KIND else []
+    if unlisted:
+        raise ExportError(f"{path / unlisted[0]} is not listed in {MANIFEST}, so nothing proves "
+                          f"the export wrote it; {_reexport(path, kind)}")
+    root = path.resolve()
     for name, digest in files.items():
         file = path / name
+        if os.path.lexists(file) and root not in file.resolve().parents:
+            raise ExportError(f"{file} points outside the export ({file.resolve()}); an export "
+                              f"is one self-contained folder: {_reexport(path, kind)}")
         if not file.is_file():
             raise ExportError(f"{file} is missing: the export is incomplete; "
-                              f"{_REEXPORT.format(path=path)}")
+                              f"{_reexport(path, kind)}")
         if io.sha256_file(file) != digest:
             raise ExportError(f"{file} changed after the export wrote it (checksum differs "
-                              f"from {MANIFEST}); {_REEXPORT.format(path=path)}")
+                              f"from {MANIFEST}); {_reexport(path, kind)}")
     return manifest
 
 
@@ -161,6 +212,16 @@ def _int_field(manifest: dict, name: str, path: Path, low: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ExportError(f"{path / MANIFEST}: {name!r} must be an integer >= {low}, got "
                           f"{value!r}")
+    return value
+
+
+def _precision(manifest: dict, path: Path) -> str:
+    """The export's inference precision, one of the config's PRECISIONS (another value would
+    silently run in fp32, as an unknown precision of a run folder's config is refused)."""
+    value = manifest.get("precision", "fp32")
+    if value not in PRECISIONS:
+        raise ExportError(f"{path / MANIFEST}: 'precision' must be one of "
+                          f"{', '.join(PRECISIONS)}, got {value!r}; {_reexport(path)}")
     return value
 
 
@@ -179,22 +240,31 @@ class TorchExport:
         self.num_candidates = _int_field(manifest, "num_candidates", path, 1)
         self.default_timestamp = _int_field(manifest, "default_timestamp", path)
         self.batch_size = _int_field(manifest, "eval_batch_size", path, 1)
-        self.precision = manifest.get("precision", "fp32")
+        self.precision = _precision(manifest, path)
 
     @classmethod
     def load(cls, path: Path | str) -> "TorchExport":
-        """Validate and load an export folder (ExportError naming the file and the fix)."""
+        """Validate and load a torch export folder. Its programs run when loaded and called:
+        load only exports you trust (see :func:`load`).
+
+        Raises:
+            ExportError: one line naming the file and the fix.
+        """
         from .index import Index
 
         path = Path(path)
         manifest = read_manifest(path)
+        _precision(manifest, path)  # before any program is loaded, as the ints below
+        for name, low in (("num_candidates", 1), ("default_timestamp", 0),
+                          ("eval_batch_size", 1)):
+            _int_field(manifest, name, path, low)
         try:
             spec = FeatureSpec.load(path / FILES["feature_spec"])
         except ValueError as e:
             raise ExportError(str(e)) from None
         if spec.fingerprint() != manifest.get("spec_fingerprint"):
             raise ExportError(f"{path / FILES['feature_spec']} is not the feature spec the "
-                              f"programs were exported with; {_REEXPORT.format(path=path)}")
+                              f"programs were exported with; {_reexport(path)}")
         titles = _read_json(path / FILES["titles"], "titles")
         size = _int_field(manifest, "catalog_size", path, 1)
         if not isinstance(titles, list) or len(titles) != size or not all(
@@ -258,13 +328,28 @@ def _load_program(path: Path) -> Callable:
     except (RuntimeError, ValueError) as e:
         raise ExportError(f"{path}: not a TorchScript program torch {torch.__version__} can load "
                           f"({str(e).strip().splitlines()[0]}); "
-                          f"{_REEXPORT.format(path=path.parent)}") from None
+                          f"{_reexport(path.parent)}") from None
     return program.eval()
 
 
 def load(path: Path | str):
     """The export at ``path``, by its marker: a :class:`TorchExport`, or for a TFRS SavedModel
-    ``tfrs_impl.serving.SavedModelExport`` (same ``recommend``; imports TensorFlow)."""
+    ``tfrs_impl.serving.SavedModelExport`` (same ``recommend``; imports TensorFlow).
+
+    An export is a program, not data: TorchScript files and SavedModels run the code they hold
+    when loaded and called. **Load only exports you trust** (written by you, or by someone you
+    trust and received over a channel you trust). The checks here (``export.json``'s sha256 of
+    every file, no link out of the folder, known field values) catch a damaged or mixed-up
+    export, not a malicious one: whoever can edit the files can recompute the checksums.
+
+    Args:
+        path: a folder written by ``twostage export``.
+    Returns:
+        A TorchExport or a SavedModelExport, both with ``recommend(users, timestamps, k)``.
+    Raises:
+        ExportError: one line naming the file and the fix; nothing of the export has run
+        before its files are verified.
+    """
     path = Path(path)
     if path.is_dir() and io.marker_kind(path) == SAVEDMODEL_KIND:
         from tfrs_impl.serving import SavedModelExport

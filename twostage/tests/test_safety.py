@@ -4,8 +4,10 @@ every bad input (hostile run folders included) into one line with exit 1 or 2, n
 from __future__ import annotations
 
 import hashlib
+import io as io_module
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -187,13 +189,25 @@ def test_an_interrupted_run_leaves_the_previous_folder(run_dir, data_dir, tmp_pa
 
 # --- 7-10: hostile run folders and bad values: one line each ------------------------------------
 def rewrite_manifest(run: Path) -> None:
-    """An attacker who also fixes the checksums: the content checks must still hold."""
+    """An attacker who also fixes the checksums: manifest.json lists every file now in the
+    folder with its new sha256 (a removed file unlisted, an added one listed), so only the
+    content checks can still refuse the folder. Raises if the manifest is not JSON."""
     manifest = json.loads((run / "manifest.json").read_text())
-    for rel in manifest["files"]:
-        path = run / rel
-        if path.is_file():
-            manifest["files"][rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest["files"] = {
+        p.relative_to(run).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run.rglob("*")) if p.is_file()
+        and p.relative_to(run).as_posix() not in (io.MARKER, "manifest.json")}
     (run / "manifest.json").write_text(json.dumps(manifest))
+
+
+def npz_arrays(path: Path) -> dict:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def write_npz(path: Path, arrays: dict, compressed: bool = False) -> None:
+    with open(path, "wb") as f:
+        (np.savez_compressed if compressed else np.savez)(f, **arrays)
 
 
 def edit_json(rel: str, change):
@@ -238,47 +252,161 @@ HOSTILE = {
     "weights file missing": drop("torch/retrieval.npz"),
     "weights not npz": write("torch/retrieval.npz", "not a zip"),
     "marker missing": drop(io.MARKER),
+    # issue 21, 3: sane checksums of insane contents
+    "corpus cut to 5 titles": edit_json("corpus.json",
+                                        lambda d: {**d, "titles": d["titles"][:5]}),
+    "max_timestamp 2**63-1": edit_json("corpus.json",
+                                       lambda d: {**d, "max_timestamp": 2 ** 63 - 1}),
+    "results not json": write("results.json", "{not json"),
+    "results of another backend": edit_json("results.json", lambda d: {"tfrs": d["torch"]}),
+    "stages retrieval only": edit_json("torch/meta.json",
+                                       lambda d: {**d, "stages": ["retrieval"]}),
+    # issue 21, 2b: a damaged weight file is one line naming it, not "internal error"
+    "weights truncated": lambda run: (run / "torch" / "retrieval.npz").write_bytes(
+        (run / "torch" / "retrieval.npz").read_bytes()[:5000]),
+    "weights compressed": lambda run: write_npz(
+        run / "torch" / "ranking.npz", npz_arrays(run / "torch" / "ranking.npz"), True),
 }
+# Edits of the manifest's file list or syntax: recomputing the checksums would undo them or
+# cannot be done, so only the "edited" variant applies.
+MANIFEST_EDITS = {"manifest not json", "model file path escape"}
 
 
 def unexpected_keys_in_weights(run: Path) -> None:
     path = run / "torch" / "ranking.npz"
-    with np.load(path) as z:
-        arrays = {k: z[k] for k in z.files}
+    arrays = npz_arrays(path)
     arrays["pickle/evil"] = np.zeros(1, np.float32)
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
+    write_npz(path, arrays)
 
 
 def wrong_weight_shape(run: Path) -> None:
     path = run / "torch" / "ranking.npz"
-    with np.load(path) as z:
-        arrays = {k: z[k] for k in z.files}
+    arrays = npz_arrays(path)
     key = next(k for k in arrays if k.endswith("ratings/0/kernel"))
     arrays[key] = np.zeros((3, 3), np.float32)
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
+    write_npz(path, arrays)
 
 
 HOSTILE["unexpected keys in weights"] = unexpected_keys_in_weights
 HOSTILE["wrong weight shapes"] = wrong_weight_shape
 
 
-@pytest.mark.parametrize("fix_checksums", [False, True], ids=["edited", "edited+checksums"])
-@pytest.mark.parametrize("name", sorted(HOSTILE))
+@pytest.mark.parametrize("name, fix_checksums", [
+    *[pytest.param(name, False, id=f"{name}-edited") for name in sorted(HOSTILE)],
+    *[pytest.param(name, True, id=f"{name}-edited+checksums") for name in sorted(HOSTILE)
+      if name not in MANIFEST_EDITS]])
 def test_hostile_run_folders_fail_with_one_line(run_dir, tmp_path, capsys, name, fix_checksums):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     HOSTILE[name](run)
-    if fix_checksums and (run / "manifest.json").is_file():
-        try:
-            rewrite_manifest(run)
-        except (ValueError, KeyError, TypeError):
-            pass  # the manifest itself is the broken part
+    if fix_checksums:
+        rewrite_manifest(run)  # really recomputed: a failure here is a broken test
     capsys.readouterr()
     rc = main(["recommend", "--run", str(run), "--user", "1"])
     line = one_line_error(capsys, 1, rc)
     assert str(run) in line or "run folder" in line
+
+
+def replace_member(path: Path, key: str, payload: bytes, compress: int = zipfile.ZIP_STORED
+                   ) -> None:
+    """Rewrite the .npz ``path`` with member ``key``.npy holding the raw ``payload``."""
+    arrays = npz_arrays(path)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
+        for name, array in arrays.items():
+            if name != key:
+                with z.open(f"{name}.npy", "w") as f:
+                    np.lib.format.write_array(f, array)
+        z.writestr(zipfile.ZipInfo(f"{key}.npy"), payload, compress_type=compress)
+
+
+def npy_header(shape: tuple) -> bytes:
+    buf = io_module.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False,
+                                               "shape": shape})
+    return buf.getvalue()
+
+
+def huge_header(run: Path) -> None:
+    """A member whose header claims 2**40 floats (4 TiB) in a few bytes."""
+    path = run / "torch" / "retrieval.npz"
+    key = next(iter(npz_arrays(path)))
+    replace_member(path, key, npy_header((2 ** 40,)) + b"\0" * 64)
+
+
+def zip_bomb(run: Path) -> None:
+    """A 256 MiB array of zeros deflated to a few hundred kB: more than the config's models."""
+    path = run / "torch" / "retrieval.npz"
+    key = next(iter(npz_arrays(path)))
+    n = 2 ** 26
+    replace_member(path, key, npy_header((n,)) + bytes(4 * n), zipfile.ZIP_DEFLATED)
+
+
+def oversized(run: Path) -> None:
+    """A genuine (stored) array of 4M floats: 16 MB, more than the config's models have."""
+    path = run / "torch" / "ranking.npz"
+    arrays = npz_arrays(path)
+    arrays["weights/extra"] = np.zeros(4_000_000, np.float32)
+    write_npz(path, arrays)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (huge_header, "declares shape (1099511627776,)"),
+    (zip_bomb, "unpack to"),
+    (oversized, "unpack to"),
+])
+def test_npz_sizes_are_checked_before_reading(run_dir, tmp_path, capsys, damage, message):
+    """Issue 21, 2b: the declared shape and uncompressed size of a weight file are checked
+    against the config before any array is read (no allocation of what a header claims; not
+    "internal error (MemoryError)")."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    damage(run)
+    rewrite_manifest(run)
+    capsys.readouterr()
+    rc = main(["recommend", "--run", str(run), "--user", "1"])
+    line = one_line_error(capsys, 1, rc)
+    assert str(run / "torch") in line and ".npz" in line and message in line, line
+
+
+def test_every_file_a_loader_reads_is_listed(run_dir, tmp_path, capsys):
+    """Issue 21, 3: a file missing from manifest.json's list was never checked: swapped
+    weights were served by `recommend` and re-signed by `export`."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    del manifest["files"]["torch/retrieval.npz"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    path = run / "torch" / "retrieval.npz"
+    write_npz(path, {k: v * 2 for k, v in npz_arrays(path).items()})
+    for argv in (["recommend", "--run", str(run), "--user", "1"],
+                 ["export", "--run", str(run), "--to", "torch", "--out", str(tmp_path / "x")]):
+        capsys.readouterr()
+        line = one_line_error(capsys, 1, main(argv))
+        assert str(path) in line and "not listed in manifest.json" in line, line
+    assert not (tmp_path / "x").exists()
+    # an empty list and an edited corpus
+    manifest["files"] = {}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    edit_json("corpus.json", lambda d: {**d, "titles": d["titles"][::-1]})(run)
+    capsys.readouterr()
+    line = one_line_error(capsys, 1, main(["recommend", "--run", str(run), "--user", "1"]))
+    assert str(run / "corpus.json") in line and "not listed" in line, line
+
+
+def test_recommend_and_export_refuse_a_checkpoint_without_ranking_alike(run_dir, tmp_path,
+                                                                        capsys):
+    """Issue 21, 3: `"stages": ["retrieval"]` made `recommend` serve an untrained ranker while
+    `export` refused: one rule (RunDir.open) for both."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    edit_json("torch/meta.json", lambda d: {**d, "stages": ["retrieval"]})(run)
+    rewrite_manifest(run)
+    lines = []
+    for argv in (["recommend", "--run", str(run), "--user", "1"],
+                 ["export", "--run", str(run), "--to", "torch", "--out", str(tmp_path / "x")]):
+        capsys.readouterr()
+        lines.append(one_line_error(capsys, 1, main(argv)).split(": error: ", 1)[1])
+    assert lines[0] == lines[1] and "no ranking stage" in lines[0], lines
 
 
 @pytest.mark.parametrize("argv, code, message", [

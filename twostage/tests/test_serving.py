@@ -193,6 +193,42 @@ def test_damaged_export_names_the_file(export_dir, tmp_path, damage, message):
     assert serving.main([str(copy), "--user", "7"]) == 1
 
 
+def test_a_program_linked_from_outside_the_export_is_refused(export_dir, tmp_path, capsys):
+    """Issue 21, 3: a .pt symlinked outside the export (same bytes, so the checksum holds) is
+    refused, as run folders refuse files outside them; the loader says which file."""
+    copy = tmp_path / "copy"
+    shutil.copytree(export_dir, copy)
+    outside = tmp_path / "elsewhere.pt"
+    (copy / "ranking_model.pt").rename(outside)
+    (copy / "ranking_model.pt").symlink_to(outside)
+    with pytest.raises(serving.ExportError, match="ranking_model.pt points outside the export"):
+        serving.load(copy)
+    capsys.readouterr()
+    assert serving.main([str(copy), "--user", "7"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ranking_model.pt" in err, err
+
+
+@pytest.mark.parametrize("precision", ["fp8", "BF16", None, 16])
+def test_unknown_precision_is_refused(export_dir, tmp_path, precision):
+    """Issue 21, 3: an unknown `precision` silently ran in fp32; refused as in a run's config,
+    before any program is loaded."""
+    copy = tmp_path / "copy"
+    shutil.copytree(export_dir, copy)
+    manifest = json.loads((copy / serving.MANIFEST).read_text())
+    manifest["precision"] = precision
+    (copy / serving.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(serving.ExportError, match=r"export.json: 'precision' must be one of "
+                       r"fp32, bf16"):
+        serving.load(copy)
+
+
+def test_the_loader_says_an_export_is_a_program():
+    """Issue 21, 3: loading an export runs its code; the loader's contract says so."""
+    doc = " ".join(serving.load.__doc__.split())
+    assert "Load only exports you trust" in doc and "program" in doc
+
+
 def test_missing_export_folder(tmp_path, capsys):
     with pytest.raises(serving.ExportError, match="no export folder"):
         serving.load(tmp_path / "nope")
@@ -239,10 +275,11 @@ def test_export_usage_errors(run_dir, tmp_path, capsys):
 
 
 def test_run_without_a_ranking_stage_is_refused(run_dir, tmp_path, capsys):
-    """A run folder whose checkpoint holds the retrieval stage only."""
+    """A run folder whose checkpoint holds the retrieval stage only: refused by `export` and,
+    by the same rule (RunDir.open), by `recommend`, which served an untrained ranker."""
     from torch_impl import checkpoint as ckpt
     from torch_impl.backend import TorchBackend
-    from twostage import rundir
+    from twostage import io, rundir
 
     run = RunDir.open(run_dir)
     backend = TorchBackend.load(run_dir / "torch")
@@ -255,12 +292,15 @@ def test_run_without_a_ranking_stage_is_refused(run_dir, tmp_path, capsys):
     partial = rundir.write(tmp_path / "partial", reports={"torch": {}},
                            corpus_titles=run.corpus_titles, max_timestamp=run.max_timestamp,
                            spec_fingerprint=run.spec_fingerprint, data={},
-                           save_backend=save, write_results=lambda tmp: [])
+                           save_backend=save, write_results=lambda tmp: [
+                               io.write_json(tmp / "results.json", {"torch": {}})])
     capsys.readouterr()
     assert main(["export", "--run", str(partial), "--to", "torch", "--out",
                  str(tmp_path / "x")]) == 1
     assert "no ranking stage" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    assert main(["recommend", "--run", str(partial), "--user", "7"]) == 1
+    assert "no ranking stage" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("feature", ["genres", "history"])
