@@ -34,6 +34,7 @@ from twostage.index import Index
 from twostage.recipes import RecipeData, attach_recipe_data, refuse_in_parallel
 
 from . import checkpoint as ckpt
+from . import distributed
 from .distributed import (DataParallel, TorchGroup, check_world, current_group,
                           sharded_ranking_loss, sharded_retrieval_loss)
 from .features import (Batch, batch_iter, encode_raw_batch, query_arrays, resolve_device,
@@ -58,6 +59,10 @@ class TorchBackend:
     ``group``: ``SingleProcess()``, or the ``TorchGroup`` of an initialised torch.distributed
     group of several processes (see the module docstring).
     """
+
+    # the backend's jobs for the CLI: several processes on one machine, and joining them
+    launch_workers = staticmethod(distributed.launch_workers)
+    process_group = staticmethod(distributed.process_group)
 
     name = "torch"
 

@@ -355,6 +355,43 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def process_group(config: Config) -> Iterator[Optional[TorchGroup]]:
+    """:func:`init_from_env` for the block, left by :func:`shutdown` however it ends: the
+    group torchrun describes, or None for one process."""
+    group = init_from_env(config)
+    try:
+        yield group
+    finally:
+        if group is not None:
+            shutdown()
+
+
+def launch_workers(argv: Sequence[str], nproc: int) -> int:
+    """``twostage run --nproc N`` on one machine: ``twostage *argv`` as N torch.distributed
+    workers, through torch's own launcher (what ``torchrun --standalone --nproc-per-node N
+    -m twostage ...`` does). A failing worker stops the others; its error is its line.
+
+    Returns:
+        0 when every worker succeeded.
+    Raises:
+        RuntimeError: naming each failed rank and its exit code (its error is printed above).
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    try:
+        # "--" ends torchrun's own options: its argparse would take the workers' --nproc for an
+        # abbreviation of --nproc-per-node.
+        torchrun(["--standalone", "--nproc-per-node", str(nproc), "-m", "--", "twostage",
+                  *argv])
+    except ChildFailedError as e:
+        failures = ", ".join(f"rank {rank} exit code {f.exitcode}"
+                             for rank, f in sorted(e.failures.items()))
+        raise RuntimeError(f"a worker failed ({failures}); its error is printed above") from None
+    return 0
+
+
 # --- one step's share of the global batch ---------------------------------------------------------
 
 @dataclass(frozen=True)

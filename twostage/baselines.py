@@ -34,6 +34,7 @@ import numpy as np
 from . import evaluation
 from .config import Config
 from .dataset import Dataset
+from .schedule import validation_rows
 
 EASE_LAMBDAS: tuple[float, ...] = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
 EASE_FIRST_LAMBDA = 300.0        # where the search starts (ml-100k's and ml-1m's neighbourhood)
@@ -359,9 +360,7 @@ def evaluate_baselines(dataset: Dataset, config: Config, rows: np.ndarray | None
     entry: ``top_k_accuracy``, ``top_k_accuracy_exclude_seen``, ``positives`` /
     ``positives_exclude_seen`` (nDCG@k, hit@k, MRR within num_candidates), ``standard_error``,
     ``seconds``; EASE adds ``lambda`` and ``validation``, or ``skipped`` with the reason."""
-    from .pipeline import evaluation_rows
-
-    rows = evaluation_rows(dataset, config) if rows is None else np.asarray(rows)
+    rows = validation_rows(dataset.split.test, config) if rows is None else np.asarray(rows)
     train = Interactions.of(dataset, dataset.split.train)
     corpus = dataset.corpus_features["title_index"]
     seen, popularity = train.seen(corpus), train.popularity()

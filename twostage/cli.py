@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import env, io
+from .pipeline import backend_class
 from .config import (BACKENDS, FIELD_SECTION, MAX_SEED, PRESETS, SECTIONS, Config, field_types,
                      preset)
 
@@ -204,17 +205,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:  # the process that writes: its paths, first
         _check_output_paths(args, config)
     if names == ["torch"] and nproc > 1 and world == 1:
-        return _launch_workers(args, nproc)
+        return backend_class("torch").launch_workers(
+            [*(["--debug"] if args.debug else []), *args.argv], nproc)
     _check_backends(names, config)
     if int(os.environ.get("RANK", "0")) > 0:  # one copy of each warning: rank 0's
         logging.getLogger("twostage").setLevel(logging.ERROR)
-    group = _init_distributed(config) if world > 1 else None
-    try:
+    if world == 1:
+        return _train_and_write(args, config, names, lead=True)
+    with backend_class("torch").process_group(config) as group:   # torchrun's workers
         return _train_and_write(args, config, names, lead=group is None or group.rank == 0)
-    finally:
-        if group is not None:
-            from torch_impl.distributed import shutdown
-            shutdown()
 
 
 def _check_output_paths(args: argparse.Namespace, config: Config) -> None:
@@ -268,31 +267,6 @@ def _unwritable(path: Path) -> str | None:
     except OSError as e:
         return f"{existing} is not writable ({e.strerror or e})"
     return None
-
-
-def _launch_workers(args: argparse.Namespace, nproc: int) -> int:
-    """``twostage run --nproc N`` on one machine: the same command as N torch.distributed
-    workers, through torch's own launcher (what ``torchrun --standalone --nproc-per-node N
-    -m twostage run ...`` does). A failing worker stops the others; its error is its line."""
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import main as torchrun
-
-    try:
-        # "--" ends torchrun's own options: its argparse would take the workers' --nproc for an
-        # abbreviation of --nproc-per-node.
-        torchrun(["--standalone", "--nproc-per-node", str(nproc), "-m", "--", "twostage",
-                  *(["--debug"] if args.debug else []), *args.argv])
-    except ChildFailedError as e:
-        failures = ", ".join(f"rank {rank} exit code {f.exitcode}"
-                             for rank, f in sorted(e.failures.items()))
-        raise RuntimeError(f"a worker failed ({failures}); its error is printed above") from None
-    return 0
-
-
-def _init_distributed(config: Config):
-    """This process's torch.distributed group, from torchrun's environment."""
-    from torch_impl.distributed import init_from_env
-    return init_from_env(config)
 
 
 def _train_and_write(args: argparse.Namespace, config: Config, names: list[str],
@@ -384,7 +358,6 @@ def _top_ks_within(config: Config, catalogue: int) -> Config:
 def _check_backends(names: list[str], config: Config) -> None:
     """Refuse, before any data is loaded, what a backend cannot do (no torch/TF import here
     beyond what the chosen backend needs)."""
-    from .pipeline import backend_class
     for name in names:
         check = getattr(backend_class(name), "check_config", None)
         if check is not None:

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import evaluation
 from .backend import Backend, EpochCallback, History
+from .baselines import evaluate_baselines
 from .config import BACKENDS, Config
 from .dataset import Dataset
 from .group import Group, SingleProcess, shard
@@ -314,7 +315,6 @@ def run_backend(name: str, dataset: Dataset, config: Config,
     report = evaluate(backend, dataset, config)
     t3 = time.perf_counter()
     if baselines is None:
-        from .baselines import evaluate_baselines
         baselines = evaluate_baselines(dataset, config)
     report["baselines"] = baselines
     report["vs_baselines"] = compare_to_baselines(report, baselines)

@@ -34,6 +34,7 @@ score each (user, candidate) with the ranking model in the same batches, and re-
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -50,6 +51,9 @@ from .pipeline import Recommendations
 
 TORCH_KIND = "torch-export"   # twostage.io marker kind of a torch export folder
 SAVEDMODEL_KIND = "savedmodel"  # tfrs_impl.serving.SAVEDMODEL_KIND (the TFRS export)
+# export marker kind -> (module, class) of its loader, imported when such an export is loaded
+# (as pipeline.BACKEND_CLASSES: the core never imports a backend's module itself)
+LOADERS: dict[str, tuple[str, str]] = {SAVEDMODEL_KIND: ("tfrs_impl.serving", "SavedModelExport")}
 FORMAT, VERSION = "twostage-torch-export", 1
 SAVEDMODEL_FORMAT = "twostage-savedmodel-export"  # export.json of a SavedModel export
 FORMATS = {TORCH_KIND: FORMAT, SAVEDMODEL_KIND: SAVEDMODEL_FORMAT}
@@ -351,9 +355,10 @@ def load(path: Path | str):
         before its files are verified.
     """
     path = Path(path)
-    if path.is_dir() and io.marker_kind(path) == SAVEDMODEL_KIND:
-        from tfrs_impl.serving import SavedModelExport
-        return SavedModelExport.load(path)
+    kind = io.marker_kind(path) if path.is_dir() else None
+    if kind in LOADERS:
+        module, name = LOADERS[kind]
+        return getattr(importlib.import_module(module), name).load(path)
     return TorchExport.load(path)
 
 
