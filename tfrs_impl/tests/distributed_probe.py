@@ -201,7 +201,13 @@ def _fragile_fraction(backend, dataset, config, k: int) -> float:
     t = backend.candidate_embeddings(dataset.movie_title[rows])
     corpus = backend.candidate_embeddings(dataset.corpus_titles)
     pos = evaluation.positive_scores(q, t)[:, None]
-    margin = 2 * evaluation.cross_kernel_margin(q, corpus)
+    u = 2.0 ** -24
+    per_sum = q.shape[1] * u / (1 - q.shape[1] * u) + 2 * u     # gamma_D + one rounding
+    # per pair: a kernel's product is within per_sum * sum|q_d c_d| of the exact one, and so is
+    # the positive; two kernels differ by at most twice both
+    q64 = np.abs(q).astype(np.float64)
+    margin = 2 * per_sum * (q64 @ np.abs(corpus).T.astype(np.float64)
+                            + (q64 * np.abs(t)).sum(axis=1, keepdims=True))
     scores = q @ corpus.T
     sure = (scores > pos + margin).sum(axis=1)
     maybe = (scores > pos - margin).sum(axis=1)

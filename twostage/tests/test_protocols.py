@@ -275,9 +275,9 @@ def test_two_stage_candidates_exclude_the_seen_titles(trained, synthetic_dataset
     for i, r in enumerate(rows):
         drop = seen.get(ds.user_id[r], set()) - {ds.movie_title[r]}
         kept = np.array([ds.corpus_titles[j] not in drop for j in full[i].tolist()])
-        expected, expected_scores = full[i][kept][:c], full_scores[i][kept][:c]
+        expected, expected_scores = full[i][kept][:c + 1], full_scores[i][kept][:c + 1]
         got = recs.rows[i][recs.rows[i] >= 0]
-        assert got.shape == expected.shape
+        assert got.shape == expected[:c].shape
         assert_top_k_close(recs.retrieval_scores[i][None, :got.size], got[None], expected_scores[None],
                            expected[None], atol[i])
         assert (recs.ranking_scores[i][recs.rows[i] < 0] == -np.inf).all()
