@@ -12,11 +12,14 @@ fit for both stages), ``index`` (BruteForce), ``checkpoint``, ``backend`` (:clas
 """
 from __future__ import annotations
 
-from twostage.env import setup_tensorflow
+from twostage.env import quiet_native_stderr, setup_tensorflow
 
 setup_tensorflow()  # must precede the first access of tf.keras (TF resolves it lazily, once)
 
-import tensorflow as tf  # noqa: E402
+with quiet_native_stderr():  # TF's C++ start-up notices (oneDNN, no CUDA), not its errors
+    import tensorflow as tf  # noqa: E402
+    import tensorflow_recommenders  # noqa: E402,F401  (its import logs the same notices)
+    tf.config.list_physical_devices()  # the CUDA probe, before any device is set up
 
 
 def _check_legacy_keras() -> None:

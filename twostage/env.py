@@ -14,11 +14,13 @@ Nothing here imports torch or tensorflow.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import math
 import os
 import sys
+import tempfile
 import time
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h mallopt parameters
@@ -30,6 +32,45 @@ def setup_tensorflow() -> None:
     TF_CPP_MIN_LOG_LEVEL wins; legacy Keras is required by TFRS 0.7, so it is forced)."""
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# What TensorFlow's C++ start-up prints before absl's logging is set up, whatever
+# TF_CPP_MIN_LOG_LEVEL says, and a user cannot act on: dropped by quiet_native_stderr.
+BENIGN_NATIVE_LINES = (
+    "All log messages before absl::InitializeLog() is called",
+    "oneDNN custom operations are on",
+    "Could not find cuda drivers",
+    "failed call to cuInit",
+    "Unable to register cuDNN factory", "Unable to register cuFFT factory",
+    "Unable to register cuBLAS factory",
+    "TF-TRT Warning",
+)
+
+
+@contextlib.contextmanager
+def quiet_native_stderr(benign: tuple[str, ...] = BENIGN_NATIVE_LINES):
+    """Collect what native code writes to file descriptor 2 during the block and write back
+    every line that holds none of ``benign``: TensorFlow's start-up notices go, its real
+    errors stay. Nothing is filtered when the user asked for TF's logs
+    (TF_CPP_MIN_LOG_LEVEL=0)."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") == "0":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode("utf-8", "replace").splitlines(keepends=True):
+                if not any(pattern in line for pattern in benign):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 def tune_malloc() -> bool:

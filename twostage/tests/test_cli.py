@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -331,3 +332,22 @@ def test_a_header_only_ratings_csv_is_one_line_naming_the_file(tmp_path, capsys)
                str(tmp_path / "o"), *FAST])
     line = one_line_error(capsys, 1, rc)
     assert str(d / "ratings.csv") in line and "no rating" in line
+
+
+def test_a_quiet_tfrs_run_prints_nothing_on_stderr(tmp_path):
+    """TensorFlow's C++ start-up notices (oneDNN, no CUDA driver, cuInit) are not a user's
+    business: a --quiet run on clean data prints nothing on stderr (issue 23; they came
+    before absl's logging starts, so TF_CPP_MIN_LOG_LEVEL did not silence them)."""
+    import subprocess
+    import sys
+    from twostage.data.synthetic import generate
+    data = generate(tmp_path / "ml", num_users=80, num_movies=60, num_ratings=2000, seed=5,
+                    realistic=True)                  # no repeated pairs: nothing to warn of
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-m", "twostage", "run", "--backend", "tfrs",
+                           "--quiet", "--retrieval-epochs", "1", "--ranking-epochs", "1",
+                           "--top-ks", "1,5,10", "--data-dir", str(data),
+                           "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
