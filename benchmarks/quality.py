@@ -12,7 +12,7 @@ removed), and the two-stage nDCG@10 after re-ranking, under both. The baselines
 slice of the training split) are scored once by the same code: they depend on the split only.
 
 Prints and writes ``quality.md`` (mean ± std over seeds per recipe, then the baselines; the
-README's table), ``quality.json`` (every run's figures, rewritten atomically after each run;
+docs/results.md's table), ``quality.json`` (every run's figures, rewritten atomically after each run;
 ``--resume`` continues it) and ``quality.png`` (bars with error bars), and checks issue 15's
 targets for the recipe named ``best`` (``--preset best``).
 """
@@ -111,7 +111,7 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, dict[str, tuple[float, f
 
 
 def markdown(summary: dict, baselines: dict, seeds: int) -> str:
-    """The README table: recipes (mean ± std over seeds), then the baselines."""
+    """The results table (README, docs/results.md): recipes (mean ± std over seeds), then the baselines."""
     columns = [c for c, _, _ in FIGURES] + ["train_s"]
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, cells in summary.items():
@@ -189,7 +189,7 @@ def parser() -> argparse.ArgumentParser:
                    help=f"comma-separated, from {', '.join(RECIPES)} (default: all)")
     p.add_argument("--backend", choices=BACKENDS, default="torch")
     p.add_argument("--epochs", type=int, help="override every recipe's epochs of both stages "
-                   "(smoke runs; the README's table uses the recipes' own)")
+                   "(smoke runs; the results table uses the recipes' own)")
     p.add_argument("--out", default="runs/quality")
     p.add_argument("--resume", action="store_true", help="continue <out>/quality.json")
     return p

@@ -182,7 +182,7 @@ def print_table(summary: dict, names: list[str], mode: str, n: int) -> None:
 
 
 def markdown(summary: dict, names: list[str], mode: str, n: int) -> str:
-    """The README's table: means ± std per backend, the difference, the tests' Holm-corrected
+    """docs/results.md's table: means ± std per backend, the difference, the tests' Holm-corrected
     p-values, the smallest detectable difference and the verdict (``stats.verdict``'s words)."""
     tests = stats.PAIRED_TESTS if mode == "paired" else stats.INDEPENDENT_TESTS
     two = len(names) == 2 and n >= 2

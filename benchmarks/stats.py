@@ -5,7 +5,7 @@ Paired designs (one difference per seed, ``d = a - b``): :func:`paired_t`, :func
 :func:`cohen_dz`. Independent samples: :func:`welch_t`, :func:`permutation_two_sample`; effect
 size :func:`cohen_d`. Several metrics at once: :func:`holm`. What the seeds could have seen:
 :func:`mde_paired`, :func:`mde_welch`. The sentence a report prints: :func:`verdict` (the single
-source of the wording; the README quotes it).
+source of the wording; docs/results.md quotes it).
 
 Every p-value is two-sided. Degenerate samples (zero spread) are defined rather than NaN: no
 difference at all gives p = 1; a constant non-zero difference gives t = +-inf and p = 0.
@@ -278,7 +278,7 @@ def mde_welch(a, b, alpha: float = ALPHA, power: float = POWER) -> float:
 
 # --- the wording -------------------------------------------------------------------------------
 def verdict(p_holm: float, mde: float, alpha: float = ALPHA, test: str | None = None) -> str:
-    """The one sentence every report and the README use for a comparison: "DIFFERENT (Holm p =
+    """The one sentence every report and docs/results.md use for a comparison: "DIFFERENT (Holm p =
     0.012)" when the Holm-corrected p is below ``alpha``, else "no difference detected at
     Holm-corrected p >= 0.05 (smallest detectable difference 0.0012)". ``test`` names the
     test that found the difference."""

@@ -1,6 +1,6 @@
 """Atomic writes and safe replacement: the only code in the project that creates output files.
 
-Rules (README "What is safe to point it at"):
+Rules (docs/safety.md, "What is safe to point it at"):
 
 - A file is written to a temporary sibling and renamed into place: a reader sees the old or the
   new complete file, never half of one.

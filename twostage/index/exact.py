@@ -2,7 +2,7 @@
 
 FAISS's exact search (``IndexFlatIP`` on its BLAS path) scores a block of the catalogue with one
 matrix product, then pushes every score through a heap or reservoir one at a time: on 2 cores
-that scalar loop costs as much as the product itself (README, "Candidate indexes at catalog
+that scalar loop costs as much as the product itself (docs/indexes.md, "Candidate indexes at catalog
 scale": 1.93x the product alone at 1,000 queries x 1,000,000 items).
 
 Here each worker thread owns a chunk of the queries and walks the catalogue in tiles small
