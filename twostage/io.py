@@ -99,6 +99,12 @@ def write_with(path: Path | str, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def is_checksum_map(files) -> bool:
+    """Whether a manifest's ``files`` is what the writers put there: {relative path: sha256}."""
+    return isinstance(files, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                           for k, v in files.items())
+
+
 def sha256_file(path: Path | str) -> str:
     """Hex SHA-256 of a file, read in 1 MB chunks."""
     digest = hashlib.sha256()

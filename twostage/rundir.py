@@ -200,8 +200,7 @@ def _check_manifest(m, path: Path) -> tuple[tuple[str, ...], str, dict[str, str]
         raise RunDirError(f"{path}: 'backends' must list some of {list(BACKENDS)}, got "
                           f"{backends!r}")
     files = m.get("files")
-    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                              for k, v in files.items()):
+    if not io.is_checksum_map(files):
         raise RunDirError(f"{path}: 'files' must map paths to checksums")
     if not isinstance(m.get("spec_fingerprint"), str):
         raise RunDirError(f"{path}: 'spec_fingerprint' is missing")

@@ -187,8 +187,7 @@ def read_manifest(path: Path, kind: str = TORCH_KIND) -> dict:
         raise ExportError(f"{path / MANIFEST}: version {manifest.get('version')!r}; this "
                           f"twostage reads version {VERSION}: {_reexport(path, kind)}")
     files = manifest.get("files")
-    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                              for k, v in files.items()):
+    if not io.is_checksum_map(files):
         raise ExportError(f"{path / MANIFEST}: 'files' must map paths to checksums")
     if kind == TORCH_KIND and set(files) != set(FILES.values()):
         raise ExportError(f"{path / MANIFEST}: 'files' must list {sorted(FILES.values())}")
