@@ -43,11 +43,8 @@ class DataFormatError(ValueError):
 
 DUPLICATE_PAIRS = "warn"
 """What a second rating of one movie by one user does: "reject" (DataFormatError naming both
-lines) or "warn" (logged, both kept, as TFDS does). No MovieLens release has such pairs, so
-"reject" is right for real data; the default stays "warn" only because data/synthetic.py's original
-generator (its default, whose bytes the suites are calibrated on) repeats pairs (3,558 of its 5,000
-default ratings) and the test suites load its folders with the default. Its realistic generator
-(every layout) never repeats a pair."""
+lines) or "warn" (logged, both kept, as TFDS does). "warn" by default: TFDS keeps such pairs, and
+the original synthetic generator makes them (docs/decisions.md); no MovieLens release has any."""
 
 log = logging.getLogger(__name__)
 

@@ -618,14 +618,16 @@ class BinaryAccuracy:
 
 def fp32_scores(query_embeddings: torch.Tensor, candidate_embeddings: torch.Tensor
                 ) -> torch.Tensor:
-    """``q @ c^T`` [Q, C] in float32 or wider (queries [Q, D], or [Q, H, D]: the max over the
-    H heads; float64 inputs give a float64 product), also under bf16 autocast, where the
-    towers' outputs are bf16: the in-batch softmax and the top-k counts need score differences
-    to float32 precision. Measured (issue 12, H200, seed
-    protocol): with the score matrix in bf16 the retrieval loss turns and rises from about epoch
-    12 (x550 by epoch 100) and top-100 ends at 0.11 instead of 0.28, and bf16 scores tie so
-    often that the validation's top-k (ties favour the positive) read up to 0.81. The product
-    is a [2048, 32] x [32, 2048] GEMM per step, so fp32 costs nothing measurable here."""
+    """The score matrix, in float32 or wider even under bf16 autocast.
+
+    Args:
+        query_embeddings: [Q, D], or [Q, H, D] (H heads: the max over them), any float dtype.
+        candidate_embeddings: [C, D].
+    Returns:
+        [Q, C] ``q @ c^T``: float32 for bf16/fp16/fp32 inputs, float64 for float64 ones.
+
+    Why: the in-batch softmax and the top-k counts need score differences to float32
+    precision; a bf16 score matrix made training diverge (docs/decisions.md)."""
     q, c = _at_least_fp32(query_embeddings), _at_least_fp32(candidate_embeddings)
     device = q.device.type
     if device in ("cpu", "cuda"):  # the devices autocast runs on

@@ -315,16 +315,11 @@ def factorized_top_k_accuracy(query_emb, true_cand_emb, corpus_emb,
     Non-finite: a row is a miss when its positive or any of its M corpus scores is non-finite
     (TFRS only sees the top max(ks) scores, so a -inf far down the list would not count there).
 
-    Rounding matters: the true item (and its duplicate titles) is in the corpus, and its corpus
-    score (a GEMM dot product) rounded strictly above the positive (a row reduction) in about a
-    third of the queries of a random test, in which case it counts as one item scoring higher.
-    Here the positive is summed by numpy (plain and portable); TF sums it in its Eigen order,
-    and up to 33 of 6,000 queries moved at k=1 between the two on the dev machine. Given TF's
-    order through ``positive=`` (``parity_tests/tf_order.py``) and float32 ``q @ corpus.T`` (which
-    equalled ``tf.matmul`` bit for bit there, numpy 2.4 BLAS vs TF 2.21, x86 AVX-512), the result
-    equals TFRS's metric exactly (0 queries differ at every k in 20,000): the parity suite checks
-    that. On other BLAS builds GEMM rounding may differ, moving a query only when exactly k-1
-    other items score higher.
+    Rounding: the true item's own corpus row ties its positive up to rounding, so rounding
+    decides some ranks. Corpus scores within the cross-kernel bound of the positive are settled
+    by one CPU-independent rule (:func:`settle_near_ties`), so the result is the same on every
+    CPU, chunk size and shard; ``positive`` takes TF's summation order, with which it equals
+    TFRS's own metric (the parity suite checks it; measurements in docs/decisions.md).
     """
     ks = _check_ks(ks)
     greater, finite = num_scoring_higher(query_emb, true_cand_emb, corpus_emb,
