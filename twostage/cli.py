@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import re
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import env, io
+from .io import printable
 from .pipeline import backend_class
 from .config import (BACKENDS, FIELD_SECTION, MAX_SEED, PRESETS, SECTIONS, Config, field_types,
                      preset)
@@ -39,14 +39,6 @@ class UsageError(Exception):
     """Bad flag values or a path the user must change (exit code 2)."""
 
 
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
-
-
-def printable(text: object) -> str:
-    """``str(text)`` with every C0/C1 control character (ESC, BEL, CSI, NUL, ...) written as its
-    Python escape (``\\x1b``, ``\\t``): a title or path that came from a file cannot clear the
-    screen, retitle the terminal or hide what follows. Everything else is kept as it is."""
-    return _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
 
 
 class _Parser(argparse.ArgumentParser):

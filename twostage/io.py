@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -112,6 +113,17 @@ def sha256_file(path: Path | str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# --- text for the terminal ---------------------------------------------------------------------
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: object) -> str:
+    """``str(text)`` with every C0/C1 control character (ESC, BEL, CSI, NUL, ...) written as its
+    Python escape (``\\x1b``, ``\\t``): a title or path that came from a file cannot clear the
+    screen, retitle the terminal or hide what follows. Everything else is kept as it is."""
+    return _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
 
 
 # --- folders ---------------------------------------------------------------------------------

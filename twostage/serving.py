@@ -374,19 +374,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         served = load(args.export)
         if not served.known_user(args.user):
-            print(f"warning: user {args.user!r} was not in the training data; the "
-                  "out-of-vocabulary embedding is used", file=sys.stderr)
+            print(f"warning: user {io.printable(repr(args.user))} was not in the training data; "
+                  "the out-of-vocabulary embedding is used", file=sys.stderr)
         ts = served.default_timestamp if args.timestamp is None else args.timestamp
         out = served.recommend([args.user], ts, args.k)
     except (ExportError, ValueError, OSError) as e:
-        print(f"twostage.serving: error: {e}", file=sys.stderr)
+        print(f"twostage.serving: error: {io.printable(e)}", file=sys.stderr)
         return 1
     c = min(max(args.k, served.num_candidates), served.catalog_size)
-    print(f"user {args.user} at {ts} (export {served.path}): {c} retrieved, re-ranked")
+    print(io.printable(f"user {args.user} at {ts} (export {served.path}): {c} retrieved, "
+                       "re-ranked"))
     print(f"{'#':>3}  {'retrieval':>9}  {'ranking':>7}  title")
     for i in range(out.titles.shape[1]):
         print(f"{i + 1:>3}  {out.retrieval_scores[0, i]:9.4f}  {out.ranking_scores[0, i]:7.4f}  "
-              f"{out.titles[0, i]}")
+              f"{io.printable(out.titles[0, i])}")
     return 0
 
 

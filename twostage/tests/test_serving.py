@@ -336,3 +336,25 @@ def test_index_padding_is_never_served_as_a_title(export_dir, monkeypatch):
     assert all(t is None for t in out.titles[:, 2:].ravel())
     assert np.isneginf(out.ranking_scores[:, 2:]).all()
     assert np.isfinite(out.ranking_scores[:, :2]).all()
+
+
+def test_python_m_serving_escapes_control_characters(monkeypatch, capsys):
+    """``python -m twostage.serving`` prints titles and the user id from an export's files:
+    their control characters come out escaped, never as terminal commands (issue 21)."""
+    class Fake:
+        path, default_timestamp, num_candidates, catalog_size = Path("exp"), 0, 2, 2
+
+        def known_user(self, user):
+            return False
+
+        def recommend(self, users, ts, k):
+            titles = np.array([["Clear\x1b[2J (1995)", "Bell\x07\x9b (1996)"]], dtype=object)
+            return serving.Served(titles, np.array([[0, 1]]), np.ones((1, 2), np.float32),
+                                  np.ones((1, 2), np.float32))
+    monkeypatch.setattr(serving, "load", lambda path: Fake())
+    assert serving.main(["exp", "--user", "u\x1b]0;pwned\x07", "-k", "2"]) == 0
+    out, err = capsys.readouterr()
+    for text in (out, err):
+        assert not any(ch in text for ch in "\x1b\x07\x9b")
+    assert "Clear\\x1b[2J (1995)" in out and "Bell\\x07\\x9b (1996)" in out
+    assert "\\x1b]0;pwned\\x07" in out
