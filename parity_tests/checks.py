@@ -292,7 +292,11 @@ def _observed_gap(a: np.ndarray, b: np.ndarray, same: np.ndarray, what: str) -> 
 
 def check_two_stage(pair: Pair, dataset: Dataset, rows: np.ndarray, exclusions=None) -> None:
     """nDCG@k / hit@k before and after re-ranking, per query, on rows without near-ties
-    (``exclusions``: under exclude_seen, candidates retrieved after exclusion)."""
+    (``exclusions``: under exclude_seen, candidates retrieved after exclusion). Both backends
+    go through the same ``pipeline.recommend`` (retrieve, drop excluded, re-rank: shared by
+    design, tested once against brute force by check_exclusion_brute_force and
+    twostage/tests/test_protocols.py); what differs, and is compared, is each backend's
+    retrieval and ranking scores."""
     c, k = pair.config.eval.num_candidates, pair.config.eval.ndcg_k
     pair.torch.build_index(dataset.corpus_titles)
     pair.tfrs.build_index(dataset.corpus_titles)

@@ -1,7 +1,12 @@
 """Group 8: the recipes of issue 15 beyond the seed (cosine scores with a fixed or learned
 temperature, mixed negatives, genres, user history): forward outputs within the group 2
 tolerances, loss and gradients of one batch within the group 3 ones, and a few optimizer steps
-within the group 4 ones (the learned temperature and the sampled negatives go through Adagrad)."""
+within the group 4 ones (the learned temperature and the sampled negatives go through Adagrad).
+
+Shared by design, so not compared here: the genre table, the user histories, the logQ
+probabilities, the mixed-negative draws and the batch order come from one piece of shared code
+on both sides; each is tested once against an independent reference in
+test_8_shared_pieces.py. What this group compares is each backend's own tower and loss maths."""
 import numpy as np
 import pytest
 
