@@ -190,13 +190,30 @@ def _exported_scores_error(backend, dataset, directory) -> float:
     return float(np.abs(scores.numpy() - backend.retrieve(users, ts, 5)[0]).max())
 
 
-def _fragile_fraction(backend, dataset, config, k: int) -> float:
-    """The fraction of evaluated queries whose top-k hit another kernel's rounding could flip:
-    fewer than k corpus scores lie above the positive by more than the cross-kernel margin,
-    but at least k lie above it minus the margin."""
+def _top_k_checks(backend, dataset, config, k: int) -> dict:
+    """``top_{k}_fragile``: the fraction of evaluated queries whose top-k hit another kernel's
+    rounding could flip (fewer than k corpus scores above the positive by more than the
+    cross-kernel margin, at least k above it minus the margin); ``top_{k}_replica0``: the
+    top-k accuracy of replica 0's half of every validation batch alone (what a validation that
+    counted one replica's shard would report)."""
     from twostage import evaluation, pipeline
 
     rows = pipeline.evaluation_rows(dataset, config)
+    batches = [np.array_split(rows[i:i + config.eval.eval_batch_size], 2)[0]
+               for i in range(0, len(rows), config.eval.eval_batch_size)]
+    half = np.concatenate(batches)
+    replica0 = evaluation.factorized_top_k_accuracy(
+        backend.query_embeddings(dataset.user_id[half], dataset.timestamp[half]),
+        backend.candidate_embeddings(dataset.movie_title[half]),
+        backend.candidate_embeddings(dataset.corpus_titles), (k,))[k]
+    return {f"top_{k}_fragile": _fragile_fraction(backend, dataset, rows, k),
+            f"top_{k}_replica0": replica0}
+
+
+def _fragile_fraction(backend, dataset, rows: np.ndarray, k: int) -> float:
+    """See :func:`_top_k_checks`."""
+    from twostage import evaluation
+
     q = backend.query_embeddings(dataset.user_id[rows], dataset.timestamp[rows])
     t = backend.candidate_embeddings(dataset.movie_title[rows])
     corpus = backend.candidate_embeddings(dataset.corpus_titles)
@@ -221,6 +238,10 @@ def check_fit_save_load(backend, dataset, config, directory) -> dict:
     from twostage import pipeline
 
     retrieval = backend.fit_retrieval(dataset)
+    # the last validation's top-10 state, summed over the replicas by the strategy
+    top10 = backend.retrieval_model.task.factorized_metrics[0]._top_k_metrics[
+        list(config.eval.top_ks).index(10)]
+    validated = {"count": float(top10.count.numpy()), "total": float(top10.total.numpy())}
     ranking = backend.fit_ranking(dataset)
     report = pipeline.evaluate(backend, dataset, config)
     backend.save(directory)
@@ -231,7 +252,9 @@ def check_fit_save_load(backend, dataset, config, directory) -> dict:
                for s in ("retrieval", "ranking"))
     return {"retrieval_history": retrieval.to_dict(), "ranking_history": ranking.to_dict(),
             "top_k": report["retrieval"]["top_k_accuracy"],
-            "top_10_fragile": _fragile_fraction(backend, dataset, config, 10),
+            **_top_k_checks(backend, dataset, config, 10),
+            "top_10_validated": validated,
+            "num_validation_rows": int(len(pipeline.evaluation_rows(dataset, config))),
             "binary_accuracy": report["ranking"]["binary_accuracy"],
             "log_loss": report["ranking"]["log_loss"],
             "epochs_done": backend.epochs_done, "group_size": backend.group.size,

@@ -108,6 +108,12 @@ def test_fit_evaluate_save_load_under_the_strategy(probe):
     # fixed 0.02; here mostly a true title's own corpus row tying its positive at rank 10)
     val = retrieval["val"]["factorized_top_k/top_10_categorical_accuracy"][-1][1]
     assert abs(val - f["top_k"]["10"]) <= f["top_10_fragile"] + 1e-6, f["top_10_fragile"]
+    # a validation that counted one replica's shard alone would not show in the figure here
+    # (replica 0's half alone scores within the allowance: top_10_replica0), so the metric's
+    # own state is checked: it counted every validation query, summed over both replicas
+    counted = f["top_10_validated"]
+    assert counted["count"] == f["num_validation_rows"], (counted, f["top_10_replica0"])
+    assert counted["total"] / counted["count"] == pytest.approx(val, rel=1e-6)
     assert ranking["val"]["binary_accuracy"][-1][1] == pytest.approx(f["binary_accuracy"],
                                                                      abs=1e-6)
     assert 0.5 < ranking["metrics"]["binary_accuracy"][0] < 1
