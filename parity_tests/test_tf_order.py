@@ -103,3 +103,28 @@ def test_tf_row_sum_matches_tf_reduce_sum_itself(d):
     np.testing.assert_array_equal(tf_row_sum(x), theirs)
     if d >= 16:                                   # the order matters on this data
         assert (np.sum(x, axis=1, dtype=F32) != theirs).any()
+
+
+def test_the_literal_reference_equals_tfrs_factorized_top_k_itself():
+    """The step-by-step reference above against TFRS's own FactorizedTopK (tf.matmul, TF's
+    reduce_sum, in_top_k) on tie-heavy data: duplicate titles, coarse values, all-zero queries.
+    Values on a 1/4 grid make every product and sum exact, so both see the same floats and the
+    comparison is of the rules (ties, duplicates, non-finite rows), not of rounding."""
+    import tensorflow as tf
+    import tensorflow_recommenders as tfrs
+    rng = np.random.default_rng(1)
+    m, n, d = 120, 400, 16
+    corpus = (rng.integers(-8, 9, size=(m, d)) / 4).astype(F32)
+    corpus[100:110] = corpus[:10]                        # duplicate titles
+    rows = rng.integers(0, m, n)
+    q = (rng.integers(-8, 9, size=(n, d)) / 4).astype(F32)
+    q[:20] = 0                                           # every score ties
+    ks = (1, 5, 10, 50)
+    metric = tfrs.metrics.FactorizedTopK(
+        candidates=tf.data.Dataset.from_tensor_slices(corpus).batch(32), ks=ks)
+    metric.update_state(tf.constant(q), tf.constant(corpus[rows]))
+    theirs = {k: float(r.numpy()) for k, r in zip(ks, metric.result())}
+    ours = tfrs_score_based_reference(q, corpus[rows], corpus, ks)
+    assert {k: np.float32(v) for k, v in ours.items()} == \
+        {k: np.float32(v) for k, v in theirs.items()}
+    assert ev.factorized_top_k_accuracy(q, corpus[rows], corpus, ks) == ours
