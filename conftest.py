@@ -2,7 +2,10 @@
 MovieLens folder (found one way, here), and a synthetic dataset."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,20 @@ from twostage import env
 from twostage.config import Config
 
 env.setup_process()  # TF's environment before any test module imports TensorFlow
+
+
+def _private_inductor_cache() -> None:
+    """torch.compile's kernels go to a cache of this session's own (removed at exit): kernels
+    that another run compiled under another ATEN_CPU_CAPABILITY, left in the shared
+    /tmp/torchinductor_<user>, abort the process when loaded (measured: torch 2.13, a
+    default-capability run after an avx2 one)."""
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        folder = tempfile.mkdtemp(prefix="twostage-inductor-")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+
+_private_inductor_cache()  # before any test imports torch._inductor
 
 # Small but not trivial: ~2,400 train / ~600 test ratings, batches of 256 -> 10 steps per epoch.
 SMALL = Config.of(batch_size=256, eval_batch_size=512, retrieval_epochs=2, ranking_epochs=2,
