@@ -95,7 +95,8 @@ def test_factorized_matches_tfrs_reference_with_ties_and_chunks():
 def test_tf_row_sum_matches_tf_reduce_sum_itself(d):
     """The emulation against TensorFlow's own kernel (not a second copy of the algorithm), on
     widths below, at and across the packet and 4-packet blocks, with values whose order of
-    summation changes the float32 result."""
+    summation changes the float32 result.
+    Broken on purpose, it fails: predux folding lanes (i, i + 1) instead of (i, i + P/2)."""
     import tensorflow as tf
     rng = np.random.default_rng(d)
     x = (rng.normal(size=(500, d)) * np.exp(rng.normal(size=(500, d)) * 4)).astype(F32)

@@ -16,6 +16,8 @@ def data_dir(tmp_path_factory):
 
 
 def test_speed_reports_both_backends_and_ratios(data_dir, tmp_path, capsys):
+    """The speed benchmark's report and table. Broken on purpose, it fails: a speed-up that divides
+    the other way for rates, or a printed ratio that is not the report's."""
     assert speed.main(["--backend", "both", "--data-dir", str(data_dir), "--epochs", "2",
                        "--repeats", "1", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "speed.json").read_text())

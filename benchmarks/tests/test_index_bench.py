@@ -83,6 +83,8 @@ def test_enlarge_appends_perturbed_copies_as_tfrs_does():
 
 
 def test_exact_top_k_and_recall():
+    """Broken on purpose, it fails: an exact_top_k that returns the k lowest scores, or recall that
+    counts padding."""
     rng = np.random.default_rng(1)
     catalog = rng.normal(size=(3000, 8)).astype(np.float32)
     queries = rng.normal(size=(40, 8)).astype(np.float32)

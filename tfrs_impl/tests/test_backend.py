@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_backend_protocol_and_pipeline(synthetic_dataset, small_config):
+    """Broken on purpose, it fails: an evaluation on other rows or other embeddings than the
+    backend's own."""
     ds = synthetic_dataset
     config = small_config.replace(retrieval_epochs=1, ranking_epochs=1)
     backend = pipeline.make_backend("tfrs", config, ds)

@@ -48,6 +48,8 @@ def test_embeddings_and_scores(trained, synthetic_dataset, small_config):
 
 
 def test_unknown_strings_fall_back_to_oov(trained, synthetic_dataset):
+    """Two unknown users get the one OOV row. Broken on purpose, it fails: a lookup that hashes
+    unknown strings to rows (they would differ), or one that maps them to a known user's row."""
     ts = np.array([synthetic_dataset.timestamp[0]])
     # one query per call: the same code on the same shape (in one batch of two, a kernel may
     # round its two rows differently: torch's avx2 GEMM does)

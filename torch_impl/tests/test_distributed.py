@@ -401,7 +401,9 @@ def test_init_from_env_refuses_what_it_cannot_run(small_config, torchrun_env, mo
 def test_offset_positives_split_the_single_process_loss():
     """Rows offset.. of the global batch against all candidates, with their positives at
     columns offset + i: the blocks' losses and gradients add up to the whole batch's, with
-    every correction."""
+    every correction.
+    Broken on purpose, it fails: positives taken at column i instead of offset + i (every
+    block's loss moves by O(1))."""
     torch.manual_seed(0)
     q, c = torch.randn(12, 4), torch.randn(12, 4)
     ids = torch.tensor([0, 1, 2, 1, 3, 4, 0, 5, 6, 7, 1, 8])

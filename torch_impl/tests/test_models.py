@@ -61,7 +61,8 @@ def test_bag_mean_padded_input_equals_the_flat_one_bitwise(empty):
     """The accelerator form (padded [B, L] with padding_idx=0: no host-sized selection) gives
     the CPU form's numbers and gradients, up to the two kernels' summation order (a mean of
     at most 9 rows; a gradient of at most 32 * 9 same-signed terms). A wrong mask or divisor
-    is off by whole terms."""
+    is off by whole terms.
+    Broken on purpose, it fails: padding tokens counted in the mean's divisor."""
     g = torch.Generator().manual_seed(1)
     weight = torch.randn(60, 8, generator=g)
     tokens = torch.randint(1, 60, (32, 9), generator=g)

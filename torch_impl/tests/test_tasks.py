@@ -325,7 +325,8 @@ def test_factorized_top_k_agrees_with_the_numpy_evaluation():
     """Per query, torch's count of corpus scores above the positive equals numpy's except
     where a corpus score lies within the cross-kernel margin of the positive (50 queries tie
     with their own true item: torch's mm and sum round them their own way); the accuracies
-    then differ by at most those queries."""
+    then differ by at most those queries.
+    Broken on purpose, it fails: a torch count of `>=` instead of `>` (every tied query moves)."""
     from twostage import evaluation
     g = torch.Generator().manual_seed(0)
     q, truth = torch.randn(300, 8, generator=g), torch.randn(300, 8, generator=g)

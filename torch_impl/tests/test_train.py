@@ -12,7 +12,7 @@ from twostage import backend
 from twostage.data.split import Split, epoch_batches
 from twostage.schedule import BatchPlan
 from torch_impl.models import build_ranking_model, build_retrieval_model
-from torch_impl import train
+from torch_impl import train as torch_train
 from torch_impl.train import epoch_order, fit_ranking, fit_retrieval
 
 TOPK = "factorized_top_k/top_{}_categorical_accuracy"
@@ -105,6 +105,7 @@ def test_zero_epochs_train_nothing(synthetic_dataset, small_config):
 
 def test_history_records_loss_per_example_and_calls_on_epoch(synthetic_dataset, small_config,
                                                            monkeypatch):
+    """Broken on purpose, it fails: loss_per_example as the unweighted mean of the batch means."""
     config = small_config.replace(validation_freq=2)
     calls = []
 
@@ -118,7 +119,7 @@ def test_history_records_loss_per_example_and_calls_on_epoch(synthetic_dataset, 
         recorded.append(((stage, np.asarray(losses), np.asarray(sizes)),
                          backend.per_example(stage, losses, sizes)))
         return recorded[-1][1]
-    monkeypatch.setattr(train, "per_example", spy)
+    monkeypatch.setattr(torch_train, "per_example", spy)
     model = build_ranking_model(synthetic_dataset.spec, config)
     history = fit_ranking(model, synthetic_dataset, config, epochs=3, on_epoch=on_epoch)
     assert [c[:3] for c in calls] == [("ranking", 1, 1), ("ranking", 2, 2), ("ranking", 3, 3)]

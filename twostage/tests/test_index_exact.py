@@ -81,6 +81,8 @@ def assert_close_to(queries, corpus, result, expected):
 
 @pytest.mark.parametrize("k", [1, 10, 100, 300])
 def test_flat_equals_faiss_on_random_data(k, route, calls):
+    """Exact's top-k against FAISS's, within the cross-kernel bound. Broken on purpose, it fails: a
+    tile offset off by one row, or a threshold that drops a candidate."""
     corpus, queries = random_data(12_000, 300, 32)
     index = FlatIndex().add(corpus)
     (f_scores, f_rows), (scores, rows) = both(index, queries, k, route)
@@ -104,6 +106,8 @@ def test_flat_equals_faiss_bitwise_on_exact_products(k, route, calls):
 
 @pytest.mark.parametrize("dim,tile,threads", [(7, 64, 1), (33, 128, 2), (16, 48, 3)])
 def test_many_tiles_and_threads_match_reference(dim, tile, threads):
+    """Ragged tiles and several workers against numpy's top-k. Broken on purpose, it fails: a
+    worker's query chunk merged at the wrong offset, or ties resolved to a higher row."""
     corpus, queries = random_data(5_003, 150, dim, seed=dim)   # a ragged last tile
     result = top_k_inner_product(queries, corpus, 50, threads=threads, tile=tile)
     assert_close_to(queries, corpus, result, reference(queries, corpus, 50))
@@ -117,6 +121,8 @@ def test_many_tiles_and_threads_match_reference(dim, tile, threads):
 
 @pytest.mark.parametrize("k", [7, 99, 150, 1000])
 def test_duplicated_rows_keep_the_lowest_rows_of_a_tie(k, route, calls):
+    """Broken on purpose, it fails: keys that order equal scores by descending row (the lowest-row
+    rule of tf.math.top_k)."""
     base, queries = integer_data(300, 40, 8, seed=3)   # exact: identical rows tie anywhere
     corpus = np.tile(base, (60, 1))               # every score tied 60 times (at least)
     index = FlatIndex().add(corpus)
@@ -168,6 +174,8 @@ def test_ascending_catalogue_every_row_a_candidate():
 
 
 def test_k_above_catalogue_is_clipped(route, calls):
+    """Broken on purpose, it fails: k not clipped to the catalogue (padding rows would be
+    returned)."""
     corpus, queries = random_data(500, 64, 8)
     index = FlatIndex().add(corpus)
     (f_scores, f_rows), (scores, rows) = both(index, queries, 600, route)
