@@ -96,6 +96,9 @@ def baseline_figures(dataset, config: Config) -> dict[str, dict]:
         flat = flatten(figures)
         out[name] = {col: flat[key] for col, _, key in FIGURES}
         out[name]["train_s"] = float(figures.get("seconds", 0.0))
+        if "lambda" in figures:          # EASE: the L2 weight and the validation that chose it
+            out[name]["lambda"] = figures["lambda"]
+            out[name]["validation"] = figures["validation"]
     return out
 
 
@@ -111,7 +114,8 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, dict[str, tuple[float, f
 
 
 def markdown(summary: dict, baselines: dict, seeds: int) -> str:
-    """The results table (README, docs/results.md): recipes (mean ± std over seeds), then the baselines."""
+    """The results table (README, docs/results.md): recipes (mean ± std over seeds), then the
+    baselines, then the L2 weight EASE was given and the validation scores that chose it."""
     columns = [c for c, _, _ in FIGURES] + ["train_s"]
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, cells in summary.items():
@@ -124,6 +128,12 @@ def markdown(summary: dict, baselines: dict, seeds: int) -> str:
             continue
         lines.append(f"| baseline: {name} | " + " | ".join(
             f"{cells[c]:.4f}" if c != "train_s" else f"{cells[c]:.1f}" for c in columns) + " |")
+    for name, cells in baselines.items():
+        if "lambda" in cells:
+            scores = ", ".join(f"{lam}: {v:.4f}"
+                               for lam, v in cells["validation"]["scores"].items())
+            lines.append(f"\n{name}: lambda {cells['lambda']:g}, chosen by "
+                         f"{cells['validation']['metric']} ({scores})")
     return "\n".join(lines)
 
 

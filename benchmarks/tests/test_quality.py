@@ -34,6 +34,11 @@ def test_quality_runs_recipes_and_baselines_and_resumes(data_dir, tmp_path, caps
         assert cells["top-10"][0] == pytest.approx(mean)
     md = (tmp_path / "quality.md").read_text()
     assert "baseline: ease" in md and "| best (" in md
+    ease = report["baselines"]["ease"]              # issue 27: the lambda and its provenance
+    assert f"{ease['lambda']:g}" in ease["validation"]["scores"]
+    assert ease["validation"]["scores"][f"{ease['lambda']:g}"] == max(
+        ease["validation"]["scores"].values())
+    assert f"ease: lambda {ease['lambda']:g}, chosen by" in md
     assert (tmp_path / "quality.png").stat().st_size > 1000
     # --resume with everything done trains nothing and keeps the figures
     before = report["runs"]
