@@ -1,0 +1,213 @@
+"""A schema's tables read into pandas frames, checked before anything is encoded.
+
+:func:`load_frames` reads the interactions, items and users tables a :class:`Schema`
+describes (CSV, TSV, Parquet or JSON lines; a file or a folder of parts) with pyarrow
+(multi-threaded, columns typed once) and refuses, in one line naming the file, the column, the
+first rows and the fix, what would otherwise train on wrong data: a column the file lacks (with
+the closest name), null or empty ids, a non-numeric label, interactions whose item the items
+table lacks (unless ``drop_unknown_items``, which says how many it dropped), an id listed twice
+with different features, an empty table, a file that is not of its suffix's format. Ids mixing
+integers and strings are read as strings, said once.
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pa_parquet
+
+from ..schema import SUFFIXES, Schema, Table
+
+log = logging.getLogger(__name__)
+FIRST_ROWS = 5  # how many offending rows an error quotes
+
+
+class TableError(ValueError):
+    """A table that does not hold what its schema says; one line naming where and the fix."""
+
+
+@dataclass(frozen=True)
+class Frames:
+    """The tables of a schema, checked: ``interactions`` (its user, item, time and label
+    columns), ``items`` and ``users`` (their id and feature columns) or None."""
+
+    interactions: pd.DataFrame
+    items: pd.DataFrame | None
+    users: pd.DataFrame | None
+
+
+def load_frames(schema: Schema, drop_unknown_items: bool = False) -> Frames:
+    """Read and check every table of ``schema``.
+
+    Args:
+        schema: a validated :class:`Schema`.
+        drop_unknown_items: drop (and count, on stderr) interactions whose item is not in the
+            items table, instead of refusing them.
+    Returns:
+        The :class:`Frames`; ids as strings where a column mixed integers and strings.
+    Raises:
+        TableError: one line naming the file, the column, the first offending rows, the fix.
+    """
+    inter_cols = [c for c in (schema.user, schema.item, schema.time,
+                              schema.label.column if schema.label else None) if c]
+    interactions = read_table(schema.interactions, inter_cols, "interactions")
+    for column in (schema.user, schema.item):
+        interactions[column] = _ids(interactions[column], schema.interactions.path, column)
+    if schema.time:
+        interactions[schema.time] = _numbers(interactions[schema.time],
+                                             schema.interactions.path, schema.time, "time")
+    if schema.label:
+        interactions[schema.label.column] = _numbers(
+            interactions[schema.label.column], schema.interactions.path, schema.label.column,
+            "label")
+    items = _side(schema.items, "items")
+    users = _side(schema.users, "users")
+    if items is not None:
+        interactions = _known_items(interactions, items, schema, drop_unknown_items)
+    return Frames(interactions, items, users)
+
+
+def read_table(table: Table, columns: list[str], what: str) -> pd.DataFrame:
+    """The ``columns`` of ``table``'s file or folder of parts, as one frame (parts in name
+    order). Raises TableError for a missing file, a file its reader cannot parse, a missing
+    column (naming the closest one) or no rows."""
+    parts = _parts(table.path, what)
+    frames = [_read_part(path, table, columns) for path in parts]
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if frame.empty:
+        raise TableError(f"{table.path}: the {what} table has no rows; point the schema at "
+                         "the file that holds them")
+    return frame
+
+
+def _parts(path: Path, what: str) -> list[Path]:
+    if path.is_dir():
+        parts = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES)
+        if not parts:
+            raise TableError(f"{path}: the {what} folder holds no {', '.join(SUFFIXES)} file")
+        if len({p.suffix.lower() for p in parts}) > 1:
+            raise TableError(f"{path}: the {what} folder mixes file types; keep one per table")
+        return parts
+    if not path.is_file():
+        raise TableError(f"{path}: the {what} file does not exist; fix 'path' in the schema "
+                         "(relative to the schema's folder)")
+    return [path]
+
+
+def _read_part(path: Path, table: Table, columns: list[str]) -> pd.DataFrame:
+    suffix, reader = path.suffix.lower(), table.reader
+    try:
+        if suffix == ".parquet":
+            data = pa_parquet.read_table(path)
+        elif suffix == ".jsonl":
+            data = pa_json.read_json(path)
+        else:
+            header = reader.header
+            read = pa_csv.ReadOptions(
+                encoding=reader.encoding,
+                column_names=list(header) if isinstance(header, tuple) else None,
+                autogenerate_column_names=header is False)
+            parse = pa_csv.ParseOptions(
+                delimiter=reader.separator or ("\t" if suffix == ".tsv" else ","),
+                quote_char='"' if reader.quoting else False)
+            data = pa_csv.read_csv(path, read_options=read, parse_options=parse)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as e:
+        kind = {".parquet": "Parquet", ".jsonl": "JSON lines"}.get(suffix, "CSV")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TableError(f"{path}: not a readable {kind} file ({first}); check the file, or "
+                         "the schema's separator / header / encoding / quoting") from None
+    missing = [c for c in columns if c not in data.column_names]
+    if missing:
+        close = difflib.get_close_matches(missing[0], data.column_names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise TableError(f"{path}: no column {missing[0]!r}{hint}; its columns: "
+                         f"{', '.join(data.column_names[:20])}; fix the schema or the file")
+    return data.select(columns).to_pandas()
+
+
+def _rows(mask: np.ndarray) -> str:
+    rows = np.flatnonzero(mask)[:FIRST_ROWS] + 1
+    more = f" and {int(mask.sum()) - len(rows)} more" if mask.sum() > len(rows) else ""
+    return ", ".join(str(r) for r in rows) + more
+
+
+def _ids(values: pd.Series, path: Path, column: str) -> pd.Series:
+    """Ids as they are (integers) or as strings; null or empty ids refused."""
+    empty = values.isna().to_numpy() | (values.astype(str).str.strip() == "").to_numpy()
+    if empty.any():
+        raise TableError(f"{path}: column {column!r} has null or empty ids at data rows "
+                         f"{_rows(empty)}; every row needs an id: fill or drop them")
+    if _is_text(values):
+        text = values.astype(str)
+        integer = text.str.fullmatch(r"[+-]?\d+").to_numpy()
+        if integer.any() and not integer.all():
+            log.warning("%s: column %r mixes integer and other ids (e.g. %r and %r); reading "
+                        "them all as strings", path, column, text[integer].iloc[0],
+                        text[~integer].iloc[0])
+        return text
+    return values
+
+
+def _numbers(values: pd.Series, path: Path, column: str, what: str) -> pd.Series:
+    numeric = pd.to_numeric(values, errors="coerce")
+    bad = numeric.isna().to_numpy()
+    if bad.any():
+        raise TableError(f"{path}: the {what} column {column!r} is not numeric at data rows "
+                         f"{_rows(bad)} (e.g. {values.iloc[int(np.argmax(bad))]!r}); a "
+                         f"{what} must be a number")
+    return numeric
+
+
+def _side(table: Table | None, what: str) -> pd.DataFrame | None:
+    """An items or users table: its id and features; an id listed twice must agree."""
+    if table is None:
+        return None
+    frame = read_table(table, [table.id, *table.features], what)
+    frame[table.id] = _ids(frame[table.id], table.path, table.id)
+    repeated = frame[table.id].duplicated(keep=False).to_numpy()
+    if repeated.any():
+        distinct = frame[repeated].drop_duplicates()
+        conflicting = distinct[table.id].duplicated(keep=False).to_numpy()
+        if conflicting.any():
+            first = distinct[table.id].iloc[int(np.argmax(conflicting))]
+            raise TableError(f"{table.path}: {what} id {first!r} is listed more than once with "
+                             "different features; keep one row per id")
+        frame = frame.drop_duplicates(subset=[table.id], ignore_index=True)
+    return frame
+
+
+def _is_text(values: pd.Series) -> bool:
+    return values.dtype == object or pd.api.types.is_string_dtype(values.dtype)
+
+
+def _known_items(interactions: pd.DataFrame, items: pd.DataFrame, schema: Schema,
+                 drop: bool) -> pd.DataFrame:
+    item, key = schema.item, schema.items.id
+    if _is_text(items[key]) != _is_text(interactions[item]):
+        log.warning("%s: item ids are strings in one table and integers in the other; "
+                    "comparing them as strings", schema.interactions.path)
+        interactions[item], items[key] = (interactions[item].astype(str),
+                                          items[key].astype(str))
+    unknown = ~interactions[item].isin(set(items[key])).to_numpy()
+    if not unknown.any():
+        return interactions
+    examples = ", ".join(repr(str(v)) for v in interactions[item][unknown].unique()[:FIRST_ROWS])
+    if not drop:
+        raise TableError(f"{schema.interactions.path}: {int(unknown.sum())} interactions name "
+                         f"items the items table lacks (e.g. {examples}); add them to "
+                         f"{schema.items.path.name}, or pass --drop-unknown-items")
+    log.warning("%s: dropped %d interactions whose item the items table lacks (e.g. %s)",
+                schema.interactions.path, int(unknown.sum()), examples)
+    kept = interactions[~unknown].reset_index(drop=True)
+    if kept.empty:
+        raise TableError(f"{schema.interactions.path}: no interaction is left after dropping "
+                         "the unknown items; the items table and the interactions do not "
+                         "match")
+    return kept
