@@ -71,6 +71,29 @@ def _tokens(text: str) -> tuple[str, ...]:
     return tuple(m.group() for m in itertools.islice(words, MAX_TITLE_TOKENS))
 
 
+def padded_rows(rows: list[list[int]], length: int | None = None) -> np.ndarray:
+    """Lists of ids -> [N, L] int64, 0-padded on the right; L = the longest list unless given
+    (longer lists keep their first L)."""
+    width = max((len(r) for r in rows), default=0) if length is None else int(length)
+    out = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : min(len(r), width)] = r[:width]
+    return out
+
+
+def token_vocabulary(texts: Iterable, max_tokens: int) -> tuple[str, ...]:
+    """TextVectorization.adapt's vocabulary of ``texts`` (without padding and OOV): tokens by
+    count descending, ties by token descending, at most ``max_tokens - 2`` of them."""
+    if max_tokens < 3:
+        raise ValueError(f"max_tokens={max_tokens} must be >= 3 (padding, OOV, one token)")
+    counts = Counter(t for text in texts for t in _tokens(str(text)))
+    tokens = np.array(list(counts.keys()), dtype=object)
+    freq = np.array(list(counts.values()), dtype=np.int64)
+    # Keras sorts the UTF-8 bytes; byte order equals code-point order for valid UTF-8.
+    order = np.lexsort((tokens.astype(str), freq))[::-1][: max_tokens - 2]
+    return tuple(tokens[order].tolist())
+
+
 def _as_str_array(values: Iterable) -> np.ndarray:
     """Accept str or UTF-8 bytes (what TF yields) and return an object array of str."""
     arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=object)
@@ -125,18 +148,13 @@ class FeatureSpec:
         if max_tokens < 3:
             raise ValueError(f"max_tokens={max_tokens} must be >= 3 (padding, OOV, one token)")
         ts = data.ratings["timestamp"].to_numpy(np.int64)
-        counts = Counter(t for title in data.movies["movie_title"] for t in _tokens(str(title)))
-        tokens = np.array(list(counts.keys()), dtype=object)
-        freq = np.array(list(counts.values()), dtype=np.int64)
-        # Keras sorts the UTF-8 bytes; byte order equals code-point order for valid UTF-8.
-        order = np.lexsort((tokens.astype(str), freq))[::-1][: max_tokens - 2]
         return cls(
             user_vocab=tuple(np.unique(_distinct(data.ratings["user_id"]).astype(str)).tolist()),
             title_vocab=tuple(np.unique(data.movies["movie_title"].to_numpy(str)).tolist()),
             ts_boundaries=tuple(np.linspace(ts.min(), ts.max(), num=num_buckets).tolist()),
             ts_mean=float(ts.astype(np.float64).mean()),
             ts_variance=float(ts.astype(np.float64).var()),
-            token_vocab=tuple(tokens[order].tolist()),
+            token_vocab=token_vocabulary(data.movies["movie_title"], max_tokens),
             max_tokens=max_tokens,
         )
 
@@ -183,11 +201,7 @@ class FeatureSpec:
         """[N] str -> [N, L] int64 token ids, 0-padded; L = longest title unless given."""
         table = {t: i + 2 for i, t in enumerate(self.token_vocab)}
         rows = [[table.get(t, 1) for t in _tokens(s)] for s in _as_str_array(titles).ravel()]
-        width = max((len(r) for r in rows), default=0) if length is None else length
-        out = np.zeros((len(rows), width), dtype=np.int64)
-        for i, r in enumerate(rows):
-            out[i, : min(len(r), width)] = r[:width]
-        return out
+        return padded_rows(rows, length)
 
     def encode(self, user_ids: Iterable, timestamps: Iterable, titles: Iterable
                ) -> dict[str, np.ndarray]:
