@@ -39,6 +39,7 @@ import numpy as np
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 50, 100)
 DEFAULT_CHUNK_BYTES = 64 << 20  # one [rows, M] float32 score block: 64 MB whatever M is
+SETTLE_PAIRS = 1 << 17          # near-tie pairs recomputed at a time: ~64 MB of float64 rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,10 +160,13 @@ def cross_kernel_margin(queries: np.ndarray, corpus: np.ndarray) -> np.ndarray:
     u = 2.0 ** -24
     d = max(queries.shape[1], 1)
     gamma = d * u / (1.0 - d * u)
-    largest = float(np.sqrt(np.max(np.sum(np.square(corpus, dtype=np.float64), axis=1),
-                                    initial=0.0)))
-    norms = np.sqrt(np.sum(np.square(queries, dtype=np.float64), axis=1, keepdims=True))
-    return ((2.0 * gamma + 4.0 * u) * norms * largest + 1e-37).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        corpus_norms = np.sqrt(np.sum(np.square(corpus, dtype=np.float64), axis=1))
+        norms = np.sqrt(np.sum(np.square(queries, dtype=np.float64), axis=1, keepdims=True))
+        largest = float(np.max(corpus_norms[np.isfinite(corpus_norms)], initial=0.0))
+        margin = (2.0 * gamma + 4.0 * u) * norms * largest + 1e-37
+    # a non-finite row is a miss whatever its ties: no margin, nothing to settle
+    return np.where(np.isfinite(margin), margin, 0.0).astype(np.float32)
 
 
 def settle_near_ties(scores: np.ndarray, positive: np.ndarray, queries: np.ndarray,
@@ -178,8 +182,9 @@ def settle_near_ties(scores: np.ndarray, positive: np.ndarray, queries: np.ndarr
     pos = np.asarray(positive, dtype=np.float32).reshape(-1, 1)
     with np.errstate(invalid="ignore"):
         row, col = np.nonzero(np.abs(scores - pos) <= margin)
-    if row.size:
-        scores[row, col] = fma_chain_dot(queries[row], corpus[col])
+    for start in range(0, row.size, SETTLE_PAIRS):      # all-tied rows: memory stays bounded
+        r, c = row[start:start + SETTLE_PAIRS], col[start:start + SETTLE_PAIRS]
+        scores[r, c] = fma_chain_dot(queries[r], corpus[c])
     return scores
 
 

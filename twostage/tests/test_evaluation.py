@@ -304,3 +304,28 @@ def test_fma_chain_dot_is_the_sequential_fma_order():
     assert ev.fma_chain_dot(a, b)[0] == F32(2.0 ** -11 + 2.0 ** -24)
     assert F32(-1.0) + F32(a[0, 1] * b[0, 1]) == F32(2.0 ** -11)
     assert ev.fma_chain_dot(a[:, ::-1], b[:, ::-1])[0] == F32(2.0 ** -11)   # order matters
+
+
+def test_settling_is_sliced_and_skips_non_finite_rows(monkeypatch):
+    """All-tied rows (zero queries: every score equals the positive) are settled in slices
+    of SETTLE_PAIRS pairs with the same result; a non-finite query or corpus row gets no
+    margin (a miss anyway), so it neither inflates the others' margins nor is recomputed.
+    Broken on purpose, it fails: slices that skip their last pairs, or an inf corpus row that
+    makes every score of every query a near-tie."""
+    rng = np.random.default_rng(7)
+    corpus = rng.normal(size=(50, 8)).astype(F32)
+    q = rng.normal(size=(30, 8)).astype(F32)
+    q[:5] = 0.0
+    pos = ev.positive_scores(q, corpus[rng.integers(0, 50, 30)])
+    margin = ev.cross_kernel_margin(q, corpus)
+    whole = ev.settle_near_ties(q @ corpus.T, pos, q, corpus, margin)
+    monkeypatch.setattr(ev, "SETTLE_PAIRS", 7)
+    sliced = ev.settle_near_ties(q @ corpus.T, pos, q, corpus, margin)
+    np.testing.assert_array_equal(sliced, whole)
+    bad_corpus = corpus.copy()
+    bad_corpus[3] = np.inf
+    q[7] = np.nan
+    bad = ev.cross_kernel_margin(q, bad_corpus)
+    np.testing.assert_array_equal(bad[[i for i in range(30) if i != 7]],
+                                  margin[[i for i in range(30) if i != 7]])
+    assert bad[7, 0] == 0.0
