@@ -1,6 +1,8 @@
 """Every parity tolerance, named, with the reason it is not zero."""
 import numpy as np
 
+from twostage.evaluation import FLOAT32_UNIT_ROUNDOFF, reduction_gamma
+
 # Integer features (lookups, buckets, token ids) come from one FeatureSpec: no rounding exists.
 FEATURE_INT_EXACT = 0
 # Normalized timestamp: both compute (float32(x) - mean) / std in float32; 1e-6 covers the order
@@ -60,15 +62,7 @@ DISTRIBUTED_LOSS_RTOL = 1e-5
 # u = 2**-24 for float32), so two of them differ by at most twice that. This is the only
 # tolerance where a comparison crosses kernels; bitwise checks stay where both sides run the
 # same code on the same shapes.
-FLOAT32_UNIT_ROUNDOFF = 2.0 ** -24
-
-
-def reduction_gamma(length: int) -> float:
-    """gamma_n of a float32 sum of ``length`` terms, in any order (Higham (3.5))."""
-    nu = int(length) * FLOAT32_UNIT_ROUNDOFF
-    if not 0 <= nu < 1:
-        raise ValueError(f"length={length}: gamma_n needs n * 2**-24 < 1")
-    return nu / (1.0 - nu)
+# (gamma_n is twostage.evaluation's, whose near-tie rule rests on the same bound)
 
 
 def cross_kernel_atol(length: int, scale: float) -> float:

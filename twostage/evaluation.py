@@ -141,6 +141,20 @@ def chunk_rows(num_columns: int, budget_bytes: int = DEFAULT_CHUNK_BYTES) -> int
     return max(1, int(budget_bytes) // (4 * max(int(num_columns), 1)))
 
 
+FLOAT32_UNIT_ROUNDOFF = 2.0 ** -24
+
+
+def reduction_gamma(length: int) -> float:
+    """gamma_n of a float32 sum of ``length`` terms in any order, with or without FMA: the
+    result is within gamma_n * sum|terms| of the exact sum (Higham, "Accuracy and Stability
+    of Numerical Algorithms", (3.5): gamma_n = n u / (1 - n u), u = 2**-24). ValueError when
+    n u >= 1."""
+    nu = int(length) * FLOAT32_UNIT_ROUNDOFF
+    if not 0 <= nu < 1:
+        raise ValueError(f"length={length}: gamma_n needs n * 2**-24 < 1")
+    return nu / (1.0 - nu)
+
+
 def fma_chain_dot(a, b) -> np.ndarray:
     """[P, D], [P, D] -> [P] float32: ``acc = fma(a[:, d], b[:, d], acc)`` for d = 0..D-1 in
     float32, the order of an x86 GEMM's main kernel (and of TF's matmul), emulated with exact
@@ -157,9 +171,7 @@ def cross_kernel_margin(queries: np.ndarray, corpus: np.ndarray) -> np.ndarray:
     """[N, D], [M, D] float32 -> [N, 1] float32: how far two float32 kernels' ``q @ c`` of one
     query can lie apart, for any corpus row: (2 gamma_D + 4 u) ||q|| max ||c|| (Higham (3.5),
     u = 2**-24; any summation order, with or without FMA), plus a denormal floor."""
-    u = 2.0 ** -24
-    d = max(queries.shape[1], 1)
-    gamma = d * u / (1.0 - d * u)
+    u, gamma = FLOAT32_UNIT_ROUNDOFF, reduction_gamma(max(queries.shape[1], 1))
     with np.errstate(over="ignore", invalid="ignore"):
         corpus_norms = np.sqrt(np.sum(np.square(corpus, dtype=np.float64), axis=1))
         norms = np.sqrt(np.sum(np.square(queries, dtype=np.float64), axis=1, keepdims=True))

@@ -2,29 +2,8 @@
 columns are ids, time and label, what kind each feature is, and which tower reads it.
 
 One :class:`Schema`, from a TOML file (:meth:`Schema.from_toml`) or built in Python
-(:meth:`Schema.from_dict` of the same structure)::
-
-    [interactions]
-    path = "events.parquet"            # .csv .tsv .parquet .jsonl, a file or a folder of parts
-    user = "customer"
-    item = "sku"
-    time = "event_time"                # unix seconds; optional
-    label = { column = "stars", positive_at_least = 4.0 }   # optional: implicit without it
-
-    [items]                            # optional
-    path = "catalog.csv"
-    id = "sku"
-    features.name = "text"
-    features.tags = { kind = "multi_category", separator = "|" }
-
-    [users]                            # optional
-    path = "customers.jsonl"
-    id = "customer"
-    features.segment = "category"
-
-    [towers]
-    query = ["user", "time", "segment"]        # "user" / "item": the id embeddings
-    candidate = ["item", "name", "tags"]
+(:meth:`Schema.from_dict` of the same structure); :data:`EXAMPLE` is the own-data issue's
+example, which the tests read as written.
 
 Paths are relative to the schema file's folder. Reader options per table: ``separator``,
 ``header`` (true / false, or the column names of a header-less file), ``encoding``,
@@ -44,6 +23,30 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
+
+EXAMPLE = """
+[interactions]
+path = "events.parquet"           # .csv, .tsv, .parquet, .jsonl; a file or a folder of parts
+user = "customer"                 # string or integer ids
+item = "sku"
+time = "event_time"               # unix seconds; optional
+label = { column = "stars", positive_at_least = 4.0 }   # optional: without it the data is implicit
+
+[items]                           # optional
+path = "catalog.csv"
+id = "sku"
+features.name = "text"
+features.tags = { kind = "multi_category", separator = "|" }
+
+[users]                           # optional
+path = "customers.jsonl"
+id = "customer"
+features.segment = "category"
+
+[towers]
+query = ["user", "time", "segment"]      # "user"/"item": the id embeddings
+candidate = ["item", "name", "tags"]
+"""
 
 FEATURE_KINDS = ("id", "category", "multi_category", "text", "numeric", "timestamp")
 SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from twostage.data.tables import TableError, load_frames
-from twostage.schema import Schema
+from twostage.schema import EXAMPLE, Schema, tomllib
 
 
 def write(tmp_path, interactions=None, items=None, users=None) -> None:
@@ -26,16 +26,7 @@ def write(tmp_path, interactions=None, items=None, users=None) -> None:
 
 
 def schema(tmp_path, **changes) -> Schema:
-    data = {"interactions": {"path": "events.parquet", "user": "customer", "item": "sku",
-                             "time": "event_time",
-                             "label": {"column": "stars", "positive_at_least": 4.0}},
-            "items": {"path": "catalog.csv", "id": "sku",
-                      "features": {"name": "text",
-                                   "tags": {"kind": "multi_category", "separator": "|"}}},
-            "users": {"path": "customers.jsonl", "id": "customer",
-                      "features": {"segment": "category"}},
-            "towers": {"query": ["user", "time", "segment"],
-                       "candidate": ["item", "name", "tags"]}}
+    data = tomllib.loads(EXAMPLE)
     for table, update in changes.items():
         data[table].update(update)
     return Schema.from_dict(data, folder=tmp_path, source="s.toml")

@@ -218,8 +218,8 @@ def _fragile_fraction(backend, dataset, rows: np.ndarray, k: int) -> float:
     t = backend.candidate_embeddings(dataset.movie_title[rows])
     corpus = backend.candidate_embeddings(dataset.corpus_titles)
     pos = evaluation.positive_scores(q, t)[:, None]
-    u = 2.0 ** -24
-    per_sum = q.shape[1] * u / (1 - q.shape[1] * u) + 2 * u     # gamma_D + one rounding
+    per_sum = (evaluation.reduction_gamma(q.shape[1])           # gamma_D + one rounding
+               + 2 * evaluation.FLOAT32_UNIT_ROUNDOFF)
     # per pair: a kernel's product is within per_sum * sum|q_d c_d| of the exact one, and so is
     # the positive; two kernels differ by at most twice both
     q64 = np.abs(q).astype(np.float64)

@@ -4,44 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from twostage.schema import Feature, Label, Reader, Schema, SchemaError
-
-EXAMPLE = '''
-[interactions]
-path = "events.parquet"           # .csv, .tsv, .parquet, .jsonl; a file or a folder of parts
-user = "customer"                 # string or integer ids
-item = "sku"
-time = "event_time"               # unix seconds; optional
-label = { column = "stars", positive_at_least = 4.0 }   # optional: without it the data is implicit
-
-[items]                           # optional
-path = "catalog.csv"
-id = "sku"
-features.name = "text"
-features.tags = { kind = "multi_category", separator = "|" }
-
-[users]                           # optional
-path = "customers.jsonl"
-id = "customer"
-features.segment = "category"
-
-[towers]
-query = ["user", "time", "segment"]      # "user"/"item": the id embeddings
-candidate = ["item", "name", "tags"]
-'''
-
+from twostage.schema import EXAMPLE, Feature, Label, Reader, Schema, SchemaError, tomllib
 
 def example_dict() -> dict:
-    return {"interactions": {"path": "events.parquet", "user": "customer", "item": "sku",
-                             "time": "event_time",
-                             "label": {"column": "stars", "positive_at_least": 4.0}},
-            "items": {"path": "catalog.csv", "id": "sku",
-                      "features": {"name": "text",
-                                   "tags": {"kind": "multi_category", "separator": "|"}}},
-            "users": {"path": "customers.jsonl", "id": "customer",
-                      "features": {"segment": "category"}},
-            "towers": {"query": ["user", "time", "segment"],
-                       "candidate": ["item", "name", "tags"]}}
+    """The example as the Python structure from_dict takes."""
+    return tomllib.loads(EXAMPLE)
 
 
 def test_the_issues_example_reads_as_written(tmp_path):
