@@ -55,23 +55,73 @@ def load_frames(schema: Schema, drop_unknown_items: bool = False) -> Frames:
     Raises:
         TableError: one line naming the file, the column, the first offending rows, the fix.
     """
-    inter_cols = [c for c in (schema.user, schema.item, schema.time,
-                              schema.label.column if schema.label else None) if c]
-    interactions = read_table(schema.interactions, inter_cols, "interactions")
+    for name, table in (("interactions", schema.interactions), ("items", schema.items),
+                        ("users", schema.users)):
+        if table is not None and table.path is None:
+            raise TableError(f"schema {schema.source}: [{name}] has no 'path'; give one, or "
+                             "pass the tables as DataFrames (twostage.Dataset.from_frames)")
+    interactions = read_table(schema.interactions, _interaction_columns(schema), "interactions")
+    items, users = (None if t is None else read_table(t, [t.id, *t.features], what)
+                    for t, what in ((schema.items, "items"), (schema.users, "users")))
+    return _checked(schema, Frames(interactions, items, users), drop_unknown_items)
+
+
+def check_frames(schema: Schema, frames: Frames, drop_unknown_items: bool = False) -> Frames:
+    """:func:`load_frames`' checks of tables given as DataFrames (errors name the table).
+
+    Raises:
+        TableError: a missing column (naming the closest), an empty table, or what
+            :func:`load_frames` refuses.
+    """
+    for frame, table, columns, what in (
+            (frames.interactions, schema.interactions, _interaction_columns(schema),
+             "interactions"),
+            (frames.items, schema.items, None, "items"), (frames.users, schema.users, None,
+                                                          "users")):
+        if table is None or (frame is None and what != "interactions"):
+            if frame is not None:
+                raise TableError(f"a {what} DataFrame was given but the schema has no [{what}] "
+                                 "table; describe it in the schema or leave it out")
+            continue
+        if frame is None:
+            raise TableError(f"the schema's [{what}] table needs its DataFrame ({what}=...)")
+        columns = columns or [table.id, *table.features]
+        _has_columns(list(frame.columns), columns, f"the {what} DataFrame")
+        if frame.empty:
+            raise TableError(f"the {what} DataFrame has no rows")
+    labelled = Frames(*(None if f is None else f.reset_index(drop=True)[
+        list(f.columns)] for f in (frames.interactions, frames.items, frames.users)))
+    return _checked(schema, labelled, drop_unknown_items, label="DataFrame")
+
+
+def _interaction_columns(schema: Schema) -> list[str]:
+    return [c for c in (schema.user, schema.item, schema.time,
+                        schema.label.column if schema.label else None) if c]
+
+
+def _checked(schema: Schema, frames: Frames, drop_unknown_items: bool, label: str = ""
+             ) -> Frames:
+    """Ids, time and label columns checked and typed; items and users deduplicated."""
+    where = _place(schema.interactions, "interactions", label)
+    interactions = frames.interactions
     for column in (schema.user, schema.item):
-        interactions[column] = _ids(interactions[column], schema.interactions.path, column)
+        interactions[column] = _ids(interactions[column], where, column)
     if schema.time:
-        interactions[schema.time] = _numbers(interactions[schema.time],
-                                             schema.interactions.path, schema.time, "time")
+        interactions[schema.time] = _numbers(interactions[schema.time], where, schema.time,
+                                             "time")
     if schema.label:
         interactions[schema.label.column] = _numbers(
-            interactions[schema.label.column], schema.interactions.path, schema.label.column,
-            "label")
-    items = _side(schema.items, "items")
-    users = _side(schema.users, "users")
+            interactions[schema.label.column], where, schema.label.column, "label")
+    items = _side(schema.items, frames.items, "items", label)
+    users = _side(schema.users, frames.users, "users", label)
     if items is not None:
-        interactions = _known_items(interactions, items, schema, drop_unknown_items)
+        interactions = _known_items(interactions, items, schema, drop_unknown_items, where)
     return Frames(interactions, items, users)
+
+
+def _place(table: Table, what: str, label: str) -> str:
+    """What errors call a table: its file, or "the <what> DataFrame"."""
+    return f"the {what} {label}" if label else str(table.path)
 
 
 def read_table(table: Table, columns: list[str], what: str) -> pd.DataFrame:
@@ -123,13 +173,18 @@ def _read_part(path: Path, table: Table, columns: list[str]) -> pd.DataFrame:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TableError(f"{path}: not a readable {kind} file ({first}); check the file, or "
                          "the schema's separator / header / encoding / quoting") from None
-    missing = [c for c in columns if c not in data.column_names]
-    if missing:
-        close = difflib.get_close_matches(missing[0], data.column_names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise TableError(f"{path}: no column {missing[0]!r}{hint}; its columns: "
-                         f"{', '.join(data.column_names[:20])}; fix the schema or the file")
+    _has_columns(data.column_names, columns, str(path))
     return data.select(columns).to_pandas()
+
+
+def _has_columns(present: list[str], columns: list[str], where: str) -> None:
+    missing = [c for c in columns if c not in present]
+    if missing:
+        close = difflib.get_close_matches(missing[0], [str(c) for c in present], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise TableError(f"{where}: no column {missing[0]!r}{hint}; its columns: "
+                         f"{', '.join(str(c) for c in present[:20])}; fix the schema or the "
+                         "data")
 
 
 def _rows(mask: np.ndarray) -> str:
@@ -138,7 +193,7 @@ def _rows(mask: np.ndarray) -> str:
     return ", ".join(str(r) for r in rows) + more
 
 
-def _ids(values: pd.Series, path: Path, column: str) -> pd.Series:
+def _ids(values: pd.Series, path: Path | str, column: str) -> pd.Series:
     """Ids as they are (integers) or as strings; null or empty ids refused."""
     empty = values.isna().to_numpy() | (values.astype(str).str.strip() == "").to_numpy()
     if empty.any():
@@ -155,7 +210,7 @@ def _ids(values: pd.Series, path: Path, column: str) -> pd.Series:
     return values
 
 
-def _numbers(values: pd.Series, path: Path, column: str, what: str) -> pd.Series:
+def _numbers(values: pd.Series, path: Path | str, column: str, what: str) -> pd.Series:
     numeric = pd.to_numeric(values, errors="coerce")
     bad = numeric.isna().to_numpy()
     if bad.any():
@@ -165,19 +220,21 @@ def _numbers(values: pd.Series, path: Path, column: str, what: str) -> pd.Series
     return numeric
 
 
-def _side(table: Table | None, what: str) -> pd.DataFrame | None:
+def _side(table: Table | None, frame: pd.DataFrame | None, what: str, label: str
+          ) -> pd.DataFrame | None:
     """An items or users table: its id and features; an id listed twice must agree."""
     if table is None:
         return None
-    frame = read_table(table, [table.id, *table.features], what)
-    frame[table.id] = _ids(frame[table.id], table.path, table.id)
+    where = _place(table, what, label)
+    frame = frame[[table.id, *table.features]].copy()
+    frame[table.id] = _ids(frame[table.id], where, table.id)
     repeated = frame[table.id].duplicated(keep=False).to_numpy()
     if repeated.any():
         distinct = frame[repeated].drop_duplicates()
         conflicting = distinct[table.id].duplicated(keep=False).to_numpy()
         if conflicting.any():
             first = distinct[table.id].iloc[int(np.argmax(conflicting))]
-            raise TableError(f"{table.path}: {what} id {first!r} is listed more than once with "
+            raise TableError(f"{where}: {what} id {first!r} is listed more than once with "
                              "different features; keep one row per id")
         frame = frame.drop_duplicates(subset=[table.id], ignore_index=True)
     return frame
@@ -188,11 +245,11 @@ def _is_text(values: pd.Series) -> bool:
 
 
 def _known_items(interactions: pd.DataFrame, items: pd.DataFrame, schema: Schema,
-                 drop: bool) -> pd.DataFrame:
+                 drop: bool, where: str) -> pd.DataFrame:
     item, key = schema.item, schema.items.id
     if _is_text(items[key]) != _is_text(interactions[item]):
         log.warning("%s: item ids are strings in one table and integers in the other; "
-                    "comparing them as strings", schema.interactions.path)
+                    "comparing them as strings", where)
         interactions[item], items[key] = (interactions[item].astype(str),
                                           items[key].astype(str))
     unknown = ~interactions[item].isin(set(items[key])).to_numpy()
@@ -200,14 +257,15 @@ def _known_items(interactions: pd.DataFrame, items: pd.DataFrame, schema: Schema
         return interactions
     examples = ", ".join(repr(str(v)) for v in interactions[item][unknown].unique()[:FIRST_ROWS])
     if not drop:
-        raise TableError(f"{schema.interactions.path}: {int(unknown.sum())} interactions name "
+        raise TableError(f"{where}: {int(unknown.sum())} interactions name "
                          f"items the items table lacks (e.g. {examples}); add them to "
-                         f"{schema.items.path.name}, or pass --drop-unknown-items")
+                         f"{'the items table' if schema.items.path is None else schema.items.path.name}, "
+                         "or pass --drop-unknown-items")
     log.warning("%s: dropped %d interactions whose item the items table lacks (e.g. %s)",
-                schema.interactions.path, int(unknown.sum()), examples)
+                where, int(unknown.sum()), examples)
     kept = interactions[~unknown].reset_index(drop=True)
     if kept.empty:
-        raise TableError(f"{schema.interactions.path}: no interaction is left after dropping "
+        raise TableError(f"{where}: no interaction is left after dropping "
                          "the unknown items; the items table and the interactions do not "
                          "match")
     return kept

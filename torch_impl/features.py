@@ -29,6 +29,8 @@ from twostage.recipes import (HISTORY, NEGATIVE_PROBABILITY, NEGATIVE_TITLES, Re
                               not_attached)
 from twostage.sampling import SAMPLING_PROBABILITY  # noqa: F401  (the batch key, re-exported)
 
+from .models import bag_mean
+
 QUERY_KEYS: tuple[str, ...] = ("user_index", "ts_bucket", "ts_norm")
 CANDIDATE_KEYS: tuple[str, ...] = ("title_index", "title_tokens")
 FEATURE_KEYS: tuple[str, ...] = QUERY_KEYS + CANDIDATE_KEYS
@@ -164,3 +166,47 @@ def query_arrays(spec: FeatureSpec, config: Config, recipe: RecipeData | None, u
             raise RuntimeError(not_attached("user histories"))
         arrays[HISTORY] = recipe.histories(user_ids, timestamps)
     return arrays
+
+
+# --- schema features (twostage.data.schema_data): one layer per feature kind ----------------------
+
+class SlotInput(torch.nn.Module):
+    """One schema slot (``twostage.data.schema_data.Slot``) -> [B, slot.width(dim)]:
+
+    - ``id`` / ``category``: ``embedding(x)``, x [B] int64 (0 = unknown);
+    - ``multi_category`` / ``text``: the mean of ``embedding`` over the non-zero ids of x
+      [B, L] (0 = padding; no id: a zero vector), the seed's title-text pooling;
+    - ``timestamp`` / ``numeric``: [``embedding(bucket)`` when the slot has buckets,
+      ``norm`` [B, 1]], the seed's timestamp features.
+    Keras twin: ``tfrs_impl.features.SlotInput``.
+    """
+
+    def __init__(self, slot, dim: int) -> None:
+        super().__init__()
+        self.slot = slot
+        self.embedding = torch.nn.Embedding(slot.rows, dim) if slot.rows else None
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        slot = self.slot
+        if slot.kind in ("id", "category"):
+            return self.embedding(batch[slot.name])
+        if slot.kind in ("multi_category", "text"):
+            return bag_mean(batch[slot.name], self.embedding.weight)
+        norm = batch[f"{slot.name}/norm"].reshape(-1, 1)
+        if self.embedding is None:
+            return norm
+        return torch.cat([self.embedding(batch[f"{slot.name}/bucket"]), norm], dim=1)
+
+
+class SlotConcat(torch.nn.Module):
+    """A tower's slots side by side: [B, sum of slot widths] (the seed's UserModel /
+    MovieModel for any schema). ``inputs[i]`` is the :class:`SlotInput` of ``slots[i]``."""
+
+    def __init__(self, slots, dim: int) -> None:
+        super().__init__()
+        self.slots = tuple(slots)
+        self.inputs = torch.nn.ModuleList(SlotInput(s, dim) for s in self.slots)
+        self.out_features = sum(s.width(dim) for s in self.slots)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([layer(batch) for layer in self.inputs], dim=1)

@@ -97,10 +97,10 @@ class Label:
 
 @dataclass(frozen=True)
 class Table:
-    """One table: ``path`` (absolute), ``id`` (its key column; interactions: None), its
+    """One table: ``path`` (absolute; None: the table comes as a DataFrame), ``id`` (its key column; interactions: None), its
     features by name and its :class:`Reader`."""
 
-    path: Path
+    path: Path | None
     id: str | None
     features: dict[str, Feature] = field(default_factory=dict)
     reader: Reader = Reader()
@@ -227,11 +227,12 @@ def _table(spec, name: str, folder: Path, where: _Where) -> Table:
     here = where.at(name)
     _known(spec, TABLE_KEYS[name], here, "key")
     raw = spec.get("path")
-    if not isinstance(raw, str) or not raw:
+    if raw is not None and (not isinstance(raw, str) or not raw):
         raise here.error("'path' must name a file or a folder of parts, relative to the "
-                         "schema's folder")
-    path = (folder / raw).resolve() if not Path(raw).is_absolute() else Path(raw)
-    if path.suffix and path.suffix.lower() not in SUFFIXES:
+                         "schema's folder (or leave it out and pass DataFrames)")
+    path = None if raw is None else (folder / raw).resolve() if not Path(raw).is_absolute() \
+        else Path(raw)
+    if path is not None and path.suffix and path.suffix.lower() not in SUFFIXES:
         raise here.error(f"path {raw!r}: {path.suffix!r} files cannot be read; use one of "
                          f"{', '.join(SUFFIXES)} (or a folder of such parts)")
     key = None if name == "interactions" else _column(spec, "id", here)
