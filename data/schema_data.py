@@ -116,13 +116,20 @@ class SchemaDataset:
     @classmethod
     def from_frames(cls, interactions: pd.DataFrame, schema: Schema,
                     items: pd.DataFrame | None = None, users: pd.DataFrame | None = None,
-                    options: Options = Options(), drop_unknown_items: bool = False
-                    ) -> "SchemaDataset":
+                    config=None, drop_unknown_items: bool = False) -> "SchemaDataset":
         """The same from DataFrames in memory (the schema's paths are not read).
 
+        Args:
+            interactions, items, users: the tables the schema describes (items / users when
+                the schema has them).
+            schema: a :class:`Schema` (paths may be left out).
+            config: a ``twostage.Config`` (split, buckets, tokens) or :class:`Options`.
+            drop_unknown_items: as :func:`tables.load_frames`.
         Raises:
             tables.TableError: the frames break the schema (as files would, named by table).
         """
+        options = config if isinstance(config, Options) else (
+            Options() if config is None else Options.from_config(config))
         frames = check_frames(schema, Frames(interactions.copy(), _copy(items), _copy(users)),
                               drop_unknown_items)
         return cls.from_checked(schema, frames, options)
@@ -269,9 +276,12 @@ def _encode_side(table, frame, ids: np.ndarray, options: Options, encoders: dict
 
 
 def _fit(feature: Feature, column: pd.Series, options: Options):
-    values = column.to_numpy(object)
+    """A missing string (null, NaN) is read as "" (pyarrow and pandas disagree on which they
+    give); a missing number is left out of the moments."""
     if feature.kind in ("numeric", "timestamp"):
         values = pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
+    else:
+        values = _text(column.to_numpy(object))
     return fit_encoder(feature.kind, values, separator=feature.separator,
                        buckets=(options.num_buckets if feature.kind == "timestamp"
                                 else feature.buckets), max_tokens=options.max_tokens)
@@ -279,10 +289,8 @@ def _fit(feature: Feature, column: pd.Series, options: Options):
 
 def _encode(feature: Feature, encoder, values: np.ndarray) -> dict[str, np.ndarray]:
     name = feature.name
-    if isinstance(encoder, Lookup):
-        return {name: encoder.encode(values)}
-    if isinstance(encoder, (MultiLookup, Text)):
-        return {name: encoder.encode(["" if _missing(v) else v for v in values])}
+    if isinstance(encoder, (Lookup, MultiLookup, Text)):
+        return {name: encoder.encode(_text(values))}
     numbers = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(np.float64)
     numbers = np.where(np.isfinite(numbers), numbers, encoder.mean)  # missing: the mean
     out = {f"{name}/norm": encoder.normalized(numbers)}
@@ -291,8 +299,8 @@ def _encode(feature: Feature, encoder, values: np.ndarray) -> dict[str, np.ndarr
     return out
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))
+def _text(values: np.ndarray) -> list:
+    return ["" if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in values]
 
 
 def _slots(names: tuple[str, ...], encoders: dict, kinds: dict) -> tuple[Slot, ...]:

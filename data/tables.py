@@ -78,10 +78,10 @@ def check_frames(schema: Schema, frames: Frames, drop_unknown_items: bool = Fals
              "interactions"),
             (frames.items, schema.items, None, "items"), (frames.users, schema.users, None,
                                                           "users")):
-        if table is None or (frame is None and what != "interactions"):
-            if frame is not None:
-                raise TableError(f"a {what} DataFrame was given but the schema has no [{what}] "
-                                 "table; describe it in the schema or leave it out")
+        if table is None and frame is not None:
+            raise TableError(f"a {what} DataFrame was given but the schema has no [{what}] "
+                             "table; describe it in the schema or leave it out")
+        if table is None:
             continue
         if frame is None:
             raise TableError(f"the schema's [{what}] table needs its DataFrame ({what}=...)")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import env, io
+from . import env, io, owndata
 from .io import printable
 from .pipeline import backend_class
 from .config import (BACKENDS, FIELD_SECTION, MAX_SEED, PRESETS, SECTIONS, Config, field_types,
@@ -142,6 +142,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true",
                      help="replace --out even if it holds other files (they are moved aside "
                      "to <out>.replaced-<time>, never deleted)")
+    run.add_argument("--schema", default=None, metavar="FILE",
+                     help="train on your own data: a schema TOML file (docs/data.md) instead "
+                     "of a MovieLens --dataset")
+    run.add_argument("--drop-unknown-items", action="store_true",
+                     help="--schema: drop interactions whose item the items table lacks "
+                     "(counted on stderr) instead of refusing them")
+    run.add_argument("--ranking-negatives", type=int, default=0, metavar="N",
+                     help="--schema with implicit data: train the ranker on each positive "
+                     "against N items drawn uniformly from the catalog (0: retrieval only)")
     add_config_flags(run)
 
     rec = sub.add_parser("recommend", help="two-stage recommendations for one user from a run")
@@ -185,6 +194,8 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     names = list(BACKENDS) if args.backend == "both" else [args.backend]
+    if args.schema is not None:
+        return run_schema(args, config, names)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     nproc = config.distributed.nproc
     if nproc > 1 and args.backend == "both":
@@ -206,6 +217,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _train_and_write(args, config, names, lead=True)
     with backend_class("torch").process_group(config) as group:   # torchrun's workers
         return _train_and_write(args, config, names, lead=group is None or group.rank == 0)
+
+
+def run_schema(args: argparse.Namespace, config: Config, names: list[str]) -> int:
+    """``twostage run --schema FILE``: ``owndata.load``, ``owndata.train`` per backend, one run
+    folder (``--out``; with both backends a sub-folder each), the report on stdout."""
+    if args.ranking_negatives < 0:
+        raise UsageError(f"--ranking-negatives {args.ranking_negatives}: must be >= 0")
+    _check_output_paths(args, config)
+    owndata.check_schema_config(config)
+    data = owndata.load(args.schema, config, drop_unknown_items=args.drop_unknown_items)
+    runs = [owndata.train(data, config, name, ranking_negatives=args.ranking_negatives)
+            for name in names]
+    out = owndata.save_runs(runs, args.out, force=args.force)
+    for run in runs:
+        print(run.report.markdown())
+    print(f"run folder: {printable(out)}")
+    return 0
 
 
 def _check_output_paths(args: argparse.Namespace, config: Config) -> None:
@@ -386,6 +414,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise UsageError(f"-k {args.k}: must be >= 1")
+    if io.marker_kind(Path(args.run)) in owndata.KINDS:
+        return recommend_schema(args)
     run = RunDir.open(args.run)
     name, folder = run.backend_dir(args.backend)
     stored = stored_config(folder)
@@ -417,6 +447,21 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             break
         print(f"{i:>3}  {recs.retrieval_scores[0, j]:9.4f}  {recs.ranking_scores[0, j]:7.4f}  "
               f"{printable(titles[recs.rows[0, j]])}")
+    return 0
+
+
+def recommend_schema(args: argparse.Namespace) -> int:
+    """``twostage recommend`` of a ``--schema`` run: the retrieval towers' top k, the user's
+    training items excluded."""
+    run = owndata.load_run(args.run, backend=args.backend)
+    if str(args.user) not in set(run.data.user_ids.tolist()):
+        print(f"warning: user {args.user!r} was not in the training data; the unknown-user "
+              "embedding is used", file=sys.stderr)
+    items = run.recommend([args.user], k=min(args.k, len(run.data.item_ids)))[0]
+    print(f"user {printable(args.user)} ({run.trainer.name}): top {len(items)}, seen items "
+          "excluded")
+    for i, item in enumerate(items, start=1):
+        print(f"{i:>3}  {printable(item)}")
     return 0
 
 

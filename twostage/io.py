@@ -275,6 +275,13 @@ def replace_directory(target: Path | str, write: Callable[[Path], None], kind: s
         return _replace_locked(target, write, kind, force, extra_marker)
 
 
+def write_marker(folder: Path, kind: str, extra: dict | None = None) -> Path:
+    """Our marker in ``folder``: its ``kind``, ``extra`` and every file now in it (what may be
+    replaced later without asking, see :func:`check_replaceable`)."""
+    return write_json(Path(folder) / MARKER, {"kind": kind, **(extra or {}),
+                                              "files": sorted(_entries(Path(folder)))})
+
+
 def _replace_locked(target: Path, write: Callable[[Path], None], kind: str, force: bool,
                     extra_marker: dict | None) -> Path:
     """:func:`replace_directory` under the target's lock."""
@@ -284,8 +291,7 @@ def _replace_locked(target: Path, write: Callable[[Path], None], kind: str, forc
     try:
         _chmod_default(tmp, directory=True)
         write(tmp)
-        write_json(tmp / MARKER, {"kind": kind, **(extra_marker or {}),
-                                  "files": sorted(_entries(tmp))})
+        write_marker(tmp, kind, extra_marker)
         if os.path.lexists(target):
             if force and (not target.is_dir() or target.is_symlink() or (
                     any(target.iterdir()) and (marker_kind(target) != kind

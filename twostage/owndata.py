@@ -29,6 +29,8 @@ from .schema import Schema
 log = logging.getLogger(__name__)
 BACKENDS = {"torch": "torch_impl.owndata", "tfrs": "tfrs_impl.owndata"}
 RUN_KIND = "schema run"
+RUNS_KIND = "schema runs"   # --backend both: a schema run folder per backend
+KINDS = (RUN_KIND, RUNS_KIND)
 WEIGHTS = "weights.npz"
 RUN_VERSION = 1
 
@@ -160,15 +162,35 @@ class Run:
     def save(self, directory: Path | str, force: bool = False) -> Path:
         """Weights, config, report and schema source into a new run folder (atomically; an
         existing folder is replaced only if it is a schema run, or with ``force``)."""
-        def write(tmp: Path) -> None:
-            self.trainer.save(tmp)
-            io.write_json(tmp / "config.json", self.config.to_dict())
-            io.write_json(tmp / "report.json", self.report.to_dict())
-            io.write_text(tmp / "report.md", self.report.markdown())
-        meta = {"version": RUN_VERSION, "backend": self.trainer.name,
+        return io.replace_directory(directory, self.write, kind=RUN_KIND, force=force,
+                                    extra_marker=self.meta())
+
+    def meta(self) -> dict:
+        """What the run folder's marker records: the backend and the schema file."""
+        return {"version": RUN_VERSION, "backend": self.trainer.name,
                 "schema": self.data.schema.source}
-        return io.replace_directory(directory, write, kind=RUN_KIND, force=force,
-                                    extra_marker=meta)
+
+    def write(self, folder: Path) -> None:
+        """The run's files into ``folder`` (:meth:`save` makes it atomic)."""
+        self.trainer.save(folder)
+        io.write_json(folder / "config.json", self.config.to_dict())
+        io.write_json(folder / "report.json", self.report.to_dict())
+        io.write_text(folder / "report.md", self.report.markdown())
+
+
+def save_runs(runs: list[Run], directory: Path | str, force: bool = False) -> Path:
+    """One run: :meth:`Run.save`. Several (``--backend both``): one folder holding a schema
+    run folder per backend, written atomically as a whole."""
+    if len(runs) == 1:
+        return runs[0].save(directory, force=force)
+
+    def write(tmp: Path) -> None:
+        for run in runs:
+            sub = tmp / run.trainer.name
+            sub.mkdir()
+            run.write(sub)
+            io.write_marker(sub, RUN_KIND, run.meta())
+    return io.replace_directory(directory, write, kind=RUNS_KIND, force=force)
 
 
 def _user_rows(data: SchemaDataset, user_ids) -> np.ndarray:
@@ -263,16 +285,25 @@ def baseline_metrics(data: SchemaDataset, config: Config) -> dict[str, dict[str,
             "most_popular": {f"top_{k}_accuracy": float(h) for k, h in zip(ks, hits)}}
 
 
-def load_run(directory: Path | str, data: SchemaDataset | None = None) -> Run:
-    """A run saved by :meth:`Run.save`, ready to ``recommend``.
+def load_run(directory: Path | str, data: SchemaDataset | None = None,
+             backend: str | None = None) -> Run:
+    """A run saved by :meth:`Run.save` (or one backend's of :func:`save_runs`), ready to
+    ``recommend``.
 
     Args:
         directory: the run folder.
         data: the run's data (default: read again from the schema file it names).
+        backend: which backend's run, in a folder of both.
     Raises:
         ValueError: not a schema run folder (naming what is missing).
     """
     directory = Path(directory)
+    if io.marker_kind(directory) == RUNS_KIND:
+        subs = sorted(p.name for p in directory.iterdir() if p.name in BACKENDS)
+        if backend not in subs:
+            raise ValueError(f"{directory} holds the runs of {', '.join(subs)}: choose one "
+                             "with backend=... (--backend)")
+        directory = directory / backend
     if io.marker_kind(directory) != RUN_KIND:
         raise ValueError(f"{directory}: not a schema run folder (no {io.MARKER} of a "
                          f"{RUN_KIND}); pass the folder Run.save or `twostage run --schema` "
@@ -281,7 +312,7 @@ def load_run(directory: Path | str, data: SchemaDataset | None = None) -> Run:
     config = Config.from_dict(json.loads((directory / "config.json").read_text("utf-8")))
     report = Report.from_dict(json.loads((directory / "report.json").read_text("utf-8")))
     data = data if data is not None else load(meta["schema"], config)
-    trainer = trainer_class(meta["backend"])(data, config)
+    trainer = trainer_class(meta["backend"])(data, config)  # KeyError: checked above
     with np.load(directory / WEIGHTS) as arrays:
         trainer.load_weights({k: arrays[k] for k in arrays.files})
     return Run(data, config, trainer, report)

@@ -40,7 +40,10 @@ def imported(name: str, file: Path, known: dict[str, Path]) -> tuple[set[str], s
             if node.level:
                 parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parts + ([base] if base else []))
-            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            names = [f"{base}.{a.name}" for a in node.names]
+            # `from package import submodule` reads the submodule; the package's __init__
+            # (which may re-export the API, as twostage's does) is not what it depends on
+            targets = names if all(n in known for n in names) else [base] + names
         else:
             continue
         for target in targets:

@@ -1,0 +1,181 @@
+"""Your own data end to end on the torch backend: the own-data issue's example schema, as
+written, on generated files -> report with baselines, recommend, save / load_run, the CLI; and
+every feature kind through ``Dataset.from_frames``. (The TFRS twin and the parity between the
+two: parity_tests/test_9_schema.py.)"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import twostage as ts
+from twostage import owndata
+from twostage.backend import UnsupportedOptionError
+from twostage.cli import main
+from twostage.data.synthetic_schema import generate
+from twostage.data.tables import TableError
+from twostage.schema import EXAMPLE, tomllib
+
+KS = (1, 5, 10, 50)
+
+
+def config(**changes) -> ts.Config:
+    return ts.Config().replace(retrieval_epochs=3, ranking_epochs=2, batch_size=256,
+                               top_ks=KS, quiet=True, **changes)
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("example"), num_users=80, num_items=60,
+                    num_events=2000)
+
+
+@pytest.fixture(scope="module")
+def run(example):
+    return ts.train(ts.load(example, config()), config(), backend="torch")
+
+
+def test_the_example_schema_runs_and_reports_against_baselines(run):
+    report = run.report
+    assert report.dataset["num_items"] == 60 and report.dataset["implicit"] is False
+    for k in KS:
+        assert 0 <= report.metrics[f"top_{k}_accuracy"] <= 1
+        assert report.baselines["random"][f"top_{k}_accuracy"] == pytest.approx(k / 60)
+        assert 0 <= report.baselines["most_popular"][f"top_{k}_accuracy"] <= 1
+    assert {"ndcg@10_retrieval", "ndcg@10_reranked"} <= set(report.metrics)
+    assert len(report.stages["retrieval"]) == 3 and len(report.stages["ranking"]) == 2
+    assert np.isfinite(report.stages["retrieval"] + report.stages["ranking"]).all()
+    assert "| torch model |" in report.markdown() and "| most_popular |" in report.markdown()
+
+
+def test_most_popular_is_the_training_counts_with_ties_by_corpus_row(run):
+    data = run.data
+    popularity = np.bincount(data.item_row[data.split.train], minlength=len(data.item_ids))
+    order = np.lexsort((np.arange(len(popularity)), -popularity))   # by count, then row
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    truth_rank = rank[data.item_row[data.split.test]]
+    for k in KS:
+        assert run.report.baselines["most_popular"][f"top_{k}_accuracy"] == pytest.approx(
+            float(np.mean(truth_rank < k)))
+
+
+def test_recommend_excludes_what_each_user_saw_in_training(run):
+    users = list(run.data.user_ids[:5]) + ["someone new"]
+    recs = run.recommend(users, k=7)
+    assert recs.shape == (6, 7) and len(set(recs[0])) == 7
+    seen = run.data.seen_items(run.data.split.train)
+    for i, user in enumerate(users[:5]):
+        seen_ids = set(run.data.item_ids[seen.get(i, [])])
+        assert not seen_ids & set(recs[i])
+    kept = run.recommend(users[:1], k=60, exclude_seen=False)[0]
+    assert set(kept) == set(run.data.item_ids)     # nothing dropped without exclude_seen
+    with pytest.raises(ValueError, match="between 1 and the corpus size"):
+        run.recommend(users, k=61)
+
+
+def test_save_and_load_run_give_the_same_recommendations(run, tmp_path):
+    folder = run.save(tmp_path / "mine")
+    again = ts.load_run(folder)
+    users = list(run.data.user_ids[:10])
+    assert (again.recommend(users, k=5) == run.recommend(users, k=5)).all()
+    assert again.report.to_dict() == run.report.to_dict()
+    with pytest.raises(ValueError, match="not a schema run folder"):
+        ts.load_run(tmp_path)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep me")
+    with pytest.raises(Exception, match="refusing to replace"):
+        run.save(tmp_path / "notes")
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me"
+
+
+def test_from_frames_equals_reading_the_files(example, run):
+    folder = example.parent
+    frames = dict(interactions=pd.read_parquet(folder / "events.parquet"),
+                  items=pd.read_csv(folder / "catalog.csv"),
+                  users=pd.read_json(folder / "customers.jsonl", lines=True))
+    data = ts.Dataset.from_frames(schema=run.data.schema, config=config(), **frames)
+    rows = np.arange(data.num_interactions)
+    for key, value in run.data.examples(rows).items():
+        np.testing.assert_array_equal(data.examples(rows)[key], value, err_msg=key)
+    assert data.split.train.tolist() == run.data.split.train.tolist()
+
+
+def every_kind() -> ts.Dataset:
+    """A small dataset whose towers use every feature kind, numeric with and without buckets."""
+    rng = np.random.default_rng(0)
+    n, m, u = 400, 30, 25
+    interactions = pd.DataFrame({"user": rng.integers(0, u, n), "item": rng.integers(0, m, n),
+                                 "t": rng.integers(10**9, 10**9 + 10**6, n)})
+    items = pd.DataFrame({"item": np.arange(m), "title": [f"thing {i % 7} x" for i in range(m)],
+                          "tags": ["a|b", "", "c"] * (m // 3), "color": ["red", "blue"] * (m // 2),
+                          "price": rng.random(m) * 100, "weight": rng.random(m)})
+    users = pd.DataFrame({"user": np.arange(u), "age": rng.integers(18, 80, u).astype(float),
+                          "joined": rng.integers(10**9, 2 * 10**9, u)})
+    schema = ts.Schema.from_dict({
+        "interactions": {"user": "user", "item": "item", "time": "t"},
+        "items": {"id": "item", "features": {
+            "title": "text", "tags": {"kind": "multi_category", "separator": "|"},
+            "color": "category", "price": {"kind": "numeric", "buckets": 4},
+            "weight": "numeric"}},
+        "users": {"id": "user", "features": {"age": "numeric", "joined": "timestamp"}},
+        "towers": {"query": ["user", "time", "age", "joined"],
+                   "candidate": ["item", "title", "tags", "color", "price", "weight"]}})
+    return ts.Dataset.from_frames(interactions, schema, items=items, users=users,
+                                  config=config())
+
+
+def test_every_feature_kind_trains_and_implicit_data_skips_the_ranker(capsys):
+    data = every_kind()
+    kinds = {s.name: (s.kind, s.rows) for s in data.query_slots + data.candidate_slots}
+    assert kinds["price"] == ("numeric", 5) and kinds["weight"] == ("numeric", 0)
+    assert kinds["joined"][0] == "numeric" and kinds["tags"] == ("multi_category", 5)
+    run = ts.train(data, config(), backend="torch")
+    assert "ranking" not in run.report.stages
+    assert "ranking stage is skipped" in run.report.notes[0]
+    assert "--ranking-negatives" in capsys.readouterr().err
+    assert "ndcg@10_reranked" not in run.report.metrics
+    assert run.recommend([0, 1], k=3).shape == (2, 3)
+
+
+def test_options_schema_runs_do_not_offer_are_refused_before_training():
+    with pytest.raises(UnsupportedOptionError, match="--mixed-negatives"):
+        ts.train(every_kind(), config(mixed_negatives=2))
+    with pytest.raises(ValueError, match="backend='jax' is not one of"):
+        ts.train(every_kind(), config(), backend="jax")
+
+
+def test_frames_that_break_the_schema_name_the_table_and_the_closest_column(example):
+    schema = ts.Schema.from_dict(tomllib.loads(EXAMPLE), folder=example.parent)
+    events = pd.read_parquet(example.parent / "events.parquet").rename(
+        columns={"customer": "custmer"})
+    with pytest.raises(TableError, match="interactions DataFrame: no column 'customer' "
+                       r"\(did you mean 'custmer'\?\)"):
+        ts.Dataset.from_frames(events, schema, items=pd.read_csv(example.parent / "catalog.csv"),
+                               users=pd.read_json(example.parent / "customers.jsonl",
+                                                  lines=True))
+    with pytest.raises(TableError, match=r"\[items\] table needs its DataFrame"):
+        ts.Dataset.from_frames(pd.read_parquet(example.parent / "events.parquet"), schema)
+
+
+def test_a_temporal_split_needs_the_time_column():
+    interactions = pd.DataFrame({"u": ["a", "b"], "i": ["x", "y"]})
+    schema = ts.Schema.from_dict({"interactions": {"user": "u", "item": "i"},
+                                  "towers": {"query": ["user"], "candidate": ["item"]}})
+    with pytest.raises(ValueError, match="split='temporal' needs the interactions' time"):
+        ts.Dataset.from_frames(interactions, schema, config=config(split="temporal"))
+
+
+def test_cli_runs_a_schema_and_recommends_from_its_folder(example, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--schema", str(example), "--out", str(out), "--retrieval-epochs",
+                 "1", "--ranking-epochs", "1", "--batch-size", "256", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "| torch model |" in printed and "| most_popular |" in printed
+    assert main(["recommend", "--run", str(out), "--user", "c00001", "-k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("user c00001 (torch): top 3") and len(lines) == 4
+    assert main(["run", "--schema", str(example), "--out", str(tmp_path / "x"),
+                 "--mixed-negatives", "2", "--quiet"]) == 2
+    assert "not offered for --schema runs" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
