@@ -193,6 +193,21 @@ class SchemaDataset:
         return {**self.query_inputs(rows), **self.candidate_inputs(self.item_row[rows]),
                 "item_index": self.item_row[rows] + 1, "label": self.label[rows]}
 
+    def ranking_examples(self, rows: np.ndarray, negatives: int, seed: int
+                         ) -> dict[str, np.ndarray]:
+        """:meth:`examples` of interaction ``rows`` (label 1), then ``negatives`` items per row
+        drawn uniformly from the corpus with ``np.random.default_rng(seed)`` (label 0; a draw
+        may hit the row's own item), for the ranker of implicit data: both backends get the
+        same draws."""
+        drawn = np.random.default_rng(seed).integers(0, len(self.item_ids),
+                                                     size=len(rows) * negatives)
+        repeated = np.repeat(np.asarray(rows, np.int64), negatives)
+        sampled = {**self.query_inputs(repeated), **self.candidate_inputs(drawn),
+                   "item_index": drawn + 1, "label": np.zeros(len(drawn), np.float32)}
+        positive = self.examples(rows)
+        positive["label"] = np.ones(len(rows), np.float32)
+        return {k: np.concatenate([positive[k], sampled[k]]) for k in positive}
+
     def user_inputs(self, user_ids, times=None) -> dict[str, np.ndarray]:
         """Query-tower arrays of arbitrary users (unknown ones: the unknown row and empty
         features) at ``times`` (default: the last interaction time of the data)."""

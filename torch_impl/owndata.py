@@ -27,7 +27,7 @@ from twostage.owndata import check_schema_config, weight_file
 from twostage.schedule import BatchPlan
 
 from . import train as fitting
-from .features import SlotConcat, batch_iter, resolve_device, select_rows, to_tensors
+from .features import SlotConcat, batch_iter, resolve_device, to_tensors
 from .models import DenseStack, keras_init_, tower_stack
 from .optim import make_optimizer
 from .tasks import make_ranking_task, make_retrieval_task
@@ -134,17 +134,28 @@ class SchemaTrainer:
         return to_tensors(self.data.examples(np.asarray(rows, np.int64)), self.device)
 
     # --- training -----------------------------------------------------------------------------
-    def fit(self, stage: str, epochs: int, rows: np.ndarray | None = None,
+    def fit(self, stage: str, epochs: int, examples: Mapping[str, np.ndarray] | None = None,
             on_epoch: EpochCallback | None = None) -> History:
-        """Train ``stage`` for ``epochs`` epochs on interaction ``rows`` (default: the training
-        split; ranking of implicit data: the rows ``twostage.owndata`` gives it) in
-        ``BatchPlan`` order. Returns the epochs' History."""
+        """Train ``stage`` for ``epochs`` epochs in ``BatchPlan`` order.
+
+        Args:
+            stage: "retrieval" or "ranking".
+            epochs: epochs to add (the batch order carries on from ``epochs_done``).
+            examples: the training arrays (default: ``data.examples`` of the training split;
+                the ranker of implicit data: ``data.ranking_examples``).
+            on_epoch: called as ``on_epoch(stage, epoch, history)`` after each epoch.
+        Returns:
+            The epochs' History.
+        """
         stage = check_stage(stage)
-        rows = self.data.split.train if rows is None else np.asarray(rows, np.int64)
+        if examples is None:
+            examples = self.data.examples(self.data.split.train)
+        tensors = to_tensors(examples, self.device)
         parts = fitting.StageParts(stage, self.models[stage], self.optimizers[stage],
                                    loss=lambda b: self.loss(stage, b))
-        plan = BatchPlan(rows, self.config.train.batch_size, self.config.seed)
-        history = fitting.fit(parts, self.examples(rows), plan, self.config, epochs=epochs,
+        plan = BatchPlan(np.arange(len(examples["label"])), self.config.train.batch_size,
+                         self.config.seed)
+        history = fitting.fit(parts, tensors, plan, self.config, epochs=epochs,
                               epoch_offset=self.epochs_done[stage], on_epoch=on_epoch)
         self.epochs_done[stage] += epochs
         return history

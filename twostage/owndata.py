@@ -217,30 +217,32 @@ def train(data: SchemaDataset, config: Config | None = None, backend: str = "tor
     trainer = trainer_class(backend)(data, config)
     notes, stages = [], {}
     stages["retrieval"] = trainer.fit("retrieval", config.train.retrieval_epochs).loss
-    rank_rows = ranking_rows(data, config, ranking_negatives, notes)
-    if rank_rows is not None:
+    examples = ranking_examples(data, config, ranking_negatives, notes)
+    if examples is not None:
         stages["ranking"] = trainer.fit("ranking", config.train.ranking_epochs,
-                                        rows=rank_rows).loss
-    report = Report(backend, data.facts(), evaluate(trainer, data, config, rank_rows is not None),
+                                        examples=examples).loss
+    report = Report(backend, data.facts(), evaluate(trainer, data, config, examples is not None),
                     baseline_metrics(data, config), stages, notes)
     return Run(data, config, trainer, report)
 
 
-def ranking_rows(data: SchemaDataset, config: Config, negatives: int, notes: list[str]
-                 ) -> np.ndarray | None:
-    """The interaction rows the ranker trains on: the training split of labelled data; for
-    implicit data with ``negatives`` > 0, the training rows plus ``negatives`` drawn rows per
-    positive (``SchemaDataset.with_negatives``); None (said in ``notes`` and on stderr) when
-    implicit data has no negatives."""
+def ranking_examples(data: SchemaDataset, config: Config, negatives: int, notes: list[str]
+                     ) -> dict[str, np.ndarray] | None:
+    """What the ranker trains on: the training split of labelled data; for implicit data with
+    ``negatives`` > 0, each training interaction against ``negatives`` uniform draws
+    (``SchemaDataset.ranking_examples``, seeded by ``config.seed``); None (said in ``notes``
+    and on stderr) for implicit data without negatives."""
     if not data.implicit:
-        return data.split.train
+        return data.examples(data.split.train)
     if negatives <= 0:
         message = ("implicit data (no label): the ranking stage is skipped; pass "
                    "--ranking-negatives N to train it on N sampled items per positive")
         notes.append(message)
         print(f"twostage: {message}", file=sys.stderr)
         return None
-    raise UnsupportedOptionError("--ranking-negatives is not implemented yet for schema runs")
+    notes.append(f"implicit data: the ranker trained on each positive against {negatives} "
+                 "items drawn uniformly from the catalog")
+    return data.ranking_examples(data.split.train, negatives, config.seed)
 
 
 def evaluate(trainer, data: SchemaDataset, config: Config, ranked: bool) -> dict[str, float]:

@@ -138,6 +138,24 @@ def test_every_feature_kind_trains_and_implicit_data_skips_the_ranker(capsys):
     assert run.recommend([0, 1], k=3).shape == (2, 3)
 
 
+def test_implicit_data_with_ranking_negatives_trains_the_ranker_on_seeded_draws():
+    data = every_kind()
+    rows = data.split.train[:50]
+    examples = data.ranking_examples(rows, 3, seed=7)
+    assert len(examples["label"]) == 200 and examples["label"].sum() == 50
+    assert (examples["label"][:50] == 1).all() and (examples["label"][50:] == 0).all()
+    again = data.ranking_examples(rows, 3, seed=7)
+    for key in examples:                                 # the same draws for both backends
+        np.testing.assert_array_equal(examples[key], again[key])
+    drawn = examples["item_index"][50:] - 1
+    np.testing.assert_array_equal(examples["item"][50:], data.items["item"][drawn])
+    np.testing.assert_array_equal(examples["user"][50:], np.repeat(examples["user"][:50], 3))
+    run = ts.train(data, config(), backend="torch", ranking_negatives=3)
+    assert len(run.report.stages["ranking"]) == 2
+    assert "ndcg@10_reranked" in run.report.metrics
+    assert "3 items drawn uniformly" in run.report.notes[0]
+
+
 def test_options_schema_runs_do_not_offer_are_refused_before_training():
     with pytest.raises(UnsupportedOptionError, match="--mixed-negatives"):
         ts.train(every_kind(), config(mixed_negatives=2))
