@@ -4,6 +4,8 @@ every feature kind through ``Dataset.from_frames``. (The TFRS twin and the parit
 two: parity_tests/test_9_schema.py.)"""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -197,3 +199,26 @@ def test_cli_runs_a_schema_and_recommends_from_its_folder(example, tmp_path, cap
                  "--mixed-negatives", "2", "--quiet"]) == 2
     assert "not offered for --schema runs" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_readme_quick_start_runs_as_written(tmp_path, monkeypatch):
+    """The README's Python quick start, executed (so it cannot rot); its schema file is the
+    one the README's CLI line names."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Your own data", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.splitlines()) <= 15
+    cli = section.split("```bash\n", 1)[1].split("```", 1)[0].split()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ts.Config, "replace", _quiet(ts.Config.replace))
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "runs" / "mine-py" / "weights.npz").is_file()
+    assert (tmp_path / cli[cli.index("--schema") + 1]).is_file()
+    again = ts.load_run(tmp_path / "runs" / "mine-py")
+    assert again.recommend(["c00001"], k=5).shape == (1, 5)
+
+
+def _quiet(replace):
+    def quiet(self, **changes):
+        return replace(self, quiet=True, **changes)
+    return quiet
