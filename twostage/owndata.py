@@ -21,10 +21,11 @@ import numpy as np
 
 from . import evaluation, io
 from .backend import UnsupportedOptionError
-from .baselines import tie_priority
+from .baselines import evaluate_baselines
 from .config import Config
 from .data.schema_data import Options, SchemaDataset
 from .schema import Schema
+from .schedule import validation_rows
 
 log = logging.getLogger(__name__)
 BACKENDS = {"torch": "torch_impl.owndata", "tfrs": "tfrs_impl.owndata"}
@@ -221,8 +222,9 @@ def train(data: SchemaDataset, config: Config | None = None, backend: str = "tor
     if examples is not None:
         stages["ranking"] = trainer.fit("ranking", config.train.ranking_epochs,
                                         examples=examples).loss
-    report = Report(backend, data.facts(), evaluate(trainer, data, config, examples is not None),
-                    baseline_metrics(data, config), stages, notes)
+    metrics = evaluate(trainer, data, config, examples is not None)
+    report = Report(backend, data.facts(), metrics, baseline_metrics(data, config, notes),
+                    stages, notes)
     return Run(data, config, trainer, report)
 
 
@@ -246,45 +248,100 @@ def ranking_examples(data: SchemaDataset, config: Config, negatives: int, notes:
 
 
 def evaluate(trainer, data: SchemaDataset, config: Config, ranked: bool) -> dict[str, float]:
-    """Top-k accuracy of every test interaction over the corpus; with a ranker, nDCG@k of the
-    test positives' retrieved candidates before and after re-ranking."""
-    test = data.split.test
-    if len(test) == 0:
+    """The seed protocol's figures of a trained schema run on the evaluation rows (the test
+    split, or its ``eval_queries`` sample), each also with the user's training items excluded
+    (``_exclude_seen``): top-k accuracy over the whole corpus; with a ranker, nDCG@k of the
+    positives' ``num_candidates`` retrieved items before (``ndcg@k_retrieval``) and after
+    re-ranking (``ndcg@k``)."""
+    rows = validation_rows(data.split.test, config)
+    if len(rows) == 0:
         return {}
+    view = index_view(data)
     corpus = trainer.candidate_embeddings(data.candidate_inputs(np.arange(len(data.item_ids))))
-    queries = trainer.query_embeddings(data.query_inputs(test))
-    truth = corpus[data.item_row[test]]
-    ks = [k for k in config.eval.top_ks]
-    out = {f"top_{k}_accuracy": v for k, v in
-           evaluation.factorized_top_k_accuracy(queries, truth, corpus, ks).items()}
-    positives = test[data.label[test] > 0]
-    if ranked and len(positives):
-        c = min(config.eval.num_candidates, len(data.item_ids))
-        q = queries[data.label[test] > 0]
-        candidates = np.argsort(-(q @ corpus.T), axis=1, kind="stable")[:, :c]
-        inputs = {**{k: np.repeat(v, c, axis=0) for k, v in data.query_inputs(positives).items()},
-                  **data.candidate_inputs(candidates.ravel())}
-        scores = trainer.ranking_scores(inputs).reshape(len(positives), c)
-        k = min(config.eval.ndcg_k, c)
-        metrics = evaluation.two_stage_metrics(candidates, scores, data.item_row[positives], k)
-        out.update({name: value for name, value in metrics.items() if name.startswith("ndcg")})
+    queries = trainer.query_embeddings(data.query_inputs(rows))
+    users, truth = view.features["user_index"][rows], view.features["title_index"][rows]
+    seen = evaluation.SeenTitles(view.features["user_index"][data.split.train],
+                                 view.features["title_index"][data.split.train],
+                                 view.corpus_features["title_index"])
+    exclude = seen.exclusions(users, truth)
+    counts = evaluation.count_scoring_higher(queries, corpus[truth - 1], corpus, exclude=exclude)
+    out = {}
+    for suffix, greater in (("", counts.greater), ("_exclude_seen", counts.greater_unseen)):
+        hits = evaluation.hits_at_k(greater, counts.finite, config.eval.top_ks)
+        out.update({f"top_{k}_accuracy{suffix}": int(h) / len(rows)
+                    for k, h in zip(config.eval.top_ks, hits)})
+    positive = data.label[rows] > 0
+    if ranked and positive.any():
+        for suffix, excluded in (("", None), ("_exclude_seen", exclude.take(
+                np.flatnonzero(positive)))):
+            out.update(_two_stage(trainer, data, rows[positive], queries[positive], corpus,
+                                  excluded, config, suffix))
     return out
 
 
-def baseline_metrics(data: SchemaDataset, config: Config) -> dict[str, dict[str, float]]:
-    """Random (expected: k / M) and most-popular (training counts, ties by corpus row) top-k
-    accuracy of the test interactions, as the model's."""
-    test, m = data.split.test, len(data.item_ids)
-    if len(test) == 0:
+def _two_stage(trainer, data: SchemaDataset, rows: np.ndarray, queries: np.ndarray,
+               corpus: np.ndarray, exclude, config: Config, suffix: str) -> dict[str, float]:
+    """nDCG@k of the retrieved candidates of positive ``rows`` before and after re-ranking."""
+    c = min(config.eval.num_candidates, len(data.item_ids))
+    scores = queries @ corpus.T
+    if exclude is not None:
+        scores[exclude.pairs()] = -np.inf
+    candidates = np.argsort(-scores, axis=1, kind="stable")[:, :c]
+    inputs = {**{k: np.repeat(v, c, axis=0) for k, v in data.query_inputs(rows).items()},
+              **data.candidate_inputs(candidates.ravel())}
+    ranking = trainer.ranking_scores(inputs).reshape(len(rows), c)
+    k = min(config.eval.ndcg_k, c)
+    metrics = evaluation.two_stage_metrics(candidates, ranking, data.item_row[rows], k)
+    return {f"ndcg@{k}{suffix}": metrics[f"ndcg@{k}_reranked"],
+            f"ndcg@{k}_retrieval{suffix}": metrics[f"ndcg@{k}_retrieval"]}
+
+
+@dataclass(frozen=True)
+class IndexView:
+    """What ``twostage.baselines`` and the exclusions read of a dataset, for a schema's data:
+    ``features`` user_index [N] (user rows) and title_index [N] (item rows + 1: 0 stays the
+    unknown id, as the seed's), ``corpus_features`` title_index [M] (every item, in corpus
+    order), ``label``, ``split``, ``timestamp`` (the time column, or the row order)."""
+
+    features: dict[str, np.ndarray]
+    corpus_features: dict[str, np.ndarray]
+    label: np.ndarray
+    split: Any
+    timestamp: np.ndarray
+
+
+def index_view(data: SchemaDataset) -> IndexView:
+    """The :class:`IndexView` of ``data``."""
+    return IndexView({"user_index": data.user_row, "title_index": data.item_row + 1},
+                     {"title_index": np.arange(1, len(data.item_ids) + 1)}, data.label,
+                     data.split, data.time if data.time is not None
+                     else np.arange(data.num_interactions))
+
+
+def baseline_metrics(data: SchemaDataset, config: Config, notes: list[str]
+                     ) -> dict[str, dict[str, float]]:
+    """Random (its exact expectation), most-popular and EASE (lambda on a validation slice of
+    the training split; skipped above ``baselines.EASE_MAX_TITLES`` items) on the model's
+    evaluation rows, by ``twostage.baselines``, flattened as :func:`evaluate`'s names (nDCG@k
+    of the baseline's own order)."""
+    if len(data.split.test) == 0:
         return {}
-    popularity = np.bincount(data.item_row[data.split.train], minlength=m)
-    score = (m - tie_priority(popularity)).astype(np.float32)[:, None]   # distinct, by rank
-    ones = np.ones((len(test), 1), np.float32)
-    greater, finite = evaluation.num_scoring_higher(ones, score[data.item_row[test]], score)
-    ks = list(config.eval.top_ks)
-    hits = evaluation.hits_at_k(greater, finite, ks) / len(test)
-    return {"random": {f"top_{k}_accuracy": min(k, m) / m for k in ks},
-            "most_popular": {f"top_{k}_accuracy": float(h) for k, h in zip(ks, hits)}}
+    found = evaluate_baselines(index_view(data), config)["models"]
+    names = {"random": "random", "popular": "most_popular", "ease": "ease"}
+    notes.extend(f"{names[n]} skipped: {f['skipped']}" for n, f in found.items()
+                 if "skipped" in f)
+    return {names[n]: _flat(f) for n, f in found.items() if "skipped" not in f}
+
+
+def _flat(figures: dict) -> dict[str, float]:
+    out = {}
+    for suffix in ("", "_exclude_seen"):
+        out.update({f"top_{k}_accuracy{suffix}": float(v)
+                    for k, v in figures[f"top_k_accuracy{suffix}"].items()})
+        for name, value in figures.get(f"positives{suffix}", {}).items():
+            if name.startswith("ndcg@"):
+                out[f"{name}{suffix}"] = float(value)
+    return out
 
 
 def load_run(directory: Path | str, data: SchemaDataset | None = None,
