@@ -55,23 +55,29 @@ def test_the_example_schema_runs_and_reports_against_baselines(run):
 
 
 def test_model_figures_equal_a_brute_force_count_under_both_protocols(run):
+    """Items strictly above the positive, counted in numpy. The metric's positive is TFRS's
+    reduce_sum (not this GEMM's entry), so the item's own row may or may not count above it:
+    the figure lies between "never" and "always", and only near ties of other items may flip."""
     data, trainer = run.data, run.trainer
     rows = data.split.test
     corpus = trainer.candidate_embeddings(data.candidate_inputs(np.arange(len(data.item_ids))))
     scores = trainer.query_embeddings(data.query_inputs(rows)) @ corpus.T
     truth = data.item_row[rows]
-    above = scores > scores[np.arange(len(rows)), truth][:, None]
+    positive = scores[np.arange(len(rows)), truth][:, None]
+    above = scores > positive                       # never the own row
     seen = data.seen_items(data.split.train)
     unseen_above = above.copy()
     for i, row in enumerate(rows):
         dropped = [j for j in seen.get(int(data.user_row[row]), []) if j != truth[i]]
         unseen_above[i, dropped] = False
-    near_ties = 2 / len(rows)    # a score within float32 rounding of the positive may flip
+    near = np.abs(scores - positive) <= 1e-5 * np.maximum(1.0, np.abs(positive))
+    slack = (near.sum(1) > 1).mean() + 1e-9        # other items within rounding
+    assert slack < 0.2
     for k in KS:
-        assert run.report.metrics[f"top_{k}_accuracy"] == pytest.approx(
-            np.mean(above.sum(1) < k), abs=near_ties)
-        assert run.report.metrics[f"top_{k}_accuracy_exclude_seen"] == pytest.approx(
-            np.mean(unseen_above.sum(1) < k), abs=near_ties)
+        for suffix, counted in (("", above), ("_exclude_seen", unseen_above)):
+            got = run.report.metrics[f"top_{k}_accuracy{suffix}"]
+            others = counted.sum(1)
+            assert np.mean(others + 1 < k) - slack <= got <= np.mean(others < k) + slack
     assert (unseen_above.sum(1) < above.sum(1)).any()   # the protocols differ on this data
 
 
