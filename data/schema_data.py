@@ -281,7 +281,7 @@ def _encode_side(table, frame, ids: np.ndarray, options: Options, encoders: dict
         return
     rows = _rows_of(frame[table.id].astype(str).to_numpy(object), pd.Series(ids), missing=-1)
     for name, feature in table.features.items():
-        column = frame[name]
+        column = frame[feature.source]
         encoder = _fit(feature, column, options)
         encoders[name] = encoder
         encoded = _encode(feature, encoder, column.to_numpy(object))

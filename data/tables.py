@@ -61,7 +61,7 @@ def load_frames(schema: Schema, drop_unknown_items: bool = False) -> Frames:
             raise TableError(f"schema {schema.source}: [{name}] has no 'path'; give one, or "
                              "pass the tables as DataFrames (twostage.Dataset.from_frames)")
     interactions = read_table(schema.interactions, _interaction_columns(schema), "interactions")
-    items, users = (None if t is None else read_table(t, [t.id, *t.features], what)
+    items, users = (None if t is None else read_table(t, t.columns, what)
                     for t, what in ((schema.items, "items"), (schema.users, "users")))
     return _checked(schema, Frames(interactions, items, users), drop_unknown_items)
 
@@ -85,7 +85,7 @@ def check_frames(schema: Schema, frames: Frames, drop_unknown_items: bool = Fals
             continue
         if frame is None:
             raise TableError(f"the schema's [{what}] table needs its DataFrame ({what}=...)")
-        columns = columns or [table.id, *table.features]
+        columns = columns or table.columns
         _has_columns(list(frame.columns), columns, f"the {what} DataFrame")
         if frame.empty:
             raise TableError(f"the {what} DataFrame has no rows")
@@ -128,7 +128,7 @@ def read_table(table: Table, columns: list[str], what: str) -> pd.DataFrame:
     """The ``columns`` of ``table``'s file or folder of parts, as one frame (parts in name
     order). Raises TableError for a missing file, a file its reader cannot parse, a missing
     column (naming the closest one) or no rows."""
-    parts = _parts(table.path, what)
+    parts = _parts(table, what)
     frames = [_read_part(path, table, columns) for path in parts]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if frame.empty:
@@ -137,9 +137,11 @@ def read_table(table: Table, columns: list[str], what: str) -> pd.DataFrame:
     return frame
 
 
-def _parts(path: Path, what: str) -> list[Path]:
+def _parts(table: Table, what: str) -> list[Path]:
+    path = table.path
     if path.is_dir():
-        parts = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES)
+        parts = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and (p.suffix.lower() in SUFFIXES or table.reader.format))
         if not parts:
             raise TableError(f"{path}: the {what} folder holds no {', '.join(SUFFIXES)} file")
         if len({p.suffix.lower() for p in parts}) > 1:
@@ -152,7 +154,8 @@ def _parts(path: Path, what: str) -> list[Path]:
 
 
 def _read_part(path: Path, table: Table, columns: list[str]) -> pd.DataFrame:
-    suffix, reader = path.suffix.lower(), table.reader
+    reader = table.reader
+    suffix = f".{reader.format}" if reader.format else path.suffix.lower()
     try:
         if suffix == ".parquet":
             data = pa_parquet.read_table(path)
@@ -226,7 +229,7 @@ def _side(table: Table | None, frame: pd.DataFrame | None, what: str, label: str
     if table is None:
         return None
     where = _place(table, what, label)
-    frame = frame[[table.id, *table.features]].copy()
+    frame = frame[table.columns].copy()
     frame[table.id] = _ids(frame[table.id], where, table.id)
     repeated = frame[table.id].duplicated(keep=False).to_numpy()
     if repeated.any():

@@ -10,6 +10,7 @@ candidates, beside the random and most-popular baselines.
 from __future__ import annotations
 
 import importlib
+from importlib import resources
 import json
 import logging
 import sys
@@ -21,11 +22,13 @@ import numpy as np
 
 from . import evaluation, io
 from .backend import UnsupportedOptionError
+from . import pipeline
 from .baselines import evaluate_baselines
+from .index import make_index
 from .config import Config
+from .data.download import resolve_data_dir
 from .data.schema_data import Options, SchemaDataset
 from .schema import Schema
-from .schedule import validation_rows
 
 log = logging.getLogger(__name__)
 BACKENDS = {"torch": "torch_impl.owndata", "tfrs": "tfrs_impl.owndata"}
@@ -33,6 +36,7 @@ RUN_KIND = "schema run"
 RUNS_KIND = "schema runs"   # --backend both: a schema run folder per backend
 KINDS = (RUN_KIND, RUNS_KIND)
 WEIGHTS = "weights.npz"
+SHIPPED = Path(str(resources.files("twostage.data") / "schemas"))   # ml-100k.toml, ...
 RUN_VERSION = 1
 
 
@@ -70,35 +74,60 @@ def trainer_class(backend: str):
     return importlib.import_module(BACKENDS[backend]).SchemaTrainer
 
 
+def shipped_schema(name: str) -> Path | None:
+    """The path of a schema shipped with the package (``ml-100k``), or None."""
+    path = SHIPPED / f"{name}.toml"
+    return path if path.is_file() else None
+
+
+def read_schema(schema: str | Path, data_dir: str | Path | None = None) -> Schema:
+    """A schema file, or the name of a shipped one (:data:`SHIPPED`), whose paths are then
+    relative to its MovieLens folder: ``data_dir``, else ``TWOSTAGE_DATA_DIR``, the cache or a
+    verified download, as ``--dataset``."""
+    shipped = shipped_schema(str(schema))
+    if shipped is None:
+        return Schema.from_toml(schema)
+    folder = resolve_data_dir(data_dir, dataset=str(schema).removeprefix("ml-"))
+    return Schema.from_toml(shipped, folder=folder, source=str(schema))
+
+
 def load(schema: Schema | str | Path, config: Config | None = None,
-         drop_unknown_items: bool = False) -> SchemaDataset:
+         drop_unknown_items: bool = False, data_dir: str | Path | None = None
+         ) -> SchemaDataset:
     """Read and encode a schema's files.
 
     Args:
-        schema: a :class:`Schema`, or the path of its TOML file.
+        schema: a :class:`Schema`, the path of its TOML file, or a shipped schema's name
+            (``"ml-100k"``: the article's dataset; see :func:`read_schema`).
         config: the split, buckets and tokens to encode with (default ``Config()``).
         drop_unknown_items: drop interactions whose item the items table lacks.
+        data_dir: a shipped schema's data folder (default: as ``--dataset`` finds it).
     Returns:
         The encoded :class:`SchemaDataset`.
     Raises:
         SchemaError, TableError: one line naming the file, the column and the fix.
     """
     if not isinstance(schema, Schema):
-        schema = Schema.from_toml(schema)
+        schema = read_schema(schema, data_dir or (config.data.data_dir if config else None))
     return SchemaDataset.load(schema, Options.from_config(config or Config()),
                               drop_unknown_items)
 
 
 @dataclass
 class Report:
-    """What a run measured. ``metrics``: the model's figures; ``baselines``: {name: figures};
-    ``stages``: the per-epoch losses of each trained stage; ``dataset``: facts;
-    ``notes``: what the run skipped and why."""
+    """What a run measured, in the seed run's layout (``twostage.pipeline``).
+
+    ``metrics``: the model's report (``retrieval``, ``ranking``, ``two_stage``,
+    ``two_stage_exclude_seen``, ``eval_sample``; retrieval only without a ranker);
+    ``baselines``: ``twostage.baselines.evaluate_baselines``' report; ``stages``: the
+    per-epoch losses of each trained stage; ``dataset``: facts; ``notes``: what the run
+    skipped and why. :meth:`table` is what the CLI prints and the README's tables show.
+    """
 
     backend: str
     dataset: dict
-    metrics: dict[str, float]
-    baselines: dict[str, dict[str, float]]
+    metrics: dict
+    baselines: dict
     stages: dict[str, list[float]]
     notes: list[str] = field(default_factory=list)
 
@@ -112,15 +141,29 @@ class Report:
         return cls(d["backend"], d["dataset"], d["metrics"], d["baselines"], d["stages"],
                    list(d.get("notes", [])))
 
-    def markdown(self) -> str:
-        """The report as a Markdown table: model and baselines, one row each."""
-        names = sorted({k for m in [self.metrics, *self.baselines.values()] for k in m})
-        rows = [f"| {self.backend} model | " + " | ".join(_cell(self.metrics, n) for n in names)]
-        rows += [f"| {b} | " + " | ".join(_cell(m, n) for n in names)
-                 for b, m in self.baselines.items()]
-        head = "| | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names)
-        notes = "".join(f"\n- {n}" for n in self.notes)
-        return head + "\n" + " |\n".join(rows) + " |\n" + notes
+    def table(self, k: int = 10) -> dict[str, dict[str, float]]:
+        """{row: {column: value}}: the model and each baseline, top-k accuracy at every k and
+        nDCG@``k`` (the model's after re-ranking, a baseline's of its own order), each also
+        with the user's training items excluded ("excl. seen")."""
+        rows = {f"{self.backend} model": self.metrics,
+                **{name: entry for name, entry in self.baselines.get("models", {}).items()
+                   if "skipped" not in entry}}
+        out = {}
+        for row, report in rows.items():
+            out[row] = {}
+            for protocol, tag in (("seed", ""), ("exclude_seen", " excl. seen")):
+                for name, value in pipeline.protocol_figures(report, protocol, k).items():
+                    out[row][name.replace("top_k_accuracy.", "top-") + tag] = value
+        return out
+
+    def markdown(self, k: int = 10) -> str:
+        """:meth:`table` as Markdown, then the notes."""
+        table = self.table(k)
+        columns = list(dict.fromkeys(c for row in table.values() for c in row))
+        lines = ["| | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+        lines += [f"| {row} | " + " | ".join(_cell(values, c) for c in columns) + " |"
+                  for row, values in table.items()]
+        return "\n".join(lines + [f"- {n}" for n in self.notes]) + "\n"
 
 
 def _cell(metrics: Mapping[str, float], name: str) -> str:
@@ -223,7 +266,7 @@ def train(data: SchemaDataset, config: Config | None = None, backend: str = "tor
         stages["ranking"] = trainer.fit("ranking", config.train.ranking_epochs,
                                         examples=examples).loss
     metrics = evaluate(trainer, data, config, examples is not None)
-    report = Report(backend, data.facts(), metrics, baseline_metrics(data, config, notes),
+    report = Report(backend, data.facts(), metrics, baseline_report(data, config, notes),
                     stages, notes)
     return Run(data, config, trainer, report)
 
@@ -247,101 +290,110 @@ def ranking_examples(data: SchemaDataset, config: Config, negatives: int, notes:
     return data.ranking_examples(data.split.train, negatives, config.seed)
 
 
-def evaluate(trainer, data: SchemaDataset, config: Config, ranked: bool) -> dict[str, float]:
-    """The seed protocol's figures of a trained schema run on the evaluation rows (the test
-    split, or its ``eval_queries`` sample), each also with the user's training items excluded
-    (``_exclude_seen``): top-k accuracy over the whole corpus; with a ranker, nDCG@k of the
-    positives' ``num_candidates`` retrieved items before (``ndcg@k_retrieval``) and after
-    re-ranking (``ndcg@k``)."""
-    rows = validation_rows(data.split.test, config)
-    if len(rows) == 0:
-        return {}
-    view = index_view(data)
-    corpus = trainer.candidate_embeddings(data.candidate_inputs(np.arange(len(data.item_ids))))
-    queries = trainer.query_embeddings(data.query_inputs(rows))
-    users, truth = view.features["user_index"][rows], view.features["title_index"][rows]
-    seen = evaluation.SeenTitles(view.features["user_index"][data.split.train],
-                                 view.features["title_index"][data.split.train],
-                                 view.corpus_features["title_index"])
-    exclude = seen.exclusions(users, truth)
-    counts = evaluation.count_scoring_higher(queries, corpus[truth - 1], corpus, exclude=exclude)
-    out = {}
-    for suffix, greater in (("", counts.greater), ("_exclude_seen", counts.greater_unseen)):
-        hits = evaluation.hits_at_k(greater, counts.finite, config.eval.top_ks)
-        out.update({f"top_{k}_accuracy{suffix}": int(h) / len(rows)
-                    for k, h in zip(config.eval.top_ks, hits)})
-    positive = data.label[rows] > 0
-    if ranked and positive.any():
-        for suffix, excluded in (("", None), ("_exclude_seen", exclude.take(
-                np.flatnonzero(positive)))):
-            out.update(_two_stage(trainer, data, rows[positive], queries[positive], corpus,
-                                  excluded, config, suffix))
-    return out
-
-
-def _two_stage(trainer, data: SchemaDataset, rows: np.ndarray, queries: np.ndarray,
-               corpus: np.ndarray, exclude, config: Config, suffix: str) -> dict[str, float]:
-    """nDCG@k of the retrieved candidates of positive ``rows`` before and after re-ranking."""
-    c = min(config.eval.num_candidates, len(data.item_ids))
-    scores = queries @ corpus.T
-    if exclude is not None:
-        scores[exclude.pairs()] = -np.inf
-    candidates = np.argsort(-scores, axis=1, kind="stable")[:, :c]
-    inputs = {**{k: np.repeat(v, c, axis=0) for k, v in data.query_inputs(rows).items()},
-              **data.candidate_inputs(candidates.ravel())}
-    ranking = trainer.ranking_scores(inputs).reshape(len(rows), c)
-    k = min(config.eval.ndcg_k, c)
-    metrics = evaluation.two_stage_metrics(candidates, ranking, data.item_row[rows], k)
-    return {f"ndcg@{k}{suffix}": metrics[f"ndcg@{k}_reranked"],
-            f"ndcg@{k}_retrieval{suffix}": metrics[f"ndcg@{k}_retrieval"]}
-
-
 @dataclass(frozen=True)
-class IndexView:
-    """What ``twostage.baselines`` and the exclusions read of a dataset, for a schema's data:
-    ``features`` user_index [N] (user rows) and title_index [N] (item rows + 1: 0 stays the
-    unknown id, as the seed's), ``corpus_features`` title_index [M] (every item, in corpus
-    order), ``label``, ``split``, ``timestamp`` (the time column, or the row order)."""
+class ProtocolView:
+    """A schema's data as ``twostage.pipeline`` and ``twostage.baselines`` read the seed's
+    dataset, so a schema run is evaluated by the seed protocol's own code: ``user_id`` [N] and
+    ``timestamp`` [N] (the time column, or 0) of every interaction, ``movie_title`` [N] its
+    item's identity (``[items] identity``, else its id) and ``corpus_titles`` [M] every corpus
+    row's, ``features`` user_index / title_index [N] and ``corpus_features`` title_index [M]
+    (the user's and the identity's lookup codes: the seed's indices for ``ml-100k``),
+    ``label`` [N], ``split``."""
 
+    data: SchemaDataset
+    user_id: np.ndarray
+    timestamp: np.ndarray
+    movie_title: np.ndarray
+    corpus_titles: np.ndarray
     features: dict[str, np.ndarray]
     corpus_features: dict[str, np.ndarray]
     label: np.ndarray
     split: Any
-    timestamp: np.ndarray
+
+    def facts(self) -> dict:
+        return self.data.facts()
 
 
-def index_view(data: SchemaDataset) -> IndexView:
-    """The :class:`IndexView` of ``data``."""
-    return IndexView({"user_index": data.user_row, "title_index": data.item_row + 1},
-                     {"title_index": np.arange(1, len(data.item_ids) + 1)}, data.label,
-                     data.split, data.time if data.time is not None
-                     else np.arange(data.num_interactions))
+def protocol_view(data: SchemaDataset) -> ProtocolView:
+    """The :class:`ProtocolView` of ``data``."""
+    identity = data.schema.items.identity if data.schema.items is not None else None
+    if identity is None:
+        codes, names = np.arange(1, len(data.item_ids) + 1), data.item_ids
+    else:
+        codes = data.items[identity]
+        names = np.asarray(("",) + data.encoders[identity].vocabulary, dtype=object)[codes]
+    time = data.time if data.time is not None else np.zeros(data.num_interactions, np.int64)
+    return ProtocolView(
+        data, data.user_ids[data.user_row], time, names[data.item_row], names,
+        {"user_index": data.users["user"][data.user_row], "title_index": codes[data.item_row]},
+        {"title_index": codes}, data.label, data.split)
 
 
-def baseline_metrics(data: SchemaDataset, config: Config, notes: list[str]
-                     ) -> dict[str, dict[str, float]]:
-    """Random (its exact expectation), most-popular and EASE (lambda on a validation slice of
-    the training split; skipped above ``baselines.EASE_MAX_TITLES`` items) on the model's
-    evaluation rows, by ``twostage.baselines``, flattened as :func:`evaluate`'s names (nDCG@k
-    of the baseline's own order)."""
+class ProtocolBackend:
+    """A SchemaTrainer behind the methods of ``twostage.backend.Backend`` the evaluation
+    calls (embeddings, index, retrieval, ranking scores of raw ids), on a ProtocolView's ids."""
+
+    def __init__(self, trainer, view: ProtocolView, config: Config) -> None:
+        self.trainer, self.view, self.config = trainer, view, config
+        first = {}
+        for row, name in enumerate(view.corpus_titles.tolist()):
+            first.setdefault(name, row)
+        self._row = first            # an identity's first corpus row (its features)
+        self._index = None
+
+    def _rows(self, titles) -> np.ndarray:
+        return np.array([self._row[t] for t in np.asarray(titles, dtype=object).tolist()],
+                        dtype=np.int64)
+
+    def _queries(self, user_ids, timestamps) -> dict[str, np.ndarray]:
+        return self.view.data.user_inputs(user_ids, np.asarray(timestamps, np.int64))
+
+    def query_embeddings(self, user_ids, timestamps) -> np.ndarray:
+        return self.trainer.query_embeddings(self._queries(user_ids, timestamps))
+
+    def candidate_embeddings(self, titles) -> np.ndarray:
+        return self.trainer.candidate_embeddings(self.view.data.candidate_inputs(
+            self._rows(titles)))
+
+    def build_index(self, titles) -> None:
+        self._index = make_index(self.config).add(np.ascontiguousarray(
+            self.candidate_embeddings(titles), dtype=np.float32))
+
+    def retrieve(self, user_ids, timestamps, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._index.search(self.query_embeddings(user_ids, timestamps), k)
+
+    def ranking_scores(self, user_ids, timestamps, titles) -> np.ndarray:
+        inputs = {**self._queries(user_ids, timestamps),
+                  **self.view.data.candidate_inputs(self._rows(titles))}
+        return self.trainer.ranking_scores(inputs)
+
+
+def evaluate(trainer, data: SchemaDataset, config: Config, ranked: bool) -> dict:
+    """The seed protocol's report of a trained schema run (``twostage.pipeline.evaluate``'s
+    sections; without a ranker, retrieval only), on the test split or its ``eval_queries``
+    sample."""
+    view = protocol_view(data)
     if len(data.split.test) == 0:
         return {}
-    found = evaluate_baselines(index_view(data), config)["models"]
-    names = {"random": "random", "popular": "most_popular", "ease": "ease"}
-    notes.extend(f"{names[n]} skipped: {f['skipped']}" for n, f in found.items()
-                 if "skipped" in f)
-    return {names[n]: _flat(f) for n, f in found.items() if "skipped" not in f}
+    backend = ProtocolBackend(trainer, view, config)
+    if ranked:
+        return pipeline.evaluate(backend, view, config)
+    backend.build_index(view.corpus_titles)
+    rows = pipeline.evaluation_rows(view, config)
+    return {"retrieval": pipeline.evaluate_retrieval(backend, view, config, rows),
+            "eval_sample": pipeline.sample_facts(view, config, rows)}
 
 
-def _flat(figures: dict) -> dict[str, float]:
-    out = {}
-    for suffix in ("", "_exclude_seen"):
-        out.update({f"top_{k}_accuracy{suffix}": float(v)
-                    for k, v in figures[f"top_k_accuracy{suffix}"].items()})
-        for name, value in figures.get(f"positives{suffix}", {}).items():
-            if name.startswith("ndcg@"):
-                out[f"{name}{suffix}"] = float(value)
-    return out
+def baseline_report(data: SchemaDataset, config: Config, notes: list[str]) -> dict:
+    """Random (its exact expectation), most-popular and EASE (lambda on a validation slice of
+    the training split; skipped above ``baselines.EASE_MAX_TITLES`` items, said in ``notes``)
+    on the model's evaluation rows, by ``twostage.baselines``."""
+    if len(data.split.test) == 0:
+        return {}
+    found = evaluate_baselines(protocol_view(data), config)
+    notes.extend(f"{name} skipped: {entry['skipped']}"
+                 for name, entry in found["models"].items() if "skipped" in entry)
+    return found
 
 
 def load_run(directory: Path | str, data: SchemaDataset | None = None,

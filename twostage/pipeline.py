@@ -331,7 +331,7 @@ def run_backend(name: str, dataset: Dataset, config: Config,
 PROTOCOLS = ("seed", "exclude_seen")
 
 
-def _protocol_figures(report: dict, protocol: str, k: int) -> dict[str, float]:
+def protocol_figures(report: dict, protocol: str, k: int) -> dict[str, float]:
     """The compared figures of a model report or a baseline entry under one protocol:
     ``top_k_accuracy.<k>`` for every k and ``ndcg@<k>`` (the model's after re-ranking, a
     baseline's of its own order)."""
@@ -357,8 +357,8 @@ def compare_to_baselines(report: dict, baselines: dict) -> dict:
             continue
         out[name] = {}
         for protocol in PROTOCOLS:
-            mine, theirs = (_protocol_figures(report, protocol, k),
-                            _protocol_figures(entry, protocol, k))
+            mine, theirs = (protocol_figures(report, protocol, k),
+                            protocol_figures(entry, protocol, k))
             out[name][protocol] = {
                 figure: {"model": mine[figure], "baseline": theirs[figure],
                          "difference": mine[figure] - theirs[figure],

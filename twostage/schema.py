@@ -51,13 +51,14 @@ candidate = ["item", "name", "tags"]
 FEATURE_KINDS = ("id", "category", "multi_category", "text", "numeric", "timestamp")
 SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl")
 TABLES = ("interactions", "items", "users", "towers")
-READER_KEYS = ("separator", "header", "encoding", "quoting")
+READER_KEYS = ("format", "separator", "header", "encoding", "quoting")
+FORMATS = ("csv", "tsv", "parquet", "jsonl")
 TABLE_KEYS = {
     "interactions": ("path", "user", "item", "time", "label", *READER_KEYS),
-    "items": ("path", "id", "features", *READER_KEYS),
+    "items": ("path", "id", "identity", "features", *READER_KEYS),
     "users": ("path", "id", "features", *READER_KEYS),
 }
-FEATURE_KEYS = ("kind", "separator", "buckets")
+FEATURE_KEYS = ("kind", "column", "separator", "buckets")
 TOWER_IDS = {"query": "user", "candidate": "item"}
 
 
@@ -67,20 +68,30 @@ class SchemaError(ValueError):
 
 @dataclass(frozen=True)
 class Feature:
-    """A side feature: ``name`` (its column), ``kind`` (one of FEATURE_KINDS), ``separator``
-    (multi_category: between values), ``buckets`` (numeric: optional bucket count)."""
+    """A side feature: ``name``, ``kind`` (one of FEATURE_KINDS), ``separator``
+    (multi_category: between values), ``buckets`` (numeric: optional bucket count),
+    ``column`` (the column it reads; default its name: two features may read one column, as
+    the seed reads a title as an id and as text)."""
 
     name: str
     kind: str
     separator: str | None = None
     buckets: int | None = None
+    column: str | None = None
+
+    @property
+    def source(self) -> str:
+        """The column this feature reads."""
+        return self.column or self.name
 
 
 @dataclass(frozen=True)
 class Reader:
-    """How a table's files are read: ``separator`` (None: by the suffix), ``header`` (True,
-    False, or the column names), ``encoding``, ``quoting`` (CSV quoting on)."""
+    """How a table's files are read: ``format`` (None: by the suffix), ``separator`` (None:
+    by the format), ``header`` (True, False, or the column names), ``encoding``, ``quoting``
+    (CSV quoting on)."""
 
+    format: str | None = None
     separator: str | None = None
     header: bool | tuple[str, ...] = True
     encoding: str = "utf-8"
@@ -97,13 +108,21 @@ class Label:
 
 @dataclass(frozen=True)
 class Table:
-    """One table: ``path`` (absolute; None: the table comes as a DataFrame), ``id`` (its key column; interactions: None), its
-    features by name and its :class:`Reader`."""
+    """One table: ``path`` (absolute; None: the table comes as a DataFrame), ``id`` (its key
+    column; interactions: None), its features by name, its :class:`Reader`, and (items)
+    ``identity``: the feature whose equal values are one item for the metrics (None: the id;
+    the seed's titles: movies of one title are one item)."""
 
     path: Path | None
     id: str | None
     features: dict[str, Feature] = field(default_factory=dict)
     reader: Reader = Reader()
+    identity: str | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        """The id column, then every column a feature reads (each once, in order)."""
+        return list(dict.fromkeys([self.id, *(f.source for f in self.features.values())]))
 
 
 @dataclass(frozen=True)
@@ -132,11 +151,14 @@ class Schema:
         return self.label is None
 
     @classmethod
-    def from_toml(cls, path: Path | str) -> "Schema":
+    def from_toml(cls, path: Path | str, folder: Path | str | None = None,
+                  source: str | None = None) -> "Schema":
         """Read and validate a schema file.
 
         Args:
             path: a TOML file; the paths inside are relative to its folder.
+            folder: what the paths are relative to instead (a shipped schema's data folder).
+            source: the name errors and run folders give it (default: ``path``).
         Returns:
             The validated Schema.
         Raises:
@@ -152,7 +174,8 @@ class Schema:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise SchemaError(f"schema {path}: not TOML ({e}); fix the line it names") from None
-        return cls.from_dict(data, folder=path.parent, source=str(path))
+        return cls.from_dict(data, folder=path.parent if folder is None else folder,
+                             source=str(path) if source is None else source)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], folder: Path | str = ".",
@@ -232,14 +255,20 @@ def _table(spec, name: str, folder: Path, where: _Where) -> Table:
                          "schema's folder (or leave it out and pass DataFrames)")
     path = None if raw is None else (folder / raw).resolve() if not Path(raw).is_absolute() \
         else Path(raw)
-    if path is not None and path.suffix and path.suffix.lower() not in SUFFIXES:
+    if path is not None and path.suffix and path.suffix.lower() not in SUFFIXES \
+            and "format" not in spec:
         raise here.error(f"path {raw!r}: {path.suffix!r} files cannot be read; use one of "
                          f"{', '.join(SUFFIXES)} (or a folder of such parts)")
     key = None if name == "interactions" else _column(spec, "id", here)
     features = _features(spec.get("features", {}), here.at(f"{name}.features"))
     if key is not None and key in features:
         raise here.error(f"{key!r} is the table's id; it cannot also be a feature")
-    return Table(path, key, features, _reader(spec, here))
+    identity = spec.get("identity")
+    if identity is not None and (identity not in features
+                                 or features[identity].kind not in ("id", "category")):
+        raise here.error(f"'identity' {identity!r} must name an id or category feature of "
+                         f"this table{_suggest(identity, features)}")
+    return Table(path, key, features, _reader(spec, here), identity)
 
 
 def _features(spec, where: _Where) -> dict[str, Feature]:
@@ -264,7 +293,10 @@ def _features(spec, where: _Where) -> dict[str, Feature]:
                                     or isinstance(buckets, bool) or buckets < 2):
             raise where.error(f"feature {name!r}: 'buckets' is a whole number >= 2 of a "
                               "numeric feature")
-        out[name] = Feature(name, kind, separator, buckets)
+        column = options.get("column")
+        if column is not None and (not isinstance(column, str) or not column):
+            raise where.error(f"feature {name!r}: 'column' must name a column, got {column!r}")
+        out[name] = Feature(name, kind, separator, buckets, column)
     return out
 
 
@@ -290,7 +322,11 @@ def _reader(spec: Mapping, where: _Where) -> Reader:
     quoting = spec.get("quoting", True)
     if not isinstance(quoting, bool):
         raise where.error(f"'quoting' must be true or false, got {quoting!r}")
-    return Reader(separator, header, encoding, quoting)
+    fmt = spec.get("format")
+    if fmt is not None and fmt not in FORMATS:
+        raise where.error(f"'format' {fmt!r} is not one of {', '.join(FORMATS)}"
+                          f"{_suggest(fmt, FORMATS)}")
+    return Reader(fmt, separator, header, encoding, quoting)
 
 
 def _label(spec, where: _Where) -> Label | None:

@@ -35,7 +35,7 @@ def test_minimal_implicit_schema_and_reader_options(tmp_path):
                          "header": ["u", "i"], "encoding": "latin-1", "quoting": False},
         "towers": {"query": ["user"], "candidate": ["item"]}}, folder=tmp_path)
     assert schema.implicit and schema.time is None and schema.items is None
-    assert schema.interactions.reader == Reader(";", ("u", "i"), "latin-1", False)
+    assert schema.interactions.reader == Reader(None, ";", ("u", "i"), "latin-1", False)
     assert schema.interactions.path == (tmp_path / "parts").resolve()
 
 
@@ -54,6 +54,13 @@ BAD = {
     "multi_category without separator": (
         lambda d: d["items"]["features"].update(tags="multi_category"), "needs the separator"),
     "unknown table key": (lambda d: d["items"].update(idd="x"), "did you mean 'id'"),
+    "unknown format, suggested": (lambda d: d["items"].update(format="cvs"),
+                                  "did you mean 'csv'"),
+    "identity not a category feature": (lambda d: d["items"].update(identity="name"),
+                                        "'identity' 'name' must name an id or category"),
+    "feature column not a string": (
+        lambda d: d["items"]["features"].update(name={"kind": "text", "column": 3}),
+        "'column' must name a column"),
     "tower names an undeclared feature": (
         lambda d: d["towers"]["query"].append("segmnt"), "did you mean 'segment'"),
     "tower names the other table's feature": (
