@@ -31,6 +31,22 @@ QUERY_KEYS: tuple[str, ...] = ("user_id", "timestamp", HISTORY)  # what the quer
 Batch = dict[str, tf.Tensor]
 
 
+class MaskedAveragePooling1D(layers.GlobalAveragePooling1D):
+    """GlobalAveragePooling1D whose all-masked rows give 0 instead of Keras' 0/0 = NaN.
+
+    Identical to the Keras layer on every row with at least one unmasked step (the masked sum
+    divided by the count); a title with no token (e.g. "!!!") gets a zero text vector instead of
+    NaN, which would otherwise poison the whole in-batch loss. Every ml-100k title has a token.
+    """
+
+    def call(self, inputs, mask=None):
+        if mask is None:
+            return super().call(inputs)
+        weights = tf.expand_dims(tf.cast(mask, inputs.dtype), 2)
+        total = tf.reduce_sum(inputs * weights, axis=1)
+        return total / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
+
+
 def user_lookup(spec: FeatureSpec) -> layers.StringLookup:
     """[B] str -> [B] int64: OOV -> 0, user_vocab[i] -> i + 1 (spec.user_index)."""
     return layers.StringLookup(vocabulary=list(spec.user_vocab), mask_token=None,
@@ -210,3 +226,73 @@ class NegativeColumns:
         """Unshared (``--framework-shuffle``) batches: N ids drawn by tf.random, not the shared
         ``twostage.recipes.sample_negatives`` stream."""
         return self(tf.random.uniform([self.n], 1, self.num_titles + 1, dtype=tf.int64))
+
+
+# --- schema features (twostage.data.schema_data): one layer per feature kind ----------------------
+PADDED_KINDS = ("multi_category", "text")
+
+
+def encoded_tensors(arrays: Mapping[str, np.ndarray]) -> Batch:
+    """Encoded numpy columns (``SchemaDataset.examples`` / ``query_inputs`` /
+    ``candidate_inputs``) -> tensors: integers int64, floats and bools float32, the dtypes the
+    schema towers read (twin of ``torch_impl.features.to_tensors``).
+
+    Raises:
+        TypeError: a column of strings or objects (encode it with the SchemaDataset first).
+    """
+    out = {}
+    for key, value in arrays.items():
+        a = np.asarray(value)
+        if a.dtype.kind not in "iufb":
+            raise TypeError(f"column {key!r} has dtype {a.dtype}; the schema towers read the "
+                            "SchemaDataset's encoded int64 / float32 arrays")
+        out[key] = tf.constant(a.astype(np.int64 if a.dtype.kind in "iu" else np.float32))
+    return out
+
+
+class SlotInput(layers.Layer):
+    """One schema slot (``twostage.data.schema_data.Slot``) -> [B, slot.width(dim)]:
+
+    - ``id`` / ``category``: ``embedding(x)``, x [B] int64 (0 = unknown);
+    - ``multi_category`` / ``text``: :class:`MaskedAveragePooling1D` of
+      ``Embedding(mask_zero=True)`` over x [B, L] (0 = padding; no id: a zero vector), the
+      seed's title-text pooling;
+    - ``timestamp`` / ``numeric``: [``embedding(bucket)`` when the slot has buckets,
+      ``norm`` [B, 1]], the seed's timestamp features.
+    Keras default initializers (embeddings uniform(-0.05, 0.05)). Torch twin:
+    ``torch_impl.features.SlotInput``.
+    """
+
+    def __init__(self, slot, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.slot = slot
+        padded = slot.kind in PADDED_KINDS
+        self.embedding = (layers.Embedding(slot.rows, dim, mask_zero=padded)
+                          if slot.rows else None)
+        self.pooling = MaskedAveragePooling1D() if padded else None
+
+    def call(self, batch: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        slot = self.slot
+        if slot.kind in ("id", "category"):
+            return self.embedding(batch[slot.name])
+        if self.pooling is not None:
+            ids = batch[slot.name]
+            return self.pooling(self.embedding(ids), mask=self.embedding.compute_mask(ids))
+        norm = tf.reshape(batch[f"{slot.name}/norm"], (-1, 1))
+        if self.embedding is None:
+            return norm
+        return tf.concat([self.embedding(batch[f"{slot.name}/bucket"]), norm], axis=1)
+
+
+class SlotConcat(layers.Layer):
+    """A tower's slots side by side: [B, sum of slot widths] (the seed's UserModel /
+    MovieModel for any schema). ``inputs[i]`` is the :class:`SlotInput` of ``slots[i]``."""
+
+    def __init__(self, slots, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.slots = tuple(slots)
+        self.inputs = [SlotInput(s, dim) for s in self.slots]
+        self.out_features = sum(s.width(dim) for s in self.slots)
+
+    def call(self, batch: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        return tf.concat([layer(batch) for layer in self.inputs], axis=1)

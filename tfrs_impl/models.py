@@ -27,26 +27,10 @@ from twostage.data.features import FeatureSpec
 from twostage.recipes import HISTORY, HISTORY_LENGTH, NUM_GENRES, not_attached
 
 from . import features
-from .features import query_inputs
+from .features import MaskedAveragePooling1D, query_inputs
 from . import tasks
 
 keras = tf.keras
-
-
-class MaskedAveragePooling1D(keras.layers.GlobalAveragePooling1D):
-    """GlobalAveragePooling1D whose all-masked rows give 0 instead of Keras' 0/0 = NaN.
-
-    Identical to the Keras layer on every row with at least one unmasked step (the masked sum
-    divided by the count); a title with no token (e.g. "!!!") gets a zero text vector instead of
-    NaN, which would otherwise poison the whole in-batch loss. Every ml-100k title has a token.
-    """
-
-    def call(self, inputs, mask=None):
-        if mask is None:
-            return super().call(inputs)
-        weights = tf.expand_dims(tf.cast(mask, inputs.dtype), 2)
-        total = tf.reduce_sum(inputs * weights, axis=1)
-        return total / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
 
 
 def text_pooling(empty_title: str) -> keras.layers.Layer:
