@@ -250,6 +250,14 @@ def encoded_tensors(arrays: Mapping[str, np.ndarray]) -> Batch:
     return out
 
 
+def trim_padding(ids: tf.Tensor) -> tf.Tensor:
+    """[B, L] ids padded with 0 on the right -> [B, L'], L' the batch's longest row: the width
+    TextVectorization pads a batch to, so the pooled sums run over the seed's shapes (a wider
+    reduction can round differently: 1e-8 per step, 1e-4 of the loss after an epoch)."""
+    width = tf.reduce_max(tf.reduce_sum(tf.cast(ids != 0, tf.int32), axis=1))
+    return ids[:, :width]
+
+
 class SlotInput(layers.Layer):
     """One schema slot (``twostage.data.schema_data.Slot``) -> [B, slot.width(dim)]:
 
@@ -276,7 +284,7 @@ class SlotInput(layers.Layer):
         if slot.kind in ("id", "category"):
             return self.embedding(batch[slot.name])
         if self.pooling is not None:
-            ids = batch[slot.name]
+            ids = trim_padding(batch[slot.name])
             return self.pooling(self.embedding(ids), mask=self.embedding.compute_mask(ids))
         norm = tf.reshape(batch[f"{slot.name}/norm"], (-1, 1))
         if self.embedding is None:

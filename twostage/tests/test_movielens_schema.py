@@ -1,5 +1,5 @@
 """MovieLens as one schema among many: the shipped ``ml-100k`` schema run is the
-``--dataset 100k`` run, bit for bit (every loss, every metric, every baseline), on the
+``--dataset 100k`` run, bit for bit on both backends (every loss, metric and baseline), on the
 synthetic folder of that layout (a duplicate title and a token-less one included) and on the
 real files."""
 from __future__ import annotations
@@ -17,11 +17,11 @@ from twostage.owndata import shipped_schema
 SECTIONS = ("retrieval", "ranking", "two_stage", "two_stage_exclude_seen")
 
 
-def both_runs(folder, config):
+def both_runs(folder, config, backend="torch"):
     """(the --dataset run's report and histories, the schema run) on ``folder``."""
     dataset = load_dataset(config, folder, progress=False)
-    _, report, histories = pipeline.run_backend("torch", dataset, config)
-    run = ts.train(ts.load("ml-100k", config, data_dir=folder), config, backend="torch")
+    _, report, histories = pipeline.run_backend(backend, dataset, config)
+    run = ts.train(ts.load("ml-100k", config, data_dir=folder), config, backend=backend)
     return report, histories, run
 
 
@@ -52,19 +52,22 @@ def test_the_shipped_schema_encodes_what_the_seed_encodes(tmp_path, small_config
     assert len(set(seed.corpus_titles)) < len(seed.corpus_titles)   # a duplicate title
 
 
+@pytest.mark.parametrize("backend", ["torch", "tfrs"])
 def test_the_schema_run_is_the_dataset_run_bit_for_bit_on_synthetic_data(
-        tmp_path, small_config, monkeypatch):
+        backend, tmp_path, small_config, monkeypatch):
     monkeypatch.setenv("TWOSTAGE_ADAPTIVE_THREADS", "0")     # a fixed thread count
     folder = generate(tmp_path / "ml", num_users=60, num_movies=50, num_ratings=3000)
     config = small_config.replace(retrieval_epochs=2, ranking_epochs=2, quiet=True)
-    assert_bitwise_equal(*both_runs(folder, config))
+    assert_bitwise_equal(*both_runs(folder, config, backend))
 
 
 @pytest.mark.real_data
-def test_the_schema_run_is_the_dataset_run_bit_for_bit_on_ml_100k(real_data_dir, monkeypatch):
+@pytest.mark.parametrize("backend", ["torch", "tfrs"])
+def test_the_schema_run_is_the_dataset_run_bit_for_bit_on_ml_100k(backend, real_data_dir,
+                                                                   monkeypatch):
     monkeypatch.setenv("TWOSTAGE_ADAPTIVE_THREADS", "0")
     config = ts.Config().replace(retrieval_epochs=1, ranking_epochs=1, quiet=True)
-    assert_bitwise_equal(*both_runs(real_data_dir, config))
+    assert_bitwise_equal(*both_runs(real_data_dir, config, backend))
 
 
 def test_a_different_schema_is_not_equal(tmp_path, small_config, monkeypatch):
