@@ -40,18 +40,19 @@ def run(example):
 def test_the_example_schema_runs_and_reports_against_baselines(run):
     report = run.report
     assert report.dataset["num_items"] == 60 and report.dataset["implicit"] is False
+    table = report.table()
+    assert set(table) == {"torch model", "random", "popular", "ease"}
     for k in KS:
-        for suffix in ("", "_exclude_seen"):
-            for figures in (report.metrics, *report.baselines.values()):
-                assert 0 <= figures[f"top_{k}_accuracy{suffix}"] <= 1
-        assert report.baselines["random"][f"top_{k}_accuracy"] == pytest.approx(k / 60)
-    assert {"ndcg@10", "ndcg@10_retrieval", "ndcg@10_exclude_seen",
-            "ndcg@10_retrieval_exclude_seen"} <= set(report.metrics)
-    assert set(report.baselines) == {"random", "most_popular", "ease"}
-    assert "ndcg@10_exclude_seen" in report.baselines["ease"]
+        for tag in ("", " excl. seen"):
+            for figures in table.values():
+                assert 0 <= figures[f"top-{k}{tag}"] <= 1
+        assert table["random"][f"top-{k}"] == pytest.approx(k / 60)
+    for figures in table.values():
+        assert {"ndcg@10", "ndcg@10 excl. seen"} <= set(figures)
+    assert {"two_stage", "two_stage_exclude_seen", "ranking"} <= set(report.metrics)
     assert len(report.stages["retrieval"]) == 3 and len(report.stages["ranking"]) == 2
     assert np.isfinite(report.stages["retrieval"] + report.stages["ranking"]).all()
-    assert "| torch model |" in report.markdown() and "| most_popular |" in report.markdown()
+    assert "| torch model |" in report.markdown() and "| popular |" in report.markdown()
 
 
 def test_model_figures_equal_a_brute_force_count_under_both_protocols(run):
@@ -75,7 +76,7 @@ def test_model_figures_equal_a_brute_force_count_under_both_protocols(run):
     assert slack < 0.2
     for k in KS:
         for suffix, counted in (("", above), ("_exclude_seen", unseen_above)):
-            got = run.report.metrics[f"top_{k}_accuracy{suffix}"]
+            got = run.report.metrics["retrieval"][f"top_k_accuracy{suffix}"][str(k)]
             others = counted.sum(1)
             assert np.mean(others + 1 < k) - slack <= got <= np.mean(others < k) + slack
     assert (unseen_above.sum(1) < above.sum(1)).any()   # the protocols differ on this data
@@ -89,7 +90,7 @@ def test_most_popular_is_the_training_counts_with_ties_by_corpus_row(run):
     rank[order] = np.arange(len(order))
     truth_rank = rank[data.item_row[data.split.test]]
     for k in KS:
-        assert run.report.baselines["most_popular"][f"top_{k}_accuracy"] == pytest.approx(
+        assert run.report.table()["popular"][f"top-{k}"] == pytest.approx(
             float(np.mean(truth_rank < k)))
 
 
@@ -167,7 +168,8 @@ def test_every_feature_kind_trains_and_implicit_data_skips_the_ranker(capsys):
     assert "ranking" not in run.report.stages
     assert "ranking stage is skipped" in run.report.notes[0]
     assert "--ranking-negatives" in capsys.readouterr().err
-    assert "ndcg@10" not in run.report.metrics and "top_5_accuracy" in run.report.metrics
+    assert set(run.report.metrics) == {"retrieval", "eval_sample"}
+    assert "ndcg@10" not in run.report.table()["torch model"]
     assert run.recommend([0, 1], k=3).shape == (2, 3)
 
 
@@ -185,7 +187,7 @@ def test_implicit_data_with_ranking_negatives_trains_the_ranker_on_seeded_draws(
     np.testing.assert_array_equal(examples["user"][50:], np.repeat(examples["user"][:50], 3))
     run = ts.train(data, config(), backend="torch", ranking_negatives=3)
     assert len(run.report.stages["ranking"]) == 2
-    assert "ndcg@10" in run.report.metrics
+    assert "ndcg@10" in run.report.table()["torch model"]
     assert "3 items drawn uniformly" in run.report.notes[0]
 
 
@@ -222,7 +224,7 @@ def test_cli_runs_a_schema_and_recommends_from_its_folder(example, tmp_path, cap
     assert main(["run", "--schema", str(example), "--out", str(out), "--retrieval-epochs",
                  "1", "--ranking-epochs", "1", "--batch-size", "256", "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "| torch model |" in printed and "| most_popular |" in printed
+    assert "| torch model |" in printed and "| popular |" in printed
     assert main(["recommend", "--run", str(out), "--user", "c00001", "-k", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("user c00001 (torch): top 3") and len(lines) == 4
