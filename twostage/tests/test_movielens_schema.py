@@ -1,7 +1,7 @@
 """MovieLens as one schema among many: the shipped ``ml-100k`` schema run is the
 ``--dataset 100k`` run, bit for bit on both backends (every loss, metric and baseline), on the
 synthetic folder of that layout (a duplicate title and a token-less one included) and on the
-real files."""
+real files; ``ml-25m`` (the layout of 20m and latest-small) likewise on generated files."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,11 +17,11 @@ from twostage.owndata import shipped_schema
 SECTIONS = ("retrieval", "ranking", "two_stage", "two_stage_exclude_seen")
 
 
-def both_runs(folder, config, backend="torch"):
-    """(the --dataset run's report and histories, the schema run) on ``folder``."""
+def both_runs(folder, config, backend="torch", schema="ml-100k"):
+    """(the --dataset run's report and histories, the shipped schema's run) on ``folder``."""
     dataset = load_dataset(config, folder, progress=False)
     _, report, histories = pipeline.run_backend(backend, dataset, config)
-    run = ts.train(ts.load("ml-100k", config, data_dir=folder), config, backend=backend)
+    run = ts.train(ts.load(schema, config, data_dir=folder), config, backend=backend)
     return report, histories, run
 
 
@@ -52,13 +52,17 @@ def test_the_shipped_schema_encodes_what_the_seed_encodes(tmp_path, small_config
     assert len(set(seed.corpus_titles)) < len(seed.corpus_titles)   # a duplicate title
 
 
-@pytest.mark.parametrize("backend", ["torch", "tfrs"])
+@pytest.mark.parametrize("backend, release, layout", [
+    ("torch", "100k", "100k"), ("tfrs", "100k", "100k"), ("torch", "25m", "csv"),
+    ("torch", "latest-small", "csv")])
 def test_the_schema_run_is_the_dataset_run_bit_for_bit_on_synthetic_data(
-        backend, tmp_path, small_config, monkeypatch):
+        backend, release, layout, tmp_path, small_config, monkeypatch):
     monkeypatch.setenv("TWOSTAGE_ADAPTIVE_THREADS", "0")     # a fixed thread count
-    folder = generate(tmp_path / "ml", num_users=60, num_movies=50, num_ratings=3000)
-    config = small_config.replace(retrieval_epochs=2, ranking_epochs=2, quiet=True)
-    assert_bitwise_equal(*both_runs(folder, config, backend))
+    folder = generate(tmp_path / "ml", num_users=60, num_movies=50, num_ratings=3000,
+                      layout=layout)
+    config = small_config.replace(retrieval_epochs=2, ranking_epochs=2, quiet=True,
+                                  dataset=release)
+    assert_bitwise_equal(*both_runs(folder, config, backend, f"ml-{release}"))
 
 
 @pytest.mark.real_data
