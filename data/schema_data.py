@@ -14,7 +14,6 @@ interactions' time column is the ``timestamp`` feature ``time``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

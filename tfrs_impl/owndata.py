@@ -15,7 +15,6 @@ automatic layer names): ``{tower}/{feature}/embeddings``, ``{tower}/dense/{i}/ke
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -25,7 +24,7 @@ import tensorflow_recommenders as tfrs
 from twostage.backend import EpochCallback, History, check_stage
 from twostage.config import Config
 from twostage.data.schema_data import SchemaDataset, Slot
-from twostage.owndata import check_schema_config, weight_file
+from twostage.owndata import TrainerBase
 from twostage.schedule import BatchPlan
 
 from . import train as fitting
@@ -167,7 +166,7 @@ def training_stream(columns: Batch, plan: BatchPlan, config: Config, first_epoch
     return order.map(lambda p: select_rows(columns, p)).prefetch(2)
 
 
-class SchemaTrainer:
+class SchemaTrainer(TrainerBase):
     """Both stages of a schema run: build, fit, embed, score, save (on the CPU, as
     ``TfrsBackend``).
 
@@ -183,14 +182,12 @@ class SchemaTrainer:
             UnsupportedOptionError: an option schema runs (``check_schema_config``) or this
                 backend (``TfrsBackend.check_config``: e.g. a CUDA device) do not offer.
         """
-        check_schema_config(config)
+        super().__init__(data, config)
         TfrsBackend.check_config(config)
-        self.data, self.config = data, config
         self.models = build_models(data, config)
         for model in self.models.values():
             fitting.compile_model(model, config)  # its Adagrad (optim.make_optimizer)
         self.optimizers = {s: m.optimizer for s, m in self.models.items()}
-        self.epochs_done = {"retrieval": 0, "ranking": 0}
 
     # --- losses -------------------------------------------------------------------------------
     def loss(self, stage: str, batch: Batch) -> tuple[tf.Tensor, tf.Tensor | None]:
@@ -210,20 +207,7 @@ class SchemaTrainer:
     # --- training -----------------------------------------------------------------------------
     def fit(self, stage: str, epochs: int, examples: Mapping[str, np.ndarray] | None = None,
             on_epoch: EpochCallback | None = None) -> History:
-        """Train ``stage`` for ``epochs`` epochs in ``BatchPlan`` order.
-
-        Args:
-            stage: "retrieval" or "ranking".
-            epochs: epochs to add (the batch order carries on from ``epochs_done``).
-            examples: the training arrays (default: ``data.examples`` of the training split;
-                the ranker of implicit data: ``data.ranking_examples``).
-            on_epoch: called as ``on_epoch(stage, epoch, history)`` after each epoch.
-        Returns:
-            The epochs' History (``tfrs_impl.train.HistoryCallback``: loss = mean step loss,
-            per-example losses, epoch times; no training metrics, as the torch twin).
-        Raises:
-            FloatingPointError: the loss or a weight became non-finite (naming epoch and step).
-        """
+X
         stage = check_stage(stage)
         if examples is None:
             examples = self.data.examples(self.data.split.train)
@@ -270,18 +254,6 @@ class SchemaTrainer:
                   training=False).numpy()
             for start in range(0, n, size)])
 
-    def query_embeddings(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Query-tower arrays [N] -> [N, D] float32."""
-        return self._run(self.models["retrieval"].query, inputs)
-
-    def candidate_embeddings(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Candidate-tower arrays [M] -> [M, D] float32."""
-        return self._run(self.models["retrieval"].candidate, inputs)
-
-    def ranking_scores(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Both towers' arrays [N] -> [N] float32 probabilities."""
-        return self._run(self.models["ranking"], inputs)[:, 0]
-
     # --- weights ------------------------------------------------------------------------------
     def get_weights(self, stage: str) -> dict[str, np.ndarray]:
         """Every weight of ``stage`` by canonical name, Keras layout (module docstring)."""
@@ -298,13 +270,3 @@ class SchemaTrainer:
         variables = weight_variables(self.models[check_stage(stage)])
         assign_by_name(variables, {k: weights[k] for k in variables},
                        f"weight names of the {stage} schema model")
-
-    def save(self, directory: Path | str) -> None:
-        """Both stages' weights (``weights.npz``, canonical names) into ``directory``."""
-        arrays = {k: v for s in self.models for k, v in self.get_weights(s).items()}
-        weight_file(directory, arrays)
-
-    def load_weights(self, arrays: Mapping[str, np.ndarray]) -> None:
-        """Weights of :meth:`save` (both stages)."""
-        for stage in self.models:
-            self.set_weights(stage, arrays)

@@ -13,7 +13,6 @@ Weight names (both twins; Keras layout, kernels [in, out]): ``{tower}/{feature}/
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -23,7 +22,7 @@ from torch import nn
 from twostage.backend import EpochCallback, History, check_stage
 from twostage.config import Config
 from twostage.data.schema_data import SchemaDataset, Slot
-from twostage.owndata import check_schema_config, weight_file
+from twostage.owndata import TrainerBase
 from twostage.schedule import BatchPlan
 
 from . import train as fitting
@@ -94,7 +93,7 @@ def weight_names(model: nn.Module, prefix: str) -> dict[str, tuple[str, bool]]:
     return out
 
 
-class SchemaTrainer:
+class SchemaTrainer(TrainerBase):
     """Both stages of a schema run on one device: build, fit, embed, score, save.
 
     ``fit(stage, epochs)`` continues training (``epochs_done`` carries the batch order on).
@@ -103,8 +102,7 @@ class SchemaTrainer:
     name = "torch"
 
     def __init__(self, data: SchemaDataset, config: Config) -> None:
-        check_schema_config(config)
-        self.data, self.config = data, config
+        super().__init__(data, config)
         self.device = resolve_device(config.train.device)
         self.models = {
             "retrieval": self._init(RetrievalModel(data, config), config.seed),
@@ -112,7 +110,6 @@ class SchemaTrainer:
         self.tasks = {"retrieval": make_retrieval_task(config),
                       "ranking": make_ranking_task(config)}
         self.optimizers = {s: make_optimizer(m, self.config) for s, m in self.models.items()}
-        self.epochs_done = {"retrieval": 0, "ranking": 0}
 
     def _init(self, model: nn.Module, seed: int) -> nn.Module:
         return keras_init_(model, torch.Generator().manual_seed(seed)).to(self.device)
@@ -136,17 +133,7 @@ class SchemaTrainer:
     # --- training -----------------------------------------------------------------------------
     def fit(self, stage: str, epochs: int, examples: Mapping[str, np.ndarray] | None = None,
             on_epoch: EpochCallback | None = None) -> History:
-        """Train ``stage`` for ``epochs`` epochs in ``BatchPlan`` order.
-
-        Args:
-            stage: "retrieval" or "ranking".
-            epochs: epochs to add (the batch order carries on from ``epochs_done``).
-            examples: the training arrays (default: ``data.examples`` of the training split;
-                the ranker of implicit data: ``data.ranking_examples``).
-            on_epoch: called as ``on_epoch(stage, epoch, history)`` after each epoch.
-        Returns:
-            The epochs' History.
-        """
+        """:meth:`twostage.owndata.TrainerBase.fit` by torch_impl.train.fit, the seed's loop."""
         stage = check_stage(stage)
         if examples is None:
             examples = self.data.examples(self.data.split.train)
@@ -191,18 +178,6 @@ class SchemaTrainer:
         module.train()
         return np.concatenate(parts)
 
-    def query_embeddings(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Query-tower arrays [N] -> [N, D] float32."""
-        return self._run(self.models["retrieval"].query, inputs)
-
-    def candidate_embeddings(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Candidate-tower arrays [M] -> [M, D] float32."""
-        return self._run(self.models["retrieval"].candidate, inputs)
-
-    def ranking_scores(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Both towers' arrays [N] -> [N] float32 probabilities."""
-        return self._run(self.models["ranking"], inputs)[:, 0]
-
     # --- weights ------------------------------------------------------------------------------
     def get_weights(self, stage: str) -> dict[str, np.ndarray]:
         """Every weight of ``stage`` by canonical name, Keras layout (module docstring)."""
@@ -218,16 +193,6 @@ class SchemaTrainer:
                                                         _prefix(stage)).items():
                 value = torch.as_tensor(np.asarray(weights[key], np.float32))
                 params[name].copy_(value.T if transposed else value)
-
-    def save(self, directory: Path | str) -> None:
-        """Both stages' weights (``weights.npz``, canonical names) into ``directory``."""
-        arrays = {k: v for s in self.models for k, v in self.get_weights(s).items()}
-        weight_file(directory, arrays)
-
-    def load_weights(self, arrays: Mapping[str, np.ndarray]) -> None:
-        """Weights of :meth:`save` (both stages)."""
-        for stage in self.models:
-            self.set_weights(stage, arrays)
 
 
 def _prefix(stage: str) -> str:

@@ -14,13 +14,13 @@ from importlib import resources
 import json
 import logging
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from . import evaluation, io
+from . import io
 from .backend import UnsupportedOptionError
 from . import pipeline
 from .baselines import evaluate_baselines
@@ -65,6 +65,60 @@ def check_schema_config(config: Config) -> None:
 def weight_file(directory: Path | str, arrays: Mapping[str, np.ndarray]) -> Path:
     """Write ``arrays`` (canonical weight names) as ``directory/weights.npz``, atomically."""
     return io.write_with(Path(directory) / WEIGHTS, lambda p: np.savez(p, **arrays))
+
+
+class TrainerBase:
+    """What both backends' SchemaTrainers share: the refused options, the stages' epoch
+    counters, inference through the twin models' ``query`` / ``candidate`` towers and the
+    ranking model, and saving the canonical weights. A twin supplies ``models`` (by stage),
+    ``_run(model, arrays) -> [N, ...]``, ``get_weights`` and ``set_weights``."""
+
+    name = ""
+
+    def __init__(self, data: SchemaDataset, config: Config) -> None:
+        check_schema_config(config)
+        self.data, self.config = data, config
+        self.epochs_done = {"retrieval": 0, "ranking": 0}
+
+    def fit(self, stage: str, epochs: int, examples: Mapping[str, np.ndarray] | None = None,
+            on_epoch=None):
+        """Train ``stage`` for ``epochs`` epochs in ``BatchPlan`` order (each twin's own).
+
+        Args:
+            stage: "retrieval" or "ranking".
+            epochs: epochs to add (the batch order carries on from ``epochs_done``).
+            examples: the training arrays (default: ``data.examples`` of the training split;
+                the ranker of implicit data: ``data.ranking_examples``).
+            on_epoch: called as ``on_epoch(stage, epoch, history)`` after each epoch.
+        Returns:
+            The epochs' ``twostage.backend.History`` (loss = mean step loss, per-example
+            losses, epoch times; no training metrics).
+        Raises:
+            FloatingPointError: the loss or a weight became non-finite (naming epoch and step).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must define fit")
+
+    def query_embeddings(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Query-tower arrays [N] -> [N, D] float32."""
+        return self._run(self.models["retrieval"].query, inputs)
+
+    def candidate_embeddings(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Candidate-tower arrays [M] -> [M, D] float32."""
+        return self._run(self.models["retrieval"].candidate, inputs)
+
+    def ranking_scores(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Both towers' arrays [N] -> [N] float32 probabilities."""
+        return self._run(self.models["ranking"], inputs)[:, 0]
+
+    def save(self, directory: Path | str) -> None:
+        """Both stages' weights (``weights.npz``, canonical names) into ``directory``."""
+        weight_file(directory, {k: v for s in self.models
+                                for k, v in self.get_weights(s).items()})
+
+    def load_weights(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Weights of :meth:`save` (both stages)."""
+        for stage in self.models:
+            self.set_weights(stage, arrays)
 
 
 def trainer_class(backend: str):
