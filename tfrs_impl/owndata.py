@@ -207,7 +207,8 @@ class SchemaTrainer(TrainerBase):
     # --- training -----------------------------------------------------------------------------
     def fit(self, stage: str, epochs: int, examples: Mapping[str, np.ndarray] | None = None,
             on_epoch: EpochCallback | None = None) -> History:
-X
+        """:meth:`twostage.owndata.TrainerBase.fit` by Keras fit (tfrs_impl.train's
+        callbacks)."""
         stage = check_stage(stage)
         if examples is None:
             examples = self.data.examples(self.data.split.train)
