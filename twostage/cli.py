@@ -222,13 +222,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run_schema(args: argparse.Namespace, config: Config, names: list[str]) -> int:
     """``twostage run --schema FILE``: ``owndata.load``, ``owndata.train`` per backend, one run
     folder (``--out``; with both backends a sub-folder each), the report on stdout."""
+    from .report import TensorBoardWriter
     if args.ranking_negatives < 0:
         raise UsageError(f"--ranking-negatives {args.ranking_negatives}: must be >= 0")
     _check_output_paths(args, config)
     owndata.check_schema_config(config)
+    _check_backends(names, config)
     data = owndata.load(args.schema, config, drop_unknown_items=args.drop_unknown_items)
-    runs = [owndata.train(data, config, name, ranking_negatives=args.ranking_negatives)
-            for name in names]
+    config = _top_ks_within(config, len(data.item_ids))
+    runs = []
+    for name in names:
+        writer = (TensorBoardWriter(Path(config.output.tensorboard) / name)
+                  if config.output.tensorboard else None)
+        try:
+            runs.append(owndata.train(data, config, name, on_epoch=writer,
+                                      ranking_negatives=args.ranking_negatives))
+        finally:
+            if writer is not None:
+                writer.close()
     out = owndata.save_runs(runs, args.out, force=args.force)
     for run in runs:
         print(run.report.markdown())

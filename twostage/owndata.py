@@ -302,7 +302,7 @@ def _user_rows(data: SchemaDataset, user_ids) -> np.ndarray:
 
 
 def train(data: SchemaDataset, config: Config | None = None, backend: str = "torch",
-          ranking_negatives: int = 0) -> Run:
+          ranking_negatives: int = 0, on_epoch=None) -> Run:
     """Train both stages of a schema run and evaluate them.
 
     Args:
@@ -311,6 +311,8 @@ def train(data: SchemaDataset, config: Config | None = None, backend: str = "tor
         backend: "torch" or "tfrs".
         ranking_negatives: implicit data: train the ranker on each positive against this many
             items drawn uniformly from the corpus (seeded); 0 trains retrieval only.
+        on_epoch: ``on_epoch(stage, epoch, history)`` after every epoch of either stage
+            (``twostage.report.TensorBoardWriter`` is one).
     Returns:
         The :class:`Run` (its ``report`` holds the metrics and the baselines).
     Raises:
@@ -319,11 +321,12 @@ def train(data: SchemaDataset, config: Config | None = None, backend: str = "tor
     config = config or Config()
     trainer = trainer_class(backend)(data, config)
     notes, stages = [], {}
-    stages["retrieval"] = trainer.fit("retrieval", config.train.retrieval_epochs).loss
+    stages["retrieval"] = trainer.fit("retrieval", config.train.retrieval_epochs,
+                                      on_epoch=on_epoch).loss
     examples = ranking_examples(data, config, ranking_negatives, notes)
     if examples is not None:
         stages["ranking"] = trainer.fit("ranking", config.train.ranking_epochs,
-                                        examples=examples).loss
+                                        examples=examples, on_epoch=on_epoch).loss
     metrics = evaluate(trainer, data, config, examples is not None)
     report = Report(backend, data.facts(), metrics, baseline_report(data, config, notes),
                     stages, notes)

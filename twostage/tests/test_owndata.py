@@ -220,11 +220,14 @@ def test_a_temporal_split_needs_the_time_column():
 
 
 def test_cli_runs_a_schema_and_recommends_from_its_folder(example, tmp_path, capsys):
-    out = tmp_path / "run"
+    out, board = tmp_path / "run", tmp_path / "tb"
     assert main(["run", "--schema", str(example), "--out", str(out), "--retrieval-epochs",
-                 "1", "--ranking-epochs", "1", "--batch-size", "256", "--quiet"]) == 0
+                 "1", "--ranking-epochs", "1", "--batch-size", "256", "--quiet",
+                 "--top-ks", "1,10,100", "--tensorboard", str(board)]) == 0
     printed = capsys.readouterr().out
     assert "| torch model |" in printed and "| popular |" in printed
+    assert "top-10 |" in printed and "top-100" not in printed     # k above the 60 items
+    assert len(list((board / "torch").glob("events.out.tfevents.*"))) == 1
     assert main(["recommend", "--run", str(out), "--user", "c00001", "-k", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("user c00001 (torch): top 3") and len(lines) == 4
