@@ -137,17 +137,18 @@ class SchemaDataset:
     def from_checked(cls, schema: Schema, frames: Frames, options: Options) -> "SchemaDataset":
         """Fit every encoder on all the data (as the seed fits its layers) and encode."""
         inter = frames.interactions
-        user_ids = _ids(inter[schema.user], frames.users, schema.users)
+        user_codes, users_seen = _distinct(inter[schema.user])
+        item_codes, items_seen = _distinct(inter[schema.item])
+        user_ids = _ids(users_seen, frames.users, schema.users)
         item_ids = (frames.items[schema.items.id].astype(str).to_numpy(object)
-                    if frames.items is not None
-                    else np.unique(inter[schema.item].astype(str).to_numpy(str)).astype(object))
-        user_row = _rows_of(user_ids, inter[schema.user])
-        item_row = _rows_of(item_ids, inter[schema.item])
+                    if frames.items is not None else np.unique(items_seen).astype(object))
+        user_row = _rows_of(user_ids, pd.Series(users_seen))[user_codes]
+        item_row = _rows_of(item_ids, pd.Series(items_seen))[item_codes]
         time = None if schema.time is None else inter[schema.time].to_numpy().astype(np.int64)
         label = (np.ones(len(inter), np.float32) if schema.label is None else
                  (inter[schema.label.column].to_numpy(np.float64)
                   >= schema.label.positive_at_least).astype(np.float32))
-        encoders = {"user": Lookup.fit(inter[schema.user]), "item": Lookup.fit(item_ids)}
+        encoders = {"user": Lookup.fit(users_seen), "item": Lookup.fit(item_ids)}
         users = {"user": encoders["user"].encode(user_ids)}
         items = {"item": encoders["item"].encode(item_ids)}
         if time is not None:
@@ -255,8 +256,16 @@ def _no_time(options: Options, n: int) -> np.ndarray:
     return np.zeros(n, np.int64)  # the random split reads only its length
 
 
-def _ids(interaction_users: pd.Series, users: pd.DataFrame | None, table) -> np.ndarray:
-    known = np.unique(interaction_users.astype(str).to_numpy(str)).astype(object)
+def _distinct(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(codes [N], distinct values as str [D]): per-row work is one hash pass, the string
+    conversions are per distinct value."""
+    codes, uniques = pd.factorize(column)
+    return codes, np.asarray(uniques).astype(str)
+
+
+def _ids(users_seen: np.ndarray, users: pd.DataFrame | None, table) -> np.ndarray:
+    """The interactions' sorted distinct users, then those only the users table lists."""
+    known = np.unique(users_seen).astype(object)
     if users is None:
         return known
     extra = np.setdiff1d(users[table.id].astype(str).to_numpy(str), known.astype(str))

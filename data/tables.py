@@ -197,18 +197,24 @@ def _rows(mask: np.ndarray) -> str:
 
 
 def _ids(values: pd.Series, path: Path | str, column: str) -> pd.Series:
-    """Ids as they are (integers) or as strings; null or empty ids refused."""
-    empty = values.isna().to_numpy() | (values.astype(str).str.strip() == "").to_numpy()
+    """Ids as they are (integers) or as strings; null or empty ids refused. Text is checked
+    per distinct value (25M ids are a few hundred thousand distinct ones)."""
+    empty = values.isna().to_numpy()
+    if _is_text(values):
+        codes, distinct = pd.factorize(values)          # nulls: code -1, not in distinct
+        blank = np.append(np.char.strip(np.asarray(distinct, dtype=str)) == "", False)
+        empty = empty | blank[codes]
     if empty.any():
         raise TableError(f"{path}: column {column!r} has null or empty ids at data rows "
                          f"{_rows(empty)}; every row needs an id: fill or drop them")
     if _is_text(values):
         text = values.astype(str)
-        integer = text.str.fullmatch(r"[+-]?\d+").to_numpy()
+        distinct = pd.Series(pd.unique(text))
+        integer = distinct.str.fullmatch(r"[+-]?\d+").to_numpy()
         if integer.any() and not integer.all():
             log.warning("%s: column %r mixes integer and other ids (e.g. %r and %r); reading "
-                        "them all as strings", path, column, text[integer].iloc[0],
-                        text[~integer].iloc[0])
+                        "them all as strings", path, column, distinct[integer].iloc[0],
+                        distinct[~integer].iloc[0])
         return text
     return values
 
@@ -255,7 +261,7 @@ def _known_items(interactions: pd.DataFrame, items: pd.DataFrame, schema: Schema
                     "comparing them as strings", where)
         interactions[item], items[key] = (interactions[item].astype(str),
                                           items[key].astype(str))
-    unknown = ~interactions[item].isin(set(items[key])).to_numpy()
+    unknown = ~interactions[item].isin(pd.unique(items[key])).to_numpy()
     if not unknown.any():
         return interactions
     examples = ", ".join(repr(str(v)) for v in interactions[item][unknown].unique()[:FIRST_ROWS])
