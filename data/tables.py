@@ -220,7 +220,10 @@ def _ids(values: pd.Series, path: Path | str, column: str) -> pd.Series:
 
 
 def _numbers(values: pd.Series, path: Path | str, column: str, what: str) -> pd.Series:
-    numeric = pd.to_numeric(values, errors="coerce")
+    """A numeric column as it is (a text one converted); missing or non-numbers refused."""
+    is_number = pd.api.types.is_numeric_dtype(values.dtype) and not \
+        pd.api.types.is_bool_dtype(values.dtype)
+    numeric = values if is_number else pd.to_numeric(values, errors="coerce")
     bad = numeric.isna().to_numpy()
     if bad.any():
         raise TableError(f"{path}: the {what} column {column!r} is not numeric at data rows "
