@@ -13,16 +13,19 @@ interactions' time column is the ``timestamp`` feature ``time``.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from ..schema import Feature, Schema
-from .encoders import Lookup, MultiLookup, Numeric, Text, fit_encoder
+from .encoders import MAX_TITLE_TOKENS, Lookup, MultiLookup, Numeric, Text, fit_encoder
+from .features import NON_WHITESPACE, standardize
 from .split import Split, make_split
 from .tables import Frames, check_frames, load_frames
 
+log = logging.getLogger(__name__)
 TIME = "time"
 PADDED_KINDS = ("multi_category", "text")
 
@@ -312,6 +315,8 @@ def _fit(feature: Feature, column: pd.Series, options: Options):
 
 def _encode(feature: Feature, encoder, values: np.ndarray) -> dict[str, np.ndarray]:
     name = feature.name
+    if isinstance(encoder, Text):
+        _say_capped(feature, values)
     if isinstance(encoder, (Lookup, MultiLookup, Text)):
         return {name: encoder.encode(_text(values))}
     numbers = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(np.float64)
@@ -320,6 +325,23 @@ def _encode(feature: Feature, encoder, values: np.ndarray) -> dict[str, np.ndarr
     if encoder.boundaries:
         out[f"{name}/bucket"] = encoder.bucket(numbers)
     return out
+
+
+def tokenize_all(text: str) -> list[str]:
+    """Every token of ``text`` (no cap), by TextVectorization's rule."""
+    return NON_WHITESPACE.findall(standardize(text))
+
+
+def _say_capped(feature: Feature, values: np.ndarray) -> None:
+    """Warn once when texts of ``feature`` have more tokens than are kept. A text of fewer
+    than 2 * MAX_TITLE_TOKENS characters cannot have more tokens, so only longer ones are
+    tokenised here."""
+    long = [v for v in values if isinstance(v, str) and len(v) >= 2 * MAX_TITLE_TOKENS - 1]
+    over = sum(1 for v in long if len(tokenize_all(v)) > MAX_TITLE_TOKENS)
+    if over:
+        log.warning("feature %r: %d text(s) have more than %d tokens; the first %d of each are "
+                    "kept (the title treatment's cap)", feature.name, over, MAX_TITLE_TOKENS,
+                    MAX_TITLE_TOKENS)
 
 
 def _text(values: np.ndarray) -> list:

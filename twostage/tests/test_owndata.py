@@ -211,6 +211,17 @@ def test_frames_that_break_the_schema_name_the_table_and_the_closest_column(exam
         ts.Dataset.from_frames(pd.read_parquet(example.parent / "events.parquet"), schema)
 
 
+def test_a_10_mb_text_keeps_its_first_tokens_and_says_so(caplog):
+    items = pd.DataFrame({"i": ["x", "y"], "blurb": ["word " * 2_000_000, "short text"]})
+    interactions = pd.DataFrame({"u": ["a", "b", "a"], "i": ["x", "y", "y"]})
+    schema = ts.Schema.from_dict({"interactions": {"user": "u", "item": "i"},
+                                  "items": {"id": "i", "features": {"blurb": "text"}},
+                                  "towers": {"query": ["user"], "candidate": ["item", "blurb"]}})
+    data = ts.Dataset.from_frames(interactions, schema, items=items, config=config())
+    assert data.items["blurb"].shape == (2, 64) and (data.items["blurb"][0] > 1).all()
+    assert "1 text(s) have more than 64 tokens; the first 64 of each are kept" in caplog.text
+
+
 def test_a_temporal_split_needs_the_time_column():
     interactions = pd.DataFrame({"u": ["a", "b"], "i": ["x", "y"]})
     schema = ts.Schema.from_dict({"interactions": {"user": "u", "item": "i"},
@@ -258,3 +269,15 @@ def _quiet(replace):
     def quiet(self, **changes):
         return replace(self, quiet=True, **changes)
     return quiet
+
+
+def test_the_example_schema_runs_end_to_end_on_tfrs(example, tmp_path):
+    c = config().replace(retrieval_epochs=1, ranking_epochs=1)
+    run = ts.train(ts.load(example, c), c, backend="tfrs")
+    table = run.report.table()
+    assert "tfrs model" in table and 0 <= table["tfrs model"]["top-10"] <= 1
+    assert "ndcg@10 excl. seen" in table["tfrs model"]
+    users = list(run.data.user_ids[:4])
+    again = ts.load_run(run.save(tmp_path / "tfrs-run"))
+    assert again.trainer.name == "tfrs"
+    assert (again.recommend(users, k=5) == run.recommend(users, k=5)).all()
