@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 
 import twostage as ts
-from twostage import owndata
 from twostage.backend import UnsupportedOptionError
 from twostage.cli import main
 from twostage.data.synthetic_schema import generate
