@@ -225,16 +225,40 @@ def test_evaluate_baselines_report(synthetic_dataset, small_config):
     assert sampled["num_queries"] == 100
 
 
-def test_ease_is_skipped_above_its_size_limit_with_the_reason(synthetic_dataset, small_config,
-                                                              monkeypatch):
-    monkeypatch.setattr(bl, "EASE_MAX_TITLES", 10)
+def test_above_its_size_limit_ease_models_the_most_popular_titles(synthetic_dataset,
+                                                                   small_config, monkeypatch):
+    """Over EASE_MAX_ITEMS titles, B covers the most popular ones; every other title scores
+    just below the user's lowest modelled score, so popularity orders them (ties broken by
+    the shared tie order), and the report says what was modelled."""
+    monkeypatch.setattr(bl, "EASE_MAX_ITEMS", 10)
+    monkeypatch.setattr(bl, "EASE_MAX_TITLES", 5)            # the float32 path too
     out = bl.evaluate_baselines(synthetic_dataset, small_config, names=("popular", "ease"))
-    assert "EASE_MAX_TITLES=10" in out["models"]["ease"]["skipped"]
-    fake = {"retrieval": {"top_k_accuracy": {"10": 0.2}}, "two_stage": {"ndcg@10_reranked": 0.1}}
-    versus = pipeline.compare_to_baselines(fake, out)
-    assert set(versus) == {"popular"}
-    text = report.results_markdown({"torch": {**fake, "baselines": out, "vs_baselines": versus}})
-    assert "skipped" in text and "EASE_MAX_TITLES=10" in text
+    ease = out["models"]["ease"]
+    assert "the 10 most popular of" in ease["restricted_to"]
+    for figures in (ease["top_k_accuracy"], ease["top_k_accuracy_exclude_seen"]):
+        assert all(0 <= v <= 1 for v in figures.values())
+    train = bl.Interactions.of(synthetic_dataset, synthetic_dataset.split.train)
+    popularity = train.popularity()
+    columns = bl.EaseColumns.of(popularity)
+    assert columns.size == 10 and columns.restricted
+    assert set(np.flatnonzero(columns.column >= 0)) == set(
+        np.argsort(bl.tie_priority(popularity))[:10])
+    corpus = synthetic_dataset.corpus_features["title_index"]
+    weights = bl.ease_weights(bl.gram(columns.interactions(train)), 100.0)
+    scores = bl.EaseScorer(weights, train.seen(corpus), corpus, columns).corpus_scores(
+        np.arange(3), train.users[:3])
+    outside = columns.column[corpus] < 0
+    assert (scores[:, outside] < scores[:, ~outside].min(axis=1, keepdims=True)).all()
+    assert (scores[:, outside] == scores[:, outside][:, :1]).all()   # tied: popularity decides
+
+
+def test_ease_in_float32_agrees_with_float64(synthetic_dataset, monkeypatch):
+    train = bl.Interactions.of(synthetic_dataset, synthetic_dataset.split.train)
+    g = bl.gram(train)
+    exact = bl.ease_weights(g, 30.0)
+    monkeypatch.setattr(bl, "EASE_MAX_TITLES", 5)
+    np.testing.assert_allclose(bl.ease_weights(g, 30.0), exact, atol=1e-5)
+    assert bl.EaseColumns.of(train.popularity()).restricted is False   # 50 <= EASE_MAX_ITEMS
 
 
 def test_comparison_ratio_and_difference():
