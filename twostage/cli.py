@@ -187,7 +187,29 @@ def _parser() -> argparse.ArgumentParser:
                      help="tfrs only: top-k of the SavedModel's retrieval-only call (10 <= k <= "
                      "corpus size; default 100, or the corpus size if smaller); `recommend` takes k per "
                      "call")
+    _add_serve_parser(sub)
     return p
+
+
+def _add_serve_parser(sub) -> None:
+    """``twostage serve``'s flags (the service itself: twostage.service, imported when run)."""
+    srv = sub.add_parser("serve", help="serve a run folder or an export over HTTP (POST "
+                         "/recommend; needs the serve extra: pip install 'twostage[serve]')")
+    srv.add_argument("path", help="a run folder (`twostage run`) or an export (`twostage export`)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one)")
+    srv.add_argument("--workers", type=int, default=1, help="processes, each with the model")
+    srv.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    srv.add_argument("--backend", choices=BACKENDS, default=None,
+                     help="a run folder's saved backend (default: the first saved)")
+    srv.add_argument("--batch-wait-ms", type=float, default=0.0, help="longest wait of a "
+                     "request for others to score with (0 to 1000; default 0: a batch takes "
+                     "the requests that queued while the model was busy)")
+    srv.add_argument("--batch-users", type=int, default=256, help="users per batch (default 256)")
+    srv.add_argument("--request-timeout", type=float, default=10.0, help="seconds a client has "
+                     "to send a request's head, then its body (default 10)")
+    srv.add_argument("--no-seen", dest="seen", action="store_false", help="do not rebuild a "
+                     "run's training split (exclude_seen is then refused)")
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -512,7 +534,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "recommend": cmd_recommend, "export": cmd_export}
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from . import service
+    except ImportError as e:
+        raise UsageError(f"twostage serve needs the serve extra ({e}): pip install "
+                         "'twostage[serve]'") from None
+    try:
+        return service.main(args)
+    except service.OptionError as e:
+        raise UsageError(str(e)) from None
+
+
+COMMANDS = {"run": cmd_run, "recommend": cmd_recommend, "export": cmd_export,
+            "serve": cmd_serve}
 
 
 def _project_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:

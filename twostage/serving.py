@@ -30,10 +30,19 @@ num_candidates), M)`` rows from the index (descending score, equal scores by asc
 score each (user, candidate) with the ranking model in the same batches, and re-rank stably
 (``Recommendations.reranked``: ties keep the retrieval order). ``python -m twostage.serving EXPORT --user 42`` prints the table
 ``twostage recommend`` prints.
+
+Threads: torch and FAISS each bring their own OpenMP runtime (``torch/lib/libgomp``,
+``faiss_cpu.libs/libgomp``), and each keeps its threads spinning after a parallel region, so on
+a machine with few cores the two pools, and any other busy process, took the cores from each
+other on every batched call. The serving path owns both pools, per call and per calling thread
+(:func:`owned_threads`): FAISS searches on one thread, the programs on ``threads`` torch
+threads (default :data:`PROGRAM_THREADS`; ``python -m benchmarks.serve --floor-only``
+measures both settings at each batch size).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -63,6 +72,34 @@ FILES = {"query_tower": "query_tower.pt", "ranking_model": "ranking_model.pt",
 QUERY_INPUTS: tuple[str, ...] = ("user_index", "ts_bucket", "ts_norm")
 RANKING_INPUTS: tuple[str, ...] = QUERY_INPUTS + ("title_index", "title_tokens")
 _TARGETS = {TORCH_KIND: "torch", SAVEDMODEL_KIND: "tfrs"}
+PROGRAM_THREADS = 1
+"""torch intra-op threads of a serving call (TorchExport's default ``threads``): one. A serving
+batch is small (a few users x tens of candidates), so a second thread saves little when the
+machine is idle and, spinning, costs much when other processes want the cores."""
+
+
+@contextlib.contextmanager
+def owned_threads(threads: int = PROGRAM_THREADS):
+    """Within the block, this thread's FAISS searches run on one OpenMP thread and torch's
+    operators on ``threads`` (each runtime's setting is restored on exit). torch is touched only
+    when already imported (a TFRS export never loads it).
+
+    Args:
+        threads: torch intra-op threads, >= 1.
+    """
+    import faiss
+
+    torch = sys.modules.get("torch")
+    before = faiss.omp_get_max_threads(), torch.get_num_threads() if torch else None
+    faiss.omp_set_num_threads(1)
+    if torch:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before[0])
+        if torch:
+            torch.set_num_threads(before[1])
 
 
 class ExportError(ValueError):
@@ -232,8 +269,9 @@ class TorchExport:
     """A loaded torch export (see the module docstring); :meth:`recommend` serves it."""
 
     def __init__(self, path: Path, manifest: dict, spec: FeatureSpec, titles: np.ndarray,
-                 index, programs: dict[str, Callable]) -> None:
+                 index, programs: dict[str, Callable], threads: int = PROGRAM_THREADS) -> None:
         self.path = path
+        self.threads = int(threads)
         self.manifest = manifest
         self.spec = spec
         self.titles = titles
@@ -246,9 +284,10 @@ class TorchExport:
         self.precision = _precision(manifest, path)
 
     @classmethod
-    def load(cls, path: Path | str) -> "TorchExport":
+    def load(cls, path: Path | str, threads: int = PROGRAM_THREADS) -> "TorchExport":
         """Validate and load a torch export folder. Its programs run when loaded and called:
-        load only exports you trust (see :func:`load`).
+        load only exports you trust (see :func:`load`). ``threads``: torch intra-op threads of
+        each ``recommend`` call (:func:`owned_threads`).
 
         Raises:
             ExportError: one line naming the file and the fix.
@@ -281,7 +320,8 @@ class TorchExport:
             raise ExportError(str(e)) from None
         programs = {name: _load_program(path / FILES[name])
                     for name in ("query_tower", "ranking_model")}
-        return cls(path, manifest, spec, np.asarray(titles, dtype=object), index, programs)
+        return cls(path, manifest, spec, np.asarray(titles, dtype=object), index, programs,
+                   threads)
 
     def known_user(self, user_id: str) -> bool:
         """Whether ``user_id`` was in the training data (else the OOV embedding serves it)."""
@@ -289,7 +329,12 @@ class TorchExport:
 
     def recommend(self, user_ids: Sequence[str] | str, timestamps=None, k: int = 10) -> Served:
         """The re-ranked top ``k`` (1 <= k <= catalog size) for each query; ``timestamps``: [N]
-        ints, one int, or None (the export's default time)."""
+        ints, one int, or None (the export's default time). Runs on the export's own threads
+        (:func:`owned_threads` with ``self.threads``), whatever the process's settings."""
+        with owned_threads(self.threads):
+            return self._recommend(user_ids, timestamps, k)
+
+    def _recommend(self, user_ids, timestamps, k: int) -> Served:
         k = check_k(k, self.catalog_size)
         users, ts = query_arrays(user_ids, timestamps, self.default_timestamp)
         c = min(max(k, self.num_candidates), self.catalog_size)
@@ -308,8 +353,6 @@ class TorchExport:
              ) -> np.ndarray:
         """A program over ``arrays`` (encoded for all rows at once, then cut in batches of
         ``eval_batch_size``, as TorchBackend's inference: the same float rounding)."""
-        import contextlib
-
         import torch
 
         tensors = [torch.from_numpy(np.ascontiguousarray(arrays[key])) for key in keys]

@@ -1,0 +1,340 @@
+"""What ``twostage serve`` serves: a run folder or either serving export behind one call.
+
+:func:`open_engine` loads a MovieLens run folder (``twostage run``) or an export (``twostage
+export --to torch|tfrs``, through :func:`twostage.serving.load`) as an :class:`Engine`, whose
+:meth:`Engine.serve` answers a batch of :class:`Query` objects (several requests' users at
+once) with ``twostage recommend``'s two stages:
+
+- retrieve C = min(max(k, num_candidates), catalogue) candidates per user (descending score,
+  equal scores by ascending row), after removing the user's excluded rows inside the
+  retrieval: the exclude-seen retrieval of the evaluation (``pipeline.retrieve_unseen``: C +
+  the rows excluded for that user, then ``evaluation.drop_excluded``), so the candidates are
+  exactly the first C rows not excluded, and only those are ranked;
+- score each candidate with the ranking model, re-rank stably (``serving.top_k``).
+
+A run folder and a torch export go through ``pipeline.recommend`` itself (the export's two
+programs behind the backend calls it makes). The TFRS SavedModel computes both stages in one
+graph, so it is asked for C + (excluded rows) candidates, all ranked, and the first C not
+excluded are kept in retrieval order: the same answer, at the cost of ranking the excluded
+candidates too.
+
+Excluded rows: ``exclude_items`` (titles: every catalogue row of each) and ``exclude_seen``
+(every row of every title the user rated in the training split). The training split is not
+stored in a run folder or an export, so it is rebuilt from the run's data (its config's data
+folder, no download) and checked against the run's feature-spec fingerprint; exports cannot
+exclude seen items (their folders hold no interactions).
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import evaluation, io, serving
+from .pipeline import Recommendations, recommend
+
+RUN_KIND = "run"   # twostage.rundir.KIND
+
+
+class EngineError(ValueError):
+    """PATH is not something ``twostage serve`` can serve (one line naming the fix)."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """One request's share of a batch: ``users`` [n] str, ``timestamps`` [n] int64, ``k`` and
+    ``num_candidates`` (C before clipping to the catalogue), ``exclude_rows`` [e] int64
+    catalogue rows excluded for every user of it, ``exclude_seen``."""
+
+    users: np.ndarray
+    timestamps: np.ndarray
+    k: int
+    num_candidates: int
+    exclude_rows: np.ndarray
+    exclude_seen: bool
+
+    def candidates(self, catalog_size: int) -> int:
+        """C: ``twostage recommend``'s min(max(k, num_candidates), catalogue)."""
+        return min(max(self.k, self.num_candidates), catalog_size)
+
+
+class Engine:
+    """A loaded model and its catalogue; subclasses say how a batch's candidates are found.
+
+    Attributes: ``kind`` ("run", "torch-export", "savedmodel"), ``path``, ``titles`` [M] (the
+    catalogue in index-row order), ``default_timestamp``, ``num_candidates`` (the default C
+    floor), ``index_kind``, ``spec_fingerprint`` (None when the folder records none),
+    ``seen`` (evaluation.SeenTitles or None) and ``seen_note`` (why not, when None), ``vocab``
+    (the training users: a frozenset of ids).
+    """
+
+    kind: str
+    path: Path
+    titles: np.ndarray
+    default_timestamp: int
+    num_candidates: int
+    index_kind: str
+    spec_fingerprint: str | None = None
+    time_range: tuple[int, int] | None = None   # of the training data, when known
+    threads: int = serving.PROGRAM_THREADS
+    seen: evaluation.SeenTitles | None = None
+    seen_note: str = "exports hold no training interactions: serve the run folder"
+
+    def _finish(self) -> None:
+        """Derived lookups, once the subclass has set the attributes above."""
+        self.catalog_size = len(self.titles)
+        self.rows_of_title: dict[str, list[int]] = {}
+        for row, title in enumerate(self.titles.tolist()):
+            self.rows_of_title.setdefault(title, []).append(row)
+
+    def known_users(self, users: np.ndarray) -> np.ndarray:
+        """[n] bool: the user was in the training data (else the OOV embedding serves it)."""
+        return np.array([str(u) in self.vocab for u in users], dtype=bool)
+
+    # --- what a kind provides ----------------------------------------------------------------
+
+    def user_index(self, users: np.ndarray) -> np.ndarray:
+        """[n] int64 user indices of the feature spec (0: unknown), for ``exclude_seen``."""
+        raise NotImplementedError
+
+    def candidates(self, users: np.ndarray, timestamps: np.ndarray, c: int,
+                   exclude: evaluation.Exclusions | None) -> Recommendations:
+        """C candidates per user in retrieval order, ranked; rows of ``exclude`` never among
+        them (padding: row -1, ranking score -inf)."""
+        raise NotImplementedError
+
+    def versions(self) -> dict[str, str]:
+        """Versions of the libraries this engine runs on (the frameworks it has loaded)."""
+        import faiss
+        loaded = {name: sys.modules[name].__version__ for name in ("torch", "tensorflow")
+                  if name in sys.modules}
+        return {"faiss": faiss.__version__, **loaded}
+
+    # --- shared ------------------------------------------------------------------------------
+    def rows_of(self, titles) -> np.ndarray:
+        """Catalogue rows of ``titles`` (every row of a duplicated title); KeyError naming the
+        first title the catalogue lacks."""
+        rows = []
+        for title in titles:
+            if title not in self.rows_of_title:
+                raise KeyError(title)
+            rows += self.rows_of_title[title]
+        return evaluation.sorted_unique(np.asarray(rows, dtype=np.int64))
+
+    def serve(self, queries: list[Query]) -> list[serving.Served]:
+        """The re-ranked top k of every query of a batch, in order. Queries with the same C are
+        retrieved and ranked together (one call per distinct C), on the engine's own threads
+        (``serving.owned_threads``)."""
+        out: list[serving.Served | None] = [None] * len(queries)
+        groups: dict[int, list[int]] = {}
+        for i, q in enumerate(queries):
+            groups.setdefault(q.candidates(self.catalog_size), []).append(i)
+        with serving.owned_threads(self.threads):
+            for c, members in groups.items():
+                for i, served in zip(members, self._serve_group([queries[i] for i in members],
+                                                                c)):
+                    out[i] = served
+        return out
+
+    def _serve_group(self, queries: list[Query], c: int) -> list[serving.Served]:
+        users = np.concatenate([q.users for q in queries])
+        stamps = np.concatenate([q.timestamps for q in queries])
+        recs = self.candidates(users, stamps, c, self._exclusions(queries))
+        served = serving.top_k(recs, self.titles, max(q.k for q in queries))
+        out, start = [], 0
+        for q in queries:
+            part = slice(start, start + len(q.users))
+            out.append(serving.Served(*(a[part, :q.k] for a in dataclasses.astuple(served))))
+            start = part.stop
+        return out
+
+    def _exclusions(self, queries: list[Query]) -> evaluation.Exclusions | None:
+        """Per user of the batch, the union of its query's ``exclude_rows`` and (when asked)
+        its training titles' rows; None when nothing is excluded."""
+        if not any(q.exclude_seen or q.exclude_rows.size for q in queries):
+            return None
+        per_user: list[np.ndarray] = []
+        for q in queries:
+            seen = self._seen_rows(q.users) if q.exclude_seen else [np.zeros(0, np.int64)] * len(
+                q.users)
+            per_user += [evaluation.sorted_unique(np.concatenate([s, q.exclude_rows]))
+                         for s in seen]
+        counts = np.array([len(r) for r in per_user], dtype=np.int64)
+        return evaluation.Exclusions(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+                                     np.concatenate(per_user).astype(np.int64),
+                                     self.catalog_size)
+
+    def _seen_rows(self, users: np.ndarray) -> list[np.ndarray]:
+        """The catalogue rows of the training titles of each of ``users``."""
+        if self.seen is None:
+            raise ValueError(f"exclude_seen is not available: {self.seen_note}")
+        index = self.user_index(users)
+        ex = self.seen.exclusions(index, np.full(len(users), -1, np.int64))  # -1: no own title
+        return [ex.cols[ex.indptr[i]: ex.indptr[i + 1]] for i in range(len(users))]
+
+
+class StagesEngine(Engine):
+    """Two stages with the backend calls ``pipeline.recommend`` makes (``retrieve``,
+    ``ranking_scores``): a run folder's backend, or :class:`ExportStages`."""
+
+    def __init__(self, stages, spec, **fields) -> None:
+        self.stages, self.spec = stages, spec
+        for name, value in fields.items():
+            setattr(self, name, value)
+        self._finish()
+        self.vocab = frozenset(spec.user_vocab)
+        bounds = [int(b) for b in spec.ts_boundaries]   # the data's time range, as recommend's
+        self.time_range = ((min(bounds), max(max(bounds), self.default_timestamp)) if bounds
+                           else None)
+
+    def user_index(self, users: np.ndarray) -> np.ndarray:
+        return self.spec.user_index(users)
+
+    def candidates(self, users, timestamps, c, exclude) -> Recommendations:
+        return recommend(self.stages, users, timestamps, c, self.titles, exclude=exclude,
+                         block=max(len(users), 1))
+
+
+class ExportStages:
+    """A :class:`twostage.serving.TorchExport`'s programs and index as the two backend calls of
+    ``pipeline.recommend``: the computations of ``TorchExport.recommend`` (the same encoding,
+    batches of ``eval_batch_size`` and index)."""
+
+    def __init__(self, export: serving.TorchExport) -> None:
+        self.export = export
+
+    def retrieve(self, users, timestamps, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores [N, k'], rows [N, k']) of the export's index for the queries' embeddings."""
+        x = self.export
+        queries = x._run("query_tower", x.spec.encode_queries(users, timestamps),
+                         serving.QUERY_INPUTS)
+        return x.index.search(queries, k)
+
+    def ranking_scores(self, users, timestamps, titles) -> np.ndarray:
+        """[N] float32 ranking probabilities of (user, timestamp, title) rows."""
+        x = self.export
+        return x._run("ranking_model", x.spec.encode(users, timestamps, titles),
+                      serving.RANKING_INPUTS).reshape(-1)
+
+
+class SavedModelEngine(Engine):
+    """A TFRS SavedModel export (``tfrs_impl.serving.SavedModelExport``): both stages in one
+    graph, so candidates are taken from its ``recommend`` of C + (excluded rows) candidates."""
+
+    kind = serving.SAVEDMODEL_KIND
+    index_kind = "brute-force (TFRS BruteForce, exact)"
+
+    def __init__(self, export, threads: int) -> None:
+        self.export, self.path, self.threads = export, Path(export.path), threads
+        self.titles = np.array([t.decode("utf-8") for t in export.model.titles.numpy()],
+                               dtype=object)
+        self.default_timestamp = export.default_timestamp
+        self.num_candidates = export.num_candidates
+        self.vocab = export.user_vocab
+        self._finish()
+
+    def candidates(self, users, timestamps, c, exclude) -> Recommendations:
+        extra = int(exclude.counts().max(initial=0)) if exclude is not None else 0
+        wide = min(max(c + extra, self.num_candidates), self.catalog_size)
+        got = self.export.recommend(users, timestamps, wide)   # all `wide` candidates, ranked
+        return first_unexcluded(got, c, exclude)
+
+
+def first_unexcluded(got: serving.Served, c: int, exclude: evaluation.Exclusions | None
+                     ) -> Recommendations:
+    """Every retrieved candidate of ``got`` (in any order) -> the first ``c`` in retrieval order
+    (score descending, equal scores by ascending row) that ``exclude`` does not hold, with
+    their ranking scores; padding (row -1, scores -inf) where fewer remain."""
+    rows = got.rows.astype(np.int64)
+    by_retrieval = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows),
+                               -got.retrieval_scores), axis=-1)
+    rows, scores, ranking = (np.take_along_axis(a, by_retrieval, axis=1)
+                             for a in (rows, got.retrieval_scores, got.ranking_scores))
+    dropped = (exclude.contains(rows) if exclude is not None else np.zeros(rows.shape, bool)) | (
+        rows < 0)
+    keep = np.argsort(dropped, axis=1, kind="stable")[:, :c]
+    pad = np.take_along_axis(dropped, keep, axis=1)
+    rows, scores, ranking = (np.take_along_axis(a, keep, axis=1).copy()
+                             for a in (rows, scores, ranking))
+    rows[pad], scores[pad], ranking[pad] = -1, -np.inf, -np.inf
+    return Recommendations(rows, scores.astype(np.float32), ranking.astype(np.float32))
+
+
+# --- loading ---------------------------------------------------------------------------------
+def open_engine(path: Path | str, threads: int = serving.PROGRAM_THREADS,
+                backend: str | None = None, seen: bool = True) -> Engine:
+    """The engine of a run folder or an export, by the folder's marker.
+
+    Args:
+        path: a MovieLens run folder (``twostage run``) or an export (``twostage export``).
+        threads: torch intra-op threads of each batch (``serving.owned_threads``).
+        backend: a run folder's saved backend (default: the first saved, as ``recommend``).
+        seen: rebuild a run's training split for ``exclude_seen`` (a run folder only).
+    Returns:
+        An :class:`Engine`.
+    Raises:
+        EngineError: PATH is a schema run, or no folder; ExportError / RunDirError for a
+        damaged export or run folder (one line naming the file and the fix).
+    """
+    path = Path(path)
+    kind = io.marker_kind(path) if path.is_dir() else None
+    if not path.is_dir():
+        raise EngineError(f"{path} is not a folder: pass a run folder (`twostage run --out`) or "
+                          "an export (`twostage export --out`)")
+    if kind == RUN_KIND:
+        return _run_engine(path, threads, backend, seen)
+    if kind not in (serving.TORCH_KIND, serving.SAVEDMODEL_KIND):
+        raise EngineError(f"{path} is {'a twostage ' + kind if kind else 'not a twostage folder'}"
+                          "; `twostage serve` serves MovieLens run folders and the exports of "
+                          "`twostage export --to torch|tfrs`")
+    if backend is not None:
+        raise EngineError(f"--backend {backend} picks a run folder's backend; {path} is an "
+                          "export (it has one): drop --backend")
+    if kind == serving.SAVEDMODEL_KIND:
+        return SavedModelEngine(serving.load(path), threads)
+    export = serving.TorchExport.load(path, threads=threads)
+    return StagesEngine(ExportStages(export), export.spec, kind=serving.TORCH_KIND, path=path,
+                        titles=export.titles, default_timestamp=export.default_timestamp,
+                        num_candidates=export.num_candidates, index_kind=export.index.kind,
+                        spec_fingerprint=export.spec.fingerprint(), threads=threads)
+
+
+def _run_engine(path: Path, threads: int, backend: str | None, seen: bool) -> StagesEngine:
+    """A run folder's backend as ``twostage recommend`` and ``twostage export`` load it."""
+    from .export import load_run_backend
+    from .rundir import RunDir
+
+    run = RunDir.open(path)
+    model = load_run_backend(run, backend)
+    model.build_index(run.corpus_titles)
+    engine = StagesEngine(model, model.spec, kind=RUN_KIND, path=path,
+                          titles=run.corpus_titles, default_timestamp=run.max_timestamp,
+                          num_candidates=model.config.eval.num_candidates,
+                          index_kind=model.config.index.kind,
+                          spec_fingerprint=run.spec_fingerprint, threads=threads)
+    engine.backend_name = model.name
+    engine.seen, engine.seen_note = (_seen_titles(model.config, run.spec_fingerprint) if seen
+                                     else (None, "started with --no-seen"))
+    return engine
+
+
+def _seen_titles(config, fingerprint: str) -> tuple[evaluation.SeenTitles | None, str]:
+    """(the run's training titles per user, "") rebuilt from its data folder, or (None, why)."""
+    from .data.download import DataNotFoundError, resolve_data_dir
+    from .data.movielens import load_movielens
+    from .dataset import from_movielens
+    from .pipeline import seen_titles
+
+    try:
+        folder = resolve_data_dir(config.data.data_dir, dataset=config.data.dataset,
+                                  download=False, progress=False)
+        dataset = from_movielens(load_movielens(folder, dataset=config.data.dataset), config)
+    except (DataNotFoundError, OSError, ValueError) as e:
+        return None, f"the run's data could not be read ({' '.join(str(e).split())})"
+    if dataset.spec.fingerprint() != fingerprint:
+        return None, (f"the data at {folder} is not the data the run was trained on (feature "
+                      "spec fingerprints differ)")
+    return seen_titles(dataset), ""
