@@ -1,6 +1,6 @@
 """One typed configuration, grouped by concern, shared by the CLI, the benchmarks and the tests.
 
-Defaults are the seed's protocol (``../shared/seed/SUMMARY.md``) and Keras/TFRS defaults.
+Defaults are the article's protocol (``docs/seed.md``) and Keras/TFRS defaults.
 
 Every field carries its command-line help (and, where needed, its flag, choices and parser) in
 its metadata, so ``twostage.cli`` generates the flags from this file: adding an option is one
@@ -10,6 +10,10 @@ layout and the flat layout of version 1 run folders, and names the file's bad fi
 Access is by section: ``config.train.batch_size``, ``config.index.kind``. ``Config.of(**flat)``
 and ``config.replace(**flat)`` accept field names without their section (they are unique), which
 is what tests and benchmarks use to state a variant in one line.
+
+Each section validates its own fields when it is built (``__post_init__``: a builder may take
+one section alone); ``Config`` adds what needs two sections (the batch split over processes).
+Every problem is listed in one ``ValueError("invalid configuration: ...")``.
 """
 from __future__ import annotations
 
@@ -86,6 +90,9 @@ class DataConfig:
                              "(Keras TextVectorization max_tokens)")
 
 
+    def __post_init__(self) -> None:
+        _validate(self, _data_problems)
+
 @dataclass(frozen=True)
 class ModelConfig:
     embedding_dim: int = option(32, "width of every embedding table")
@@ -101,6 +108,9 @@ class ModelConfig:
     history: bool = option(False, "query tower: add the masked mean of the embeddings of the "
                            "titles the user rated in training before the query's timestamp")
 
+
+    def __post_init__(self) -> None:
+        _validate(self, _model_problems)
 
 @dataclass(frozen=True)
 class TaskConfig:
@@ -123,6 +133,9 @@ class TaskConfig:
                                "the TFRS backend supports keras_graph only",
                                choices=RANKING_LOSSES)
 
+
+    def __post_init__(self) -> None:
+        _validate(self, _task_problems)
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -150,6 +163,9 @@ class TrainConfig:
                                       "figures), off elsewhere")
 
 
+    def __post_init__(self) -> None:
+        _validate(self, _train_problems)
+
 @dataclass(frozen=True)
 class EvalConfig:
     eval_batch_size: int = option(4096, "batch size of inference and evaluation")
@@ -164,6 +180,9 @@ class EvalConfig:
                                       "report N and each accuracy's standard error); default: "
                                       "every test row")
 
+
+    def __post_init__(self) -> None:
+        _validate(self, _eval_problems)
 
 @dataclass(frozen=True)
 class IndexConfig:
@@ -184,6 +203,9 @@ class IndexConfig:
     pq_bytes: int = option(8, "ivfpq: bytes per vector (one code per D / pq_bytes dims)")
 
 
+    def __post_init__(self) -> None:
+        _validate(self, _index_problems)
+
 @dataclass(frozen=True)
 class DistributedConfig:
     nproc: int = option(1, "processes on this machine: torch.distributed workers (torch, "
@@ -196,6 +218,9 @@ class DistributedConfig:
                             "the ranking mean over the whole batch)", choices=NEGATIVES)
     timeout_s: int = option(300, "seconds a process waits for the others before the run fails")
 
+
+    def __post_init__(self) -> None:
+        _validate(self, _distributed_problems)
 
 @dataclass(frozen=True)
 class OutputConfig:
@@ -243,9 +268,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:
-        problems = _problems(self)
-        if problems:
-            raise ValueError("invalid configuration: " + "; ".join(problems))
+        _validate(self, _config_problems)
 
     # --- construction ----------------------------------------------------------------------
     @classmethod
@@ -338,85 +361,118 @@ def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def _problems(c: Config) -> list[str]:
-    problems = [f"{name}={value!r} is not a finite number" for name, value in _floats(c)
-                if not math.isfinite(value)]
-    if problems:
-        return problems
-    t, m, d, e, i = c.train, c.model, c.data, c.eval, c.index
-    positive = {"batch_size": t.batch_size, "eval_batch_size": e.eval_batch_size,
-                "embedding_dim": m.embedding_dim, "num_buckets": d.num_buckets,
-                "num_candidates": e.num_candidates, "ndcg_k": e.ndcg_k,
-                "validation_freq": t.validation_freq, "nprobe": i.nprobe,
-                "hnsw_m": i.hnsw_m, "ef_search": i.ef_search,
-                "ef_construction": i.ef_construction, "pq_bytes": i.pq_bytes}
-    positive.update({k: v for k, v in (("nlist", i.nlist), ("eval_queries", e.eval_queries))
-                     if v is not None})
-    problems += [f"{k}={v} must be >= 1" for k, v in positive.items() if v < 1]
-    if c.task.mixed_negatives < 0:
-        problems.append(f"mixed_negatives={c.task.mixed_negatives} must be >= 0 (0: off)")
+def _positive(**values: int | None) -> list[str]:
+    """``name=value must be >= 1`` for each given value below 1 (None: not set, not checked)."""
+    return [f"{k}={v} must be >= 1" for k, v in values.items() if v is not None and v < 1]
+
+
+def _choice(**values: tuple[str, tuple[str, ...]]) -> list[str]:
+    """``name='value' must be one of ...`` for each (value, choices) outside its choices."""
+    return [f"{k}={v!r} must be one of {', '.join(choices)}"
+            for k, (v, choices) in values.items() if v not in choices]
+
+
+def _at_most(**values: tuple[int, int]) -> list[str]:
+    """``name=value exceeds the limit L`` for each (value, limit) above its limit."""
+    return [f"{k}={v} exceeds the limit {limit}" for k, (v, limit) in values.items() if v > limit]
+
+
+def _data_problems(d: DataConfig) -> list[str]:
+    problems = _positive(num_buckets=d.num_buckets)
+    problems += _at_most(num_buckets=(d.num_buckets, MAX_BUCKETS),
+                         max_tokens=(d.max_tokens, MAX_TOKENS))
+    if d.max_tokens < 3:
+        problems.append(f"max_tokens={d.max_tokens} must be >= 3 (padding, OOV, one token)")
+    if not 0.0 < d.train_fraction < 1.0:
+        problems.append(f"train_fraction={d.train_fraction} must be strictly between 0 and 1")
+    return problems + _choice(dataset=(d.dataset, DATASETS), split=(d.split, SPLITS))
+
+
+def _model_problems(m: ModelConfig) -> list[str]:
+    problems = _positive(embedding_dim=m.embedding_dim)
+    for name, sizes in (("layer_sizes", m.layer_sizes),
+                        ("ranking_layer_sizes", m.ranking_layer_sizes)):
+        if (name == "layer_sizes" and not sizes) or any(s < 1 or s > MAX_WIDTH for s in sizes):
+            problems.append(f"{name}={sizes} must be sizes from 1 to {MAX_WIDTH}, e.g. 64,32")
+    problems += _at_most(embedding_dim=(m.embedding_dim, MAX_WIDTH))
+    return problems + _choice(empty_title=(m.empty_title, EMPTY_TITLE_MODES))
+
+
+def _task_problems(t: TaskConfig) -> list[str]:
+    problems = []
+    if t.mixed_negatives < 0:
+        problems.append(f"mixed_negatives={t.mixed_negatives} must be >= 0 (0: off)")
+    if t.temperature is not None and t.temperature <= 0:
+        problems.append(f"temperature={t.temperature} must be > 0")
+    problems += _positive(num_hard_negatives=t.num_hard_negatives)
+    return problems + _choice(ranking_loss=(t.ranking_loss, RANKING_LOSSES))
+
+
+def _train_problems(t: TrainConfig) -> list[str]:
+    problems = _positive(batch_size=t.batch_size, validation_freq=t.validation_freq)
     if t.batch_size == 1:
         problems.append("batch_size=1 must be >= 2: with one row the in-batch softmax has no "
                         "negative and the retrieval loss is exactly 0")
     problems += [f"{k}={v} must be >= 0" for k, v in (("retrieval_epochs", t.retrieval_epochs),
                                                      ("ranking_epochs", t.ranking_epochs))
                  if v < 0]
-    for name, sizes in (("layer_sizes", m.layer_sizes),
-                        ("ranking_layer_sizes", m.ranking_layer_sizes)):
-        if (name == "layer_sizes" and not sizes) or any(s < 1 or s > MAX_WIDTH for s in sizes):
-            problems.append(f"{name}={sizes} must be sizes from 1 to {MAX_WIDTH}, e.g. 64,32")
-    for name, value, limit in (("embedding_dim", m.embedding_dim, MAX_WIDTH),
-                               ("num_buckets", d.num_buckets, MAX_BUCKETS),
-                               ("max_tokens", d.max_tokens, MAX_TOKENS)):
-        if value > limit:
-            problems.append(f"{name}={value} exceeds the limit {limit}")
-    if d.max_tokens < 3:
-        problems.append(f"max_tokens={d.max_tokens} must be >= 3 (padding, OOV, one token)")
-    if not 0.0 < d.train_fraction < 1.0:
-        problems.append(f"train_fraction={d.train_fraction} must be strictly between 0 and 1")
-    if not e.top_ks or any(k < 1 for k in e.top_ks):
-        problems.append(f"top_ks={e.top_ks} must be positive")
     if t.learning_rate <= 0:
         problems.append(f"learning_rate={t.learning_rate} must be > 0")
-    if c.task.temperature is not None and c.task.temperature <= 0:
-        problems.append(f"temperature={c.task.temperature} must be > 0")
-    if c.task.num_hard_negatives is not None and c.task.num_hard_negatives < 1:
-        problems.append(f"num_hard_negatives={c.task.num_hard_negatives} must be >= 1")
-    for name, value, choices in (("index", i.kind, INDEX_KINDS),
-                                 ("precision", t.precision, PRECISIONS),
-                                 ("empty_title", m.empty_title, EMPTY_TITLE_MODES),
-                                 ("ranking_loss", c.task.ranking_loss, RANKING_LOSSES),
-                                 ("dataset", d.dataset, DATASETS), ("split", d.split, SPLITS)):
-        if value not in choices:
-            problems.append(f"{name}={value!r} must be one of {', '.join(choices)}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", t.device):
+        problems.append(f"device={t.device!r} must be cpu, cuda or cuda:N")
+    return problems + _choice(precision=(t.precision, PRECISIONS))
+
+
+def _eval_problems(e: EvalConfig) -> list[str]:
+    problems = _positive(eval_batch_size=e.eval_batch_size, num_candidates=e.num_candidates,
+                         ndcg_k=e.ndcg_k, eval_queries=e.eval_queries)
+    if not e.top_ks or any(k < 1 for k in e.top_ks):
+        problems.append(f"top_ks={e.top_ks} must be positive")
     if e.ndcg_k > e.num_candidates:
         problems.append(f"ndcg_k={e.ndcg_k} exceeds num_candidates={e.num_candidates}")
-    n = c.distributed.nproc
-    if n < 1 or c.distributed.timeout_s < 1:
-        problems.append(f"nproc={n} and timeout_s={c.distributed.timeout_s} must be >= 1")
-    elif t.batch_size % n:
+    return problems
+
+
+def _index_problems(i: IndexConfig) -> list[str]:
+    return _positive(nprobe=i.nprobe, hnsw_m=i.hnsw_m, ef_search=i.ef_search,
+                     ef_construction=i.ef_construction, pq_bytes=i.pq_bytes,
+                     nlist=i.nlist) + _choice(index=(i.kind, INDEX_KINDS))
+
+
+def _distributed_problems(d: DistributedConfig) -> list[str]:
+    problems = []
+    if d.nproc < 1 or d.timeout_s < 1:
+        problems.append(f"nproc={d.nproc} and timeout_s={d.timeout_s} must be >= 1")
+    return problems + _choice(negatives=(d.negatives, NEGATIVES))
+
+
+def _config_problems(c: Config) -> list[str]:
+    """What no single section can see: the batch split over processes, the seed's range."""
+    problems = []
+    t, n = c.train, c.distributed.nproc
+    if n >= 1 and t.batch_size >= 1 and t.batch_size % n:
         problems.append(f"batch_size={t.batch_size} does not divide into nproc={n} equal "
                         f"slices; use --batch-size {t.batch_size - t.batch_size % n or n} or "
                         "another --nproc")
-    if c.distributed.negatives not in NEGATIVES:
-        problems.append(f"negatives={c.distributed.negatives!r} must be one of "
-                        f"{', '.join(NEGATIVES)}")
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", t.device):
-        problems.append(f"device={t.device!r} must be cpu, cuda or cuda:N")
     if not 0 <= c.seed <= MAX_SEED:
         problems.append(f"seed={c.seed} must be from 0 to {MAX_SEED} (the range every backend "
                         "can seed)")
     return problems
 
 
-def _floats(c: Config) -> list[tuple[str, float]]:
-    out = []
-    for section in SECTIONS:
-        for f in dataclasses.fields(SECTIONS[section]):
-            value = getattr(getattr(c, section), f.name)
-            if isinstance(value, float):
-                out.append((f.name, value))
-    return out
+def _validate(section: Any, check: Callable[[Any], list[str]]) -> None:
+    """Raise ``ValueError("invalid configuration: ...")`` listing ``check(section)``'s problems;
+    non-finite floats are reported alone (every other check would read them wrongly)."""
+    problems = [f"{name}={value!r} is not a finite number" for name, value in _floats(section)
+                if not math.isfinite(value)] or check(section)
+    if problems:
+        raise ValueError("invalid configuration: " + "; ".join(problems))
+
+
+def _floats(section: Any) -> list[tuple[str, float]]:
+    """(field name, value) of a section's float fields that are set."""
+    return [(f.name, getattr(section, f.name)) for f in dataclasses.fields(section)
+            if isinstance(getattr(section, f.name), float)]
 
 
 def field_types(cls: type) -> dict[str, Any]:
@@ -456,7 +512,11 @@ def _section_from_dict(cls: type, d: Any, source: str) -> Any:
     if unknown:
         raise ValueError(f"{source}: unknown configuration keys {unknown}; known: "
                          f"{', '.join(types)}")
-    return cls(**{k: _coerce(source, k, types[k], v) for k, v in d.items()})
+    values = {k: _coerce(source, k, types[k], v) for k, v in d.items()}
+    try:
+        return cls(**values)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
 
 
 def _from_v1(d: dict, source: str) -> dict:

@@ -1,6 +1,7 @@
 """The one configuration: defaults are the seed's protocol and Keras' defaults; bad values fail."""
 import pytest
 
+from twostage import config as config_module
 from twostage.config import Config
 from twostage.report import table
 
@@ -37,6 +38,39 @@ def test_round_trip_through_dict():
 def test_bad_values_name_the_field(changes, message):
     with pytest.raises(ValueError, match=message):
         Config.of(**changes)
+
+
+@pytest.mark.parametrize("section, changes, message", [
+    ("DataConfig", {"num_buckets": 0}, "num_buckets=0 must be >= 1"),
+    ("DataConfig", {"train_fraction": 1.0}, "train_fraction=1.0 must be strictly between"),
+    ("ModelConfig", {"embedding_dim": 0}, "embedding_dim=0 must be >= 1"),
+    ("TaskConfig", {"mixed_negatives": -1}, "mixed_negatives=-1 must be >= 0"),
+    ("TrainConfig", {"learning_rate": float("inf")}, "learning_rate=inf is not a finite number"),
+    ("TrainConfig", {"device": "tpu"}, "device='tpu' must be cpu, cuda or cuda:N"),
+    ("EvalConfig", {"ndcg_k": 11}, "ndcg_k=11 exceeds num_candidates=10"),
+    ("IndexConfig", {"kind": "annoy"}, "index='annoy' must be one of"),
+    ("DistributedConfig", {"negatives": "all"}, "negatives='all' must be one of"),
+])
+def test_each_section_validates_itself(section, changes, message):
+    """Issue 23 item 8: a section built alone (as builders and tests do) checks its own fields.
+    Break: drop a section's ``__post_init__`` and its case builds silently."""
+    with pytest.raises(ValueError, match=f"invalid configuration: {message}"):
+        getattr(config_module, section)(**changes)
+
+
+def test_cross_section_checks_stay_with_the_whole_config():
+    """The batch split over processes needs two sections: each alone is valid, together not.
+    Break: drop ``_config_problems``' check and the odd split builds."""
+    train = config_module.TrainConfig(batch_size=3)
+    distributed = config_module.DistributedConfig(nproc=2)
+    with pytest.raises(ValueError, match="batch_size=3 does not divide into nproc=2"):
+        Config(train=train, distributed=distributed)
+
+
+def test_a_stored_bad_section_names_its_source():
+    with pytest.raises(ValueError, match=r"run/config.json: train: invalid configuration: "
+                                         r"batch_size=0 must be >= 1"):
+        Config.from_dict({"version": 2, "train": {"batch_size": 0}}, source="run/config.json")
 
 
 def test_unknown_keys_are_rejected():
