@@ -1,11 +1,11 @@
 """How training throughput scales with the number of processes (torch.distributed) or replicas
 (TFRS MirroredStrategy), in one run.
 
-    python -m benchmarks.scaling --nproc 1 2 [--backend both] [--epochs 3] [--negatives replica]
+    python -m benchmarks.scaling --nproc 1 2 [--backend both] [--epochs 3] [--cross-process-negatives replica]
 
 For each process count: examples per second of each stage (median of the epochs after the
 first), the time per step, and for torch its split into communication (the gradient all-reduce
-and, with --negatives global, the candidate all-gather, timed inside torch_impl.distributed) and
+and, with --cross-process-negatives global, the candidate all-gather, timed inside torch_impl.distributed) and
 the rest (compute). Each configuration runs in fresh processes (torch: the workers of torch's own
 launcher; TFRS: one process whose logical CPU devices are set at start-up). Writes
 ``scaling.json`` and prints the table. On a 2-core machine two processes cannot be faster than
@@ -66,7 +66,7 @@ def worker(args) -> dict:
 
 def _measure(backend: str, nproc: int, args) -> dict:
     common = ["-m", "benchmarks.scaling", "--worker", backend, "--nproc", str(nproc),
-              "--epochs", str(args.epochs), "--negatives", args.negatives,
+              "--epochs", str(args.epochs), "--cross-process-negatives", args.negatives,
               "--batch-size", str(args.batch_size)]
     common += ["--data-dir", args.data_dir] if args.data_dir else []
     if backend == "torch" and nproc > 1:
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="MovieLens folder (else the usual lookup)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per stage (>= 2)")
     p.add_argument("--batch-size", type=int, default=2048, help="the global batch")
-    p.add_argument("--negatives", choices=NEGATIVES, default="replica",
+    p.add_argument("--cross-process-negatives", "--negatives", dest="negatives",
+                   choices=NEGATIVES, default="replica",
                    help="torch retrieval negatives (TFRS: replica only)")
     p.add_argument("--out", default="runs/scaling", help="where scaling.json goes")
     p.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -23,16 +24,16 @@ import traceback
 import typing
 from pathlib import Path
 
-import numpy as np
-
-from . import env, io, owndata
+from . import env, io
 from .io import printable
-from .pipeline import backend_class
-from .config import (BACKENDS, FIELD_SECTION, MAX_SEED, PRESETS, SECTIONS, Config, field_types,
-                     preset)
+from .config import (BACKENDS, FIELD_SECTION, MAX_SEED, PRESETS, RENAMED_PRESETS, SECTIONS,
+                     Config, field_types, preset)
 
+# Only the standard library, config, io and env are imported at start-up: `twostage --help`
+# stays fast and the commands import numpy, the data layer and a backend when they run (no
+# TensorFlow on a torch run, tested by twostage/tests/test_startup.py).
 log = logging.getLogger("twostage")
-INT64 = np.iinfo(np.int64)
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 
 
 class UsageError(Exception):
@@ -53,7 +54,7 @@ class _Parser(argparse.ArgumentParser):
 # --- flags generated from the config ---------------------------------------------------------
 def _finite_float(text: str) -> float:
     value = float(text)
-    if not np.isfinite(value):
+    if not math.isfinite(value):
         raise ValueError(f"{text!r} is not a finite number")
     return value
 
@@ -75,10 +76,11 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per config field with ``cli`` metadata (plus ``--seed``); unset flags keep the
     config default (argparse.SUPPRESS), so ``config_from_args`` only applies what was given."""
     defaults = Config()
-    parser.add_argument("--preset", choices=tuple(PRESETS), default="seed",
-                        help="a named recipe; other flags change it (seed: the article's "
+    parser.add_argument("--preset", choices=(*PRESETS, *RENAMED_PRESETS), default="tutorial",
+                        metavar="{" + ",".join(PRESETS) + "}",
+                        help="a named recipe; other flags change it (tutorial: the article's "
                         "protocol, every default below; best: " + _describe(PRESETS["best"])
-                        + "; default: seed)")
+                        + "; default: tutorial)")
     parser.add_argument("--seed", type=int, default=argparse.SUPPRESS,
                         help=f"split, batch orders and initialisation, 0 to {MAX_SEED} "
                         f"(default: {defaults.seed})")
@@ -107,13 +109,33 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                                choices=md["choices"], metavar=md["metavar"],
                                type=_parser_of(kind, md["parse"]),
                                help=f"{md['help']} (default: {shown})")
+            for old in md.get("old_flags", ()):
+                group.add_argument(old, dest=f.name, default=argparse.SUPPRESS,
+                                   choices=md["choices"], type=_parser_of(kind, md["parse"]),
+                                   action=_deprecated(flag), help=argparse.SUPPRESS)
+
+
+def _deprecated(new_flag: str) -> type[argparse.Action]:
+    """An argparse action storing the value as usual and saying once, on stderr, which flag
+    replaces the one given (old spellings keep working)."""
+
+    class Deprecated(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"twostage: {option_string} is deprecated; use {new_flag}", file=sys.stderr)
+            setattr(namespace, self.dest, values)
+    return Deprecated
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """The config of the flags that were given (UsageError naming the bad value otherwise)."""
     given = {k: v for k, v in vars(args).items() if k in FIELD_SECTION or k == "seed"}
     try:
-        return preset(getattr(args, "preset", "seed"), **given)
+        name = getattr(args, "preset", "tutorial")
+        if name in RENAMED_PRESETS:
+            print(f"twostage: --preset {name} is deprecated; use --preset "
+                  f"{RENAMED_PRESETS[name]}", file=sys.stderr)
+            name = RENAMED_PRESETS[name]
+        return preset(name, **given)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -214,6 +236,7 @@ def _add_serve_parser(sub) -> None:
 
 # --- commands --------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import backend_class
     config = config_from_args(args)
     names = list(BACKENDS) if args.backend == "both" else [args.backend]
     if args.schema is not None:
@@ -244,6 +267,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run_schema(args: argparse.Namespace, config: Config, names: list[str]) -> int:
     """``twostage run --schema FILE``: ``owndata.load``, ``owndata.train`` per backend, one run
     folder (``--out``; with both backends a sub-folder each), the report on stdout."""
+    from . import owndata
     from .report import TensorBoardWriter
     if args.ranking_negatives < 0:
         raise UsageError(f"--ranking-negatives {args.ranking_negatives}: must be >= 0")
@@ -411,6 +435,7 @@ def _top_ks_within(config: Config, catalogue: int) -> Config:
 def _check_backends(names: list[str], config: Config) -> None:
     """Refuse, before any data is loaded, what a backend cannot do (no torch/TF import here
     beyond what the chosen backend needs)."""
+    from .pipeline import backend_class
     for name in names:
         check = getattr(backend_class(name), "check_config", None)
         if check is not None:
@@ -422,7 +447,7 @@ def _check_backends(names: list[str], config: Config) -> None:
 
 def _query_time(args: argparse.Namespace, default: int) -> int:
     ts = default if args.timestamp is None else args.timestamp
-    if not INT64.min <= ts <= INT64.max:
+    if not INT64_MIN <= ts <= INT64_MAX:
         raise UsageError(f"--timestamp {ts} does not fit a 64-bit timestamp; pass unix seconds "
                          f"such as {default}")
     return ts
@@ -440,6 +465,9 @@ def _warn_outside_data_time(ts: int, boundaries, max_timestamp: int) -> None:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import owndata
     from .checkpoint import stored_config
     from .index.base import check_k
     from .pipeline import load_backend, recommend
@@ -486,6 +514,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 def recommend_schema(args: argparse.Namespace) -> int:
     """``twostage recommend`` of a ``--schema`` run: the retrieval towers' top k, the user's
     training items excluded."""
+    from . import owndata
     run = owndata.load_run(args.run, backend=args.backend)
     if str(args.user) not in set(run.data.user_ids.tolist()):
         print(f"warning: user {args.user!r} was not in the training data; the unknown-user "

@@ -21,6 +21,7 @@ import dataclasses
 import math
 import re
 import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -47,16 +48,18 @@ MAX_SEED = 2**32 - 2
 
 def option(default: Any, help: str, *, flag: str | None = None, choices: tuple | None = None,
            parse: Callable[[str], Any] | None = None, invert: bool = False,
-           cli: bool = True, metavar: str | None = None) -> Any:
+           cli: bool = True, metavar: str | None = None, old_flags: tuple[str, ...] = ()
+           ) -> Any:
     """A config field with its command-line description.
 
     ``flag``: the CLI flag (default ``--field-name``); ``invert``: a bool flag that stores
     False (``--framework-shuffle`` clears ``shared_batches``); ``parse``: how the CLI reads the
-    text (default: from the field's type); ``cli=False``: not on the command line.
+    text (default: from the field's type); ``cli=False``: not on the command line;
+    ``old_flags``: earlier spellings, still accepted with a deprecation line naming ``flag``.
     """
     return field(default=default, metadata={"help": help, "flag": flag, "choices": choices,
                                             "parse": parse, "invert": invert, "cli": cli,
-                                            "metavar": metavar})
+                                            "metavar": metavar, "old_flags": old_flags})
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -215,7 +218,8 @@ class DistributedConfig:
                             "MirroredStrategy (in-batch negatives from each process's own slice; "
                             "the ranking loss a mean per slice, gradients summed); global = the "
                             "single-process losses (every process's candidates as negatives; "
-                            "the ranking mean over the whole batch)", choices=NEGATIVES)
+                            "the ranking mean over the whole batch)", choices=NEGATIVES,
+                            flag="--cross-process-negatives", old_flags=("--negatives",))
     timeout_s: int = option(300, "seconds a process waits for the others before the run fails")
 
 
@@ -336,8 +340,8 @@ class Config:
 
 # --- presets ---------------------------------------------------------------------------------
 PRESETS: dict[str, dict[str, Any]] = {
-    # The seed article's protocol: every default above.
-    "seed": {},
+    # The article's protocol (docs/seed.md): every default above.
+    "tutorial": {},
     # The strongest recipe measured (docs/results.md; ``python -m benchmarks.quality``): on
     # ml-100k, 20 retrieval epochs, seed protocol, one seed: history + genres + logQ + cosine
     # with a learned temperature top-10 0.120 / top-100 0.604; + 512 mixed negatives 0.121 /
@@ -348,9 +352,23 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Earlier preset names, still accepted with a FutureWarning naming the new one ("seed" was
+# both the article and the random seed).
+RENAMED_PRESETS: dict[str, str] = {"seed": "tutorial"}
+
+
 def preset(name: str, **changes: Any) -> Config:
     """``Config.of(**PRESETS[name], **changes)``: a named recipe, with explicit changes on top
-    (a flag given beside ``--preset`` wins)."""
+    (a flag given beside ``--preset`` wins).
+
+    Raises:
+        ValueError: an unknown name (the known ones listed). A name of ``RENAMED_PRESETS``
+        works and warns (FutureWarning) with its new name.
+    """
+    if name in RENAMED_PRESETS:
+        warnings.warn(f"preset {name!r} is now called {RENAMED_PRESETS[name]!r}; the old name "
+                      "will go", FutureWarning, stacklevel=2)
+        name = RENAMED_PRESETS[name]
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
     return Config.of(**{**PRESETS[name], **changes})

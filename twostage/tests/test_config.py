@@ -1,4 +1,6 @@
 """The one configuration: defaults are the seed's protocol and Keras' defaults; bad values fail."""
+import argparse
+
 import pytest
 
 from twostage import config as config_module
@@ -85,13 +87,33 @@ def test_table_shows_both_backends_difference_and_seed():
     assert "| retrieval.top_k_accuracy.100 | 0.30000 | 0.28000 | +0.02000 | 0.28000 |" in text
 
 
-def test_preset_seed_is_the_default_and_best_is_its_table_entry():
+def test_preset_tutorial_is_the_default_and_best_is_its_table_entry():
     from twostage.config import PRESETS, preset
-    assert preset("seed") == Config()
+    assert preset("tutorial") == Config()
     best = preset("best")
     assert best == Config.of(**PRESETS["best"]) and best != Config()
-    with pytest.raises(ValueError, match="unknown preset 'fast'; known: seed, best"):
+    with pytest.raises(ValueError, match="unknown preset 'fast'; known: tutorial, best"):
         preset("fast")
+
+
+def test_renamed_preset_and_flag_keep_working_with_one_deprecation_line(capsys):
+    """Issue 23 item 7: "seed" named both the article and the random seed; the preset is now
+    "tutorial" and ``--negatives`` is ``--cross-process-negatives``. The old spellings give the
+    same config and say what replaces them. Break: drop ``RENAMED_PRESETS`` or ``old_flags``
+    and the old spelling is rejected; drop the print and the line is missing."""
+    from twostage.cli import _parser, config_from_args
+    from twostage.config import preset
+    with pytest.warns(FutureWarning, match="preset 'seed' is now called 'tutorial'"):
+        assert preset("seed") == Config()
+    old = config_from_args(_parser().parse_args(["run", "--preset", "seed", "--negatives",
+                                                 "global"]))
+    new = config_from_args(_parser().parse_args(["run", "--cross-process-negatives", "global"]))
+    assert old == new and new.distributed.negatives == "global"
+    err = capsys.readouterr().err
+    assert "twostage: --negatives is deprecated; use --cross-process-negatives" in err
+    assert "twostage: --preset seed is deprecated; use --preset tutorial" in err
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert " --negatives" not in commands.choices["run"].format_help()  # hidden, not offered
 
 
 def test_cli_preset_flags_given_beside_it_win():
