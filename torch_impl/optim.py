@@ -15,6 +15,8 @@ resumed run of either backend continues the same optimizer state.
 """
 from __future__ import annotations
 
+import functools
+import sys
 from typing import Callable, Iterable, Mapping, Optional
 
 import numpy as np
@@ -26,6 +28,29 @@ from twostage.config import Config
 from .models import assign_from_keras, to_keras
 
 ACCUMULATOR = "accumulator"  # the per-parameter state key (as torch.optim.Adagrad's "sum")
+
+
+def _without_dynamo_import(name: str) -> Callable:
+    """``torch.optim.Optimizer.<name>`` without its ``torch._disable_dynamo`` wrapper while
+    ``torch._dynamo`` is not loaded.
+
+    The wrapper imports ``torch._dynamo`` (0.8 s, and it probes for TensorFlow) on its first
+    call, only to mark the method as not to be traced; no graph is being traced before dynamo is
+    loaded, so the plain method does the same. Once something loaded dynamo (``--compile``),
+    the wrapped method runs, as in torch.
+
+    Args:
+        name: a method of ``torch.optim.Optimizer`` (``add_param_group``, ``zero_grad``, ...).
+    Returns:
+        the method to put on the subclass.
+    """
+    wrapped = getattr(torch.optim.Optimizer, name)
+    plain = getattr(wrapped, "__wrapped__", wrapped)  # functools.wraps of torch/_compile.py
+
+    @functools.wraps(plain)
+    def method(self, *args, **kwargs):
+        return (wrapped if "torch._dynamo" in sys.modules else plain)(self, *args, **kwargs)
+    return method
 
 
 class KerasAdagrad(torch.optim.Optimizer):
@@ -43,7 +68,14 @@ class KerasAdagrad(torch.optim.Optimizer):
 
     The update never reads a tensor on the host for a parameter off the CPU, so a training step
     on an accelerator queues its kernels without waiting for them (see :func:`_row_sparse_update`).
+    Building it, ``zero_grad`` and the state dicts never import ``torch._dynamo``
+    (:func:`_without_dynamo_import`).
     """
+
+    add_param_group = _without_dynamo_import("add_param_group")
+    zero_grad = _without_dynamo_import("zero_grad")
+    state_dict = _without_dynamo_import("state_dict")
+    load_state_dict = _without_dynamo_import("load_state_dict")
 
     def __init__(self, params: Iterable, lr: float = 0.001,
                  initial_accumulator_value: float = 0.1, epsilon: float = 1e-7,

@@ -15,12 +15,42 @@ The API (a schema run; ``docs/data.md``)::
     run = ts.train(data, ts.Config(), backend="torch")
     run.report, run.recommend(["c00001"], k=10), run.save("runs/mine")
 """
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
-from .config import Config
-from .data.schema_data import SchemaDataset as Dataset
-from .owndata import Report, Run, load, load_run, train
-from .schema import Schema, SchemaError
+# name -> (module, attribute), imported on first use: ``import twostage.cli`` (``twostage
+# --help``) must not pay for pandas, FAISS and the data layer that the API below pulls in
+_API = {"Config": ("config", "Config"), "Dataset": ("data.schema_data", "SchemaDataset"),
+        "Report": ("owndata", "Report"), "Run": ("owndata", "Run"), "load": ("owndata", "load"),
+        "load_run": ("owndata", "load_run"), "train": ("owndata", "train"),
+        "Schema": ("schema", "Schema"), "SchemaError": ("schema", "SchemaError")}
 
-__all__ = ["Config", "Dataset", "Report", "Run", "Schema", "SchemaError", "load", "load_run",
-           "train", "__version__"]
+if TYPE_CHECKING:  # the same names for type checkers and the import-graph test
+    from .config import Config
+    from .data.schema_data import SchemaDataset as Dataset
+    from .owndata import Report, Run, load, load_run, train
+    from .schema import Schema, SchemaError
+
+__all__ = [*sorted(_API), "__version__"]
+
+
+def __getattr__(name: str):
+    """``twostage.<name>`` of the API, imported when first asked for (PEP 562).
+
+    Raises:
+        AttributeError: ``name`` is neither in the API nor a submodule.
+    """
+    if name not in _API:
+        raise AttributeError(f"module 'twostage' has no attribute {name!r}")
+    module, attribute = _API[name]
+    value = getattr(importlib.import_module(f".{module}", __name__), attribute)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})
