@@ -44,6 +44,7 @@ EASE_MAX_TITLES = 5000           # float64 up to here (the seed's figures)
 EASE_MAX_ITEMS = 10_000          # float32 up to here; above: the most popular ones only
 VALIDATION_FRACTION = 0.1        # of the training split, for EASE's lambda
 VALIDATION_MAX_USERS = 1000      # validation ratings of at most this many users (seeded)
+BASELINES: tuple[str, ...] = ("random", "popular", "ease", "recent")
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,6 +232,110 @@ def ease_weights(g: np.ndarray, lam: float) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# recent-popular: title counts in a window before the query's time
+# --------------------------------------------------------------------------------------------
+
+DAY_S = 86_400
+RECENT_WINDOWS_DAYS: tuple[float | None, ...] = (1, 7, 30, 90, 365, None)   # None: all before
+CHECKPOINT_BYTES = 64 << 20      # memory of EventCounts' prefix counts
+
+
+@dataclass(frozen=True)
+class EventCounts:
+    """How often each title was rated strictly before any time: a rating log ``times`` [E]
+    (ascending) and ``titles`` [E], with prefix counts ``prefix`` [E // stride + 1, T] int32
+    every ``stride`` events (stride chosen so they fit ``CHECKPOINT_BYTES``); a query adds the
+    at most ``stride`` events after its checkpoint."""
+
+    times: np.ndarray
+    titles: np.ndarray
+    prefix: np.ndarray
+    stride: int
+
+    @classmethod
+    def of(cls, times, titles, num_titles: int, budget_bytes: int = CHECKPOINT_BYTES
+           ) -> "EventCounts":
+        order = np.argsort(np.asarray(times), kind="stable")
+        times = np.asarray(times, dtype=np.int64)[order]
+        titles = np.asarray(titles, dtype=np.int64)[order]
+        checkpoints = max(1, budget_bytes // (4 * max(num_titles, 1)) - 1)
+        stride = max(1, -(-times.size // checkpoints))
+        rows = times.size // stride + 1          # prefix[j]: the first j * stride events
+        first = np.arange(times.size) // stride + 1          # the first checkpoint after each
+        kept = first < rows                                  # the tail is no checkpoint's
+        prefix = np.bincount(first[kept] * num_titles + titles[kept],
+                             minlength=rows * num_titles).reshape(rows, num_titles)
+        return cls(times, titles, np.cumsum(prefix, axis=0).astype(np.int32), stride)
+
+    def before(self, when) -> np.ndarray:
+        """[n] times -> [n, T] int32: ratings of each title at times strictly before each."""
+        at = np.searchsorted(self.times, np.asarray(when, dtype=np.int64), side="left")
+        base = at // self.stride
+        counts = self.prefix[np.minimum(base, self.prefix.shape[0] - 1)].copy()
+        lengths = at - base * self.stride
+        query = np.repeat(np.arange(at.size, dtype=np.int64), lengths)
+        events = evaluation._ranges(base * self.stride, lengths)
+        np.add.at(counts, (query, self.titles[events]), 1)
+        return counts
+
+    def window(self, when, seconds: float | None) -> np.ndarray:
+        """[n] times -> [n, T]: ratings in [t - seconds, t) (every earlier one when None)."""
+        counts = self.before(when)
+        if seconds is not None:
+            counts -= self.before(np.asarray(when, dtype=np.int64) - int(seconds))
+        return counts
+
+
+@dataclass(frozen=True)
+class RecentScorer:
+    """Each query's score of a title: its ratings in the ``seconds`` before the query's time
+    (``timestamps[row]``; causal: nothing at or after it), read off ``events``. Ties (common:
+    small counts) are broken by the shared tie order (training popularity, then index)."""
+
+    events: EventCounts
+    seconds: float | None
+    timestamps: np.ndarray
+    corpus_titles: np.ndarray
+
+    def corpus_scores(self, rows: np.ndarray, users: np.ndarray) -> np.ndarray:
+        counts = self.events.window(self.timestamps[rows], self.seconds)
+        return counts[:, self.corpus_titles].astype(np.float32)   # exact below 2^24
+
+
+def _window_label(days: float | None) -> str:
+    return "all" if days is None else f"{days:g}d"
+
+
+def select_window(dataset: Dataset, config: Config,
+                  windows: tuple[float | None, ...] = RECENT_WINDOWS_DAYS) -> dict:
+    """recent-popular's window by validation, on the training split only: the validation
+    slice's ratings (``validation_split``, at most ``VALIDATION_MAX_USERS`` users) are scored
+    with counts of the TRAINING ratings before each one's time, by ``exclude_seen`` top-k
+    accuracy (k = ``config.eval.ndcg_k``; titles seen in the fit rows removed), every window
+    of ``windows`` (days; None: all time). Exact ties keep the longer window. -> {"window_days",
+    "scores": {label: acc}, "metric", "num_queries"}."""
+    fit_rows, val_rows = validation_queries(dataset, config)
+    fit, train = Interactions.of(dataset, fit_rows), Interactions.of(dataset, dataset.split.train)
+    corpus = dataset.corpus_features["title_index"]
+    events = EventCounts.of(dataset.timestamp[dataset.split.train], train.titles,
+                            train.num_titles)
+    seen, queries = fit.seen(corpus), Queries.of(dataset, val_rows)
+    priority, k = tie_priority(fit.popularity()), int(config.eval.ndcg_k)
+    scores: dict[str, float] = {}
+    for days in windows:
+        scorer = RecentScorer(events, None if days is None else days * DAY_S,
+                              dataset.timestamp, corpus)
+        counts = score(scorer, queries, seen, corpus, priority)
+        hits = evaluation.hits_at_k(counts.greater_unseen, counts.finite, (k,))
+        scores[_window_label(days)] = int(hits[0]) / queries.rows.size
+    longest_first = sorted(windows, key=lambda d: float("inf") if d is None else -d)
+    best = max(longest_first, key=lambda d: scores[_window_label(d)])   # first max: longest
+    return {"window_days": best, "scores": scores,
+            "metric": f"top-{k} accuracy, exclude_seen, on the validation slice",
+            "num_queries": int(queries.rows.size)}
+
+
+# --------------------------------------------------------------------------------------------
 # scoring with the shared metric code
 # --------------------------------------------------------------------------------------------
 
@@ -292,11 +397,19 @@ def random_expectation(queries: Queries, seen: evaluation.SeenTitles,
                        corpus_titles: np.ndarray, config: Config) -> dict:
     """The random baseline's exact expected figures (see the module docstring), in
     ``summarize``'s layout; standard errors are the binomial ones of N queries."""
-    ks = tuple(config.eval.top_ks)
-    m, n = np.asarray(corpus_titles).size, queries.rows.size
-    k, c = config.eval.ndcg_k, min(config.eval.num_candidates, m)
+    m = np.asarray(corpus_titles).size
     others = m - seen.rows_of_title[queries.titles]                 # R under the seed protocol
     unseen = others - seen.excluded_counts(queries.users, queries.titles)
+    return _with_audiences(lambda mask: _random_figures(others[mask], unseen[mask],
+                                                        queries.positive[mask], config, m),
+                           queries, seen)
+
+
+def _random_figures(others: np.ndarray, unseen: np.ndarray, positive: np.ndarray,
+                    config: Config, m: int) -> dict:
+    """``random_expectation`` of N queries from R per query under each protocol."""
+    ks, n = tuple(config.eval.top_ks), others.size
+    k, c = config.eval.ndcg_k, min(config.eval.num_candidates, m)
     out: dict = {"standard_error": {}}
     for suffix, r in (("", others), ("_exclude_seen", unseen)):
         places = (r + 1).astype(np.float64)                          # positions 1..R+1
@@ -304,9 +417,19 @@ def random_expectation(queries: Queries, seen: evaluation.SeenTitles,
         out["top_k_accuracy" + suffix] = acc
         out["standard_error"]["top_k_accuracy" + suffix] = {
             kk: evaluation.standard_error(v, n) for kk, v in acc.items()}
-        if queries.positive.any():
-            out["positives" + suffix] = _expected_rank_metrics(places[queries.positive],
-                                                               min(k, c), c)
+        if positive.any():
+            out["positives" + suffix] = _expected_rank_metrics(places[positive], min(k, c), c)
+    return out
+
+
+def _with_audiences(figures, queries: Queries, seen: evaluation.SeenTitles) -> dict:
+    """``figures(mask)`` of all queries, plus ``by_audience``: {audience: figures of its
+    queries and ``num_queries``} (``SeenTitles.audiences``; an empty audience: its count)."""
+    masks = seen.audiences(queries.users, queries.titles)
+    out = figures(np.ones(queries.rows.size, dtype=bool))
+    out["by_audience"] = {name: {**(figures(mask) if mask.any() else {}),
+                                 "num_queries": int(mask.sum())}
+                          for name, mask in masks.items()}
     return out
 
 
@@ -323,24 +446,31 @@ def _expected_rank_metrics(places: np.ndarray, k: int, c: int) -> dict[str, floa
 
 
 def summarize(counts: evaluation.HigherCounts, queries: Queries, config: Config,
-              num_corpus: int) -> dict:
+              num_corpus: int, seen: evaluation.SeenTitles | None = None) -> dict:
     """Top-k accuracies (both protocols, with standard errors) and, on the positive queries,
     nDCG@k / hit@k / MRR of the baseline's own order (``positives*``), comparable with the
-    model's two-stage figures."""
+    model's two-stage figures; with ``seen`` (the training titles), the same per audience under
+    ``by_audience`` (``_with_audiences``)."""
     ks = tuple(config.eval.top_ks)
-    n = queries.rows.size
     k, c = config.eval.ndcg_k, min(config.eval.num_candidates, num_corpus)
-    out: dict = {"standard_error": {}}
-    for suffix, greater in (("", counts.greater), ("_exclude_seen", counts.greater_unseen)):
-        hits = evaluation.hits_at_k(greater, counts.finite, ks)
-        acc = {str(kk): int(h) / n for kk, h in zip(ks, hits)}
-        out["top_k_accuracy" + suffix] = acc
-        out["standard_error"]["top_k_accuracy" + suffix] = {
-            kk: evaluation.standard_error(v, n) for kk, v in acc.items()}
-        if queries.positive.any():
-            out["positives" + suffix] = evaluation.rank_metrics(
-                greater[queries.positive], counts.finite[queries.positive], min(k, c), c)
-    return out
+
+    def figures(mask: np.ndarray) -> dict:
+        n, finite, positive = int(mask.sum()), counts.finite[mask], queries.positive[mask]
+        out: dict = {"standard_error": {}}
+        for suffix, greater in (("", counts.greater), ("_exclude_seen", counts.greater_unseen)):
+            greater = greater[mask]
+            hits = evaluation.hits_at_k(greater, finite, ks)
+            acc = {str(kk): int(h) / n for kk, h in zip(ks, hits)}
+            out["top_k_accuracy" + suffix] = acc
+            out["standard_error"]["top_k_accuracy" + suffix] = {
+                kk: evaluation.standard_error(v, n) for kk, v in acc.items()}
+            if positive.any():
+                out["positives" + suffix] = evaluation.rank_metrics(
+                    greater[positive], finite[positive], min(k, c), c)
+        return out
+
+    return _with_audiences(figures, queries, seen) if seen is not None else figures(
+        np.ones(queries.rows.size, dtype=bool))
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,8 +487,7 @@ def select_lambda(dataset: Dataset, config: Config, lambdas: tuple[float, ...] =
     accuracy is unimodal in log lambda in practice), so 3-4 inverses instead of 7. Exact ties
     keep the larger lambda (stronger regularisation). -> {"lambda", "scores": {lambda: acc},
     "metric", "num_queries", "num_fit_ratings"}."""
-    fit_rows, val_rows = validation_split(dataset, config)
-    val_rows = _rows_of_some_users(dataset, val_rows, VALIDATION_MAX_USERS, config.seed)
+    fit_rows, val_rows = validation_queries(dataset, config)
     fit = Interactions.of(dataset, fit_rows)
     columns = EaseColumns.of(fit.popularity())
     g = gram(columns.interactions(fit))
@@ -391,6 +520,14 @@ def select_lambda(dataset: Dataset, config: Config, lambdas: tuple[float, ...] =
             "num_queries": int(queries.rows.size), "num_fit_ratings": int(fit_rows.size)}
 
 
+def validation_queries(dataset: Dataset, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, validation rows): ``validation_split``, its validation ratings those of at
+    most ``VALIDATION_MAX_USERS`` users (a seeded sample), as every choice made on validation
+    (EASE's lambda, recent-popular's window, the popularity prior's beta) scores them."""
+    fit_rows, val_rows = validation_split(dataset, config)
+    return fit_rows, _rows_of_some_users(dataset, val_rows, VALIDATION_MAX_USERS, config.seed)
+
+
 def _rows_of_some_users(dataset: Dataset, rows: np.ndarray, max_users: int, seed: int
                         ) -> np.ndarray:
     """The ``rows`` of at most ``max_users`` of their users (a seeded sample), order kept."""
@@ -405,7 +542,7 @@ def _rows_of_some_users(dataset: Dataset, rows: np.ndarray, max_users: int, seed
 # --------------------------------------------------------------------------------------------
 
 def evaluate_baselines(dataset: Dataset, config: Config, rows: np.ndarray | None = None,
-                       names: tuple[str, ...] = ("random", "popular", "ease")) -> dict:
+                       names: tuple[str, ...] | None = None) -> dict:
     """Every baseline on ``rows`` (default: the model's evaluation rows, the test split or its
     ``eval_queries`` sample) -> {"models": {name: figures}, "num_queries", "tie_break"}. Each
     entry: ``top_k_accuracy``, ``top_k_accuracy_exclude_seen``, ``positives`` /
@@ -413,6 +550,7 @@ def evaluate_baselines(dataset: Dataset, config: Config, rows: np.ndarray | None
     ``seconds``; EASE adds ``lambda``, ``validation`` and, above ``EASE_MAX_ITEMS`` titles,
     ``restricted_to`` (what it modelled)."""
     rows = validation_rows(dataset.split.test, config) if rows is None else np.asarray(rows)
+    names = BASELINES if names is None else names
     train = Interactions.of(dataset, dataset.split.train)
     corpus = dataset.corpus_features["title_index"]
     seen, popularity = train.seen(corpus), train.popularity()
@@ -423,10 +561,12 @@ def evaluate_baselines(dataset: Dataset, config: Config, rows: np.ndarray | None
         if name == "random":
             figures = {**random_expectation(queries, seen, corpus, config),
                        "expectation": True}
+        elif name == "recent" and np.unique(dataset.timestamp).size < 2:
+            figures = {"skipped": "every rating has the same time (no time column)"}
         else:
             scorer, extra = _scorer(name, dataset, config, train, seen, popularity)
             figures = {**summarize(score(scorer, queries, seen, corpus, priority), queries,
-                                   config, corpus.size), **extra}
+                                   config, corpus.size, seen), **extra}
         out[name] = {**figures, "seconds": time.perf_counter() - start}
     return {"models": out, "num_queries": int(rows.size),
             "tie_break": "more training ratings first, then the smaller title index"}
@@ -446,4 +586,12 @@ def _scorer(name: str, dataset: Dataset, config: Config, train: Interactions,
             extra["restricted_to"] = (f"the {columns.size} most popular of {popularity.size} "
                                       "title ids; the others ranked below them by popularity")
         return EaseScorer(weights, seen, corpus, columns), extra
-    raise ValueError(f"unknown baseline {name!r}; choose from random, popular, ease")
+    if name == "recent":
+        chosen = select_window(dataset, config)
+        days = chosen["window_days"]
+        every = np.arange(dataset.timestamp.size)    # the whole log: causal by time alone
+        events = EventCounts.of(dataset.timestamp, dataset.features["title_index"][every],
+                                popularity.size)
+        return (RecentScorer(events, None if days is None else days * DAY_S, dataset.timestamp,
+                             corpus), {"window_days": days, "validation": chosen})
+    raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")

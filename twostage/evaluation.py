@@ -38,6 +38,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 50, 100)
+AUDIENCES: tuple[str, ...] = ("warm", "cold", "new_title")   # SeenTitles.audiences
 DEFAULT_CHUNK_BYTES = 64 << 20  # one [rows, M] float32 score block: 64 MB whatever M is
 SETTLE_PAIRS = 1 << 17          # near-tie pairs recomputed at a time: ~64 MB of float64 rows
 
@@ -674,6 +675,21 @@ class SeenTitles:
         per_query = lengths - np.bincount(query[own], minlength=truth.size)
         return Exclusions(np.concatenate([[0], np.cumsum(per_query)]).astype(np.int64),
                           self.seen_rows[at[~own]], self.num_columns)
+
+    def audiences(self, users, titles) -> dict[str, np.ndarray]:
+        """Who a query is, by what training knew of it: ``users`` [N], ``titles`` [N] (integer
+        indices) -> {audience: [N] bool} for :data:`AUDIENCES`: ``warm`` (the user has at least
+        one training rating), ``cold`` (none) and ``new_title`` (the title has none). Under a
+        temporal split most test users are cold, which one overall figure hides."""
+        users = np.asarray(users, dtype=np.int64).reshape(-1)
+        titles = np.asarray(titles, dtype=np.int64).reshape(-1)
+        first, last = self._pair_range(users)
+        rated = np.zeros(self.num_titles, dtype=bool)
+        rated[self.pair_titles] = True
+        known = (titles >= 0) & (titles < self.num_titles)
+        warm = last > first
+        return {"warm": warm, "cold": ~warm,
+                "new_title": ~np.where(known, rated[np.where(known, titles, 0)], False)}
 
     def excluded_counts(self, users, truth_titles) -> np.ndarray:
         """[N] int64: how many corpus rows ``exclusions`` would drop per query, without

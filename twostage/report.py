@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import io
 from .backend import History
-from .pipeline import flatten
+from .pipeline import audience_view, flatten
 
 TABLE_ROWS = (
     "retrieval.top_k_accuracy.1", "retrieval.top_k_accuracy.5", "retrieval.top_k_accuracy.10",
@@ -36,7 +36,8 @@ TABLE_ROWS = (
     "timings_s.setup", "timings_s.retrieval_fit", "timings_s.ranking_fit",
     "timings_s.evaluation", "timings_s.total",
 )
-BASELINE_NAMES = {"random": "random", "popular": "most-popular", "ease": "EASE"}
+BASELINE_NAMES = {"random": "random", "popular": "most-popular", "ease": "EASE",
+                  "recent": "recent-popular"}
 PROTOCOL_SUFFIX = {"seed": "", "exclude_seen": "_exclude_seen"}
 SEED_FIGURES = {"retrieval.top_k_accuracy.100": 0.28, "ranking.binary_accuracy": 0.7,
                 "two_stage.ndcg@10_retrieval": 0.005736, "two_stage.ndcg@10_reranked": 0.007694}
@@ -133,8 +134,45 @@ def protocol_table(reports: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+AUDIENCE_LABELS = {"warm": "warm users (>= 1 training rating)",
+                   "cold": "cold users (no training rating)",
+                   "new_title": "new titles (no training rating)"}
+
+
+def audience_table(reports: dict[str, dict]) -> str:
+    """Markdown: top-10, top-100 and nDCG of each backend and baseline per audience (warm
+    users, cold users, new titles) and protocol, with each audience's query count."""
+    baselines = _baselines(reports).get("models", {})
+    first = next(iter(reports.values()), {})
+    if "by_audience" not in first.get("retrieval", {}):
+        return ""
+    ks = [k for k in _ks(reports) if k in ("10", "100")] or _ks(reports)
+    ndcg = _ndcg_name(reports)
+    entries = {**reports, **baselines}
+    header = ["audience (test ratings)", "protocol", "metric", *reports,
+              *(_baseline_label(n, baselines[n]) for n in baselines)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for audience, label in AUDIENCE_LABELS.items():
+        count = audience_view(first, audience)["num_queries"]
+        if not count:
+            lines.append(f"| {label}: 0 | | | " + " | ".join("" for _ in entries) + " |")
+            continue
+        views = {n: audience_view(e, audience) for n, e in entries.items()}
+        for protocol in PROTOCOL_SUFFIX:
+            rows = [(f"top-{k}", k, None) for k in ks] + ([(ndcg, None, ndcg)] if ndcg else [])
+            for metric, k, name in rows:
+                cells = [_column(v, protocol, k, name) if v.get("num_queries") else ""
+                         for v in views.values()]
+                lines.append("| " + " | ".join([f"{label}: {count}", protocol, metric, *cells])
+                             + " |")
+    return "\n".join(lines)
+
+
 def _baseline_label(name: str, entry: dict) -> str:
     label = BASELINE_NAMES.get(name, name)
+    if "window_days" in entry:
+        days = entry["window_days"]
+        return f"{label} ({'all' if days is None else f'{days:g} d'})"
     return f"{label} (λ={entry['lambda']:g})" if "lambda" in entry else label
 
 
@@ -185,6 +223,16 @@ def baseline_notes(reports: dict[str, dict]) -> str:
             elif entry.get("expectation"):
                 notes.append(f"- {BASELINE_NAMES.get(name, name)}: the exact expectation over "
                              "uniformly random orders of the corpus rows, not one draw.")
+            elif "window_days" in entry:
+                v = entry["validation"]
+                tried = ", ".join(f"{w}: {acc:.4f}" for w, acc in v["scores"].items())
+                days = entry["window_days"]
+                notes.append(f"- recent-popular counts each title's ratings in the "
+                             f"{'whole past' if days is None else f'{days:g} days'} before each "
+                             "query's time (causal: nothing at or after it; the whole rating "
+                             f"log), window chosen by {v['metric']} ({v['num_queries']} "
+                             "validation ratings, counted from the training split only; "
+                             f"tried {tried}).")
             elif "validation" in entry:
                 v = entry["validation"]
                 tried = ", ".join(f"{lam}: {acc:.4f}" for lam, acc in v["scores"].items())
@@ -205,6 +253,10 @@ def results_markdown(reports: dict[str, dict], header: str = "") -> str:
     if versus:
         parts += ["## The model against each baseline: ratio model / baseline (difference)",
                   versus]
+    audiences = audience_table(reports)
+    if audiences:
+        parts += ["## By audience: warm users, cold users, new titles (the same metric code; "
+                  "nDCG counts test positives only)", audiences]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 

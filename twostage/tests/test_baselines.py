@@ -209,7 +209,7 @@ def test_the_search_stops_at_a_local_maximum_of_the_full_grid(larger, small_conf
 def test_evaluate_baselines_report(synthetic_dataset, small_config):
     ds, cfg = synthetic_dataset, small_config
     out = bl.evaluate_baselines(ds, cfg)
-    assert set(out["models"]) == {"random", "popular", "ease"}
+    assert set(out["models"]) == {"random", "popular", "ease", "recent"}
     n = len(ds.split.test)
     assert out["num_queries"] == n
     for name, entry in out["models"].items():
@@ -290,3 +290,88 @@ def test_results_markdown_states_the_sample_and_the_errors():
     text = report.results_markdown({"torch": model})
     assert "| exclude_seen | top-10 | 0.0900 ± 0.0064 |" in text
     assert "Evaluated 2000 of 20000 test ratings (a seeded sample (eval_queries=2000" in text
+
+
+# ---------------------------------------------------------------- recent-popular, audiences
+
+def test_event_counts_are_causal_and_windowed():
+    """EventCounts.before(t) counts ratings strictly before t, against a brute-force count
+    (fails if ``before`` searched with side="right": events at t would count; or if a
+    checkpoint's remainder were dropped: stride 3 leaves remainders)."""
+    rng = np.random.default_rng(0)
+    times, titles = rng.integers(0, 50, 200), rng.integers(0, 6, 200)
+    counts = bl.EventCounts.of(times, titles, 6, budget_bytes=4 * 6 * 80)
+    assert counts.stride > 1
+    when = np.array([0, 1, 17, 25, 49, 50, 51])
+    brute = np.array([np.bincount(titles[times < t], minlength=6) for t in when])
+    np.testing.assert_array_equal(counts.before(when), brute)
+    recent = np.array([np.bincount(titles[(times < t) & (times >= t - 10)], minlength=6)
+                       for t in when])
+    np.testing.assert_array_equal(counts.window(when, 10), recent)
+
+
+def test_recent_popular_never_reads_the_query_time_or_later(synthetic_dataset, small_config):
+    """A query's scores are its title counts before its own time: moving every rating at or
+    after it does not change them (fails if the scorer counted the whole log)."""
+    ds = synthetic_dataset
+    titles = ds.features["title_index"]
+    events = bl.EventCounts.of(ds.timestamp, titles, int(titles.max()) + 1)
+    corpus = ds.corpus_features["title_index"]
+    row = int(np.argsort(ds.timestamp)[len(ds.timestamp) // 2])
+    scorer = bl.RecentScorer(events, None, ds.timestamp, corpus)
+    past = ds.timestamp < ds.timestamp[row]
+    only_past = bl.EventCounts.of(ds.timestamp[past], titles[past], int(titles.max()) + 1)
+    np.testing.assert_array_equal(
+        scorer.corpus_scores(np.array([row]), np.array([0])),
+        bl.RecentScorer(only_past, None, ds.timestamp, corpus).corpus_scores(
+            np.array([row]), np.array([0])))
+
+
+def test_recent_window_is_chosen_on_the_training_split(synthetic_dataset, small_config):
+    """select_window reads the training split only: the same choice and scores with the test
+    ratings' titles scrambled (fails if its event log included the test split)."""
+    cfg = small_config.replace(split="temporal")
+    ds = _temporal(synthetic_dataset)
+    chosen = bl.select_window(ds, cfg)
+    assert set(chosen["scores"]) == {bl._window_label(d) for d in bl.RECENT_WINDOWS_DAYS}
+    assert chosen["scores"][bl._window_label(chosen["window_days"])] == max(
+        chosen["scores"].values())
+    features = dict(ds.features)
+    scrambled = features["title_index"].copy()
+    scrambled[ds.split.test] = np.random.default_rng(1).permutation(scrambled[ds.split.test])
+    features["title_index"] = scrambled
+    assert bl.select_window(dataclasses.replace(ds, features=features), cfg) == chosen
+
+
+def _temporal(ds):
+    """``ds`` with 8 users and 2 titles rated only late (cold users, new titles), split by
+    time."""
+    from twostage.data.split import temporal_split
+    late_user = np.isin(ds.features["user_index"], np.unique(ds.features["user_index"])[:8])
+    new_title = np.isin(ds.features["title_index"], np.unique(ds.features["title_index"])[:2])
+    stamps = ds.timestamp + (late_user + 2 * new_title) * (np.ptp(ds.timestamp) + 1)
+    return dataclasses.replace(ds, timestamp=stamps,
+                               split=temporal_split(stamps, train_fraction=0.8))
+
+
+def test_audience_figures_equal_the_figures_of_their_rows(synthetic_dataset, small_config):
+    """Each baseline's ``by_audience`` entry equals evaluate_baselines on that audience's rows
+    alone, and warm + cold cover every query (fails if the audience masks were taken in the
+    test split's order while the queries are sorted by user)."""
+    ds = _temporal(synthetic_dataset)
+    cfg = small_config.replace(split="temporal")
+    out = bl.evaluate_baselines(ds, cfg)
+    rows = ds.split.test
+    masks = pipeline.seen_titles(ds).audiences(ds.features["user_index"][rows],
+                                               ds.features["title_index"][rows])
+    assert masks["cold"].any() and masks["warm"].any() and masks["new_title"].any()
+    for name, mask in masks.items():
+        if not mask.any():
+            continue
+        alone = bl.evaluate_baselines(ds, cfg, rows=rows[mask])["models"]
+        for baseline, entry in out["models"].items():
+            part = entry["by_audience"][name]
+            assert part["num_queries"] == int(mask.sum())
+            for key in ("top_k_accuracy", "top_k_accuracy_exclude_seen",
+                        "positives_exclude_seen"):
+                assert part[key] == pytest.approx(alone[baseline][key]), (baseline, name, key)
