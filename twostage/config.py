@@ -182,6 +182,10 @@ class EvalConfig:
     eval_queries: int | None = option(None, "evaluate a seeded sample of N test rows (results "
                                       "report N and each accuracy's standard error); default: "
                                       "every test row")
+    prior_beta: float = option(0.0, "evaluation: add beta * log q(title) to every retrieval "
+                               "score (q: the title's share of the training ratings; "
+                               "twostage.prior), the popularity that logQ training removes; "
+                               "0: off")
 
 
     def __post_init__(self) -> None:

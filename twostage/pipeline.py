@@ -12,6 +12,7 @@ a seeded sample of the test rows; every accuracy carries its binomial standard e
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import time
 from dataclasses import dataclass
@@ -21,10 +22,12 @@ import numpy as np
 
 from . import evaluation
 from .backend import Backend, EpochCallback, History
-from .baselines import evaluate_baselines
+from .baselines import evaluate_baselines, num_titles, validation_queries
 from .config import BACKENDS, Config
 from .dataset import Dataset
+from .data.split import Split
 from .group import Group, SingleProcess, shard
+from .prior import PRIOR_BETAS, PriorBackend, log_prior
 from .schedule import validation_rows
 
 BACKEND_CLASSES = {"torch": ("torch_impl.backend", "TorchBackend"),
@@ -103,24 +106,51 @@ def evaluate_retrieval(backend: Backend, dataset: Dataset, config: Config,
     # accelerator the backend counts the seed protocol on the device (same tie rules).
     counted = evaluation.count_scoring_higher(queries, truths, corpus, exclude=excluded)
     greater, finite = counted.greater, counted.finite
-    if config.train.device != "cpu" and hasattr(backend, "scoring_higher"):
+    if config.train.device != "cpu":  # the Backend protocol's count on the accelerator
         greater, finite = backend.scoring_higher(queries, truths, corpus)
     k_max = min(max(ks), len(dataset.corpus_titles))
     truth = dataset.features["title_index"][mine][:, None]
     _, retrieved = backend.retrieve(users, stamps, k_max)
     _, unseen = retrieve_unseen(backend, users, stamps, k_max, excluded,
                                 config.eval.eval_batch_size)
-    counts = group.all_sum(np.concatenate([
-        evaluation.hits_at_k(greater, finite, ks),
-        evaluation.id_hits_at_k(_title_index(dataset, retrieved) == truth, ks),
-        evaluation.hits_at_k(counted.greater_unseen, counted.finite, ks),
-        evaluation.id_hits_at_k(_title_index(dataset, unseen) == truth, ks)]))
-    n, report, errors = len(rows), {}, {}
-    names = ("top_k_accuracy", "top_k_accuracy_index", "top_k_accuracy_exclude_seen",
-             "top_k_accuracy_index_exclude_seen")
-    for i, name in enumerate(names):
-        report[name], errors[name] = _accuracies(ks, counts[i * len(ks):(i + 1) * len(ks)], n)
-    return {**report, "num_queries": int(n), "standard_error": errors}
+    # every figure as a per-query rank (hit at k iff rank < k), so subsets count alike
+    ranks = ((greater, finite), _id_rank(_title_index(dataset, retrieved) == truth),
+             (counted.greater_unseen, counted.finite),
+             _id_rank(_title_index(dataset, unseen) == truth))
+    masks = {None: np.ones(len(mine), dtype=bool),
+             **excluded.seen.audiences(excluded.users, excluded.truths)}
+    counts = group.all_sum(np.concatenate(
+        [[int(m.sum()), *(c for r in ranks for c in evaluation.hits_at_k(r[0][m], r[1][m], ks))]
+         for m in masks.values()]))
+    per = 1 + len(ranks) * len(ks)
+    blocks = {name: _retrieval_block(ks, counts[i * per:(i + 1) * per])
+              for i, name in enumerate(masks)}
+    return {**blocks.pop(None), "by_audience": blocks}
+
+
+RETRIEVAL_FIGURES = ("top_k_accuracy", "top_k_accuracy_index", "top_k_accuracy_exclude_seen",
+                     "top_k_accuracy_index_exclude_seen")
+
+
+def _retrieval_block(ks: tuple[int, ...], counts: np.ndarray) -> dict:
+    """[1 + 4 len(ks)] int (queries, then the hits of each of RETRIEVAL_FIGURES per k) ->
+    the retrieval report of those queries (just ``num_queries`` when there are none)."""
+    n, report, errors = int(counts[0]), {}, {}
+    if n == 0:
+        return {"num_queries": 0}
+    for i, name in enumerate(RETRIEVAL_FIGURES):
+        report[name], errors[name] = _accuracies(
+            ks, counts[1 + i * len(ks):1 + (i + 1) * len(ks)], n)
+    return {**report, "num_queries": n, "standard_error": errors}
+
+
+def _id_rank(match: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """match [N, K] (retrieved id == true id, best first) -> (rank [N], finite [N]): the
+    0-based position of the first match (K when none), so ``hits_at_k`` counts a hit at k
+    exactly as ``evaluation.id_hits_at_k`` does."""
+    found = match.any(axis=1) if match.shape[1] else np.zeros(match.shape[0], dtype=bool)
+    first = match.argmax(axis=1) if match.shape[1] else np.zeros(match.shape[0], np.int64)
+    return np.where(found, first, np.iinfo(np.int64).max).astype(np.int64), found
 
 
 def _title_index(dataset: Dataset, rows: np.ndarray) -> np.ndarray:
@@ -250,11 +280,23 @@ def evaluate_two_stage(backend: Backend, dataset: Dataset, config: Config,
     recs = recommend(backend, dataset.user_id[mine], dataset.timestamp[mine], c,
                      dataset.corpus_titles, exclude=exclude, block=config.eval.eval_batch_size)
     ids = group.all_gather(_title_index(dataset, recs.rows))
-    metrics = evaluation.two_stage_metrics(ids, group.all_gather(recs.ranking_scores),
-                                           dataset.features["title_index"][pos],
-                                           k=min(config.eval.ndcg_k, c))
-    metrics["num_queries"] = int(len(pos))
-    metrics["standard_error"] = {name: evaluation.standard_error(value, len(pos))
+    ranking, truth = group.all_gather(recs.ranking_scores), dataset.features["title_index"][pos]
+    k = min(config.eval.ndcg_k, c)
+    audiences = (seen or seen_titles(dataset)).audiences(dataset.features["user_index"][pos],
+                                                          truth)
+    return {**_two_stage_block(ids, ranking, truth, k),
+            "by_audience": {name: _two_stage_block(ids[m], ranking[m], truth[m], k)
+                            for name, m in audiences.items()}}
+
+
+def _two_stage_block(ids: np.ndarray, ranking: np.ndarray, truth: np.ndarray, k: int) -> dict:
+    """``evaluation.two_stage_metrics`` of N queries with their count and the hit rates'
+    standard errors (just ``num_queries`` when N is 0)."""
+    if len(truth) == 0:
+        return {"num_queries": 0}
+    metrics = evaluation.two_stage_metrics(ids, ranking, truth, k=k)
+    metrics["num_queries"] = int(len(truth))
+    metrics["standard_error"] = {name: evaluation.standard_error(value, len(truth))
                                  for name, value in metrics.items() if name.startswith("hit@")}
     return metrics
 
@@ -278,14 +320,76 @@ def check_trainable(dataset: Dataset, config: Config) -> None:
 def evaluate(backend: Backend, dataset: Dataset, config: Config) -> dict:
     """Every model metric under both protocols, on ``evaluation_rows`` (the test split or its
     seeded ``eval_queries`` sample)."""
+    beta = config.eval.prior_beta
+    backend = with_prior(backend, dataset, beta)
     backend.build_index(dataset.corpus_titles)
     rows, seen = evaluation_rows(dataset, config), seen_titles(dataset)
-    return {"retrieval": evaluate_retrieval(backend, dataset, config, rows, seen),
-            "ranking": evaluate_ranking(backend, dataset, rows),
-            "two_stage": evaluate_two_stage(backend, dataset, config, rows),
-            "two_stage_exclude_seen": evaluate_two_stage(backend, dataset, config, rows,
-                                                         exclude_seen=True, seen=seen),
-            "eval_sample": sample_facts(dataset, config, rows)}
+    report = {"retrieval": evaluate_retrieval(backend, dataset, config, rows, seen),
+              "ranking": evaluate_ranking(backend, dataset, rows),
+              "two_stage": evaluate_two_stage(backend, dataset, config, rows, seen=seen),
+              "two_stage_exclude_seen": evaluate_two_stage(backend, dataset, config, rows,
+                                                           exclude_seen=True, seen=seen),
+              "eval_sample": sample_facts(dataset, config, rows)}
+    if beta:
+        report["popularity_prior"] = {
+            "beta": beta, "retrieval": "exact top-k of score + beta * log q (twostage.prior)",
+            "q": "share of the training ratings, (n + 1) / (N + T)"}
+    return report
+
+
+def with_prior(backend: Backend, dataset: Dataset, beta: float) -> Backend:
+    """``backend`` whose retrieval scores gain ``beta * log q(title)`` (``twostage.prior``; q
+    from ``dataset.split.train``); ``backend`` itself when beta is 0."""
+    if not beta:
+        return backend
+    train_titles = dataset.features["title_index"][dataset.split.train]
+    return PriorBackend(backend, dataset.corpus_titles, dataset.corpus_features["title_index"],
+                        log_prior(train_titles, num_titles(dataset)), beta)
+
+
+def select_prior_beta(name: str, dataset: Dataset, config: Config,
+                      betas: tuple[float, ...] = PRIOR_BETAS) -> dict:
+    """The popularity prior's beta by validation: a retrieval model of backend ``name`` trained
+    on the training split less its validation slice (``baselines.validation_queries``: for the
+    temporal split, its latest ratings), each beta scored by ``exclude_seen`` top-k accuracy
+    (k = ``config.eval.ndcg_k``) of the slice; exact ties keep the smaller beta. The test split
+    is never read. Costs one retrieval training. -> {"beta", "scores": {beta: acc}, "metric",
+    "num_queries", "num_fit_ratings"}."""
+    fit_rows, val_rows = validation_queries(dataset, config)
+    held_out = dataclasses.replace(dataset, split=Split(train=fit_rows, test=val_rows))
+    backend = make_backend(name, config, held_out)
+    backend.fit_retrieval(held_out)
+    k, scores = int(config.eval.ndcg_k), {}
+    for beta in sorted(float(b) for b in betas):
+        prior = PriorBackend(backend, held_out.corpus_titles,
+                             held_out.corpus_features["title_index"],
+                             log_prior(held_out.features["title_index"][fit_rows],
+                                       num_titles(held_out)), beta)
+        prior.build_index(held_out.corpus_titles)
+        top = evaluate_retrieval(prior, held_out, config.replace(top_ks=(k,)), val_rows)
+        scores[f"{beta:g}"] = top["top_k_accuracy_exclude_seen"][str(k)]
+    best = max(scores, key=lambda b: (scores[b], -float(b)))
+    return {"beta": float(best), "scores": scores,
+            "metric": f"top-{k} accuracy, exclude_seen, on the validation slice",
+            "num_queries": int(len(val_rows)), "num_fit_ratings": int(len(fit_rows))}
+
+
+AUDIENCE_BLOCKS = ("retrieval", "two_stage", "two_stage_exclude_seen")
+
+
+def audience_view(report: dict, audience: str) -> dict:
+    """One audience (``evaluation.AUDIENCES``: warm users, cold users, new titles) of a model
+    report, shaped like the report ({"num_queries", "retrieval", "two_stage",
+    "two_stage_exclude_seen"}, from each block's ``by_audience``), so ``protocol_figures`` and
+    the report tables read an audience as they read the whole test set; a baseline entry's
+    ``by_audience[audience]`` as it is. {"num_queries": 0} when the report has none."""
+    if "retrieval" not in report:
+        return report.get("by_audience", {}).get(audience, {"num_queries": 0})
+    view = {block: report[block]["by_audience"][audience] for block in AUDIENCE_BLOCKS
+            if "by_audience" in report.get(block, {})}
+    if "retrieval" not in view:
+        return {"num_queries": 0}
+    return {"num_queries": view["retrieval"]["num_queries"], **view}
 
 
 def sample_facts(dataset: Dataset, config: Config, rows: np.ndarray) -> dict:

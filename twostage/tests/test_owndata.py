@@ -40,7 +40,7 @@ def test_the_example_schema_runs_and_reports_against_baselines(run):
     report = run.report
     assert report.dataset["num_items"] == 60 and report.dataset["implicit"] is False
     table = report.table()
-    assert set(table) == {"torch model", "random", "popular", "ease"}
+    assert set(table) == {"torch model", "random", "popular", "ease", "recent"}
     for k in KS:
         for tag in ("", " excl. seen"):
             for figures in table.values():
