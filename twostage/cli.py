@@ -366,7 +366,6 @@ def _train_and_write_locked(args: argparse.Namespace, config: Config, names: lis
     """:func:`_train_and_write` with ``out`` checked and locked by the lead process."""
     from . import rundir
     from .dataset import load_dataset
-    from .baselines import evaluate_baselines
     from .pipeline import check_trainable, run_backend
     from .report import TensorBoardWriter, comparison_table, table, write_results
 
@@ -380,12 +379,14 @@ def _train_and_write_locked(args: argparse.Namespace, config: Config, names: lis
         raise UsageError(str(e)) from None
     config = _top_ks_within(config, len(dataset.corpus_titles))
     config = config if lead else config.replace(quiet=True)
-    say("baselines: random, most-popular, EASE (lambda on a validation slice of training)")
-    baselines = evaluate_baselines(dataset, config)  # once, shared by every backend's report
-    reports, backends = {}, {}
+    # the baselines are computed once, by the first backend's run_backend after its training
+    # (so its first step comes seconds sooner), and shared by every other backend's report
+    reports, backends, baselines = {}, {}, None
     for name in names:
         say(f"[{name}] training retrieval ({config.train.retrieval_epochs} epochs) and ranking "
-            f"({config.train.ranking_epochs} epochs)")
+            f"({config.train.ranking_epochs} epochs), evaluating"
+            + (", then the baselines: random, most-popular, EASE (lambda on a validation slice "
+               "of training)" if baselines is None else ""))
         writer = (TensorBoardWriter(Path(config.output.tensorboard) / name)
                   if config.output.tensorboard and lead else None)
         try:
@@ -395,6 +396,7 @@ def _train_and_write_locked(args: argparse.Namespace, config: Config, names: lis
         finally:
             if writer is not None:
                 writer.close()
+        baselines = reports[name]["baselines"]
     if not lead:
         return 0
     header = (f"# twostage run ({', '.join(names)}) on {dataset.facts()['source']}, "
