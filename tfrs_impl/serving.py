@@ -115,11 +115,12 @@ class TwoStageModule(ServingModule):
 def export_saved_model(directory: Path | str, retrieval_model, corpus_titles: np.ndarray,
                        k: int = index_lib.DEFAULT_K, force: bool = False, *,
                        ranking_model=None, num_candidates: int = 10,
-                       default_timestamp: int = 0, user_vocab=()) -> Path:
+                       default_timestamp: int = 0, user_vocab=(), seen=None) -> Path:
     """Export query model + BruteForce(k) over ``corpus_titles`` (the catalog, titles returned),
     and with ``ranking_model`` (a ``tfrs_impl.models.RankingModel``) the ``recommend``
     signature (``num_candidates``: C's floor; ``default_timestamp`` and ``user_vocab`` stored
-    for loaders), atomically. An existing folder is replaced only if it is a SavedModel export
+    for loaders; ``seen``: a ``twostage.serving.StoredSeen`` written as ``seen.npz`` for
+    ``exclude_seen``), atomically. An existing folder is replaced only if it is a SavedModel export
     of ours (``force``: anything, moved aside to ``<name>.replaced-<time>``, never deleted)."""
     if ranking_model is None:
         module = ServingModule(retrieval_model.query_model, retrieval_model.candidate_model,
@@ -141,6 +142,8 @@ def export_saved_model(directory: Path | str, retrieval_model, corpus_titles: np
             tf.saved_model.save(module, str(tmp), signatures=signatures)
         finally:
             logger.setLevel(level)
+        if seen is not None:
+            seen.save(tmp / served.SEEN_FILE)
         io.write_json(tmp / served.MANIFEST, {
             "format": served.SAVEDMODEL_FORMAT, "version": served.VERSION,
             "tensorflow": tf.__version__, "signatures": sorted(signatures),
@@ -166,6 +169,7 @@ class SavedModelExport:
         self.num_candidates = int(model.num_candidates.numpy())
         self.default_timestamp = int(model.default_timestamp.numpy())
         self.user_vocab = frozenset(v.decode("utf-8") for v in model.user_vocab.numpy())
+        self.seen: served.StoredSeen | None = None   # the training titles per user, if exported
 
     @classmethod
     def load(cls, path: Path | str) -> "SavedModelExport":
@@ -178,7 +182,7 @@ class SavedModelExport:
             is not a verified SavedModel export of ours with ``recommend``.
         """
         path = Path(path)
-        served.read_manifest(path, SAVEDMODEL_KIND)
+        manifest = served.read_manifest(path, SAVEDMODEL_KIND)
         try:
             model = load_saved_model(path)
         except Exception as e:  # verified files TF cannot read: another TF version's graph
@@ -190,7 +194,9 @@ class SavedModelExport:
             raise served.ExportError(f"{path} holds the retrieval stage only (no `recommend`: "
                                      "written without a ranking model); export the run again "
                                      "with `twostage export --to tfrs`")
-        return cls(path, model)
+        export = cls(path, model)
+        export.seen = served.read_seen(path, manifest, export.catalog_size)
+        return export
 
     def known_user(self, user_id: str) -> bool:
         """Whether ``user_id`` was in the training data (else the OOV embedding serves it)."""

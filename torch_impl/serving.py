@@ -87,13 +87,14 @@ def trace_programs(query_model: QueryModel, ranking_model: RankingModel, spec: F
 
 def export_programs(directory: Path | str, backend, corpus_titles: np.ndarray, *,
                     max_timestamp: int, num_candidates: int, source: dict,
-                    force: bool = False) -> Path:
+                    seen=None, force: bool = False) -> Path:
     """Write a torch export of ``backend`` (a CPU ``TorchBackend``) serving ``corpus_titles``
     [M] (the run's corpus: index rows = positions) into ``directory`` atomically
     (``twostage.io.replace_directory``, marker kind ``twostage.serving.TORCH_KIND``; an
     existing folder is replaced only if it is a torch export, ``force``: anything, moved aside).
     ``max_timestamp``: the default query time; ``num_candidates``: C's floor; ``source``:
-    recorded in the manifest (run folder, backend)."""
+    recorded in the manifest (run folder, backend); ``seen``: a ``twostage.serving.StoredSeen``
+    written as ``seen.npz`` (listed with the other files) for ``exclude_seen``, or None."""
     titles = np.asarray(corpus_titles, dtype=object)
     if len(titles) == 0:
         raise ValueError("cannot export an empty catalog")
@@ -114,6 +115,10 @@ def export_programs(directory: Path | str, backend, corpus_titles: np.ndarray, *
         index.save(tmp / layout.FILES["index"])
         io.write_json(tmp / layout.FILES["titles"], [str(t) for t in titles])
         spec.save(tmp / layout.FILES["feature_spec"])
+        written = list(layout.FILES.values())
+        if seen is not None:
+            seen.save(tmp / layout.SEEN_FILE)
+            written.append(layout.SEEN_FILE)
         io.write_json(tmp / layout.MANIFEST, {
             "format": layout.FORMAT, "version": layout.VERSION,
             "catalog_size": len(titles), "embedding_dim": int(index.dim),
@@ -124,5 +129,5 @@ def export_programs(directory: Path | str, backend, corpus_titles: np.ndarray, *
             "inputs": {"query_tower": list(layout.QUERY_INPUTS),
                        "ranking_model": list(layout.RANKING_INPUTS)},
             "source": source,
-            "files": {f: io.sha256_file(tmp / f) for f in layout.FILES.values()}})
+            "files": {f: io.sha256_file(tmp / f) for f in written}})
     return io.replace_directory(Path(directory), write, layout.TORCH_KIND, force=force)

@@ -19,10 +19,10 @@ excluded are kept in retrieval order: the same answer, at the cost of ranking th
 candidates too.
 
 Excluded rows: ``exclude_items`` (titles: every catalogue row of each) and ``exclude_seen``
-(every row of every title the user rated in the training split). The training split is not
-stored in a run folder or an export, so it is rebuilt from the run's data (its config's data
-folder, no download) and checked against the run's feature-spec fingerprint; exports cannot
-exclude seen items (their folders hold no interactions).
+(every row of every title the user rated in the training split): for a run folder rebuilt
+from the run's data (its config's data folder, no download; ``export.training_seen``, checked
+against the run's feature-spec fingerprint), for an export read from its ``seen.npz``
+(``serving.StoredSeen``, written by ``twostage export`` when the run's data was readable).
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ class Engine:
     Attributes: ``kind`` ("run", "torch-export", "savedmodel"), ``path``, ``titles`` [M] (the
     catalogue in index-row order), ``default_timestamp``, ``num_candidates`` (the default C
     floor), ``index_kind``, ``spec_fingerprint`` (None when the folder records none),
-    ``seen`` (evaluation.SeenTitles or None) and ``seen_note`` (why not, when None), ``vocab``
+    ``seen`` (serving.StoredSeen or None) and ``seen_note`` (why not, when None), ``vocab``
     (the training users: a frozenset of ids).
     """
 
@@ -80,8 +80,9 @@ class Engine:
     spec_fingerprint: str | None = None
     time_range: tuple[int, int] | None = None   # of the training data, when known
     threads: int = serving.PROGRAM_THREADS
-    seen: evaluation.SeenTitles | None = None
-    seen_note: str = "exports hold no training interactions: serve the run folder"
+    seen: serving.StoredSeen | None = None
+    seen_note: str = ("this export holds no seen titles (the run's data was not readable when "
+                      "it was exported): export it again where the data is, or serve the run")
 
     def _finish(self) -> None:
         """Derived lookups, once the subclass has set the attributes above."""
@@ -95,10 +96,6 @@ class Engine:
         return np.array([str(u) in self.vocab for u in users], dtype=bool)
 
     # --- what a kind provides ----------------------------------------------------------------
-
-    def user_index(self, users: np.ndarray) -> np.ndarray:
-        """[n] int64 user indices of the feature spec (0: unknown), for ``exclude_seen``."""
-        raise NotImplementedError
 
     def candidates(self, users: np.ndarray, timestamps: np.ndarray, c: int,
                    exclude: evaluation.Exclusions | None) -> Recommendations:
@@ -171,9 +168,7 @@ class Engine:
         """The catalogue rows of the training titles of each of ``users``."""
         if self.seen is None:
             raise ValueError(f"exclude_seen is not available: {self.seen_note}")
-        index = self.user_index(users)
-        ex = self.seen.exclusions(index, np.full(len(users), -1, np.int64))  # -1: no own title
-        return [ex.cols[ex.indptr[i]: ex.indptr[i + 1]] for i in range(len(users))]
+        return self.seen.rows_of(users)
 
 
 class StagesEngine(Engine):
@@ -189,9 +184,6 @@ class StagesEngine(Engine):
         bounds = [int(b) for b in spec.ts_boundaries]   # the data's time range, as recommend's
         self.time_range = ((min(bounds), max(max(bounds), self.default_timestamp)) if bounds
                            else None)
-
-    def user_index(self, users: np.ndarray) -> np.ndarray:
-        return self.spec.user_index(users)
 
     def candidates(self, users, timestamps, c, exclude) -> Recommendations:
         return recommend(self.stages, users, timestamps, c, self.titles, exclude=exclude,
@@ -234,6 +226,7 @@ class SavedModelEngine(Engine):
         self.default_timestamp = export.default_timestamp
         self.num_candidates = export.num_candidates
         self.vocab = export.user_vocab
+        self.seen = export.seen
         self._finish()
 
     def candidates(self, users, timestamps, c, exclude) -> Recommendations:
@@ -299,12 +292,13 @@ def open_engine(path: Path | str, threads: int = serving.PROGRAM_THREADS,
     return StagesEngine(ExportStages(export), export.spec, kind=serving.TORCH_KIND, path=path,
                         titles=export.titles, default_timestamp=export.default_timestamp,
                         num_candidates=export.num_candidates, index_kind=export.index.kind,
-                        spec_fingerprint=export.spec.fingerprint(), threads=threads)
+                        spec_fingerprint=export.spec.fingerprint(), threads=threads,
+                        seen=export.seen)
 
 
 def _run_engine(path: Path, threads: int, backend: str | None, seen: bool) -> StagesEngine:
     """A run folder's backend as ``twostage recommend`` and ``twostage export`` load it."""
-    from .export import load_run_backend
+    from .export import load_run_backend, training_seen
     from .rundir import RunDir
 
     run = RunDir.open(path)
@@ -316,25 +310,6 @@ def _run_engine(path: Path, threads: int, backend: str | None, seen: bool) -> St
                           index_kind=model.config.index.kind,
                           spec_fingerprint=run.spec_fingerprint, threads=threads)
     engine.backend_name = model.name
-    engine.seen, engine.seen_note = (_seen_titles(model.config, run.spec_fingerprint) if seen
+    engine.seen, engine.seen_note = (training_seen(model.config, run.spec_fingerprint) if seen
                                      else (None, "started with --no-seen"))
     return engine
-
-
-def _seen_titles(config, fingerprint: str) -> tuple[evaluation.SeenTitles | None, str]:
-    """(the run's training titles per user, "") rebuilt from its data folder, or (None, why)."""
-    from .data.download import DataNotFoundError, resolve_data_dir
-    from .data.movielens import load_movielens
-    from .dataset import from_movielens
-    from .pipeline import seen_titles
-
-    try:
-        folder = resolve_data_dir(config.data.data_dir, dataset=config.data.dataset,
-                                  download=False, progress=False)
-        dataset = from_movielens(load_movielens(folder, dataset=config.data.dataset), config)
-    except (DataNotFoundError, OSError, ValueError) as e:
-        return None, f"the run's data could not be read ({' '.join(str(e).split())})"
-    if dataset.spec.fingerprint() != fingerprint:
-        return None, (f"the data at {folder} is not the data the run was trained on (feature "
-                      "spec fingerprints differ)")
-    return seen_titles(dataset), ""

@@ -14,8 +14,45 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from . import serving
+from .data.download import DataNotFoundError, resolve_data_dir
+from .data.movielens import load_movielens
+from .dataset import from_movielens
+from .pipeline import seen_titles
+
 STAGES = ("retrieval", "ranking")
 log = logging.getLogger("twostage")
+
+
+def training_seen(config, fingerprint: str | None) -> tuple[serving.StoredSeen | None, str]:
+    """The titles each user rated in the run's training split, rebuilt from its data folder.
+
+    Args:
+        config: the run's stored Config (its data folder, release, split and seed).
+        fingerprint: the run's feature-spec fingerprint: the data must give the same spec.
+    Returns:
+        (StoredSeen, "") or (None, why not): no download is attempted (a server or an export
+        must not fetch data), and data that gives another feature spec is not the run's.
+    """
+    try:
+        folder = resolve_data_dir(config.data.data_dir, dataset=config.data.dataset,
+                                  download=False, progress=False)
+        dataset = from_movielens(load_movielens(folder, dataset=config.data.dataset), config)
+    except (DataNotFoundError, OSError, ValueError) as e:
+        return None, f"the run's data could not be read ({' '.join(str(e).split())})"
+    if dataset.spec.fingerprint() != fingerprint:
+        return None, (f"the data at {folder} is not the data the run was trained on (feature "
+                      "spec fingerprints differ)")
+    return serving.StoredSeen.from_seen(seen_titles(dataset), dataset.spec.user_vocab), ""
+
+
+def _export_seen(run, config) -> serving.StoredSeen | None:
+    """What an export stores for ``exclude_seen``: the run's training titles per user, or None
+    (said on the log) when the run's data cannot be read here."""
+    seen, why = training_seen(config, run.spec_fingerprint)
+    if seen is None:
+        log.warning("the export will not serve exclude_seen: %s", why)
+    return seen
 
 
 def copy_weights(source, target, stages: tuple[str, ...] = STAGES) -> None:
@@ -105,7 +142,8 @@ def export_run_to_tfrs(run, out: Path, *, backend: str | None = None, k: int = 1
                               ranking_model=tfrs_backend.ranking_model.ranking_model,
                               num_candidates=_num_candidates(source, num_candidates),
                               default_timestamp=run.max_timestamp,
-                              user_vocab=source.spec.user_vocab)
+                              user_vocab=source.spec.user_vocab,
+                              seen=_export_seen(run, source.config))
 
 
 def export_run_to_torch(run, out: Path, *, backend: str | None = None,
@@ -123,4 +161,5 @@ def export_run_to_torch(run, out: Path, *, backend: str | None = None,
     return export_programs(out, torch_backend, run.corpus_titles,
                            max_timestamp=run.max_timestamp,
                            num_candidates=_num_candidates(source, num_candidates),
-                           source={"run": str(run.path), "backend": source.name}, force=force)
+                           source={"run": str(run.path), "backend": source.name},
+                           seen=_export_seen(run, source.config), force=force)

@@ -178,6 +178,82 @@ def _read_json(path: Path, what: str, kind: str = TORCH_KIND) -> Any:
                           f"{_reexport(path.parent, kind)}") from None
 
 
+SEEN_FILE = "seen.npz"   # optional in both kinds: StoredSeen, listed in export.json when written
+
+
+@dataclass(frozen=True)
+class StoredSeen:
+    """The catalogue rows of the titles each user rated in training, stored with an export so
+    that it can serve ``exclude_seen`` without the training data.
+
+    ``user_ids`` [U] str (sorted, distinct: the users with a training rating), ``indptr``
+    [U + 1] int64, ``rows`` [P] int64: user ``user_ids[i]``'s rows are
+    ``rows[indptr[i]:indptr[i + 1]]`` (ascending; every row of a duplicated title).
+    """
+
+    user_ids: np.ndarray
+    indptr: np.ndarray
+    rows: np.ndarray
+
+    @classmethod
+    def from_seen(cls, seen, user_vocab: Sequence[str]) -> "StoredSeen":
+        """From ``evaluation.SeenTitles`` (user index i = ``user_vocab[i - 1]``, 0 = OOV)."""
+        vocab = np.asarray([""] + [str(u) for u in user_vocab], dtype=str)
+        users = np.unique(seen.pair_users[seen.pair_users > 0])
+        ex = seen.exclusions(users, np.full(len(users), -1, np.int64))  # -1: no own title
+        order = np.argsort(vocab[users], kind="stable")
+        counts = np.diff(ex.indptr)[order]
+        rows = [np.sort(ex.cols[ex.indptr[i]: ex.indptr[i + 1]]) for i in order]
+        return cls(vocab[users][order], np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+                   np.concatenate(rows or [np.zeros(0, np.int64)]).astype(np.int64))
+
+    def rows_of(self, users: Sequence[str]) -> list[np.ndarray]:
+        """[n] user ids -> each one's seen rows (none for a user without training ratings)."""
+        users = np.asarray([str(u) for u in users], dtype=str)
+        at = np.searchsorted(self.user_ids, users)
+        found = (at < len(self.user_ids)) & (self.user_ids[np.minimum(
+            at, max(len(self.user_ids) - 1, 0))] == users) if len(self.user_ids) else (
+            np.zeros(len(users), bool))
+        return [self.rows[self.indptr[i]: self.indptr[i + 1]] if ok else
+                np.zeros(0, np.int64) for i, ok in zip(at.tolist(), found.tolist())]
+
+    def save(self, path: Path) -> None:
+        """An uncompressed .npz of the three arrays (no pickled objects)."""
+        with open(path, "wb") as f:
+            np.savez(f, user_ids=self.user_ids, indptr=self.indptr, rows=self.rows)
+
+    @classmethod
+    def load(cls, path: Path, catalog_size: int) -> "StoredSeen":
+        """Read :meth:`save`'s file (already checksummed by :func:`read_manifest`).
+
+        Raises:
+            ExportError: the arrays are not a consistent StoredSeen of a ``catalog_size``
+            catalogue (one line naming the file and the fix).
+        """
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                users, indptr, rows = z["user_ids"], z["indptr"], z["rows"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ExportError(f"{path}: not a seen-titles file ({e}); "
+                              f"{_reexport(path.parent)}") from None
+        ok = (users.dtype.kind == "U" and users.ndim == indptr.ndim == rows.ndim == 1
+              and indptr.dtype.kind == rows.dtype.kind == "i" and len(indptr) == len(users) + 1
+              and (indptr[0] == 0 if len(indptr) else False) and indptr[-1] == len(rows)
+              and bool(np.all(np.diff(indptr) >= 0)) and bool(np.all(users[1:] > users[:-1]))
+              and bool(np.all((rows >= 0) & (rows < catalog_size))))
+        if not ok:
+            raise ExportError(f"{path}: the seen titles are inconsistent (sorted user ids, "
+                              f"offsets, rows below {catalog_size}); {_reexport(path.parent)}")
+        return cls(users, indptr.astype(np.int64), rows.astype(np.int64))
+
+
+def read_seen(path: Path, manifest: dict, catalog_size: int) -> "StoredSeen | None":
+    """The export's :class:`StoredSeen` when ``export.json`` lists one, else None."""
+    if SEEN_FILE not in manifest.get("files", {}):
+        return None
+    return StoredSeen.load(path / SEEN_FILE, catalog_size)
+
+
 def exported_files(root: Path) -> list[str]:
     """Relative posix paths of the files under an export folder ``root`` that ``export.json``
     lists: all but the marker and ``export.json`` itself (a linked file is listed, a linked
@@ -226,8 +302,9 @@ def read_manifest(path: Path, kind: str = TORCH_KIND) -> dict:
     files = manifest.get("files")
     if not io.is_checksum_map(files):
         raise ExportError(f"{path / MANIFEST}: 'files' must map paths to checksums")
-    if kind == TORCH_KIND and set(files) != set(FILES.values()):
-        raise ExportError(f"{path / MANIFEST}: 'files' must list {sorted(FILES.values())}")
+    if kind == TORCH_KIND and set(files) - {SEEN_FILE} != set(FILES.values()):
+        raise ExportError(f"{path / MANIFEST}: 'files' must list {sorted(FILES.values())} "
+                          f"(and {SEEN_FILE} when the export has one)")
     unlisted = sorted(set(exported_files(path)) - set(files)) if kind != TORCH_KIND else []
     if unlisted:
         raise ExportError(f"{path / unlisted[0]} is not listed in {MANIFEST}, so nothing proves "
@@ -282,6 +359,7 @@ class TorchExport:
         self.default_timestamp = _int_field(manifest, "default_timestamp", path)
         self.batch_size = _int_field(manifest, "eval_batch_size", path, 1)
         self.precision = _precision(manifest, path)
+        self.seen: StoredSeen | None = None   # the training titles per user, when exported
 
     @classmethod
     def load(cls, path: Path | str, threads: int = PROGRAM_THREADS) -> "TorchExport":
@@ -318,10 +396,13 @@ class TorchExport:
             index = Index.load(path / FILES["index"], expect_dim=dim, expect_ntotal=size)
         except (ValueError, FileNotFoundError) as e:
             raise ExportError(str(e)) from None
+        seen = read_seen(path, manifest, size)
         programs = {name: _load_program(path / FILES[name])
                     for name in ("query_tower", "ranking_model")}
-        return cls(path, manifest, spec, np.asarray(titles, dtype=object), index, programs,
-                   threads)
+        export = cls(path, manifest, spec, np.asarray(titles, dtype=object), index, programs,
+                     threads)
+        export.seen = seen
+        return export
 
     def known_user(self, user_id: str) -> bool:
         """Whether ``user_id`` was in the training data (else the OOV embedding serves it)."""

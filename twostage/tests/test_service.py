@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-httpx = pytest.importorskip("httpx")
-uvicorn = pytest.importorskip("uvicorn")
-pytest.importorskip("fastapi")
+import fastapi  # noqa: E402,F401  (the serve extra, part of dev: a missing one fails, not skips)
+import httpx  # noqa: E402
+import uvicorn  # noqa: E402
 
 from twostage import serving, service  # noqa: E402
 from twostage.cli import main  # noqa: E402
@@ -198,15 +198,16 @@ def test_exclusions_are_applied_inside_the_retrieval(run_dir, urls, num_candidat
     assert min(len(s) for s in seen[:-1]) > 0 and not seen[-1]
     body = {"user_ids": users, "k": 8, "exclude_items": banned,
             **({"num_candidates": num_candidates} if num_candidates else {})}
-    got = post(urls["run"], {**body, "exclude_seen": True})
-    assert got.status_code == 200, got.text
     ts = RunDir.open(run_dir).max_timestamp
     excluded = [s | banned_rows for s in seen]
-    arrays = as_arrays(got.json())
-    assert_same(arrays, reference(run_dir, users, ts, 8, num_candidates, excluded))
-    assert not any(set(row) & ex for row, ex in zip(arrays["rows"].tolist(), excluded))
+    expected = reference(run_dir, users, ts, 8, num_candidates, excluded)
     items_only = reference(run_dir, users, ts, 8, num_candidates, [banned_rows] * len(users))
-    for kind in ("run", "torch", "tfrs"):
+    for kind in ("run", "torch", "tfrs"):   # the exports read the seen titles they stored
+        got = post(urls[kind], {**body, "exclude_seen": True})
+        assert got.status_code == 200, got.text
+        arrays = as_arrays(got.json())
+        assert_same(arrays, expected)
+        assert not any(set(row) & ex for row, ex in zip(arrays["rows"].tolist(), excluded))
         assert_same(as_arrays(post(urls[kind], body).json()), items_only)
 
 
@@ -253,8 +254,7 @@ def test_healthz_metadata_and_openapi(urls, run_dir):
         run.spec_fingerprint
     assert {m["catalog_size"] for m in meta.values()} == {CATALOG}
     assert meta["run"]["index_kind"] == meta["torch"]["index_kind"] == "flat"
-    assert meta["run"]["exclude_seen"]["available"] and not meta["tfrs"]["exclude_seen"][
-        "available"]
+    assert all(m["exclude_seen"]["available"] for m in meta.values())
     assert {"torch", "faiss", "fastapi"} <= set(meta["torch"]["versions"])
     assert "tensorflow" in meta["tfrs"]["versions"]
     assert meta["run"]["limits"]["max_users"] == service.MAX_USERS
@@ -289,7 +289,6 @@ BAD = [
     ({"user_id": "7", "timestamp": -1}, 422, "timestamp"),
     ({"user_id": "7", "history": ["x"]}, 422, "history"),
     ({"user_id": "7", "filter": {"genre": "Drama"}}, 422, "filter"),
-    ({"user_id": "7", "exclude_seen": True}, 422, "exclude_seen"),   # an export: no history
 ]
 
 
@@ -304,6 +303,46 @@ def test_bad_input_is_a_json_4xx_naming_the_field(urls, body, status, field):
     assert payload["field"] == field and payload["error"]
     assert "Traceback" not in got.text and len(payload["error"].splitlines()) == 1
     assert httpx.get(url + "/healthz").status_code == 200
+
+
+def test_an_export_without_seen_titles_refuses_exclude_seen(run_dir, tmp_path, monkeypatch):
+    """An export made where the run's data could not be read stores no seen titles: it serves,
+    says so in /metadata, and ``exclude_seen`` is a 422 naming the field and the fix. Break:
+    drop the service's ``engine.seen is None`` check (and the engine's) and the request
+    returns seen items with a 200."""
+    from twostage import export as export_module
+    monkeypatch.setattr(export_module, "training_seen", lambda config, fp: (None, "no data"))
+    out = tmp_path / "export"
+    assert main(["export", "--run", str(run_dir), "--to", "torch", "--out", str(out)]) == 0
+    assert serving.SEEN_FILE not in json.loads((out / serving.MANIFEST).read_text())["files"]
+    with serving_app(service.create_app(open_engine(out))) as url:
+        meta = httpx.get(url + "/metadata").json()["exclude_seen"]
+        assert not meta["available"] and "export it again" in meta["note"]
+        got = post(url, {"user_id": all_users(run_dir)[0], "exclude_seen": True})
+        assert got.status_code == 422 and "exclude_seen" in got.text, got.text
+        assert post(url, {"user_id": all_users(run_dir)[0]}).status_code == 200
+
+
+def test_stored_seen_titles_are_checked_before_use(exports, tmp_path):
+    """seen.npz is listed in export.json (a changed file is refused by its checksum) and its
+    arrays are checked (a row beyond the catalogue, re-signed, is refused). Break: drop the
+    row-range check of StoredSeen.load and the re-signed file loads."""
+    import shutil
+
+    from twostage import io as twostage_io
+    folder = tmp_path / "torch"
+    shutil.copytree(exports["torch"], folder)
+    manifest = json.loads((folder / serving.MANIFEST).read_text())
+    seen = serving.StoredSeen.load(folder / serving.SEEN_FILE, CATALOG)
+    bad = serving.StoredSeen(seen.user_ids, seen.indptr, seen.rows.copy())
+    bad.rows[0] = CATALOG
+    bad.save(folder / serving.SEEN_FILE)
+    with pytest.raises(serving.ExportError, match="seen.npz changed after the export"):
+        serving.TorchExport.load(folder)
+    manifest["files"][serving.SEEN_FILE] = twostage_io.sha256_file(folder / serving.SEEN_FILE)
+    (folder / serving.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(serving.ExportError, match="seen titles are inconsistent"):
+        serving.TorchExport.load(folder)
 
 
 def test_a_body_over_the_limit_is_413(urls):
