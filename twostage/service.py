@@ -78,7 +78,8 @@ class RecommendRequest(BaseModel):
     exclude_items: list[ItemId] = Field(default_factory=list, max_length=MAX_EXCLUDED_ITEMS,
                                         description="item ids (titles) never to recommend")
     exclude_seen: StrictBool = Field(False, description=(
-        "remove the titles each user rated in training (run folders only)"))
+        "remove the titles each user rated in training (run folders, and exports that stored "
+        "them: see /metadata)"))
     filter: dict[str, Any] | None = Field(None, description="not offered by MovieLens models")
     history: list[ItemId] | None = Field(None, description="not offered by MovieLens models")
 
