@@ -27,6 +27,7 @@ import numpy as np
 
 from twostage import env
 from twostage.config import BACKENDS, DATASETS, PRESETS, Config
+from twostage.data.split import SPLITS
 
 SEED_STRIDE = 1000
 _20 = {"retrieval_epochs": 20, "ranking_epochs": 20}
@@ -46,7 +47,13 @@ RECIPES: dict[str, tuple[dict, str]] = {
     "history": ({**_20, "use_sampling_probability": True, "history": True},
                 "logQ + the user's training history in the query tower"),
     "best": (PRESETS["best"], "--preset best: history + genres + logQ + cosine, learned T"),
+    "best-prior": (PRESETS["best"], "--preset best + the popularity prior at inference "
+                   "(score + beta log q, beta chosen on the training split's validation slice)"),
+    "logq-prior": ({**_20, "use_sampling_probability": True},
+                   "logQ + the popularity prior at inference (beta on validation)"),
 }
+# recipes whose prior_beta is chosen by twostage.pipeline.select_prior_beta before training
+PRIOR_RECIPES = frozenset({"best-prior", "logq-prior"})
 # (column, model figure in flatten(evaluate(...)), baseline figure in evaluate_baselines)
 FIGURES: tuple[tuple[str, str, str], ...] = (
     *((f"top-{k}", f"retrieval.top_k_accuracy.{k}", f"top_k_accuracy.{k}") for k in (1, 10, 100)),
@@ -56,7 +63,17 @@ FIGURES: tuple[tuple[str, str, str], ...] = (
     ("nDCG@10 excl. seen", "two_stage_exclude_seen.ndcg@10_reranked",
      "positives_exclude_seen.ndcg@10"),
 )
-BASELINES = ("random", "popular", "ease")
+BASELINES = ("random", "popular", "ease", "recent")
+AUDIENCES = ("warm", "cold", "new_title")
+# per audience (twostage.evaluation.AUDIENCES), seen titles excluded: (column, model figure,
+# baseline figure); an audience with no test rating (cold users under the random split) is NaN
+AUDIENCE_FIGURES: tuple[tuple[str, str, str], ...] = tuple(
+    figure for a in AUDIENCES for figure in (
+        (f"{a}: n", f"retrieval.by_audience.{a}.num_queries", f"by_audience.{a}.num_queries"),
+        *((f"{a}: top-{k}", f"retrieval.by_audience.{a}.top_k_accuracy_exclude_seen.{k}",
+           f"by_audience.{a}.top_k_accuracy_exclude_seen.{k}") for k in (10, 100)),
+        (f"{a}: nDCG@10", f"two_stage_exclude_seen.by_audience.{a}.ndcg@10_reranked",
+         f"by_audience.{a}.positives_exclude_seen.ndcg@10")))
 
 
 def recipe_config(base: Config, name: str, i: int, epochs: int | None = None) -> Config:
@@ -67,20 +84,36 @@ def recipe_config(base: Config, name: str, i: int, epochs: int | None = None) ->
                                                         ranking_epochs=epochs)
 
 
-def run_once(backend_name: str, dataset, config: Config) -> dict:
-    """Train both stages and evaluate -> {figure: value} plus fit seconds."""
-    from twostage.pipeline import evaluate, flatten, make_backend
-    backend = make_backend(backend_name, config, dataset)
+def run_once(backend_name: str, dataset, config: Config, prior: bool = False) -> dict:
+    """Train both stages and evaluate -> {figure: value} (the audiences' too) plus fit
+    seconds; ``prior``: first choose ``prior_beta`` on the training split's validation slice
+    (one more retrieval training, counted in train_s), recorded as ``prior_beta`` and
+    ``prior_validation``."""
+    from twostage.pipeline import evaluate, flatten, make_backend, select_prior_beta
     start = time.perf_counter()
+    chosen = select_prior_beta(backend_name, dataset, config) if prior else None
+    if chosen:
+        config = config.replace(prior_beta=chosen["beta"])
+    backend = make_backend(backend_name, config, dataset)
     backend.fit_retrieval(dataset)
     backend.fit_ranking(dataset)
     fit_s = time.perf_counter() - start
     flat = flatten(evaluate(backend, dataset, config))
-    missing = [key for _, key, _ in FIGURES if key not in flat]
-    if missing:
+    figures = {**_columns(flat, FIGURES, 1), **_columns(flat, AUDIENCE_FIGURES, 1, optional=True),
+               "train_s": fit_s}
+    if chosen:
+        figures.update(prior_beta=chosen["beta"], prior_validation=chosen)
+    return figures
+
+
+def _columns(flat: dict, figures, which: int, optional: bool = False) -> dict[str, float]:
+    """{column: flat[figure[which]]} (1: the model's key, 2: a baseline's); a missing key is
+    NaN when ``optional``, else a KeyError naming it."""
+    missing = [f[which] for f in figures if f[which] not in flat]
+    if missing and not optional:
         raise KeyError(f"the evaluation report has no {missing}: twostage.pipeline.evaluate "
                        "renamed them; update benchmarks/quality.py FIGURES")
-    return {**{col: flat[key] for col, key, _ in FIGURES}, "train_s": fit_s}
+    return {f[0]: flat.get(f[which], float("nan")) for f in figures}
 
 
 def baseline_figures(dataset, config: Config) -> dict[str, dict]:
@@ -94,11 +127,13 @@ def baseline_figures(dataset, config: Config) -> dict[str, dict]:
             out[name] = {"skipped": figures["skipped"]}
             continue
         flat = flatten(figures)
-        out[name] = {col: flat[key] for col, _, key in FIGURES}
+        out[name] = {**_columns(flat, FIGURES, 2),
+                     **_columns(flat, AUDIENCE_FIGURES, 2, optional=True)}
         out[name]["train_s"] = float(figures.get("seconds", 0.0))
-        if "lambda" in figures:          # EASE: the L2 weight and the validation that chose it
-            out[name]["lambda"] = figures["lambda"]
-            out[name]["validation"] = figures["validation"]
+        for chosen in ("lambda", "window_days"):   # EASE's L2 weight, recent-popular's window
+            if chosen in figures:
+                out[name][chosen] = figures[chosen]
+                out[name]["validation"] = figures["validation"]
     return out
 
 
@@ -106,14 +141,16 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, dict[str, tuple[float, f
     """{recipe: {column: (mean, std over seeds)}}."""
     out = {}
     for name, figures in runs.items():
-        columns = [c for c in figures[0]] if figures else []
+        columns = [c for c, v in figures[0].items() if isinstance(v, (int, float))
+                   ] if figures else []
         out[name] = {c: (float(np.mean([f[c] for f in figures])),
                          float(np.std([f[c] for f in figures], ddof=1)) if len(figures) > 1
                          else 0.0) for c in columns}
     return out
 
 
-def markdown(summary: dict, baselines: dict, seeds: int) -> str:
+def markdown(summary: dict, baselines: dict, seeds: int,
+             runs: dict[str, list[dict]] | None = None) -> str:
     """The results table (README, docs/results.md): recipes (mean ± std over seeds), then the
     baselines, then the L2 weight EASE was given and the validation scores that chose it."""
     columns = [c for c, _, _ in FIGURES] + ["train_s"]
@@ -128,16 +165,62 @@ def markdown(summary: dict, baselines: dict, seeds: int) -> str:
             continue
         lines.append(f"| baseline: {name} | " + " | ".join(
             f"{cells[c]:.4f}" if c != "train_s" else f"{cells[c]:.1f}" for c in columns) + " |")
+    lines += ["", audience_markdown(summary, baselines, seeds), ""]
     for name, cells in baselines.items():
-        if "lambda" in cells:
-            scores = ", ".join(f"{lam}: {v:.4f}"
-                               for lam, v in cells["validation"]["scores"].items())
-            lines.append(f"\n{name}: lambda {cells['lambda']:g}, chosen by "
-                         f"{cells['validation']['metric']} ({scores})")
+        for chosen in ("lambda", "window_days"):
+            if chosen in cells:
+                scores = ", ".join(f"{x}: {v:.4f}"
+                                   for x, v in cells["validation"]["scores"].items())
+                value = "all" if cells[chosen] is None else f"{cells[chosen]:g}"
+                lines.append(f"\n{name}: {chosen} {value}, chosen by "
+                             f"{cells['validation']['metric']} ({scores})")
+    lines += [f"\n{line}" for line in prior_notes(runs or {})]
     return "\n".join(lines)
 
 
+def prior_notes(runs: dict[str, list[dict]]) -> list[str]:
+    """One line per seed of a prior recipe: the beta chosen and the validation scores."""
+    out = []
+    for name, figures in runs.items():
+        for i, f in enumerate(figures):
+            if "prior_validation" in f:
+                v = f["prior_validation"]
+                tried = ", ".join(f"{b}: {acc:.4f}" for b, acc in v["scores"].items())
+                out.append(f"{name} seed {i}: beta {v['beta']:g}, chosen by {v['metric']} "
+                           f"({v['num_queries']} ratings; tried {tried})")
+    return out
+
+
+def audience_markdown(summary: dict, baselines: dict, seeds: int) -> str:
+    """Per audience (warm users, cold users, new titles), seen titles excluded: top-10,
+    top-100 and nDCG@10 of each recipe (mean ± std over seeds) and baseline, and the count of
+    test ratings of each audience."""
+    columns = [c for c, _, _ in AUDIENCE_FIGURES]
+    lines = ["| model (seen titles excluded) | " + " | ".join(columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for name, cells in summary.items():
+        lines.append(f"| {name} ({seeds} seeds) | " + " | ".join(
+            _count(cells[c][0]) if c.endswith(": n") else _cell(*cells[c]) if c in cells
+            else "" for c in columns) + " |")
+    for name, cells in baselines.items():
+        if "skipped" not in cells:
+            lines.append(f"| baseline: {name} | " + " | ".join(
+                _count(cells[c]) if c.endswith(": n") else _value(cells.get(c))
+                for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _count(value: float) -> str:
+    return "0" if value != value else f"{value:.0f}"     # NaN: an empty audience
+
+
+def _value(value: float | None) -> str:
+    return "" if value is None or value != value else f"{value:.4f}"
+
+
 def _cell(mean: float, std: float) -> str:
+    if mean != mean:
+        return ""                                        # NaN: an empty audience
     return f"{mean:.1f}" if mean > 1 else f"{mean:.4f} ± {std:.4f}"
 
 
@@ -158,6 +241,41 @@ def targets(summary: dict, baselines: dict) -> list[tuple[str, bool]]:
     out.append(("best's top-10 >= 3x the seed model's", best["top-10"][0] >= 3 * seed["top-10"][0]))
     out.append(("best's re-ranked nDCG@10 >= 5x the seed model's",
                 best["nDCG@10"][0] >= 5 * seed["nDCG@10"][0]))
+    return out
+
+
+TIME_TARGET_COLUMNS = ("top-10 excl. seen", "top-100 excl. seen", "nDCG@10 excl. seen")
+
+
+def time_targets(summary: dict, baselines: dict, seeds: int) -> list[tuple[str, bool]]:
+    """Issue 26's targets (``--split temporal``) for every prior / best recipe measured: its
+    mean beyond 2 standard errors over seeds (std / sqrt(seeds)) above most-popular,
+    recent-popular and EASE at top-10, top-100 and nDCG@10 (seen titles excluded) on the whole
+    test set and on warm users; on cold users above most-popular, and at least
+    recent-popular's (minus 2 standard errors)."""
+    out = []
+    for name in (n for n in ("best", "best-prior", "logq-prior") if n in summary):
+        cells = summary[name]
+        for base in ("popular", "recent", "ease"):
+            theirs = baselines.get(base, {})
+            if "skipped" in theirs or not theirs:
+                continue
+            audiences = {"": "", "warm: ": "warm users' "}
+            if base != "ease":
+                audiences["cold: "] = "cold users' "
+            for prefix, label in audiences.items():
+                for col in TIME_TARGET_COLUMNS:
+                    short = col.replace(" excl. seen", "")
+                    key = f"{prefix}{short}" if prefix else col
+                    mean, std = cells[key]
+                    margin = 2 * std / np.sqrt(max(seeds, 1))
+                    if prefix == "cold: " and base == "recent":
+                        out.append((f"{name} matches recent-popular at cold users' {short} "
+                                    f"(difference {mean - theirs[key]:+.4f} ± {margin / 2:.4f})",
+                                    bool(mean + margin >= theirs[key])))
+                        continue
+                    out.append((f"{name} beats {base} at {label}{short} ({mean:.4f} vs "
+                                f"{theirs[key]:.4f})", bool(mean - margin > theirs[key])))
     return out
 
 
@@ -193,6 +311,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=DATASETS, default="100k")
+    p.add_argument("--split", choices=SPLITS, default="random",
+                   help="random: the seed's shuffle; temporal: the earliest 80%% of the ratings "
+                   "train, the rest test (issue 26's targets are checked then)")
     p.add_argument("--data-dir", help="folder of the dataset's files (else the usual lookup)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--recipes", default=",".join(RECIPES),
@@ -217,12 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     from twostage.dataset import load_dataset
     from twostage.pipeline import check_trainable
 
-    base = Config.of(dataset=args.dataset, data_dir=args.data_dir, quiet=True)
+    base = Config.of(dataset=args.dataset, data_dir=args.data_dir, split=args.split, quiet=True)
     dataset = load_dataset(base, progress=False)
     check_trainable(dataset, base)
     out = Path(args.out)
     path = out / "quality.json"
-    settings = {"dataset": args.dataset, "backend": args.backend, "seed": base.seed,
+    settings = {"dataset": args.dataset, "split": args.split, "backend": args.backend,
+                "seed": base.seed,
                 "epochs": args.epochs,
                 "recipes": {r: RECIPES[r][0] for r in recipes}}
     state = _previous(path, settings) if args.resume and path.exists() else {}
@@ -234,11 +356,14 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(len(runs[name]), args.seeds):
             print(f"{name} seed {i + 1}/{args.seeds} ({time.perf_counter() - started:.0f} s)",
                   file=sys.stderr, flush=True)
-            runs[name].append(run_once(args.backend, dataset, recipe_config(base, name, i, args.epochs)))
+            runs[name].append(run_once(args.backend, dataset,
+                                       recipe_config(base, name, i, args.epochs),
+                                       prior=name in PRIOR_RECIPES))
             io.write_json(path, {"settings": settings, "baselines": baselines, "runs": runs})
     summary = summarise(runs)
-    table = markdown(summary, baselines, args.seeds)
-    checks = targets(summary, baselines)
+    table = markdown(summary, baselines, args.seeds, runs)
+    checks = (time_targets(summary, baselines, args.seeds) if args.split == "temporal"
+              else targets(summary, baselines))
     lines = [table, ""] + [f"- {'PASS' if ok else 'MISS'}: {what}" for what, ok in checks]
     io.write_text(out / "quality.md", "\n".join(lines) + "\n")
     io.write_json(path, {"settings": settings, "baselines": baselines, "runs": runs,
@@ -254,8 +379,8 @@ def _previous(path: Path, settings: dict) -> dict:
     import json
     state = json.loads(path.read_text())
     old_settings = state.get("settings", {})
-    differ = [k for k in ("dataset", "backend", "seed", "epochs")
-              if old_settings.get(k) != settings[k]]
+    differ = [k for k in ("dataset", "split", "backend", "seed", "epochs")
+              if old_settings.get(k, "random" if k == "split" else None) != settings[k]]
     if differ:
         raise SystemExit(f"{path} was written with another {', '.join(differ)}; drop --resume "
                          "or use another --out")

@@ -128,12 +128,12 @@ def trainer_class(backend: str):
     return importlib.import_module(BACKENDS[backend]).SchemaTrainer
 
 
-# releases that share a shipped schema's file layout (ml-1m's "::" files are not CSV)
+# releases that share a shipped schema's file layout
 SAME_LAYOUT = {"ml-20m": "ml-25m", "ml-latest-small": "ml-25m"}
 
 
 def shipped_schema(name: str) -> Path | None:
-    """The path of a schema shipped with the package (``ml-100k``, ``ml-25m``, and
+    """The path of a schema shipped with the package (``ml-100k``, ``ml-1m``, ``ml-25m``, and
     ``ml-20m`` / ``ml-latest-small``, which share ml-25m's layout), or None."""
     path = SHIPPED / f"{SAME_LAYOUT.get(name, name)}.toml"
     return path if path.is_file() else None

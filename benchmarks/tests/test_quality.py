@@ -59,3 +59,28 @@ def test_recipe_config_keeps_the_split_seed_and_overrides_epochs():
     assert c.seed == 42 + 2 * quality.SEED_STRIDE and c.task.use_sampling_probability
     assert (c.train.retrieval_epochs, c.train.ranking_epochs) == (1, 1)
     assert quality.recipe_config(Config(), "seed", 0) == Config()
+
+
+@pytest.mark.slow
+def test_quality_temporal_reports_audiences_prior_and_issue_26_targets(data_dir, tmp_path):
+    """--split temporal: the split is recorded, every run and baseline has the audience
+    columns (warm + cold = every test rating), the prior recipe records the beta it chose on
+    validation, recent-popular its window, and issue 26's targets are checked (fails if the
+    prior's choice or the audience table went missing, or the random split's targets were
+    checked instead)."""
+    argv = ["--data-dir", str(data_dir), "--split", "temporal", "--seeds", "1", "--recipes",
+            "best-prior", "--epochs", "1", "--out", str(tmp_path)]
+    assert quality.main(argv) == 0
+    report = json.loads((tmp_path / "quality.json").read_text())
+    assert report["settings"]["split"] == "temporal"
+    run = report["runs"]["best-prior"][0]
+    chosen = run["prior_validation"]
+    assert run["prior_beta"] == chosen["beta"] and chosen["scores"][f"{chosen['beta']:g}"] == max(
+        chosen["scores"].values())
+    popular = report["baselines"]["popular"]
+    assert popular["warm: n"] + popular["cold: n"] == run["warm: n"] + run["cold: n"] > 0
+    assert "window_days" in report["baselines"]["recent"]
+    assert any("recent" in t["target"] for t in report["targets"])
+    md = (tmp_path / "quality.md").read_text()
+    assert "| model (seen titles excluded) | warm: n |" in md and "recent: window_days" in md
+    assert "best-prior seed 0: beta" in md
