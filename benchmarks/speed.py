@@ -7,6 +7,12 @@ Prints median seconds per training epoch of each stage (first epoch dropped as w
 full-corpus evaluation time, index build time and query throughput at k=10 and k=100, and the
 torch/TFRS ratios; writes ``speed.json`` with the machine facts.
 
+Then, on the CPU, each stage's torch step beside its measured floor on this machine
+(:mod:`benchmarks.floor`: the step's matrix products, its in-batch softmax and its embedding
+gathers and updates, each timed alone at the step's sizes) and the ratio step / floor, with
+the TFRS step (its epoch over the same number of steps) and the torch/TFRS ratio per stage;
+``step_floor`` in ``speed.json``. ``--no-floor`` skips it.
+
 ``--contention``: how each backend's training epochs degrade beside one competing CPU-bound
 process (a busy loop, as another user's job would be). Torch is measured with the project's
 default (``twostage.env.ThreadGovernor``: threads sized per epoch to the cores other processes
@@ -51,8 +57,9 @@ def epoch_times(name: str, dataset, config: Config):
             statistics.median(k_hist.epoch_seconds[1:] or k_hist.epoch_seconds))
 
 
-def measure(name: str, dataset, config: Config, repeats: int) -> dict:
-    """Figures for one backend; training epochs come from its own per-epoch clock."""
+def measure(name: str, dataset, config: Config, repeats: int) -> tuple[dict, object]:
+    """(figures, the trained backend) of one backend; training epochs come from its own
+    per-epoch clock."""
     from twostage.pipeline import evaluate_retrieval
 
     backend, retrieval_s, ranking_s = epoch_times(name, dataset, config)
@@ -70,7 +77,37 @@ def measure(name: str, dataset, config: Config, repeats: int) -> dict:
     for k in (10, 100):
         secs = _median_time(lambda: backend.retrieve(users, stamps, k), repeats)
         out[f"queries_per_s_k{k}"] = len(test) / secs
+    return out, backend
+
+
+def step_floors(backend, dataset, results: dict, repeats: int) -> dict:
+    """{stage: benchmarks.floor.stage_floor of the torch ``backend``, with the TFRS step (its
+    median epoch over as many steps) and ``torch_over_tfrs`` when ``results`` has TFRS}."""
+    from benchmarks.floor import stage_floor
+
+    out = {}
+    for stage in ("retrieval", "ranking"):
+        row = stage_floor(backend, dataset, stage, repeats=max(3, repeats))
+        if "tfrs" in results:
+            row["tfrs_step_s"] = results["tfrs"][f"{stage}_epoch_s"] / row["steps_per_epoch"]
+            row["torch_over_tfrs"] = (results["torch"][f"{stage}_epoch_s"]
+                                      / results["tfrs"][f"{stage}_epoch_s"])
+        out[stage] = row
     return out
+
+
+def print_floors(floors: dict) -> None:
+    """The step-floor table: milliseconds per step and the ratios."""
+    tfrs = all("tfrs_step_s" in row for row in floors.values())
+    print("\ntorch step vs its floor on this machine (ms per step; floor = matmul + softmax + "
+          "gather/update, each timed alone at the step's sizes)")
+    print(f"{'stage':<10}{'step':>8}{'floor':>8}{'matmul':>8}{'softmax':>8}{'gath/upd':>9}"
+          f"{'step/floor':>11}" + (f"{'tfrs step':>10}{'torch/tfrs':>11}" if tfrs else ""))
+    for stage, r in floors.items():
+        ms = [1e3 * r[k] for k in ("step_s", "floor_s", "matmul", "softmax", "gather_update")]
+        print(f"{stage:<10}" + "".join(f"{v:>8.2f}" for v in ms[:-1]) + f"{ms[-1]:>9.2f}"
+              + f"{r['ratio']:>10.2f}x" + (f"{1e3 * r['tfrs_step_s']:>10.2f}"
+                                            f"{r['torch_over_tfrs']:>10.2f}x" if tfrs else ""))
 
 
 def machine() -> dict:
@@ -137,11 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=5, help="training epochs per stage (>= 2)")
     p.add_argument("--repeats", type=int, default=5, help="repetitions of timed evaluation")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=Config().train.batch_size,
+                   help="training batch size (default: the tutorial's)")
     p.add_argument("--out", default="runs/speed")
     p.add_argument("--contention", action="store_true",
                    help="training epochs alone and beside a competing process, in fresh "
                    "processes per backend and OpenMP wait policy")
     p.add_argument("--child", choices=BACKENDS, help=argparse.SUPPRESS)
+    p.add_argument("--no-floor", dest="floor", action="store_false",
+                   help="skip the torch step-vs-floor table (CPU only)")
+    p.add_argument("--note", default="", help="stored in speed.json (e.g. 'machine shared')")
     args = p.parse_args(argv)
     env.setup_process()
     if args.epochs < 2:
@@ -152,20 +194,22 @@ def main(argv: list[str] | None = None) -> int:
     from twostage.dataset import load_dataset
 
     config = Config.of(data_dir=args.data_dir, retrieval_epochs=args.epochs,
-                    ranking_epochs=args.epochs, validation_freq=10 ** 6, device=args.device,
-                    quiet=True)
+                       ranking_epochs=args.epochs, validation_freq=10 ** 6, device=args.device,
+                       batch_size=args.batch_size, quiet=True)
     dataset = load_dataset(config, progress=False)
     if args.child:  # one measurement for --contention, as one JSON line
         _, retrieval_s, ranking_s = epoch_times(args.child, dataset, config)
         print(json.dumps({"retrieval_epoch_s": retrieval_s, "ranking_epoch_s": ranking_s}))
         return 0
     names = list(BACKENDS) if args.backend == "both" else [args.backend]
-    results = {}
+    results, backends = {}, {}
     for name in names:
         print(f"measuring {name} ...", file=sys.stderr)
-        results[name] = measure(name, dataset, config, args.repeats)
+        results[name], backends[name] = measure(name, dataset, config, args.repeats)
     report = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
-              "epochs": args.epochs, "repeats": args.repeats, "results": results}
+              "epochs": args.epochs, "repeats": args.repeats, "batch_size": args.batch_size,
+              "note": args.note,
+              "load_average": os.getloadavg()[0], "results": results}
     if len(names) == 2:
         t, f = results["torch"], results["tfrs"]
         report["speedup_tfrs_over_torch"] = {k: (f[k] / t[k] if "per_s" not in k else t[k] / f[k])
@@ -178,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         if len(names) == 2:
             line += f"{report['speedup_tfrs_over_torch'][key]:>11.1f}x"
         print(line)
+    if args.floor and "torch" in backends and args.device == "cpu":
+        print("measuring the torch step floors ...", file=sys.stderr)
+        report["step_floor"] = step_floors(backends["torch"], dataset, results, args.repeats)
+        print_floors(report["step_floor"])
     print(f"wrote {io.write_json(Path(args.out) / 'speed.json', report)}", file=sys.stderr)
     return 0
 

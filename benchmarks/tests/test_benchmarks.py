@@ -15,12 +15,23 @@ def data_dir(tmp_path_factory):
                     num_ratings=2000, seed=5)
 
 
-def test_speed_reports_both_backends_and_ratios(data_dir, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def speed_run(data_dir, tmp_path_factory):
+    """(speed.json, stdout) of ``benchmarks.speed --backend both`` at batch 512 (3 steps)."""
+    out = tmp_path_factory.mktemp("speed")
+    with pytest.MonkeyPatch.context() as mp:
+        printed = []
+        mp.setattr("builtins.print", lambda *a, **k: printed.append(
+            " ".join(map(str, a))) if k.get("file") is None else None)
+        assert speed.main(["--backend", "both", "--data-dir", str(data_dir), "--epochs", "2",
+                           "--repeats", "1", "--batch-size", "512", "--out", str(out)]) == 0
+    return json.loads((out / "speed.json").read_text()), "\n".join(printed)
+
+
+def test_speed_reports_both_backends_and_ratios(speed_run):
     """The speed benchmark's report and table. Broken on purpose, it fails: a speed-up that divides
     the other way for rates, or a printed ratio that is not the report's."""
-    assert speed.main(["--backend", "both", "--data-dir", str(data_dir), "--epochs", "2",
-                       "--repeats", "1", "--out", str(tmp_path)]) == 0
-    report = json.loads((tmp_path / "speed.json").read_text())
+    report, out = speed_run
     figures = {"retrieval_epoch_s", "ranking_epoch_s", "evaluation_s", "index_build_s",
                "queries_per_s_k10", "queries_per_s_k100"}
     for name in ("torch", "tfrs"):
@@ -28,7 +39,6 @@ def test_speed_reports_both_backends_and_ratios(data_dir, tmp_path, capsys):
         assert all(v > 0 for v in report["results"][name].values())
     assert set(report["speedup_tfrs_over_torch"]) == figures
     torch_r, tfrs_r = report["results"]["torch"], report["results"]["tfrs"]
-    out = capsys.readouterr().out
     for key, ratio in report["speedup_tfrs_over_torch"].items():
         # how many times faster torch is: times divide tfrs by torch, rates torch by tfrs
         want = torch_r[key] / tfrs_r[key] if "per_s" in key else tfrs_r[key] / torch_r[key]
@@ -37,6 +47,34 @@ def test_speed_reports_both_backends_and_ratios(data_dir, tmp_path, capsys):
         assert line.rstrip().endswith(f"{ratio:.1f}x"), line       # the printed ratio
     assert report["machine"]["cpus"] >= 1
     assert "speed-up" in out
+
+
+def test_speed_puts_each_step_beside_its_floor(speed_run, data_dir):
+    """Each stage's step, its floor (matmul + softmax + gather/update) and the ratios, as
+    printed. Fails if the softmax is timed at another shape than the [B, B] in-batch scores
+    (or for the ranking stage), if the floor is not the sum of its parts, or if the TFRS step
+    or the torch/TFRS ratio is not taken over the same steps per epoch."""
+    report, out = speed_run
+    train_rows = 1600                                     # 80% of the 2,000 ratings
+    torch_r, tfrs_r = report["results"]["torch"], report["results"]["tfrs"]
+    floors = report["step_floor"]
+    assert set(floors) == {"retrieval", "ranking"}
+    for stage, row in floors.items():
+        parts = row["matmul"] + row["softmax"] + row["gather_update"]
+        assert row["floor_s"] == pytest.approx(parts, rel=1e-12)
+        assert row["matmul"] > 0 and row["gather_update"] > 0 and row["step_s"] > 0
+        assert row["ratio"] == pytest.approx(row["step_s"] / row["floor_s"], rel=1e-12)
+        assert row["steps_per_epoch"] == -(-train_rows // 512)
+        assert row["tfrs_step_s"] == pytest.approx(
+            tfrs_r[f"{stage}_epoch_s"] / row["steps_per_epoch"], rel=1e-12)
+        assert row["torch_over_tfrs"] == pytest.approx(
+            torch_r[f"{stage}_epoch_s"] / tfrs_r[f"{stage}_epoch_s"], rel=1e-12)
+        line = next(line for line in out.splitlines() if line.startswith(f"{stage} "))
+        assert f"{1e3 * row['floor_s']:.2f}" in line and f"{row['ratio']:.2f}x" in line
+        assert line.rstrip().endswith(f"{row['torch_over_tfrs']:.2f}x")
+    assert floors["retrieval"]["softmax_shape"] == [512, 512]
+    assert floors["retrieval"]["softmax"] > 0
+    assert floors["ranking"]["softmax"] == 0 and floors["ranking"]["softmax_shape"] is None
 
 
 def test_speed_rejects_one_epoch(data_dir):
