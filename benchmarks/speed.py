@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=Config().train.batch_size,
                    help="training batch size (default: the tutorial's)")
     p.add_argument("--out", default="runs/speed")
+    p.add_argument("--name", default="speed.json",
+                   help="file name of the report in --out (default speed.json)")
     p.add_argument("--contention", action="store_true",
                    help="training epochs alone and beside a competing process, in fresh "
                    "processes per backend and OpenMP wait policy")
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         print("measuring the torch step floors ...", file=sys.stderr)
         report["step_floor"] = step_floors(backends["torch"], dataset, results, args.repeats)
         print_floors(report["step_floor"])
-    print(f"wrote {io.write_json(Path(args.out) / 'speed.json', report)}", file=sys.stderr)
+    print(f"wrote {io.write_json(Path(args.out) / args.name, report)}", file=sys.stderr)
     return 0
 
 
