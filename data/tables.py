@@ -162,15 +162,8 @@ def _read_part(path: Path, table: Table, columns: list[str]) -> pd.DataFrame:
         elif suffix == ".jsonl":
             data = pa_json.read_json(path)
         else:
-            header = reader.header
-            read = pa_csv.ReadOptions(
-                encoding=reader.encoding,
-                column_names=list(header) if isinstance(header, tuple) else None,
-                autogenerate_column_names=header is False)
-            parse = pa_csv.ParseOptions(
-                delimiter=reader.separator or ("\t" if suffix == ".tsv" else ","),
-                quote_char='"' if reader.quoting else False)
-            data = pa_csv.read_csv(path, read_options=read, parse_options=parse)
+            data = _read_delimited(path, reader, reader.separator or (
+                "\t" if suffix == ".tsv" else ","))
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as e:
         kind = {".parquet": "Parquet", ".jsonl": "JSON lines"}.get(suffix, "CSV")
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -178,6 +171,34 @@ def _read_part(path: Path, table: Table, columns: list[str]) -> pd.DataFrame:
                          "the schema's separator / header / encoding / quoting") from None
     _has_columns(data.column_names, columns, str(path))
     return data.select(columns).to_pandas()
+
+
+# pyarrow's CSV reader takes a one-character delimiter; a longer separator (MovieLens 1M's
+# "::") is replaced by this control character, which such files never hold (checked).
+UNIT_SEPARATOR = "\x1f"
+
+
+def _read_delimited(path: Path, reader, separator: str) -> pa.Table:
+    """A delimited text file as an Arrow table (pyarrow's multi-threaded reader). A separator
+    of several characters is rewritten to :data:`UNIT_SEPARATOR` in memory first (one pass
+    over the text: about twice the file's size in memory)."""
+    header = reader.header
+    read = pa_csv.ReadOptions(encoding=reader.encoding,
+                              column_names=list(header) if isinstance(header, tuple) else None,
+                              autogenerate_column_names=header is False)
+    parse = pa_csv.ParseOptions(delimiter=separator if len(separator) == 1 else UNIT_SEPARATOR,
+                                quote_char='"' if reader.quoting else False)
+    if len(separator) == 1:
+        return pa_csv.read_csv(path, read_options=read, parse_options=parse)
+    text = path.read_bytes().decode(reader.encoding)
+    if UNIT_SEPARATOR in text:
+        raise TableError(f"{path}: holds the control character U+001F, which a separator of "
+                         f"several characters ({separator!r}) is read through; use a "
+                         "one-character separator")
+    data = text.replace(separator, UNIT_SEPARATOR).encode("utf-8")
+    read = pa_csv.ReadOptions(encoding="utf-8", column_names=read.column_names,
+                              autogenerate_column_names=read.autogenerate_column_names)
+    return pa_csv.read_csv(pa.BufferReader(data), read_options=read, parse_options=parse)
 
 
 def _has_columns(present: list[str], columns: list[str], where: str) -> None:

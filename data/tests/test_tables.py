@@ -54,6 +54,22 @@ def test_a_folder_of_parts_and_reader_options(tmp_path):
     assert frames.items["name"].tolist() == ["Caf\xe9 cup", "Blue hat", "Green coat"]
 
 
+def test_a_separator_of_several_characters(tmp_path):
+    """MovieLens 1M's "::" files: pyarrow takes one-character delimiters, so the text goes
+    through U+001F (a file holding it is refused). Break: pass "::" to pyarrow as it is and
+    the read fails; drop the U+001F check and the second file splits a title."""
+    write(tmp_path)
+    (tmp_path / "items.dat").write_bytes("10::Caf\xe9, \"the\" cup::cup\n11::Hat: blue::hat\n"
+                                         "12::Coat::coat|warm\n".encode("latin-1"))
+    items = {"path": "items.dat", "format": "csv", "separator": "::", "quoting": False,
+             "header": ["sku", "name", "tags"], "encoding": "latin-1"}
+    frames = load_frames(schema(tmp_path, items=items))
+    assert frames.items["name"].tolist() == ["Caf\xe9, \"the\" cup", "Hat: blue", "Coat"]
+    (tmp_path / "items.dat").write_bytes(b"10::A\x1fB::cup\n")
+    with pytest.raises(TableError, match="items.dat: holds the control character U\\+001F"):
+        load_frames(schema(tmp_path, items=items))
+
+
 BAD = {
     "a column the file lacks, the closest named": (
         dict(interactions=pd.DataFrame({"custmer": ["a"], "sku": [10], "event_time": [1],

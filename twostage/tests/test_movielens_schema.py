@@ -1,7 +1,8 @@
 """MovieLens as one schema among many: the shipped ``ml-100k`` schema run is the
 ``--dataset 100k`` run, bit for bit on both backends (every loss, metric and baseline), on the
 synthetic folder of that layout (a duplicate title and a token-less one included) and on the
-real files; ``ml-25m`` (the layout of 20m and latest-small) likewise on generated files."""
+real files; ``ml-1m`` ("::" separated) and ``ml-25m`` (the layout of 20m and latest-small)
+likewise on generated files."""
 from __future__ import annotations
 
 import numpy as np
@@ -53,8 +54,8 @@ def test_the_shipped_schema_encodes_what_the_seed_encodes(tmp_path, small_config
 
 
 @pytest.mark.parametrize("backend, release, layout", [
-    ("torch", "100k", "100k"), ("tfrs", "100k", "100k"), ("torch", "25m", "csv"),
-    ("torch", "latest-small", "csv")])
+    ("torch", "100k", "100k"), ("tfrs", "100k", "100k"), ("torch", "1m", "1m"),
+    ("torch", "25m", "csv"), ("torch", "latest-small", "csv")])
 def test_the_schema_run_is_the_dataset_run_bit_for_bit_on_synthetic_data(
         backend, release, layout, tmp_path, small_config, monkeypatch):
     monkeypatch.setenv("TWOSTAGE_ADAPTIVE_THREADS", "0")     # a fixed thread count
