@@ -160,3 +160,40 @@ def test_cli_refuses_what_it_cannot_compare():
         seeds.main(["--seeds", "1"])
     with pytest.raises(SystemExit):
         seeds.main(["--mode", "paired", "--backend", "torch"])
+
+
+# --- the committed records -----------------------------------------------------------------------
+RESULTS = __import__("pathlib").Path(__file__).resolve().parents[2] / "docs" / "results"
+SEED_FILES = sorted(p.name for p in RESULTS.glob("seeds_*.json")
+                    if "per_seed" in json.loads(p.read_text()))
+
+
+def _same(a, b) -> bool:
+    """Equal JSON values, floats to 1e-12 relative (the JSON's own round trip)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-12, abs=1e-15)
+    return a == b
+
+
+def test_every_committed_seeds_file_is_in_todays_format():
+    """Issue 27: no seeds_*.json in docs/results/ may be in a format no current code writes.
+    Break: commit an old-format file (``summary`` and ``runs`` only) and this fails."""
+    names = sorted(p.name for p in RESULTS.glob("seeds_*.json"))
+    assert names and names == SEED_FILES
+
+
+@pytest.mark.parametrize("name", SEED_FILES)
+def test_committed_summary_is_todays_statistics_of_its_per_seed_records(name):
+    """The tables in docs/results.md quote each file's ``summary``: recompute it with today's
+    ``seeds.summarise`` from the file's own per-seed metrics (means, spreads, every test's p,
+    Holm, effect sizes, verdicts). Break: edit one per-seed value (or a summary figure) in the
+    file, or change a test in ``benchmarks.stats``, and this fails."""
+    record = json.loads((RESULTS / name).read_text())
+    settings = record["settings"]
+    metrics = tuple(record["summary"])
+    again = seeds.summarise(record["per_seed"], settings["backends"], settings["mode"], metrics)
+    assert _same(json.loads(json.dumps(again)), record["summary"])
