@@ -21,14 +21,14 @@ from typing import Mapping
 
 import numpy as np
 
-from twostage.backend import STAGES, EpochCallback, History, RawBatch, UnsupportedOptionError, \
-    check_stage, check_supported
+from twostage.backend import (STAGES, BackendBase, EpochCallback, History, RawBatch,
+                              UnsupportedOptionError, check_supported)
 from twostage.checkpoint import load_checkpoint
 from twostage.config import Config
 from twostage.data.features import FeatureSpec
-from twostage.dataset import Dataset, check_same_spec, check_spec_matches_config
+from twostage.dataset import Dataset, check_spec_matches_config
 from twostage.group import SingleProcess
-from twostage.recipes import RecipeData, attach_recipe_data, refuse_in_parallel
+from twostage.recipes import refuse_in_parallel
 
 from . import checkpoint, distributed, index as index_lib, models, optim, tasks, train
 from .features import query_arrays, to_tensors
@@ -43,7 +43,7 @@ SUPPORTED: dict[str, tuple] = {"index.kind": ("flat",), "train.device": ("cpu",)
 DISTRIBUTED_SUPPORTED: dict[str, tuple] = {"distributed.negatives": ("replica",)}
 
 
-class TfrsBackend:
+class TfrsBackend(BackendBase):
     """Retrieval (two towers) + ranking models of the seed, on TensorFlow Recommenders.
 
     Both models exist from construction (variables created, init seeded by ``config.seed``),
@@ -95,30 +95,14 @@ class TfrsBackend:
     def _setup(self, config: Config, spec: FeatureSpec, stage_models: Mapping,
                optimizers: Mapping[str, optim.Adagrad], epochs_done: Mapping[str, int],
                strategy=None) -> None:
-        self.config = config
+        BackendBase.__init__(self, config, spec)
         self.strategy = strategy
-        self.spec = spec
         self.retrieval_model = stage_models["retrieval"]
         self.ranking_model = stage_models["ranking"]
         self.optimizers: dict[str, optim.Adagrad] = dict(optimizers)
-        self.epochs_done: dict[str, int] = {stage: int(epochs_done.get(stage, 0))
-                                            for stage in STAGES}
+        self.epochs_done.update({stage: int(epochs_done.get(stage, 0)) for stage in STAGES})
         self.group = SingleProcess()  # MirroredStrategy replicas live in this one process
-        self.recipe: RecipeData | None = None  # genre / history lookups (twostage.recipes)
-        self._index = None
         self._corpus_attached = False
-
-    @property
-    def models(self) -> dict:
-        """The two tfrs.models.Model, by stage."""
-        return {"retrieval": self.retrieval_model, "ranking": self.ranking_model}
-
-    def attach_recipe_data(self, recipe: RecipeData | None) -> None:
-        """The towers' genre table and user histories (``twostage.recipes``): fit_retrieval
-        attaches its dataset's, :meth:`load` the checkpoint's."""
-        if recipe is not None:
-            attach_recipe_data(self.retrieval_model, recipe)
-        self.recipe, self._index = recipe, None
 
     # --- training ------------------------------------------------------------------------------
     def _trainable(self, stage: str):
@@ -128,25 +112,21 @@ class TfrsBackend:
             train.compile_model(model, self.config, self.optimizers[stage])
         return model
 
-    def fit_retrieval(self, dataset: Dataset, epochs: int | None = None,
-                      on_epoch: EpochCallback | None = None) -> History:
-        check_same_spec(dataset, self.spec)
-        self.attach_recipe_data(RecipeData.from_dataset(dataset, self.config))
-        if not self._corpus_attached:  # Keras collects the metrics when fit builds its functions
+    def _fit(self, stage: str, dataset: Dataset, epochs: int,
+             on_epoch: EpochCallback | None) -> History:
+        """``tfrs_impl.train.fit_<stage>`` of the compiled model (retrieval: with the corpus
+        metrics attached once, before Keras' first fit collects the metrics)."""
+        if stage == "ranking":
+            return train.fit_ranking(self._trainable(stage), dataset, self.config, epochs,
+                                     epochs_done=self.epochs_done, on_epoch=on_epoch,
+                                     parallel=self.strategy)
+        if not self._corpus_attached:
             with distributed.scope(self.strategy):  # metric variables belong to the strategy
                 tasks.attach_corpus_metrics(self.retrieval_model, dataset.corpus_titles)
             self._corpus_attached = True
-        self._index = None  # the towers change; a built index would be stale
-        return train.fit_retrieval(self._trainable("retrieval"), dataset, self.config, epochs,
+        return train.fit_retrieval(self._trainable(stage), dataset, self.config, epochs,
                                    epochs_done=self.epochs_done, on_epoch=on_epoch,
-                                   strategy=self.strategy, recipe=self.recipe)
-
-    def fit_ranking(self, dataset: Dataset, epochs: int | None = None,
-                    on_epoch: EpochCallback | None = None) -> History:
-        check_same_spec(dataset, self.spec)
-        return train.fit_ranking(self._trainable("ranking"), dataset, self.config, epochs,
-                                 epochs_done=self.epochs_done, on_epoch=on_epoch,
-                                 strategy=self.strategy)
+                                   parallel=self.strategy, recipe=self.recipe)
 
     def train_steps(self, stage: str, batches: list[RawBatch]) -> list[float]:
         """One Keras fit step per raw batch -> per-step losses (``train.train_steps``; with
@@ -154,8 +134,7 @@ class TfrsBackend:
         of the replicas' losses)."""
         losses = train.train_steps(self._trainable(stage), self.config, batches,
                                    strategy=self.strategy)
-        if stage == "retrieval":
-            self._index = None
+        self._towers_changed(stage)
         return losses
 
     # --- inference -----------------------------------------------------------------------------
@@ -238,17 +217,13 @@ class TfrsBackend:
                                              force=force)
 
     # --- weights and losses (export, parity) ---------------------------------------------------
-    def _model(self, stage: str):
-        return self.models[check_stage(stage)]
-
     def get_weights(self, stage: str) -> dict[str, np.ndarray]:
         """All trainable weights of a stage by name (Keras layout: kernel [in, out])."""
         return models.get_weights(self._model(stage))
 
     def set_weights(self, stage: str, weights: Mapping[str, np.ndarray]) -> None:
         models.set_weights(self._model(stage), dict(weights))
-        if stage == "retrieval":
-            self._index = None
+        self._towers_changed(stage)
 
     def get_accumulators(self, stage: str) -> dict[str, np.ndarray]:
         """The stage's Adagrad accumulators by weight name (what a checkpoint stores)."""
@@ -263,12 +238,6 @@ class TfrsBackend:
                            ) -> tuple[float, dict[str, np.ndarray]]:
         """(loss, dense gradients by weight name) of one training step, via tf.GradientTape."""
         return train.loss_and_gradients(self._model(stage), batch, self.strategy)
-
-    def retrieval_loss(self, batch: RawBatch, training: bool = True) -> float:
-        return self.batch_loss("retrieval", batch, training)
-
-    def ranking_loss(self, batch: RawBatch, training: bool = True) -> float:
-        return self.batch_loss("ranking", batch, training)
 
 
 def build_stages(spec: FeatureSpec, config: Config, strategy=None

@@ -291,16 +291,21 @@ def _watch(stage: str, config: Config) -> str:
             if stage == "retrieval" else "binary_accuracy")
 
 
-def fit(stage: str, model, dataset: Dataset, config: Config, epochs: int | None = None, *,
-        epochs_done: dict[str, int] | None = None, on_epoch: EpochCallback | None = None,
-        strategy=None, recipe: RecipeData | None = None) -> History:
+def fit_stage(stage: str, model, dataset: Dataset, config: Config, epochs: int | None = None,
+              *, epochs_done: dict[str, int] | None = None,
+              on_epoch: EpochCallback | None = None, parallel=None,
+              recipe: RecipeData | None = None, optimizer: optim.Adagrad | None = None,
+              validate: bool = True) -> History:
     """Train a stage's model (retrieval: a MovielensRetrievalModel with corpus metrics attached;
     ranking: a MovielensRankingModel on ``label``) on the training split; validate on the test
     split. ``epochs_done[stage]`` (counted up per epoch) is where the shared batch order
-    resumes; ``on_epoch`` is called after every epoch, after its validation. ``strategy``: the
+    resumes; ``on_epoch`` is called after every epoch, after its validation. ``parallel``: the
     MirroredStrategy the model was built in (nproc > 1), or None. ``recipe``: the retrieval
     towers' genre / history lookups (default: ``RecipeData.from_dataset(dataset, config)``),
-    attached to the model; the histories become a column of every batch."""
+    attached to the model; the histories become a column of every batch. ``optimizer``: the
+    one the model is compiled with on its first fit (default ``optim.make_optimizer``);
+    ``validate=False`` skips validation."""
+    strategy = parallel
     check_stage(stage)
     default = config.train.retrieval_epochs if stage == "retrieval" else config.train.ranking_epochs
     epochs = default if epochs is None else epochs
@@ -315,7 +320,7 @@ def fit(stage: str, model, dataset: Dataset, config: Config, epochs: int | None 
     if epochs == 0:
         return recorder.history
     with distributed.scope(strategy):
-        compile_model(model, config)
+        compile_model(model, config, optimizer)
     history = None
     if retrieval:
         recipe = recipe if recipe is not None else RecipeData.from_dataset(dataset, config)
@@ -332,7 +337,7 @@ def fit(stage: str, model, dataset: Dataset, config: Config, epochs: int | None 
     negatives = config.task.mixed_negatives if retrieval else 0
     model.fit(training_input(dataset, config, epochs, columns, first_epoch, strategy, negatives),
               epochs=epochs, steps_per_epoch=steps if config.train.shared_batches else None,
-              validation_data=eval_dataset(dataset, config, columns),
+              validation_data=eval_dataset(dataset, config, columns) if validate else None,
               validation_freq=validation_epochs(epochs, config.train.validation_freq),
               callbacks=callbacks, verbose=0)
     return recorder.history
@@ -340,19 +345,24 @@ def fit(stage: str, model, dataset: Dataset, config: Config, epochs: int | None 
 
 def fit_retrieval(model, dataset: Dataset, config: Config, epochs: int | None = None, *,
                   epochs_done: dict[str, int] | None = None,
-                  on_epoch: EpochCallback | None = None, strategy=None,
-                  recipe: RecipeData | None = None) -> History:
-    """:func:`fit` of the retrieval stage."""
-    return fit("retrieval", model, dataset, config, epochs, epochs_done=epochs_done,
-               on_epoch=on_epoch, strategy=strategy, recipe=recipe)
+                  on_epoch: EpochCallback | None = None, parallel=None,
+                  recipe: RecipeData | None = None, optimizer: optim.Adagrad | None = None,
+                  validate: bool = True) -> History:
+    """:func:`fit_stage` of the retrieval stage (the twin of ``torch_impl.train
+    .fit_retrieval``, same arguments but torch's ``task``: a TFRS model holds its task)."""
+    return fit_stage("retrieval", model, dataset, config, epochs, epochs_done=epochs_done,
+                     on_epoch=on_epoch, parallel=parallel, recipe=recipe, optimizer=optimizer,
+                     validate=validate)
 
 
 def fit_ranking(model, dataset: Dataset, config: Config, epochs: int | None = None, *,
                 epochs_done: dict[str, int] | None = None,
-                on_epoch: EpochCallback | None = None, strategy=None) -> History:
-    """:func:`fit` of the ranking stage."""
-    return fit("ranking", model, dataset, config, epochs, epochs_done=epochs_done,
-               on_epoch=on_epoch, strategy=strategy)
+                on_epoch: EpochCallback | None = None, parallel=None,
+                optimizer: optim.Adagrad | None = None, validate: bool = True) -> History:
+    """:func:`fit_stage` of the ranking stage (the twin of ``torch_impl.train.fit_ranking``)."""
+    return fit_stage("ranking", model, dataset, config, epochs, epochs_done=epochs_done,
+                     on_epoch=on_epoch, parallel=parallel, optimizer=optimizer,
+                     validate=validate)
 
 
 def _tensor_dataset(raw_batches: Sequence[RawBatch]) -> tf.data.Dataset:

@@ -16,6 +16,7 @@ evaluation over ``group``. Every rank must make the same calls in the same order
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -23,15 +24,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from twostage.backend import (EpochCallback, History, RawBatch, UnsupportedOptionError,
-                              check_stage)
+from twostage.backend import (BackendBase, EpochCallback, History, RawBatch,
+                              UnsupportedOptionError, check_stage)
 from twostage.checkpoint import load_checkpoint
 from twostage.config import Config
 from twostage.data.features import FeatureSpec
-from twostage.dataset import Dataset, check_same_spec, check_spec_matches_config
+from twostage.dataset import Dataset, check_spec_matches_config
 from twostage.group import Group, SingleProcess
 from twostage.index import Index
-from twostage.recipes import RecipeData, attach_recipe_data, refuse_in_parallel
+from twostage.recipes import refuse_in_parallel
 
 from . import checkpoint as ckpt
 from . import distributed
@@ -46,11 +47,11 @@ from .models import (KERAS_PREFIX, build_ranking_model,
 from .optim import make_optimizer
 from .tasks import (make_ranking_task, make_retrieval_task, ranking_loss, retrieval_loss,
                     scoring_higher)
-from .train import (StageParts, autocast_context, fit_ranking, fit_retrieval, sharded_step,
-                    train_step)
+from .train import (StageParts, autocast_context, eager_step, fit_ranking, fit_retrieval,
+                    with_precision)
 
 
-class TorchBackend:
+class TorchBackend(BackendBase):
     """Retrieval (two towers) + ranking models of the seed in PyTorch, served with FAISS.
 
     Both models exist from construction (Keras-style init seeded by ``config.seed``; ranking
@@ -69,8 +70,7 @@ class TorchBackend:
     def __init__(self, config: Config, spec: FeatureSpec) -> None:
         self.check_config(config)
         check_spec_matches_config(spec, config)
-        self.config = config
-        self.spec = spec
+        super().__init__(config, spec)
         self.device = resolve_device(config.train.device)
         self.retrieval_model = build_retrieval_model(spec, config, device=self.device)
         self.ranking_model = build_ranking_model(spec, config, device=self.device)
@@ -78,12 +78,15 @@ class TorchBackend:
         self.ranking_task = make_ranking_task(config)
         self.optimizers = {"retrieval": make_optimizer(self.retrieval_model, config),
                            "ranking": make_optimizer(self.ranking_model, config)}
-        self.epochs_done = {"retrieval": 0, "ranking": 0}
         self._torch_group: Optional[TorchGroup] = current_group()
         self.group: Group = self._torch_group or SingleProcess()
         self._index: Optional[Index] = None
-        self.recipe: Optional[RecipeData] = None  # genre / history lookups (twostage.recipes)
         self.broadcast_state()
+
+    @property
+    def tasks(self) -> dict[str, nn.Module]:
+        """The two tasks (``retrieval_task``, ``ranking_task``), by stage."""
+        return {"retrieval": self.retrieval_task, "ranking": self.ranking_task}
 
     def broadcast_state(self) -> None:
         """Rank 0's weights and Adagrad accumulators on every rank (nothing in one process);
@@ -122,46 +125,15 @@ class TorchBackend:
                     "--cuda-graphs or run with --nproc 1")
             check_world(config, group.size)
 
-    @property
-    def models(self) -> dict[str, nn.Module]:
-        return {"retrieval": self.retrieval_model, "ranking": self.ranking_model}
-
-    def _model(self, stage: str) -> nn.Module:
-        return self.models[check_stage(stage)]
-
-    def attach_recipe_data(self, recipe: Optional[RecipeData]) -> None:
-        """The genre table and user histories the towers look up (``twostage.recipes``; the
-        training dataset's are attached by ``fit_retrieval``, a checkpoint's by ``load``)."""
-        if recipe is not None:
-            attach_recipe_data(self.retrieval_model, recipe)
-        self.recipe = recipe
-        self._index = None
-
     # --- training -------------------------------------------------------------------------------
-    def fit_retrieval(self, dataset: Dataset, epochs: int | None = None,
-                      on_epoch: EpochCallback | None = None) -> History:
-        """Train the towers (see ``torch_impl.train.fit_retrieval``); drops a built index."""
-        check_same_spec(dataset, self.spec)
-        epochs = self.config.train.retrieval_epochs if epochs is None else epochs
-        self.attach_recipe_data(RecipeData.from_dataset(dataset, self.config))
-        history = fit_retrieval(self.retrieval_model, dataset, self.config,
-                                task=self.retrieval_task, optimizer=self.optimizers["retrieval"],
-                                epochs=epochs, epoch_offset=self.epochs_done["retrieval"],
-                                on_epoch=on_epoch, group=self._torch_group, recipe=self.recipe)
-        self.epochs_done["retrieval"] += epochs
-        return history
-
-    def fit_ranking(self, dataset: Dataset, epochs: int | None = None,
-                    on_epoch: EpochCallback | None = None) -> History:
-        """Train the ranking model (see ``torch_impl.train.fit_ranking``)."""
-        check_same_spec(dataset, self.spec)
-        epochs = self.config.train.ranking_epochs if epochs is None else epochs
-        history = fit_ranking(self.ranking_model, dataset, self.config, task=self.ranking_task,
-                              optimizer=self.optimizers["ranking"], epochs=epochs,
-                              epoch_offset=self.epochs_done["ranking"], on_epoch=on_epoch,
-                              group=self._torch_group)
-        self.epochs_done["ranking"] += epochs
-        return history
+    def _fit(self, stage: str, dataset: Dataset, epochs: int,
+             on_epoch: EpochCallback | None) -> History:
+        """``torch_impl.train.fit_<stage>`` with this backend's models, tasks and optimizers."""
+        fit = fit_retrieval if stage == "retrieval" else fit_ranking
+        extra = {"recipe": self.recipe} if stage == "retrieval" else {}
+        return fit(self._model(stage), dataset, self.config, epochs,
+                   epochs_done=self.epochs_done, on_epoch=on_epoch, parallel=self._torch_group,
+                   optimizer=self.optimizers[stage], task=self.tasks[stage], **extra)
 
     def _batch_loss(self, stage: str, tensors: Batch
                     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -190,29 +162,18 @@ class TorchBackend:
         Several processes: every rank passes the same GLOBAL batches, takes its slice of each,
         and gets the step losses summed over the ranks (as ``fit`` reports them)."""
         stage = check_stage(stage)
-        model, optimizer = self._model(stage), self.optimizers[stage]
-        model.train()
-        if self._torch_group is None:
-            def loss(b):
-                with autocast_context(self.config, self.device):
-                    return self._batch_loss(stage, b)
-            losses = [train_step(optimizer, loss, self.encode_batch(batch))[0]
-                      for batch in batches]
-        else:
-            parts = StageParts(stage, model, optimizer, loss=lambda b: self._batch_loss(stage, b),
-                               parallel=DataParallel(self._torch_group, stage,
-                                                     lambda b, s: self._shard_loss(stage, b, s),
-                                                     self.config.distributed.negatives))
-            losses = []
-            for batch in batches:
-                tensors = self.encode_batch(batch)
-                rows = torch.arange(len(batch["user_id"]), device=self.device)
-                losses.append(sharded_step(parts, tensors, rows)[0])
-            if losses:
-                losses = list(self._torch_group.sum_(torch.stack(losses)))
-        if stage == "retrieval":
-            self._index = None
-        return torch.stack(losses).tolist() if losses else []
+        parallel = None if self._torch_group is None else DataParallel(
+            self._torch_group, stage, functools.partial(self._shard_loss, stage),
+            self.config.distributed.negatives)
+        parts = StageParts(stage, self._model(stage), self.optimizers[stage],
+                           loss=with_precision(functools.partial(self._batch_loss, stage),
+                                               self.config, self.device), parallel=parallel)
+        parts.model.train()
+        losses = [eager_step(parts, self.encode_batch(batch))(
+                      torch.arange(len(batch["user_id"]), device=self.device))[0]
+                  for batch in batches]
+        self._towers_changed(stage)
+        return parts.reduce(torch.stack(losses)).tolist() if losses else []
 
     # --- inference ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -308,8 +269,7 @@ class TorchBackend:
 
     def set_weights(self, stage: str, weights: Mapping[str, np.ndarray]) -> None:
         set_keras_weights(self._model(stage), weights, KERAS_PREFIX[stage])
-        if stage == "retrieval":
-            self._index = None
+        self._towers_changed(stage)
 
     def encode_batch(self, batch: RawBatch) -> Batch:
         """Raw numpy batch (user_id, timestamp, movie_title [, label,
@@ -341,9 +301,3 @@ class TorchBackend:
             grads[keras] = (g.T if transposed else g).detach().cpu().numpy().copy()
         model.zero_grad(set_to_none=True)
         return float(loss.detach()), grads
-
-    def retrieval_loss(self, batch: RawBatch, training: bool = True) -> float:
-        return self.batch_loss("retrieval", batch, training)
-
-    def ranking_loss(self, batch: RawBatch, training: bool = True) -> float:
-        return self.batch_loss("ranking", batch, training)

@@ -50,6 +50,7 @@ others fail at their next collective (at once, or after the timeout when a rank 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -487,20 +488,21 @@ def sharded_ranking_loss(model, task, batch: dict[str, torch.Tensor], shard: Sha
     return ranking_loss(model, task, batch)
 
 
-def example_loss_sum(stage: str, loss: torch.Tensor, shard: Shard, negatives: str
+def example_loss_sum(stage: str, loss: torch.Tensor, rows: int, total: int, negatives: str
                      ) -> torch.Tensor:
-    """This rank's share of the sum of the per-example losses of the global batch, from its
-    step loss (summed over ranks it is the per-example figure's numerator)."""
+    """This process's share of the sum of the per-example losses of a global batch of
+    ``total`` rows, from its step ``loss`` over its ``rows`` of them (summed over the ranks it
+    is the per-example figure's numerator; one process: ``rows == total``)."""
     if stage == "retrieval":
         return loss  # already a SUM over the rank's rows
-    return loss * (shard.total if negatives == "global" else shard.size)
+    return loss * (total if negatives == "global" else rows)
 
 
 @dataclass
 class DataParallel:
-    """How a stage trains over a :class:`TorchGroup` (``train.StageParts.parallel``):
-    ``loss(local batch, shard) -> (loss, outputs)`` and ``negatives`` ("replica" / "global")
-    for the per-example figures."""
+    """How a stage trains over a :class:`TorchGroup` (``train.StageParts.parallel``): the
+    sharding wrapper of the loss. ``loss(local batch, shard) -> (loss, outputs)`` is the loss
+    of a rank's slice; ``negatives`` ("replica" / "global") picks the per-example figures."""
 
     group: TorchGroup
     stage: str
@@ -510,5 +512,8 @@ class DataParallel:
     def shard(self, num_rows: int) -> Shard:
         return Shard.of(self.group, num_rows)
 
-    def example_sum(self, loss: torch.Tensor, shard: Shard) -> torch.Tensor:
-        return example_loss_sum(self.stage, loss, shard, self.negatives)
+    def split(self, rows: torch.Tensor) -> tuple[torch.Tensor, Callable]:
+        """A global batch's positions [B] -> (this rank's slice of them, the loss of the batch
+        they select: ``loss(batch, shard)``)."""
+        shard = self.shard(rows.shape[0])
+        return shard.take(rows), functools.partial(self.loss, shard=shard)

@@ -13,6 +13,7 @@ Weight names (both twins; Keras layout, kernels [in, out]): ``{tower}/{feature}/
 """
 from __future__ import annotations
 
+import functools
 from typing import Mapping
 
 import numpy as np
@@ -139,13 +140,11 @@ class SchemaTrainer(TrainerBase):
             examples = self.data.examples(self.data.split.train)
         tensors = to_tensors(examples, self.device)
         parts = fitting.StageParts(stage, self.models[stage], self.optimizers[stage],
-                                   loss=lambda b: self.loss(stage, b))
+                                   loss=functools.partial(self.loss, stage))
         plan = BatchPlan(np.arange(len(examples["label"])), self.config.train.batch_size,
                          self.config.seed)
-        history = fitting.fit(parts, tensors, plan, self.config, epochs=epochs,
-                              epoch_offset=self.epochs_done[stage], on_epoch=on_epoch)
-        self.epochs_done[stage] += epochs
-        return history
+        return fitting.fit(parts, tensors, plan, self.config, epochs=epochs,
+                           epochs_done=self.epochs_done, on_epoch=on_epoch)  # counts epochs
 
     def batch_loss(self, stage: str, rows: np.ndarray) -> float:
         """The loss of one batch of interaction ``rows``, no update."""

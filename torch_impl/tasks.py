@@ -503,12 +503,12 @@ def make_ranking_task(config: Config | None = None) -> Ranking:
 
 # --- the loss of one batch (the seed's compute_loss) ----------------------------------------------
 
-def scaled_queries(model: RetrievalModel, query: torch.Tensor) -> torch.Tensor:
-    """``query / T`` with the model's learned temperature (scores ``(q / T) @ c^T``, the
-    twin of tfrs_impl.tasks.scaled_queries), else ``query`` itself."""
+def scaled_queries(model: RetrievalModel, query_embeddings: torch.Tensor) -> torch.Tensor:
+    """``query_embeddings / T`` with the model's learned temperature (scores ``(q / T) @ c^T``,
+    the twin of tfrs_impl.tasks.scaled_queries), else ``query_embeddings`` themselves."""
     if model.temperature is None:
-        return query
-    return query / model.temperature.value()
+        return query_embeddings
+    return query_embeddings / model.temperature.value()
 
 
 def retrieval_loss(model: RetrievalModel, task: Retrieval, batch: Mapping[str, torch.Tensor],
@@ -672,54 +672,55 @@ def factorized_top_k_hits(query_embeddings: torch.Tensor, true_candidate_embeddi
                           chunk: int = 4096, budget_bytes: int = 128 << 20) -> torch.Tensor:
     """The hit counts of :func:`factorized_top_k`: [len(ks)] int64 on the embeddings' device
     (not read; integers, so shards of the queries sum to the count of all of them exactly).
-    At most ``chunk`` queries at a time, fewer where the [chunk, M] float32 score block would
-    pass ``budget_bytes`` (62,000 titles: 541 queries, not a 1 GB block of 4,096)."""
-    n = query_embeddings.shape[0]
-    chunk = max(1, min(int(chunk), int(budget_bytes) // (4 * max(1, corpus_embeddings.shape[0]))))
-    hits = torch.zeros(len(ks), dtype=torch.int64, device=query_embeddings.device)
-    kt = torch.tensor(list(ks), device=query_embeddings.device).unsqueeze(0)
-    for start in range(0, n, chunk):
-        q = query_embeddings[start: start + chunk]
-        positive = (_at_least_fp32(q) * _at_least_fp32(true_candidate_embeddings[
-            start: start + chunk])).sum(dim=1, keepdim=True)
-        scores = fp32_scores(q, corpus_embeddings)
-        greater = (scores > positive).sum(dim=1, keepdim=True)
-        valid = torch.isfinite(positive) & torch.isfinite(scores).all(dim=1, keepdim=True)
-        hits += ((greater < kt) & valid).sum(dim=0)
-    return hits
+    A hit at k is ``finite & (greater < k)`` of :func:`scoring_higher` (the one count)."""
+    greater, finite = scoring_higher(query_embeddings, true_candidate_embeddings,
+                                     corpus_embeddings, budget_bytes=budget_bytes, chunk=chunk)
+    kt = torch.tensor(list(ks), device=greater.device)
+    return ((greater[:, None] < kt) & finite[:, None]).sum(dim=0)
 
 
 def scoring_higher(query_embeddings: torch.Tensor, true_candidate_embeddings: torch.Tensor,
-                   corpus_embeddings: torch.Tensor, budget_bytes: int = 64 << 20
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   corpus_embeddings: torch.Tensor, budget_bytes: int = 64 << 20,
+                   chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``twostage.evaluation.num_scoring_higher`` on the embeddings' device: exact top-k as a
-    matmul plus a count, the [rows, M] float32 score block sized to ``budget_bytes``.
+    matmul plus a count (the one count of torch_impl; :func:`factorized_top_k_hits` reads it).
 
-    query/true_candidate [N, D], corpus [M, D] (cast to float32) -> (``greater`` [N] int64: how
-    many corpus scores are STRICTLY above the row's positive ``sum(q * c_true)``; ``finite`` [N]
-    bool: the positive and all M scores of the row are finite). A hit at k is ``finite &
-    (greater < k)`` (ties favour the positive; a non-finite row is a miss), as the numpy rule.
-    Nothing is read on the host. The matmul may sum in another order than numpy's, so a row
-    whose positive is within float rounding of another score may count one more or less.
+    Args:
+        query_embeddings, true_candidate_embeddings: [N, D] (bf16 / fp16 -> fp32; fp32 and
+            fp64 as they are, as :func:`fp32_scores`).
+        corpus_embeddings: [M, D], M >= 1.
+        budget_bytes: the largest [rows, M] float32 score block alive at a time.
+        chunk: at most this many queries per block (None: as many as ``budget_bytes`` allows).
+    Returns:
+        (``greater`` [N] int64: corpus scores STRICTLY above the row's positive
+        ``sum(q * c_true)``; ``finite`` [N] bool: the positive and all M scores are finite), on
+        the device, not read. A hit at k is ``finite & (greater < k)`` (ties favour the
+        positive; a non-finite row is a miss), the numpy rule.
+    Raises:
+        ValueError: shapes that do not match, or an empty corpus.
+
+    Why on the device: one matmul per block instead of a copy to the host; the matmul may sum
+    in another order than numpy's, so a row within float rounding of a tie may move by one.
     """
-    q = query_embeddings.float()
-    t = true_candidate_embeddings.float()
-    corpus = corpus_embeddings.float()
+    q = _at_least_fp32(query_embeddings)
+    t = _at_least_fp32(true_candidate_embeddings)
     if q.dim() != 2 or t.shape != q.shape:
         raise ValueError(f"query {tuple(q.shape)} and true candidate {tuple(t.shape)} "
                          "embeddings must be [N, D] of the same shape")
-    if corpus.dim() != 2 or corpus.shape[1] != q.shape[1]:
-        raise ValueError(f"corpus {tuple(corpus.shape)} must be [M, {q.shape[1]}]")
-    if corpus.shape[0] == 0:
+    if corpus_embeddings.dim() != 2 or corpus_embeddings.shape[1] != q.shape[1]:
+        raise ValueError(f"corpus {tuple(corpus_embeddings.shape)} must be [M, {q.shape[1]}]")
+    n, m = q.shape[0], corpus_embeddings.shape[0]
+    if m == 0:
         raise ValueError("corpus is empty: index at least one candidate")
-    n, m = q.shape[0], corpus.shape[0]
-    chunk = max(1, int(budget_bytes) // (4 * m))
-    positive = (q * t).sum(dim=1)
+    rows = max(1, int(budget_bytes) // (4 * m))
+    rows = rows if chunk is None else max(1, min(int(chunk), rows))
     greater = torch.empty(n, dtype=torch.int64, device=q.device)
-    finite = torch.isfinite(positive)
-    for start in range(0, n, chunk):
-        end = min(start + chunk, n)
-        scores = fp32_scores(q[start:end], corpus)
-        greater[start:end] = (scores > positive[start:end, None]).sum(dim=1)
-        finite[start:end] &= torch.isfinite(scores).all(dim=1)
+    finite = torch.empty(n, dtype=torch.bool, device=q.device)
+    for start in range(0, n, rows):
+        end = min(start + rows, n)
+        positive = (q[start:end] * t[start:end]).sum(dim=1, keepdim=True)
+        scores = fp32_scores(q[start:end], corpus_embeddings)
+        greater[start:end] = (scores > positive).sum(dim=1)
+        finite[start:end] = (torch.isfinite(positive) & torch.isfinite(scores).all(
+            dim=1, keepdim=True))[:, 0]
     return greater, finite

@@ -31,6 +31,7 @@ the progress bar.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping, Optional, Protocol
@@ -49,7 +50,7 @@ from twostage.recipes import (RecipeData, attach_recipe_data, epoch_negatives, h
                               negative_sampling_probability)
 from twostage.schedule import BatchPlan, should_validate, validation_rows
 
-from .distributed import (DataParallel, TorchGroup, sharded_ranking_loss,
+from .distributed import (DataParallel, TorchGroup, example_loss_sum, sharded_ranking_loss,
                           sharded_retrieval_loss)
 from .features import (HISTORY, NEGATIVE_PREFIX, NEGATIVE_PROBABILITY, SAMPLING_PROBABILITY,
                        Batch, batch_iter, num_rows, select_rows, title_table, to_tensors)
@@ -59,8 +60,16 @@ from .tasks import (TOP_K_METRIC, BinaryAccuracy, Ranking, Retrieval, binary_acc
                     factorized_top_k_hits, make_ranking_task, make_retrieval_task, ranking_loss,
                     retrieval_loss)
 
-# The loss of one training batch -> (scalar loss with its graph, outputs for the metrics or None).
-BatchLoss = Callable[[Batch], tuple[torch.Tensor, Optional[torch.Tensor]]]
+# The loss of one training batch -> (scalar loss with its graph, outputs for the metrics or None),
+# or the scalar loss alone (no outputs: the retrieval losses).
+BatchLoss = Callable[[Batch], "torch.Tensor | tuple[torch.Tensor, Optional[torch.Tensor]]"]
+
+
+def loss_and_outputs(loss: BatchLoss, batch: Batch
+                     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``loss(batch)`` as (loss, outputs or None)."""
+    out = loss(batch)
+    return out if isinstance(out, tuple) else (out, None)
 
 
 class EpochMetric(Protocol):
@@ -81,10 +90,11 @@ class EpochMetric(Protocol):
 class StageParts:
     """What differs between the stages; :func:`fit` does the rest.
 
-    ``loss``: the loss of a training batch; ``validate``: () -> validation values (with "loss"
-    and "loss_per_example"), or None; ``metrics``: extra training metrics. ``parallel``: the
-    process group and the loss of a rank's slice (``torch_impl.distributed.DataParallel``) when
-    training over several processes, else None (``loss`` is then used). ``extras``: (absolute
+    ``loss``: the loss of a training batch of one process (precision included:
+    :func:`with_precision`); ``validate``: () -> validation values (with "loss" and
+    "loss_per_example"), or None; ``metrics``: extra training metrics. ``parallel``: training
+    over several processes (``torch_impl.distributed.DataParallel``: the rank's slice of each
+    global batch, the loss of that slice, the gradient sum), else None. ``extras``: (absolute
     0-based epoch, steps) -> per step, columns added to the step's batch that are not rows of
     the training split (the sampled negatives of ``config.task.mixed_negatives``), or None.
     """
@@ -102,6 +112,25 @@ class StageParts:
     def group(self) -> Group:
         return SingleProcess() if self.parallel is None else self.parallel.group
 
+    def split(self, rows: torch.Tensor, loss: BatchLoss
+              ) -> tuple[torch.Tensor, BatchLoss, Optional[Callable[[], None]]]:
+        """A step's global batch ``rows`` [B] -> (the rows this process trains on, their loss,
+        the gradient sync to run before the update or None): the batch, ``loss`` and None in
+        one process; with ``parallel`` the rank's slice, its sharded loss and the all_reduce."""
+        if self.parallel is None:
+            return rows, loss, None
+        local, shard_loss = self.parallel.split(rows)
+        params = _parameters(self.optimizer)
+        return local, shard_loss, lambda: self.parallel.group.sum_gradients(params)
+
+    def rows_here(self, num_rows: int) -> int:
+        """How many rows of a global batch of ``num_rows`` this process trains on."""
+        return num_rows if self.parallel is None else self.parallel.shard(num_rows).size
+
+    def reduce(self, totals: torch.Tensor) -> torch.Tensor:
+        """``totals`` summed over the processes (one all_reduce; itself in one process)."""
+        return totals if self.parallel is None else self.parallel.group.sum_(totals)
+
 
 def train_step(optimizer: torch.optim.Optimizer, loss: BatchLoss, batch: Batch,
                sync: Optional[Callable[[], None]] = None
@@ -110,7 +139,7 @@ def train_step(optimizer: torch.optim.Optimizer, loss: BatchLoss, batch: Batch,
     outputs). ``sync()`` runs between the backward pass and the update (the gradient
     all_reduce of several processes). Queues device work only."""
     optimizer.zero_grad(set_to_none=True)
-    value, outputs = loss(batch)
+    value, outputs = loss_and_outputs(loss, batch)
     if value.requires_grad:  # a rank whose slice is empty has no graph (its gradient: zeros)
         value.backward()
     if sync is not None:
@@ -121,20 +150,6 @@ def train_step(optimizer: torch.optim.Optimizer, loss: BatchLoss, batch: Batch,
 
 def _parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
-
-
-def sharded_step(parts: StageParts, train: Batch, rows: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, Batch, Optional[torch.Tensor]]:
-    """One step of several processes: this rank's slice of the global batch ``rows`` [B] (its
-    positions into ``train``), its loss, ONE all_reduce(SUM) of the gradients, the Adagrad
-    update -> (this rank's loss, its share of the example-loss sum, its batch, outputs)."""
-    par = parts.parallel
-    shard = par.shard(rows.shape[0])
-    batch = select_rows(train, shard.take(rows))
-    params = _parameters(parts.optimizer)
-    value, outputs = train_step(parts.optimizer, lambda b: par.loss(b, shard), batch,
-                                sync=lambda: par.group.sum_gradients(params))
-    return value, par.example_sum(value, shard), batch, outputs
 
 
 # --- precision, compiled and graph-captured steps -------------------------------------------------
@@ -179,15 +194,16 @@ StepFn = Callable[..., tuple[torch.Tensor, Optional[torch.Tensor], Batch]]
 
 
 def eager_step(parts: StageParts, train: Batch, loss: Optional[BatchLoss] = None) -> StepFn:
-    """The plain step: a gather of the batch on the device (plus the step's extra columns),
-    then :func:`train_step`."""
+    """The plain step: this process's rows of the batch (``StageParts.split``) gathered on the
+    device (plus the step's extra columns), then :func:`train_step`."""
     loss = parts.loss if loss is None else loss
 
     def step(rows: torch.Tensor, extra: Optional[Batch] = None):
+        rows, loss_of, sync = parts.split(rows, loss)
         batch = select_rows(train, rows)
         if extra:
             batch.update(extra)
-        value, outputs = train_step(parts.optimizer, loss, batch)
+        value, outputs = train_step(parts.optimizer, loss_of, batch, sync)
         return value, outputs, batch
     return step
 
@@ -235,7 +251,7 @@ class CudaGraphStep:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             batch = select_rows(self.train, self.rows)
-            value, outputs = self.loss(batch)
+            value, outputs = loss_and_outputs(self.loss, batch)
             value.backward()
             optimizer.step()
         self.graph, self._out = graph, (value.detach(), outputs, batch)
@@ -319,50 +335,33 @@ def run_epoch(parts: StageParts, train: Batch, batches: list[torch.Tensor],
               on_step: Callable[[], None] = lambda: None,
               step_fn: Optional[StepFn] = None,
               extras: Optional[list[Batch]] = None) -> torch.Tensor:
-    """One epoch of optimizer steps -> the step losses [S] (a device tensor, not read here).
-    ``on_step()`` is called after every step (the progress bar; it gets nothing to read);
-    ``step_fn``: the step (:func:`make_step`; default :func:`eager_step`); ``extras``: each
-    step's extra columns (``StageParts.extras``) or None."""
+    """One epoch of optimizer steps, in one process or several (``parts.parallel``; every rank
+    passes the same GLOBAL ``batches``).
+
+    Args:
+        batches: per step, positions [B] into ``train`` (on its device).
+        on_step: called after every step (the progress bar; it gets nothing to read).
+        step_fn: the step (:func:`make_step`; default :func:`eager_step`).
+        extras: each step's extra columns (``StageParts.extras``) or None.
+    Returns:
+        [2, S] float64 on the device, not read: the step losses and each step's sum of the
+        per-example losses (``distributed.example_loss_sum``), summed over the processes.
+    """
     step_fn = eager_step(parts, train) if step_fn is None else step_fn
-    step_losses = torch.empty(len(batches), dtype=torch.float32, device=batches[0].device)
+    out = torch.zeros(2, len(batches), dtype=torch.float64, device=batches[0].device)
+    negatives = "replica" if parts.parallel is None else parts.parallel.negatives
     for metric in parts.metrics:
         metric.reset()
     for step, rows in enumerate(batches):
-        extra = None if extras is None else extras[step]
-        step_losses[step], outputs, batch = step_fn(rows, extra)
+        value, outputs, batch = step_fn(rows, None if extras is None else extras[step])
+        out[0, step] = value
+        total = rows.shape[0]
+        out[1, step] = example_loss_sum(parts.stage, value.double(), parts.rows_here(total),
+                                        total, negatives)
         for metric in parts.metrics:
             metric.update(batch, outputs)
         on_step()
-    return step_losses
-
-
-def run_sharded_epoch(parts: StageParts, train: Batch, batches: list[torch.Tensor],
-                      on_step: Callable[[], None] = lambda: None) -> torch.Tensor:
-    """:func:`run_epoch` of several processes (``parts.parallel``): ``batches`` are the GLOBAL
-    batches (the same on every rank) -> [2, S]: the step losses and the example-loss sums,
-    summed over the ranks (one all_reduce, here; the device is read by the caller)."""
-    par = parts.parallel
-    out = torch.zeros(2, len(batches), dtype=torch.float32, device=batches[0].device)
-    for metric in parts.metrics:
-        metric.reset()
-    for step, rows in enumerate(batches):
-        out[0, step], out[1, step], batch, outputs = sharded_step(parts, train, rows)
-        for metric in parts.metrics:
-            metric.update(batch, outputs)
-        on_step()
-    return par.group.sum_(out)
-
-
-def _epoch_losses(parts: StageParts, train: Batch, batches: list[torch.Tensor],
-                  on_step: Callable[[], None], step_fn: Optional[StepFn] = None,
-                  extras: Optional[list[Batch]] = None) -> tuple[np.ndarray, float]:
-    """(step losses [S] float32, the epoch's loss per example), reading the device once."""
-    sizes = [len(b) for b in batches]
-    if parts.parallel is None:
-        losses = run_epoch(parts, train, batches, on_step, step_fn, extras).cpu().numpy()
-        return losses, per_example(parts.stage, losses, sizes)
-    both = run_sharded_epoch(parts, train, batches, on_step).cpu().numpy()
-    return both[0], float(both[1].astype(np.float64).sum() / max(sum(sizes), 1))
+    return parts.reduce(out)
 
 
 def _record_val(history: History, epoch: int, values: Mapping[str, float]) -> None:
@@ -373,53 +372,73 @@ def _record_val(history: History, epoch: int, values: Mapping[str, float]) -> No
 
 
 def fit(parts: StageParts, train: Batch, plan: BatchPlan, config: Config, *, epochs: int,
-        epoch_offset: int = 0, on_epoch: Optional[EpochCallback] = None) -> History:
-    """Train ``parts.model`` for ``epochs`` epochs on ``train`` (feature tensors of the training
-    split, on the model's device) in the order of ``plan`` from absolute epoch
-    ``epoch_offset``; validate when ``twostage.schedule.should_validate`` says so; call
-    ``on_epoch(stage, epoch, history)`` (1-based within this call) after each epoch. One
-    progress bar for the whole stage (``config.output.quiet`` hides it); its loss is the
-    finished epoch's mean, so no step reads the device. With ``parts.parallel`` every rank
-    runs this with the same arguments; only rank 0 draws the bar."""
+        epochs_done: Optional[dict[str, int]] = None,
+        on_epoch: Optional[EpochCallback] = None) -> History:
+    """Train ``parts.model`` for ``epochs`` epochs: the one epoch loop, of one process or of
+    several (``parts.parallel``: every rank runs this with the same arguments; only rank 0
+    draws the progress bar).
+
+    Args:
+        train: feature tensors of the training split, on the model's device.
+        plan: the batch order; epoch e (0-based, absolute) is ``epoch_order(plan, ..., e)``.
+        epochs_done: epochs already run per stage (the batch order resumes there); advanced
+            by one after each epoch, before ``on_epoch`` (as tfrs_impl.train's HistoryCallback).
+        on_epoch: called as ``on_epoch(stage, epoch, history)`` (1-based within this call)
+            after each epoch and its validation (``twostage.schedule.should_validate``).
+    Returns:
+        The fit's History (module docstring).
+    Raises:
+        FloatingPointError: a non-finite step loss (naming the epoch and step).
+
+    One progress bar for the whole stage (``config.output.quiet`` hides it); its loss is the
+    finished epoch's mean, so no step reads the device."""
     history = History()
+    epochs_done = {} if epochs_done is None else epochs_done
     if epochs == 0:
         return history
     device = next(parts.model.parameters()).device
-    stage, group = parts.stage, parts.group
+    stage = parts.stage
     parts.model.train()
     # Threads sized per epoch to what other processes leave free (CPU only; see ThreadGovernor).
     governor = ThreadGovernor(torch.get_num_threads() if device.type == "cpu" else 1)
-    step_fn = (make_step(parts, train, config, plan.batch_size) if parts.parallel is None
-               else None)
+    step_fn = make_step(parts, train, config, plan.batch_size)
     with tqdm(total=epochs * plan.steps_per_epoch, desc=f"torch {stage}", unit="step",
-              leave=False, disable=config.output.quiet or group.rank != 0) as bar, \
+              leave=False, disable=config.output.quiet or parts.group.rank != 0) as bar, \
             _threads_restored():
         for epoch in range(1, epochs + 1):
             torch.set_num_threads(governor.threads())
             bar.set_postfix_str(f"epoch {epoch}/{epochs}" + (
                 f", loss {history.loss[-1]:.4f}" if history.loss else ""), refresh=False)
             start = time.perf_counter()
-            batches = epoch_order(plan, config, epoch_offset + epoch - 1, device)
-            extras = (None if parts.extras is None
-                      else parts.extras(epoch_offset + epoch - 1, len(batches)))
+            absolute = epochs_done.get(stage, 0)
+            batches = epoch_order(plan, config, absolute, device)
+            extras = None if parts.extras is None else parts.extras(absolute, len(batches))
             # the epoch's one read of the device (after one all_reduce with several processes)
-            losses, loss_per_example = _epoch_losses(parts, train, batches,
-                                                     on_step=lambda: bar.update(1),
-                                                     step_fn=step_fn, extras=extras)
-            _raise_non_finite(stage, losses, epoch)  # the same losses on every rank
+            totals = run_epoch(parts, train, batches, on_step=lambda: bar.update(1),
+                               step_fn=step_fn, extras=extras).cpu().numpy()
             history.epoch_seconds.append(time.perf_counter() - start)
-            history.loss.append(float(losses.astype(np.float64).mean()))
-            history.loss_per_example.append(loss_per_example)
-            for metric in parts.metrics:
-                history.metrics.setdefault(metric.name, []).append(metric.result(group))
+            _record_epoch(history, parts, epoch, totals, [len(b) for b in batches])
             if parts.validate is not None and should_validate(
                     epoch, epochs, config.train.validation_freq):
                 with autocast_context(config, device):
                     _record_val(history, epoch, parts.validate())
             bar.set_postfix_str(f"epoch {epoch}/{epochs}, loss {history.loss[-1]:.4f}")
+            epochs_done[stage] = absolute + 1
             if on_epoch is not None:
                 on_epoch(stage, epoch, history)
     return history
+
+
+def _record_epoch(history: History, parts: StageParts, epoch: int, totals: np.ndarray,
+                  sizes: list[int]) -> None:
+    """The epoch's loss, loss per example and training metrics from :func:`run_epoch`'s
+    ``totals`` [2, S] (read once); FloatingPointError on a non-finite step loss."""
+    losses = totals[0].astype(np.float32)  # float32 step losses, exact in float64
+    _raise_non_finite(parts.stage, losses, epoch)  # the same losses on every rank
+    history.loss.append(float(losses.astype(np.float64).mean()))
+    history.loss_per_example.append(float(totals[1].sum() / max(sum(sizes), 1)))
+    for metric in parts.metrics:
+        history.metrics.setdefault(metric.name, []).append(metric.result(parts.group))
 
 
 # --- validation -----------------------------------------------------------------------------------
@@ -541,11 +560,11 @@ def _parallel(group: Optional[TorchGroup], stage: str, loss, config: Config
 def retrieval_parts(model: RetrievalModel, dataset: Dataset, config: Config, *,
                     task: Optional[Retrieval] = None,
                     optimizer: Optional[torch.optim.Optimizer] = None, validate: bool = True,
-                    group: Optional[TorchGroup] = None,
+                    parallel: Optional[TorchGroup] = None,
                     recipe: Optional[RecipeData] = None) -> tuple[StageParts, Batch]:
     """What :func:`fit` needs to train the towers -> (parts, the training split's tensors on
     the model's device, with the logQ column when ``config.task.use_sampling_probability`` and
-    the histories when ``config.model.history``). ``group``: train over its processes
+    the histories when ``config.model.history``). ``parallel``: train over its processes
     (``config.distributed.negatives``). ``recipe``: the genre / history lookups (default:
     ``RecipeData.from_dataset(dataset, config)``), attached to the model."""
     _check_train_size(dataset, "retrieval")
@@ -560,21 +579,21 @@ def retrieval_parts(model: RetrievalModel, dataset: Dataset, config: Config, *,
     attach_recipe_data(model, recipe)
     history = history_column(recipe, dataset, config)
     train = split_tensors(dataset, dataset.split.train, device, sampling, history)
-    parallel = _parallel(group, "retrieval", with_precision(lambda b, shard: (
-        sharded_retrieval_loss(model, task, b, shard, use_sampling_probability=logq,
-                               negatives=config.distributed.negatives), None), config, device),
-        config)
+    group = _parallel(parallel, "retrieval", with_precision(functools.partial(
+        sharded_retrieval_loss, model, task, use_sampling_probability=logq,
+        negatives=config.distributed.negatives), config, device), config)
     check = None
     if validate and len(dataset.split.test):
         test = split_tensors(dataset, validation_rows(dataset.split.test, config), device,
                              sampling, history)
         corpus = to_tensors(dataset.corpus_features, device, keys=("title_index", "title_tokens"))
-        where = SingleProcess() if parallel is None else parallel.group
-        check = lambda: validate_retrieval(model, task, test, corpus, config, where)  # noqa: E731
+        where = SingleProcess() if group is None else group.group
+        check = functools.partial(validate_retrieval, model, task, test, corpus, config, where)
     parts = StageParts("retrieval", model, optimizer or make_optimizer(model, config),
-                       loss=with_precision(lambda b: (retrieval_loss(model, task, b, logq), None),
+                       loss=with_precision(functools.partial(retrieval_loss, model, task,
+                                                             use_sampling_probability=logq),
                                            config, device),
-                       validate=check, parallel=parallel,
+                       validate=check, parallel=group,
                        extras=negative_sampler(dataset, config, device))
     return parts, train
 
@@ -606,57 +625,74 @@ def negative_sampler(dataset: Dataset, config: Config, device: torch.device
 def ranking_parts(model: RankingModel, dataset: Dataset, config: Config, *,
                   task: Optional[Ranking] = None,
                   optimizer: Optional[torch.optim.Optimizer] = None, validate: bool = True,
-                  group: Optional[TorchGroup] = None) -> tuple[StageParts, Batch]:
+                  parallel: Optional[TorchGroup] = None) -> tuple[StageParts, Batch]:
     """What :func:`fit` needs to train the ranking model (see :func:`retrieval_parts`)."""
     _check_train_size(dataset, "ranking")
     task = task or make_ranking_task(config)
     device = _model_device(model)
     train = split_tensors(dataset, dataset.split.train, device)
-    parallel = _parallel(group, "ranking", with_precision(lambda b, shard: sharded_ranking_loss(
-        model, task, b, shard, negatives=config.distributed.negatives), config, device), config)
+    group = _parallel(parallel, "ranking", with_precision(functools.partial(
+        sharded_ranking_loss, model, task, negatives=config.distributed.negatives),
+        config, device), config)
     check = None
     if validate and len(dataset.split.test):
         test = split_tensors(dataset, validation_rows(dataset.split.test, config), device)
-        where = SingleProcess() if parallel is None else parallel.group
-        check = lambda: validate_ranking(model, task, test, config, where)  # noqa: E731
+        where = SingleProcess() if group is None else group.group
+        check = functools.partial(validate_ranking, model, task, test, config, where)
     parts = StageParts("ranking", model, optimizer or make_optimizer(model, config),
-                       loss=with_precision(lambda b: ranking_loss(model, task, b), config, device),
-                       validate=check,
-                       metrics=[BinaryAccuracy()], parallel=parallel)
+                       loss=with_precision(functools.partial(ranking_loss, model, task), config,
+                                           device),
+                       validate=check, metrics=[BinaryAccuracy()], parallel=group)
     return parts, train
 
 
-def fit_retrieval(model: RetrievalModel, dataset: Dataset, config: Config, *,
-                  task: Optional[Retrieval] = None,
-                  optimizer: Optional[torch.optim.Optimizer] = None,
-                  epochs: Optional[int] = None, epoch_offset: int = 0,
-                  validate: bool = True, on_epoch: Optional[EpochCallback] = None,
-                  group: Optional[TorchGroup] = None,
-                  recipe: Optional[RecipeData] = None) -> History:
+def fit_retrieval(model: RetrievalModel, dataset: Dataset, config: Config,
+                  epochs: Optional[int] = None, *,
+                  epochs_done: Optional[dict[str, int]] = None,
+                  on_epoch: Optional[EpochCallback] = None,
+                  parallel: Optional[TorchGroup] = None,
+                  recipe: Optional[RecipeData] = None,
+                  optimizer: Optional[torch.optim.Optimizer] = None, validate: bool = True,
+                  task: Optional[Retrieval] = None) -> History:
     """Train the towers on ``dataset.split.train`` (the model's device); validate on the test
     split (FactorizedTopK + loss) every ``config.train.validation_freq`` epochs and after the
-    last. ``epoch_offset``: epochs already run (batch orders continue from there). ``group``:
-    train over its processes (every rank calls this with the same arguments). ``recipe``: see
-    :func:`retrieval_parts`."""
+    last (the twin of ``tfrs_impl.train.fit_retrieval``, same arguments but ``task``).
+
+    Args:
+        epochs: default ``config.train.retrieval_epochs``.
+        epochs_done: epochs run so far per stage; the batch order resumes there, and it is
+            advanced after each epoch (:func:`fit`).
+        on_epoch: ``on_epoch(stage, epoch, history)`` after each epoch.
+        parallel: the TorchGroup to train over (every rank calls this with the same
+            arguments), or None for one process.
+        recipe: the genre / history lookups (default ``RecipeData.from_dataset``).
+        optimizer: default ``make_optimizer(model, config)``; validate: False skips it.
+        task: the Retrieval task (torch only: TFRS's model holds its task); default
+            ``make_retrieval_task(config)``.
+    Returns:
+        The History of the fit.
+    """
     parts, train = retrieval_parts(model, dataset, config, task=task, optimizer=optimizer,
-                                   validate=validate, group=group, recipe=recipe)
+                                   validate=validate, parallel=parallel, recipe=recipe)
     epochs = config.train.retrieval_epochs if epochs is None else epochs
     return fit(parts, train, _plan(dataset, config), config, epochs=epochs,
-               epoch_offset=epoch_offset, on_epoch=on_epoch)
+               epochs_done=epochs_done, on_epoch=on_epoch)
 
 
-def fit_ranking(model: RankingModel, dataset: Dataset, config: Config, *,
-                task: Optional[Ranking] = None,
-                optimizer: Optional[torch.optim.Optimizer] = None,
-                epochs: Optional[int] = None, epoch_offset: int = 0,
-                validate: bool = True, on_epoch: Optional[EpochCallback] = None,
-                group: Optional[TorchGroup] = None) -> History:
-    """Train the ranking model on the training labels; ``metrics["binary_accuracy"][e]`` is
+def fit_ranking(model: RankingModel, dataset: Dataset, config: Config,
+                epochs: Optional[int] = None, *,
+                epochs_done: Optional[dict[str, int]] = None,
+                on_epoch: Optional[EpochCallback] = None,
+                parallel: Optional[TorchGroup] = None,
+                optimizer: Optional[torch.optim.Optimizer] = None, validate: bool = True,
+                task: Optional[Ranking] = None) -> History:
+    """Train the ranking model on the training labels (arguments as :func:`fit_retrieval`;
+    ``epochs`` default ``config.train.ranking_epochs``). ``metrics["binary_accuracy"][e]`` is
     the epoch's running training accuracy (Keras resets metrics at each epoch start and the
-    seed's Ranking task updates BinaryAccuracy in every train step); validation as
-    :func:`fit_retrieval` with loss and binary accuracy. ``group`` as :func:`fit_retrieval`."""
+    seed's Ranking task updates BinaryAccuracy in every train step); validation: loss and
+    binary accuracy."""
     parts, train = ranking_parts(model, dataset, config, task=task, optimizer=optimizer,
-                                 validate=validate, group=group)
+                                 validate=validate, parallel=parallel)
     epochs = config.train.ranking_epochs if epochs is None else epochs
     return fit(parts, train, _plan(dataset, config), config, epochs=epochs,
-               epoch_offset=epoch_offset, on_epoch=on_epoch)
+               epochs_done=epochs_done, on_epoch=on_epoch)

@@ -15,19 +15,18 @@ from typing import Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
+from . import evaluation
 from .config import Config
 from .data.features import FeatureSpec
-from .dataset import Dataset
+from .dataset import Dataset, check_same_spec
+from .errors import UnsupportedOptionError
 from .group import Group
+from .recipes import RecipeData, attach_recipe_data
 
 STAGES: tuple[str, ...] = ("retrieval", "ranking")
 RawBatch = Mapping[str, np.ndarray]
 # Called after every training epoch: (stage, 1-based epoch within the fit, the History so far).
 EpochCallback = Callable[[str, int, "History"], None]
-
-
-class UnsupportedOptionError(ValueError):
-    """A backend was given a configuration value it cannot honour (never silently ignored)."""
 
 
 def check_supported(backend: str, config: Config,
@@ -147,6 +146,12 @@ class Backend(Protocol):
                        ) -> np.ndarray:
         """[N] inputs -> [N] float32 sigmoid probabilities of the ranking model."""
 
+    def scoring_higher(self, queries: np.ndarray, truths: np.ndarray, corpus: np.ndarray,
+                       budget_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray]:
+        """``twostage.evaluation.num_scoring_higher`` where this backend computes fastest (its
+        accelerator, or numpy): [N, D], [N, D], [M, D] float32 -> (greater [N] int64, finite
+        [N] bool), the same tie rules; at most ``budget_bytes`` of scores alive at a time."""
+
     # --- weights and losses (export, parity) ---------------------------------------------
     def get_weights(self, stage: str) -> dict[str, np.ndarray]:
         """All weights of a stage by Keras name (Dense kernels [in, out]), numpy copies."""
@@ -165,3 +170,94 @@ class Backend(Protocol):
     def save(self, directory: Path) -> None:
         """Write weights, Adagrad accumulators, epochs done, spec and config atomically
         (``twostage.checkpoint`` format, the same for both backends)."""
+
+
+def scoring_higher_on_host(queries: np.ndarray, truths: np.ndarray, corpus: np.ndarray,
+                           budget_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`Backend.scoring_higher` in numpy (``evaluation.num_scoring_higher``), for
+    backends that count nowhere faster."""
+    return evaluation.num_scoring_higher(queries, truths, corpus, budget_bytes=budget_bytes)
+
+
+class BackendBase:
+    """What both backends share behind :class:`Backend`: ``config``, ``spec``,
+    ``epochs_done``, the attached recipe lookups (``recipe``), the built index (``_index``,
+    dropped whenever the towers or their lookups change), the ``fit_*`` wrappers and the
+    ``*_loss`` shortcuts. A twin supplies ``retrieval_model``, ``ranking_model`` and
+    :meth:`_fit`, and the rest of the protocol.
+
+    ``epochs_done[stage]`` advances by one after every epoch (before ``on_epoch`` sees it),
+    on both backends, by their ``train.fit_*``; a checkpoint written from ``on_epoch`` thus
+    resumes the batch order after that epoch.
+    """
+
+    name = ""
+    retrieval_model: object
+    ranking_model: object
+
+    def __init__(self, config: Config, spec: FeatureSpec) -> None:
+        self.config, self.spec = config, spec
+        self.epochs_done: dict[str, int] = {stage: 0 for stage in STAGES}
+        self.recipe: RecipeData | None = None  # genre / history lookups (twostage.recipes)
+        self._index = None
+
+    @property
+    def models(self) -> dict:
+        """The two models, by stage."""
+        return {"retrieval": self.retrieval_model, "ranking": self.ranking_model}
+
+    def _model(self, stage: str):
+        return self.models[check_stage(stage)]
+
+    def attach_recipe_data(self, recipe: RecipeData | None) -> None:
+        """The towers' genre table and user histories (``twostage.recipes``): ``fit_retrieval``
+        attaches its dataset's, ``load`` the checkpoint's. Drops a built index."""
+        if recipe is not None:
+            attach_recipe_data(self.retrieval_model, recipe)
+        self.recipe, self._index = recipe, None
+
+    def _towers_changed(self, stage: str) -> None:
+        """A built index is stale once the retrieval towers train or get new weights."""
+        if stage == "retrieval":
+            self._index = None
+
+    # --- training ------------------------------------------------------------------------------
+    def fit_retrieval(self, dataset: Dataset, epochs: int | None = None,
+                      on_epoch: EpochCallback | None = None) -> History:
+        """:meth:`Backend.fit_retrieval`: attaches ``dataset``'s recipe lookups, drops a built
+        index, then the twin's ``train.fit_retrieval`` (``epochs`` default:
+        ``config.train.retrieval_epochs``)."""
+        check_same_spec(dataset, self.spec)
+        self.attach_recipe_data(RecipeData.from_dataset(dataset, self.config))
+        epochs = self.config.train.retrieval_epochs if epochs is None else epochs
+        return self._fit("retrieval", dataset, epochs, on_epoch)
+
+    def fit_ranking(self, dataset: Dataset, epochs: int | None = None,
+                    on_epoch: EpochCallback | None = None) -> History:
+        """:meth:`Backend.fit_ranking` (``epochs`` default: ``config.train.ranking_epochs``)."""
+        check_same_spec(dataset, self.spec)
+        epochs = self.config.train.ranking_epochs if epochs is None else epochs
+        return self._fit("ranking", dataset, epochs, on_epoch)
+
+    def _fit(self, stage: str, dataset: Dataset, epochs: int,
+             on_epoch: EpochCallback | None) -> History:
+        """The twin's ``train.fit_<stage>`` of ``epochs`` epochs from ``epochs_done``."""
+        raise NotImplementedError(f"{type(self).__name__} must define _fit")
+
+    # --- losses (parity) -----------------------------------------------------------------------
+    def batch_loss(self, stage: str, batch: RawBatch, training: bool = True) -> float:
+        raise NotImplementedError(f"{type(self).__name__} must define batch_loss")
+
+    def retrieval_loss(self, batch: RawBatch, training: bool = True) -> float:
+        """``batch_loss("retrieval", ...)``."""
+        return self.batch_loss("retrieval", batch, training)
+
+    def ranking_loss(self, batch: RawBatch, training: bool = True) -> float:
+        """``batch_loss("ranking", ...)``."""
+        return self.batch_loss("ranking", batch, training)
+
+    # --- evaluation ----------------------------------------------------------------------------
+    def scoring_higher(self, queries: np.ndarray, truths: np.ndarray, corpus: np.ndarray,
+                       budget_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`Backend.scoring_higher`; here in numpy (:func:`scoring_higher_on_host`)."""
+        return scoring_higher_on_host(queries, truths, corpus, budget_bytes)

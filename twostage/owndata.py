@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import io
-from .backend import UnsupportedOptionError
+from .backend import UnsupportedOptionError, scoring_higher_on_host
 from . import pipeline
 from .baselines import evaluate_baselines
 from .index import make_index
@@ -71,7 +71,10 @@ class TrainerBase:
     """What both backends' SchemaTrainers share: the refused options, the stages' epoch
     counters, inference through the twin models' ``query`` / ``candidate`` towers and the
     ranking model, and saving the canonical weights. A twin supplies ``models`` (by stage),
-    ``_run(model, arrays) -> [N, ...]``, ``get_weights`` and ``set_weights``."""
+    ``_run(model, arrays) -> [N, ...]``, ``get_weights`` and ``set_weights``.
+
+    ``epochs_done[stage]`` advances after every epoch, on both twins, as
+    ``twostage.backend.BackendBase``'s (their ``train.fit`` / ``HistoryCallback`` count it)."""
 
     name = ""
 
@@ -428,6 +431,11 @@ class ProtocolBackend:
         inputs = {**self._queries(user_ids, timestamps),
                   **self.view.data.candidate_inputs(self._rows(titles))}
         return self.trainer.ranking_scores(inputs)
+
+    def scoring_higher(self, queries: np.ndarray, truths: np.ndarray, corpus: np.ndarray,
+                       budget_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray]:
+        """``twostage.backend.Backend.scoring_higher``, counted in numpy."""
+        return scoring_higher_on_host(queries, truths, corpus, budget_bytes)
 
 
 def evaluate(trainer, data: SchemaDataset, config: Config, ranked: bool) -> dict:

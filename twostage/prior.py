@@ -78,3 +78,8 @@ class PriorBackend:
     def ranking_scores(self, user_ids: np.ndarray, timestamps: np.ndarray, titles: np.ndarray
                        ) -> np.ndarray:
         return self.backend.ranking_scores(user_ids, timestamps, titles)
+
+    def scoring_higher(self, queries: np.ndarray, truths: np.ndarray, corpus: np.ndarray,
+                       budget_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray]:
+        """The backend's count (``Backend.scoring_higher``) of the augmented embeddings."""
+        return self.backend.scoring_higher(queries, truths, corpus, budget_bytes)

@@ -43,7 +43,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .backend import UnsupportedOptionError
+from .errors import UnsupportedOptionError
 from .config import Config
 from .data.features import FeatureSpec
 from .data.registry import TFDS_GENRES

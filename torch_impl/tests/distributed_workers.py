@@ -158,19 +158,14 @@ def first_epoch(backend, stage: str, dataset, config, group=None
                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One epoch (absolute epoch 0) of ``stage`` through the fit path, no validation ->
     (the per-step losses [S], summed over the ranks with a group; the state after step 1)."""
-    from torch_impl.train import (epoch_order, ranking_parts, retrieval_parts, run_epoch,
-                                  run_sharded_epoch, _plan)
+    from torch_impl.train import epoch_order, ranking_parts, retrieval_parts, run_epoch, _plan
     make = retrieval_parts if stage == "retrieval" else ranking_parts
-    task = backend.retrieval_task if stage == "retrieval" else backend.ranking_task
-    parts, train = make(backend.models[stage], dataset, config, task=task,
-                        optimizer=backend.optimizers[stage], validate=False, group=group)
+    parts, train = make(backend.models[stage], dataset, config, task=backend.tasks[stage],
+                        optimizer=backend.optimizers[stage], validate=False, parallel=group)
     batches = epoch_order(_plan(dataset, config), config, 0, backend.device)
     losses, after_first = [], {}
-    for piece in (batches[:1], batches[1:]):
-        if parts.parallel is None:
-            losses.append(run_epoch(parts, train, piece).cpu().numpy())
-        else:
-            losses.append(run_sharded_epoch(parts, train, piece).cpu().numpy()[0])
+    for piece in (batches[:1], batches[1:]):  # the one epoch loop, of one process or several
+        losses.append(run_epoch(parts, train, piece).cpu().numpy()[0].astype(np.float32))
         after_first = after_first or state_arrays(backend, stage)
     return np.concatenate(losses), after_first
 

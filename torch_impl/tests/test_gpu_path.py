@@ -15,8 +15,8 @@ from torch_impl.backend import TorchBackend
 from torch_impl.models import build_ranking_model, build_retrieval_model
 from torch_impl.optim import ACCUMULATOR
 from torch_impl.tasks import scoring_higher
-from torch_impl.train import (eager_step, fit_ranking, fit_retrieval, make_step,
-                              ranking_parts, retrieval_parts)
+from torch_impl.train import (eager_step, fit_ranking, fit_retrieval, loss_and_outputs,
+                              make_step, ranking_parts, retrieval_parts)
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA device (none visible to torch here); "
@@ -120,7 +120,7 @@ def test_fp32_default_is_bitwise_the_plain_loss(synthetic_dataset, small_config)
     parts, train = retrieval_parts(model, synthetic_dataset, small_config, validate=False)
     batch = {k: v[:256] for k, v in train.items()}
     with torch.no_grad():
-        assert torch.equal(parts.loss(batch)[0], retrieval_loss(
+        assert torch.equal(loss_and_outputs(parts.loss, batch)[0], retrieval_loss(
             model, make_retrieval_task(small_config), batch))
 
 

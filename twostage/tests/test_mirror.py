@@ -86,3 +86,109 @@ def test_backend_implements_the_protocol_with_the_same_signatures(module, cls):
     assert list(inspect.signature(backend.__init__).parameters) == ["self", "config", "spec"]
     for attribute in ("name", "check_config"):
         assert hasattr(backend, attribute), f"{cls} lacks {attribute}"
+
+
+# --- the twins' signatures below the protocol -------------------------------------------------
+
+# Public functions and methods both twins of a file define under the same name share one
+# signature (parameter names, order, positional / keyword-only), except where the roles differ;
+# each exception says why. Parameters only one twin has for a role the other lacks:
+ONE_TWIN_ONLY: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
+    # a TFRS model holds its task (tfrs.models.Model.task); torch passes it beside the model
+    ("train.py", "fit_retrieval"): {"torch_impl": ("task",)},
+    ("train.py", "fit_ranking"): {"torch_impl": ("task",)},
+}
+# Same name, different roles or framework-native inputs (a torch module takes sizes and a
+# device, a Keras layer the spec and builds its lookups in the graph):
+DIFFERENT_ROLES: dict[tuple[str, str], str] = {
+    ("features.py", "query_arrays"): "torch encodes ids with the spec; TFRS looks them up in "
+                                     "the graph",
+    ("features.py", "select_rows"): "torch gathers tensors, TFRS tf.data columns",
+    ("features.py", "to_tensors"): "torch needs a device and a key filter; TF neither",
+    ("index.py", "build_index"): "torch indexes embeddings (twostage.index); TFRS builds a "
+                                 "BruteForce layer from the towers",
+    ("models.py", "MovieModel.__init__"): "torch layers take sizes, Keras layers the spec",
+    ("models.py", "RankingModel.__init__"): "torch shares the towers' embeddings; Keras "
+                                            "builds its own from the spec",
+    ("models.py", "UserModel.__init__"): "torch layers take sizes, Keras layers the spec",
+    ("models.py", "build_ranking_model"): "torch places the model on a device",
+    ("models.py", "build_retrieval_model"): "torch places the model on a device; TFRS "
+                                            "attaches the corpus metrics",
+    ("optim.py", "get_accumulators"): "torch names weights with a Keras prefix",
+    ("optim.py", "set_accumulators"): "torch names weights with a Keras prefix",
+    ("optim.py", "make_optimizer"): "a torch optimizer is built over the model's parameters",
+    ("tasks.py", "mixed_negatives"): "torch gathers the sampled titles' inputs on the device; "
+                                     "TFRS embeds them in the graph",
+    ("tasks.py", "retrieval_loss"): "torch's is compute_loss of a batch; TFRS's the task call "
+                                    "inside MovielensRetrievalModel.compute_loss",
+}
+
+
+def _signatures(path: Path) -> dict[str, list[tuple[str, str]]]:
+    """{public function or Class.method: [(parameter, kind)]} of a module, from its source."""
+    out = {}
+
+    def params(node: ast.FunctionDef) -> list[tuple[str, str]]:
+        a = node.args
+        return ([(x.arg, "positional") for x in a.posonlyargs + a.args]
+                + [(x.arg, "keyword") for x in a.kwonlyargs])
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+            out[node.name] = params(node)
+        elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+            for sub in node.body:
+                if isinstance(sub, ast.FunctionDef) and (
+                        sub.name == "__init__" or not sub.name.startswith("_")):
+                    out[f"{node.name}.{sub.name}"] = params(sub)
+    return out
+
+
+def signature_drift() -> dict[tuple[str, str], tuple[list, list]]:
+    """{(file, name): (torch_impl's parameters, tfrs_impl's)} of the shared names whose
+    signatures differ once ONE_TWIN_ONLY's parameters are left out."""
+    drift = {}
+    for file in sorted(mirror_table()):
+        twins = [_signatures(ROOT / package / file) for package in BACKEND_DIRS]
+        for name in sorted(set(twins[0]) & set(twins[1])):
+            extra = ONE_TWIN_ONLY.get((file, name), {})
+            sides = [[p for p in sig[name] if p[0] not in extra.get(package, ())]
+                     for package, sig in zip(BACKEND_DIRS, twins)]
+            if sides[0] != sides[1]:
+                drift[(file, name)] = (sides[0], sides[1])
+    return drift
+
+
+def test_the_twins_share_their_signatures_below_the_protocol():
+    """Every function or method both twins define has one signature (the training entry points
+    ``train.fit_retrieval`` / ``fit_ranking`` included), but the named exceptions.
+    Broken on purpose, it fails: torch's ``fit_retrieval`` back to ``epoch_offset`` (or any
+    parameter renamed in one twin only), or an exception left listed once the twins agree."""
+    drift = signature_drift()
+    unexplained = {k: v for k, v in drift.items() if k not in DIFFERENT_ROLES}
+    assert not unexplained, "the twins' signatures drifted (make them one, or say why in " \
+        "DIFFERENT_ROLES): " + "; ".join(f"{f}:{n} torch {t} vs tfrs {r}"
+                                         for (f, n), (t, r) in unexplained.items())
+    stale = sorted(set(DIFFERENT_ROLES) - set(drift))
+    assert not stale, f"these twins now agree: drop them from DIFFERENT_ROLES: {stale}"
+    for (file, name), extra in ONE_TWIN_ONLY.items():
+        for package, names in extra.items():
+            got = [p for p, _ in _signatures(ROOT / package / file)[name]]
+            assert set(names) <= set(got), f"{package}/{file}:{name} lacks {names}"
+
+
+@pytest.mark.parametrize("module", ["torch_impl.backend", "tfrs_impl.backend"])
+def test_both_backends_share_the_backend_base(module):
+    """config, spec, epochs_done, recipe data, index invalidation, the fit wrappers and the
+    loss shortcuts live once, in twostage.backend.BackendBase.
+    Broken on purpose, it fails: a backend that defines its own fit_retrieval or
+    attach_recipe_data again."""
+    import importlib
+
+    from twostage.backend import BackendBase
+    backend = next(c for c in vars(importlib.import_module(module)).values()
+                   if isinstance(c, type) and c.__module__ == module and
+                   issubclass(c, BackendBase))
+    shared = ("models", "attach_recipe_data", "fit_retrieval", "fit_ranking", "retrieval_loss",
+              "ranking_loss", "_towers_changed")
+    redefined = [name for name in shared if name in vars(backend)]
+    assert not redefined, f"{backend.__name__} redefines BackendBase's {redefined}"
