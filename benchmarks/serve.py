@@ -21,6 +21,8 @@ PATH: anything ``twostage serve`` accepts (a run folder or either export).
    request than the server itself at 64 connections (measured on a busy 2-core machine: 130
    requests/s against the server that answered 1,684 to this client). The client runs on the
    same cores as the server: state that beside any figure.
+   ``--ceiling`` also drives ``GET /healthz`` at each concurrency (no model, no JSON body): the
+   requests/s the HTTP stack and the client sustain on these cores, which bounds the service.
 3. ``--soak-seconds S``: the same at ``--soak-concurrency`` for S seconds, the server's resident
    memory (/proc/PID/status VmRSS) after the warm-up and at the end.
 
@@ -125,11 +127,11 @@ def server(path: str, flags: list[str]):
 
 
 async def drive(url: str, users: list[str], concurrency: int, seconds: float, k: int,
-                max_requests: int, seed: int) -> dict:
+                max_requests: int, seed: int, healthz: bool = False) -> dict:
     """``concurrency`` clients, one kept-alive connection each, sending one-user requests back
-    to back for ``seconds`` (at most ``max_requests`` in all)."""
-    rng = np.random.default_rng(seed)
-    picks = iter(rng.choice(users, size=max_requests).tolist())
+    to back for ``seconds`` (at most ``max_requests`` in all); ``healthz``: ``GET /healthz``
+    instead (no model work: what the HTTP stack and this client alone sustain)."""
+    picks = _picks(users, max_requests, seed)
     latencies: list[float] = []
     errors: dict[str, int] = {}
     deadline = time.monotonic() + seconds
@@ -143,7 +145,8 @@ async def drive(url: str, users: list[str], concurrency: int, seconds: float, k:
             start = time.perf_counter()
             try:
                 connection = connection or await asyncio.open_connection(host, int(port))
-                status, keep = await exchange(*connection, {"user_id": user, "k": k})
+                status, keep = await exchange(*connection, None if healthz else
+                                              {"user_id": user, "k": k})
             except (OSError, asyncio.IncompleteReadError, ValueError) as e:
                 status, keep = type(e).__name__, False
             if status == 200:
@@ -164,12 +167,25 @@ async def drive(url: str, users: list[str], concurrency: int, seconds: float, k:
             "error_kinds": errors, **percentiles(latencies)}
 
 
-async def exchange(reader, writer, body: dict) -> tuple[int, bool]:
-    """One HTTP/1.1 POST /recommend on a kept-alive connection -> (status, connection kept).
-    The server always answers with Content-Length (twostage.service)."""
-    payload = json.dumps(body).encode()
-    writer.write(b"POST /recommend HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json"
-                 b"\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload))
+def _picks(users: list[str], limit: int, seed: int, chunk: int = 4096):
+    """``limit`` seeded uniform draws of ``users``, drawn ``chunk`` at a time (a soak's limit
+    of 10**9 drawn at once took 23 GB)."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, limit, chunk):
+        yield from rng.choice(users, size=min(chunk, limit - start)).tolist()
+
+
+async def exchange(reader, writer, body: dict | None) -> tuple[int, bool]:
+    """One HTTP/1.1 POST /recommend (``body`` None: GET /healthz) on a kept-alive connection
+    -> (status, connection kept). The server always answers with Content-Length
+    (twostage.service)."""
+    if body is None:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n")
+    else:
+        payload = json.dumps(body).encode()
+        writer.write(b"POST /recommend HTTP/1.1\r\nHost: bench\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(payload), payload))
     head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
     headers = dict(line.lower().split(": ", 1) for line in head[1:] if ": " in line)
     await reader.readexactly(int(headers["content-length"]))
@@ -194,6 +210,9 @@ def load_test(args, users: list[str]) -> tuple[list[dict], dict | None]:
             row = asyncio.run(drive(url, users, c, args.seconds, args.k, args.max_requests, c))
             with urllib.request.urlopen(url + "/metadata", timeout=30) as answer:
                 row["batches"] = json.load(answer)["batching"]
+            if args.ceiling:
+                row["healthz"] = asyncio.run(drive(url, users, c, args.seconds, args.k,
+                                                   args.max_requests, c, healthz=True))
             rows.append(row)
             print(f"c={c}: {row['requests_per_s']:.0f} req/s, p99 {row['p99_ms']} ms, "
                   f"{row['errors']} errors", file=sys.stderr)
@@ -234,9 +253,12 @@ def targets(report: dict) -> dict:
 
 def table(report: dict) -> str:
     floor_at = {(r["policy"], r["users"]): r for r in report["floor"]}
+    ceiling = any("healthz" in r for r in report["load"])
     lines = ["| concurrency | requests/s | p50 ms | p95 ms | p99 ms | errors | floor users/s "
-             "(owned threads) | floor p50 ms | floor p50 ms (process default) |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "(owned threads) | floor p50 ms | floor p50 ms (process default) |"
+             + (" GET /healthz requests/s |" if ceiling else ""),
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+             + (" ---: |" if ceiling else "")]
     fmt = lambda v, d=2: "-" if v is None else f"{v:,.{d}f}"  # noqa: E731
     sizes = sorted({r["users"] for r in report["floor"]})
     load = {r["concurrency"]: r for r in report["load"]}
@@ -246,7 +268,9 @@ def table(report: dict) -> str:
         lines.append(f"| {c} | {fmt(row.get('requests_per_s'), 0)} | {fmt(row.get('p50_ms'))} "
                      f"| {fmt(row.get('p95_ms'))} | {fmt(row.get('p99_ms'))} | "
                      f"{row.get('errors', '-')} | {fmt(own.get('users_per_s'), 0)} | "
-                     f"{fmt(own.get('p50_ms'))} | {fmt(dflt.get('p50_ms'))} |")
+                     f"{fmt(own.get('p50_ms'))} | {fmt(dflt.get('p50_ms'))} |"
+                     + (f" {fmt(row.get('healthz', {}).get('requests_per_s'), 0)} |"
+                        if ceiling else ""))
     return "\n".join(lines)
 
 
@@ -292,6 +316,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--floor-calls", type=int, default=50)
     p.add_argument("--floor-warmup", type=int, default=30)
     p.add_argument("--floor-only", action="store_true", help="no server")
+    p.add_argument("--ceiling", action="store_true", help="also drive GET /healthz at each "
+                   "concurrency: the requests/s of the HTTP stack and client without the model")
     p.add_argument("--soak-seconds", type=float, default=0.0)
     p.add_argument("--soak-concurrency", type=int, default=8)
     p.add_argument("--out", default="runs/serve",
