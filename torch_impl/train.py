@@ -139,7 +139,8 @@ def train_step(optimizer: torch.optim.Optimizer, loss: BatchLoss, batch: Batch,
     outputs). ``sync()`` runs between the backward pass and the update (the gradient
     all_reduce of several processes). Queues device work only."""
     optimizer.zero_grad(set_to_none=True)
-    value, outputs = loss_and_outputs(loss, batch)
+    value = loss(batch)  # loss_and_outputs inlined: one frame less between fit and the loss
+    value, outputs = value if isinstance(value, tuple) else (value, None)
     if value.requires_grad:  # a rank whose slice is empty has no graph (its gradient: zeros)
         value.backward()
     if sync is not None:

@@ -166,9 +166,11 @@ def test_train_steps_and_epochs_done(synthetic_dataset, small_config):
     backend.train_steps("retrieval", batches[:1])
     with pytest.raises(RuntimeError, match="build_index"):  # the towers changed
         backend.retrieve(ds.user_id[:2], ds.timestamp[:2], 3)
-    backend.fit_ranking(ds, epochs=2)
+    seen = []  # advanced after every epoch, before on_epoch (as torch's); a per-fit count fails
+    backend.fit_ranking(ds, epochs=2,
+                        on_epoch=lambda stage, epoch, h: seen.append(backend.epochs_done[stage]))
     backend.fit_retrieval(ds, epochs=1)
-    assert backend.epochs_done == {"retrieval": 1, "ranking": 2}
+    assert backend.epochs_done == {"retrieval": 1, "ranking": 2} and seen == [1, 2]
     with pytest.raises(ValueError, match="stage"):
         backend.train_steps("both", batches)
 

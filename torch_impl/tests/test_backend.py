@@ -157,10 +157,15 @@ def test_spec_config_and_dataset_consistency(synthetic_dataset, small_config):
 
 
 def test_repeated_fits_continue_the_schedule(synthetic_dataset, small_config):
+    """epochs_done advances after every epoch, before on_epoch sees it (as the TFRS backend's:
+    a checkpoint written from on_epoch resumes after that epoch).
+    Broken on purpose, it fails: epochs_done advanced once per fit (the old torch rule)."""
     backend = TorchBackend(small_config, synthetic_dataset.spec)
+    seen = []
     backend.fit_ranking(synthetic_dataset, epochs=1)
-    backend.fit_ranking(synthetic_dataset, epochs=2)
-    assert backend.epochs_done["ranking"] == 3
+    backend.fit_ranking(synthetic_dataset, epochs=2,
+                        on_epoch=lambda stage, epoch, h: seen.append(backend.epochs_done[stage]))
+    assert backend.epochs_done["ranking"] == 3 and seen == [2, 3]
 
 
 def test_parity_helpers(trained, synthetic_dataset):

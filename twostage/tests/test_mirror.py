@@ -99,29 +99,26 @@ ONE_TWIN_ONLY: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
     ("train.py", "fit_ranking"): {"torch_impl": ("task",)},
 }
 # Same name, different roles or framework-native inputs (a torch module takes sizes and a
-# device, a Keras layer the spec and builds its lookups in the graph):
-DIFFERENT_ROLES: dict[tuple[str, str], str] = {
-    ("features.py", "query_arrays"): "torch encodes ids with the spec; TFRS looks them up in "
-                                     "the graph",
-    ("features.py", "select_rows"): "torch gathers tensors, TFRS tf.data columns",
-    ("features.py", "to_tensors"): "torch needs a device and a key filter; TF neither",
-    ("index.py", "build_index"): "torch indexes embeddings (twostage.index); TFRS builds a "
-                                 "BruteForce layer from the towers",
-    ("models.py", "MovieModel.__init__"): "torch layers take sizes, Keras layers the spec",
-    ("models.py", "RankingModel.__init__"): "torch shares the towers' embeddings; Keras "
-                                            "builds its own from the spec",
-    ("models.py", "UserModel.__init__"): "torch layers take sizes, Keras layers the spec",
-    ("models.py", "build_ranking_model"): "torch places the model on a device",
-    ("models.py", "build_retrieval_model"): "torch places the model on a device; TFRS "
-                                            "attaches the corpus metrics",
-    ("optim.py", "get_accumulators"): "torch names weights with a Keras prefix",
-    ("optim.py", "set_accumulators"): "torch names weights with a Keras prefix",
-    ("optim.py", "make_optimizer"): "a torch optimizer is built over the model's parameters",
-    ("tasks.py", "mixed_negatives"): "torch gathers the sampled titles' inputs on the device; "
-                                     "TFRS embeds them in the graph",
-    ("tasks.py", "retrieval_loss"): "torch's is compute_loss of a batch; TFRS's the task call "
-                                    "inside MovielensRetrievalModel.compute_loss",
+# device, a Keras layer the spec and builds its lookups in the graph): why -> "file:name"s.
+DIFFERENT_ROLES_BY_REASON: dict[str, tuple[str, ...]] = {
+    "torch encodes ids with the spec, TFRS looks them up in the graph; torch gathers tensors "
+    "on a device, TFRS tf.data columns": ("features.py:query_arrays", "features.py:select_rows",
+                                          "features.py:to_tensors"),
+    "torch indexes embeddings (twostage.index); TFRS builds BruteForce from the towers":
+        ("index.py:build_index",),
+    "torch layers take sizes (and share the towers' embeddings), Keras layers the spec":
+        ("models.py:MovieModel.__init__", "models.py:RankingModel.__init__",
+         "models.py:UserModel.__init__"),
+    "torch places a model on a device; TFRS attaches the corpus metrics":
+        ("models.py:build_ranking_model", "models.py:build_retrieval_model"),
+    "torch names weights with a Keras prefix and builds an optimizer over the parameters":
+        ("optim.py:get_accumulators", "optim.py:set_accumulators", "optim.py:make_optimizer"),
+    "torch gathers sampled titles' inputs on the device, TFRS embeds them in the graph; "
+    "torch's retrieval_loss is compute_loss of a batch, TFRS's the task call inside it":
+        ("tasks.py:mixed_negatives", "tasks.py:retrieval_loss"),
 }
+DIFFERENT_ROLES = {tuple(name.split(":")): why
+                   for why, names in DIFFERENT_ROLES_BY_REASON.items() for name in names}
 
 
 def _signatures(path: Path) -> dict[str, list[tuple[str, str]]]:
