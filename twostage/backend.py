@@ -5,7 +5,9 @@ treat them alike.
 modules behind them mirror each other file for file (docs/CONTRIBUTING.md has the table, and
 ``twostage/tests/test_mirror.py`` checks it). Everything crossing this interface is numpy, so
 evaluation stays framework-agnostic. Weights are named by the Keras attribute path of the seed's
-models, Dense kernels [in, out], in both backends.
+models, Dense kernels [in, out], in both backends. :class:`BackendBase` holds what the two
+implementations share (config, spec, ``epochs_done``, recipe data, index invalidation, the
+``fit_*`` wrappers), so each twin keeps only its framework's part.
 """
 from __future__ import annotations
 
