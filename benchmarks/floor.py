@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import timeit
 from typing import Callable
 
 import torch
@@ -121,14 +122,12 @@ class StepClock:
         return int(statistics.median_low(self.thread_counts))
 
 
-def _median_seconds(fn: Callable[[], None], repeats: int) -> float:
-    fn()  # warm-up: allocator, first-touch of pages, BLAS buffers
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def median_seconds(fn: Callable[[], None], repeats: int, warmup: bool = False) -> float:
+    """Median wall seconds of ``repeats`` calls of ``fn``, after one untimed call if
+    ``warmup`` (allocator, first touch of pages, BLAS buffers)."""
+    if warmup:
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timeit.repeat(fn, number=1, repeat=repeats))
 
 
 def softmax_floor_s(shape: tuple[int, ...], repeats: int) -> float:
@@ -141,7 +140,7 @@ def softmax_floor_s(shape: tuple[int, ...], repeats: int) -> float:
         p = torch.softmax(scores, dim=1)
         p.diagonal().sub_(1.0)
         p.mul_(upstream)
-    return _median_seconds(run, repeats)
+    return median_seconds(run, repeats, warmup=True)
 
 
 def replay_s(ops: list[tuple[str, Callable, tuple, dict]], repeats: int) -> float:
@@ -149,7 +148,7 @@ def replay_s(ops: list[tuple[str, Callable, tuple, dict]], repeats: int) -> floa
     def run() -> None:
         for _, func, args, kwargs in ops:
             func(*args, **kwargs)
-    return _median_seconds(run, repeats) if ops else 0.0
+    return median_seconds(run, repeats, warmup=True) if ops else 0.0
 
 
 def floor_of(recorder: StepRecorder, stage: str, threads: int, repeats: int = 7) -> dict:

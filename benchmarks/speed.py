@@ -32,17 +32,9 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.floor import median_seconds
 from twostage import env, io
 from twostage.config import BACKENDS, Config
-
-
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def epoch_times(name: str, dataset, config: Config):
@@ -69,13 +61,13 @@ def measure(name: str, dataset, config: Config, repeats: int) -> tuple[dict, obj
     out = {
         "retrieval_epoch_s": retrieval_s,
         "ranking_epoch_s": ranking_s,
-        "evaluation_s": _median_time(lambda: evaluate_retrieval(backend, dataset, config),
+        "evaluation_s": median_seconds(lambda: evaluate_retrieval(backend, dataset, config),
                                      repeats),
-        "index_build_s": _median_time(lambda: backend.build_index(dataset.corpus_titles),
+        "index_build_s": median_seconds(lambda: backend.build_index(dataset.corpus_titles),
                                       repeats),
     }
     for k in (10, 100):
-        secs = _median_time(lambda: backend.retrieve(users, stamps, k), repeats)
+        secs = median_seconds(lambda: backend.retrieve(users, stamps, k), repeats)
         out[f"queries_per_s_k{k}"] = len(test) / secs
     return out, backend
 
