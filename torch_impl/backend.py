@@ -38,8 +38,8 @@ from . import checkpoint as ckpt
 from . import distributed
 from .distributed import (DataParallel, TorchGroup, check_world, current_group,
                           sharded_ranking_loss, sharded_retrieval_loss)
-from .features import (Batch, batch_iter, encode_raw_batch, query_arrays, resolve_device,
-                       to_tensors)
+from .features import (NEGATIVE_PREFIX, Batch, batch_iter, encode_raw_batch, query_arrays,
+                       resolve_device, to_tensors)
 from .index import build_index
 from .models import (KERAS_PREFIX, build_ranking_model,
                      build_retrieval_model, get_keras_weights, keras_weight_names,
@@ -169,11 +169,17 @@ class TorchBackend(BackendBase):
                            loss=with_precision(functools.partial(self._batch_loss, stage),
                                                self.config, self.device), parallel=parallel)
         parts.model.train()
-        losses = [eager_step(parts, self.encode_batch(batch))(
-                      torch.arange(len(batch["user_id"]), device=self.device))[0]
-                  for batch in batches]
+        losses = [self._step(parts, batch) for batch in batches]
         self._towers_changed(stage)
         return parts.reduce(torch.stack(losses)).tolist() if losses else []
+
+    def _step(self, parts: StageParts, batch: RawBatch) -> torch.Tensor:
+        """The fit's step (``train.eager_step``) on one raw global batch: its rows, and the
+        sampled negatives' columns (``negative_``-prefixed, not rows) as the step's extras."""
+        tensors = self.encode_batch(batch)
+        extra = {k: tensors.pop(k) for k in list(tensors) if k.startswith(NEGATIVE_PREFIX)}
+        rows = torch.arange(len(batch["user_id"]), device=self.device)
+        return eager_step(parts, tensors)(rows, extra or None)[0]
 
     # --- inference ------------------------------------------------------------------------------
     @torch.no_grad()
