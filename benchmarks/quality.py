@@ -51,9 +51,11 @@ RECIPES: dict[str, tuple[dict, str]] = {
                    "(score + beta log q, beta chosen on the training split's validation slice)"),
     "logq-prior": ({**_20, "use_sampling_probability": True},
                    "logQ + the popularity prior at inference (beta on validation)"),
+    "best-prior-dropout": ({**PRESETS["best"], "user_dropout": 0.2},
+                           "best-prior + user-id dropout 0.2 (the OOV user row trained)"),
 }
 # recipes whose prior_beta is chosen by twostage.pipeline.select_prior_beta before training
-PRIOR_RECIPES = frozenset({"best-prior", "logq-prior"})
+PRIOR_RECIPES = frozenset({"best-prior", "logq-prior", "best-prior-dropout"})
 # (column, model figure in flatten(evaluate(...)), baseline figure in evaluate_baselines)
 FIGURES: tuple[tuple[str, str, str], ...] = (
     *((f"top-{k}", f"retrieval.top_k_accuracy.{k}", f"top_k_accuracy.{k}") for k in (1, 10, 100)),
@@ -89,13 +91,14 @@ def run_once(backend_name: str, dataset, config: Config, prior: bool = False) ->
     seconds; ``prior``: first choose ``prior_beta`` on the training split's validation slice
     (one more retrieval training, counted in train_s), recorded as ``prior_beta`` and
     ``prior_validation``."""
-    from twostage.pipeline import evaluate, flatten, make_backend, select_prior_beta
+    from twostage.pipeline import (evaluate, fit_retrieval, flatten, make_backend,
+                                   select_prior_beta)
     start = time.perf_counter()
     chosen = select_prior_beta(backend_name, dataset, config) if prior else None
     if chosen:
         config = config.replace(prior_beta=chosen["beta"])
     backend = make_backend(backend_name, config, dataset)
-    backend.fit_retrieval(dataset)
+    fit_retrieval(backend, dataset, config)
     backend.fit_ranking(dataset)
     fit_s = time.perf_counter() - start
     flat = flatten(evaluate(backend, dataset, config))
@@ -254,7 +257,7 @@ def time_targets(summary: dict, baselines: dict, seeds: int) -> list[tuple[str, 
     test set and on warm users; on cold users above most-popular, and at least
     recent-popular's (minus 2 standard errors)."""
     out = []
-    for name in (n for n in ("best", "best-prior", "logq-prior") if n in summary):
+    for name in (n for n in ("best", *sorted(PRIOR_RECIPES)) if n in summary):
         cells = summary[name]
         for base in ("popular", "recent", "ease"):
             theirs = baselines.get(base, {})

@@ -164,6 +164,10 @@ class TrainConfig:
                                       "static (torch); default: on for a one-process CUDA run "
                                       "without mixed negatives (measured 3x faster, same "
                                       "figures), off elsewhere")
+    user_dropout: float = option(0.0, "retrieval training: this seeded share of the training "
+                                 "ratings gets the OOV user id (the same rows on both "
+                                 "backends; twostage.recipes.user_dropout_view), so the row "
+                                 "cold users are served from is trained; 0: off")
 
 
     def __post_init__(self) -> None:

@@ -28,6 +28,7 @@ from .dataset import Dataset
 from .data.split import Split
 from .group import Group, SingleProcess, shard
 from .prior import PRIOR_BETAS, PriorBackend, log_prior
+from .recipes import RecipeData, user_dropout_view
 from .schedule import validation_rows
 
 BACKEND_CLASSES = {"torch": ("torch_impl.backend", "TorchBackend"),
@@ -358,7 +359,7 @@ def select_prior_beta(name: str, dataset: Dataset, config: Config,
     fit_rows, val_rows = validation_queries(dataset, config)
     held_out = dataclasses.replace(dataset, split=Split(train=fit_rows, test=val_rows))
     backend = make_backend(name, config, held_out)
-    backend.fit_retrieval(held_out)
+    fit_retrieval(backend, held_out, config)
     k, scores = int(config.eval.ndcg_k), {}
     for beta in sorted(float(b) for b in betas):
         prior = PriorBackend(backend, held_out.corpus_titles,
@@ -401,6 +402,19 @@ def sample_facts(dataset: Dataset, config: Config, rows: np.ndarray) -> dict:
                             "except the query's own title"}
 
 
+def fit_retrieval(backend: Backend, dataset: Dataset, config: Config,
+                  on_epoch: EpochCallback | None = None) -> History:
+    """``backend.fit_retrieval`` on ``dataset``, or with ``config.train.user_dropout`` on its
+    ``recipes.user_dropout_view`` (the same anonymous rows on both backends), the recipe tables
+    (histories) of ``dataset`` itself attached afterwards for inference."""
+    rate = config.train.user_dropout
+    history = backend.fit_retrieval(user_dropout_view(dataset, rate, config.seed),
+                                    on_epoch=on_epoch)
+    if rate:
+        backend.attach_recipe_data(RecipeData.from_dataset(dataset, config))
+    return history
+
+
 def run_backend(name: str, dataset: Dataset, config: Config,
                 on_epoch: EpochCallback | None = None, baselines: dict | None = None
                 ) -> tuple[Backend, dict, dict[str, History]]:
@@ -412,7 +426,7 @@ def run_backend(name: str, dataset: Dataset, config: Config,
     start = time.perf_counter()
     backend = make_backend(name, config, dataset)
     t0 = time.perf_counter()
-    retrieval_history = backend.fit_retrieval(dataset, on_epoch=on_epoch)
+    retrieval_history = fit_retrieval(backend, dataset, config, on_epoch)
     t1 = time.perf_counter()
     ranking_history = backend.fit_ranking(dataset, on_epoch=on_epoch)
     t2 = time.perf_counter()

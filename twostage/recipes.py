@@ -38,6 +38,7 @@ Raw batch keys (what the parity suite and ``train_steps`` pass; the torch backen
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -199,6 +200,35 @@ class HistoryIndex:
 def _timestamps(values: Iterable) -> np.ndarray:
     return np.asarray(list(values) if not isinstance(values, np.ndarray) else values,
                       dtype=np.int64)
+
+
+DROPPED_USER = "\x00dropped-user-"   # + the rating row: no vocabulary holds it
+_USER_DROPOUT_STREAM = 0x0D50
+
+
+def user_dropout_view(dataset, rate: float, seed: int):
+    """``dataset`` with ``round(rate * len(train))`` training ratings, drawn by (seed,
+    ``_USER_DROPOUT_STREAM``), made anonymous: ``user_index`` 0 (the OOV row, what the torch
+    towers read) and ``user_id`` ``DROPPED_USER + row`` (no vocabulary holds it: the OOV row of
+    TFRS's StringLookup; one id per row, so such a row has no history, like a cold user's, and
+    leaves the histories of its user's other ratings). The same rows for both backends, every
+    epoch; only the training split changes. ``rate`` 0: ``dataset`` itself. Why: cold users are
+    served from the OOV row, which no training rating reaches otherwise."""
+    if not rate:
+        return dataset
+    if not 0.0 < rate < 1.0:
+        raise ValueError(f"user_dropout={rate} must be in [0, 1) (--user-dropout)")
+    train = np.asarray(dataset.split.train)
+    count = int(round(rate * train.size))
+    picked = np.random.default_rng([seed, _USER_DROPOUT_STREAM]).choice(
+        train.size, size=count, replace=False)
+    rows = np.sort(train[picked])
+    user_id = dataset.user_id.copy()
+    user_id[rows] = [f"{DROPPED_USER}{r}" for r in rows.tolist()]
+    user_index = dataset.features["user_index"].copy()
+    user_index[rows] = 0
+    return dataclasses.replace(dataset, user_id=user_id,
+                               features={**dataset.features, "user_index": user_index})
 
 
 @dataclass(frozen=True)
