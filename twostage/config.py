@@ -92,9 +92,9 @@ class DataConfig:
     max_tokens: int = option(10_000, "title vocabulary size incl. padding and OOV "
                              "(Keras TextVectorization max_tokens)")
 
-
     def __post_init__(self) -> None:
         _validate(self, _data_problems)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -111,9 +111,9 @@ class ModelConfig:
     history: bool = option(False, "query tower: add the masked mean of the embeddings of the "
                            "titles the user rated in training before the query's timestamp")
 
-
     def __post_init__(self) -> None:
         _validate(self, _model_problems)
+
 
 @dataclass(frozen=True)
 class TaskConfig:
@@ -136,9 +136,9 @@ class TaskConfig:
                                "the TFRS backend supports keras_graph only",
                                choices=RANKING_LOSSES)
 
-
     def __post_init__(self) -> None:
         _validate(self, _task_problems)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -169,9 +169,9 @@ class TrainConfig:
                                  "backends; twostage.recipes.user_dropout_view), so the row "
                                  "cold users are served from is trained; 0: off")
 
-
     def __post_init__(self) -> None:
         _validate(self, _train_problems)
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -191,9 +191,9 @@ class EvalConfig:
                                "twostage.prior), the popularity that logQ training removes; "
                                "0: off")
 
-
     def __post_init__(self) -> None:
         _validate(self, _eval_problems)
+
 
 @dataclass(frozen=True)
 class IndexConfig:
@@ -213,9 +213,9 @@ class IndexConfig:
                         flag="--hnsw-raw-ip", invert=True)
     pq_bytes: int = option(8, "ivfpq: bytes per vector (one code per D / pq_bytes dims)")
 
-
     def __post_init__(self) -> None:
         _validate(self, _index_problems)
+
 
 @dataclass(frozen=True)
 class DistributedConfig:
@@ -230,9 +230,9 @@ class DistributedConfig:
                             flag="--cross-process-negatives", old_flags=("--negatives",))
     timeout_s: int = option(300, "seconds a process waits for the others before the run fails")
 
-
     def __post_init__(self) -> None:
         _validate(self, _distributed_problems)
+
 
 @dataclass(frozen=True)
 class OutputConfig:
@@ -444,6 +444,8 @@ def _train_problems(t: TrainConfig) -> list[str]:
                  if v < 0]
     if t.learning_rate <= 0:
         problems.append(f"learning_rate={t.learning_rate} must be > 0")
+    if not 0.0 <= t.user_dropout < 1.0:
+        problems.append(f"user_dropout={t.user_dropout} must be in [0, 1) (0: off)")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", t.device):
         problems.append(f"device={t.device!r} must be cpu, cuda or cuda:N")
     return problems + _choice(precision=(t.precision, PRECISIONS))

@@ -49,6 +49,7 @@ def test_bad_values_name_the_field(changes, message):
     ("TaskConfig", {"mixed_negatives": -1}, "mixed_negatives=-1 must be >= 0"),
     ("TrainConfig", {"learning_rate": float("inf")}, "learning_rate=inf is not a finite number"),
     ("TrainConfig", {"device": "tpu"}, "device='tpu' must be cpu, cuda or cuda:N"),
+    ("TrainConfig", {"user_dropout": 1.0}, r"user_dropout=1.0 must be in \[0, 1\)"),
     ("EvalConfig", {"ndcg_k": 11}, "ndcg_k=11 exceeds num_candidates=10"),
     ("IndexConfig", {"kind": "annoy"}, "index='annoy' must be one of"),
     ("DistributedConfig", {"negatives": "all"}, "negatives='all' must be one of"),
