@@ -462,9 +462,12 @@ def _eval_problems(e: EvalConfig) -> list[str]:
 
 
 def _index_problems(i: IndexConfig) -> list[str]:
-    return _positive(nprobe=i.nprobe, hnsw_m=i.hnsw_m, ef_search=i.ef_search,
-                     ef_construction=i.ef_construction, pq_bytes=i.pq_bytes,
-                     nlist=i.nlist) + _choice(index=(i.kind, INDEX_KINDS))
+    problems = _positive(nprobe=i.nprobe, hnsw_m=i.hnsw_m, ef_search=i.ef_search,
+                         ef_construction=i.ef_construction, pq_bytes=i.pq_bytes, nlist=i.nlist)
+    if i.kind not in INDEX_KINDS:   # worded as twostage.index.base.index_class words it
+        problems.append(f"unknown index kind {i.kind!r} (config index.kind, --index); valid "
+                        f"kinds: {', '.join(INDEX_KINDS)}")
+    return problems
 
 
 def _distributed_problems(d: DistributedConfig) -> list[str]:

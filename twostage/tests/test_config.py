@@ -51,7 +51,7 @@ def test_bad_values_name_the_field(changes, message):
     ("TrainConfig", {"device": "tpu"}, "device='tpu' must be cpu, cuda or cuda:N"),
     ("TrainConfig", {"user_dropout": 1.0}, r"user_dropout=1.0 must be in \[0, 1\)"),
     ("EvalConfig", {"ndcg_k": 11}, "ndcg_k=11 exceeds num_candidates=10"),
-    ("IndexConfig", {"kind": "annoy"}, "index='annoy' must be one of"),
+    ("IndexConfig", {"kind": "annoy"}, r"unknown index kind 'annoy' \(config index.kind"),
     ("DistributedConfig", {"negatives": "all"}, "negatives='all' must be one of"),
 ])
 def test_each_section_validates_itself(section, changes, message):

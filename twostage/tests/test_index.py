@@ -245,7 +245,7 @@ def test_unknown_kind_names_the_setting_and_the_kinds():
     with pytest.raises(ValueError, match=message):
         create_index("annoy")
     with pytest.raises(ValueError, match=message):
-        make_index(IndexConfig(kind="annoy"))      # a section built without Config's checks
+        make_index(IndexConfig(kind="annoy"))      # the section's own check, worded alike
 
 
 def test_k_above_the_catalog_clips_or_is_an_error_naming_the_limit():
