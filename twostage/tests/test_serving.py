@@ -52,7 +52,14 @@ def export_dir(run_dir, tmp_path_factory):
 def reference(run_dir: Path, users: np.ndarray, stamps: np.ndarray, k: int,
               num_candidates: int | None = None) -> dict:
     """What `twostage recommend` computes for these queries (its loading, index, C and
-    re-ranking), as arrays [N, k]; ``num_candidates`` replaces the run's."""
+    re-ranking), as arrays [N, k]; ``num_candidates`` replaces the run's.
+
+    All N queries are searched in one call, as the export searches them, and under the
+    serving path's thread policy (``serving.owned_threads``: FAISS on one thread), so both
+    sides run the same computation on the same shapes. Under the process's default FAISS
+    threads the batched search is partitioned otherwise, and OpenBLAS' Haswell kernel then
+    rounds two identical catalogue rows (a duplicated title) differently by their place in the
+    partition: a tie the export keeps (ascending row) came out broken the other way."""
     from twostage.export import load_run_backend
     from twostage.pipeline import recommend
 
@@ -61,7 +68,8 @@ def reference(run_dir: Path, users: np.ndarray, stamps: np.ndarray, k: int,
     backend.build_index(run.corpus_titles)
     n = backend.config.eval.num_candidates if num_candidates is None else num_candidates
     c = min(max(k, n), len(run.corpus_titles))
-    recs = recommend(backend, users, stamps, c, run.corpus_titles)
+    with serving.owned_threads(serving.PROGRAM_THREADS):
+        recs = recommend(backend, users, stamps, c, run.corpus_titles)
     order = recs.reranked()[:, :k]
     rows = np.take_along_axis(recs.rows, order, axis=1)
     return {"titles": run.corpus_titles[rows], "rows": rows,
