@@ -36,7 +36,7 @@ def worker(args) -> dict:
 
     config = Config.of(data_dir=args.data_dir, retrieval_epochs=args.epochs,
                        ranking_epochs=args.epochs, validation_freq=10 ** 6, quiet=True,
-                       nproc=args.nproc[0], negatives=args.negatives,
+                       nproc=args.nproc[0], cross_process_negatives=args.negatives,
                        batch_size=args.batch_size)
     group = None
     if args.worker == "torch" and int(os.environ.get("WORLD_SIZE", "1")) > 1:

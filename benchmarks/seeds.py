@@ -229,7 +229,7 @@ def run(dataset, base: Config, seeds: int, mode: str, names: list[str], out: Pat
     from twostage import io
     if mode == "paired" and not base.train.shared_batches:
         raise ValueError("paired mode feeds both backends the same batches: keep "
-                         "config.train.shared_batches=True (no --framework-shuffle)")
+                         "config.train.shared_batches=True (no --no-shared-batches)")
     metrics = metric_names(base)
     settings = settings_of(base, mode, names)
     path = out / "seeds.json"

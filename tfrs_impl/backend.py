@@ -10,9 +10,9 @@ The twin of torch_impl/backend.py. What this backend cannot honour is refused at
 states the semantics with their TFRS/Keras source lines) and trained by Keras fit on a
 distributed dataset: the global batch ``config.train.batch_size`` is split into nproc
 ``np.array_split`` slices, one per replica, each scored against its own candidates only
-(``distributed.negatives="replica"``; "global" is refused, :data:`DISTRIBUTED_SUPPORTED`). The
-backend stays one process (``group`` is ``SingleProcess``); inference and evaluation run outside
-the strategy.
+(``distributed.cross_process_negatives="replica"``; "global" is refused,
+:data:`DISTRIBUTED_SUPPORTED`). The backend stays one process (``group`` is
+``SingleProcess``); inference and evaluation run outside the strategy.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ SUPPORTED: dict[str, tuple] = {"index.kind": ("flat",), "train.device": ("cpu",)
                                "train.cuda_graphs": (False, None)}
 # Further limits with nproc > 1 (MirroredStrategy): TFRS's Retrieval never gathers candidates
 # across replicas (tfrs_impl/distributed.py).
-DISTRIBUTED_SUPPORTED: dict[str, tuple] = {"distributed.negatives": ("replica",)}
+DISTRIBUTED_SUPPORTED: dict[str, tuple] = {"distributed.cross_process_negatives": ("replica",)}
 
 
 class TfrsBackend(BackendBase):

@@ -25,7 +25,7 @@ What one optimizer step computes (tensorflow_recommenders 0.7.7, tf_keras 2.21 s
   queries against the replica's candidates only (``q @ c.T`` of the local [B/N, D] tensors;
   ``labels = tf.eye`` of the local shape) and reduces with SUM (line 86-87). The file still
   defines ``_cross_replica_concat`` (lines 238-321), but nothing in TFRS 0.7.7 calls it: TFRS
-  0.7 cannot express ``negatives="global"``.
+  0.7 cannot express ``cross_process_negatives="global"``.
 - Ranking: ``tfrs.tasks.Ranking`` (tasks/ranking.py line 89) calls the seed's
   ``BinaryCrossentropy()``, reduction AUTO. Under a strategy tf_keras REFUSES that loss
   (tf_keras/src/losses.py ``Loss._get_reduction``, lines 197-216: "Please use
@@ -73,7 +73,7 @@ import tensorflow as tf
 
 from twostage.config import Config
 
-# Why ``negatives="global"`` is refused with nproc > 1 (TfrsBackend.check_config).
+# Why ``cross_process_negatives="global"`` is refused with nproc > 1 (TfrsBackend.check_config).
 GLOBAL_NEGATIVES_REASON = (
     "under MirroredStrategy tfrs.tasks.Retrieval scores each replica's queries against that "
     "replica's candidates only: TFRS 0.7 has no cross-replica negatives")

@@ -223,7 +223,7 @@ class NegativeColumns:
                 NEGATIVE_PROBABILITY: self.probability}
 
     def sampled_in_graph(self) -> Batch:
-        """Unshared (``--framework-shuffle``) batches: N ids drawn by tf.random, not the shared
+        """Unshared (``--no-shared-batches``) batches: N ids drawn by tf.random, not the shared
         ``twostage.recipes.sample_negatives`` stream."""
         return self(tf.random.uniform([self.n], 1, self.num_titles + 1, dtype=tf.int64))
 

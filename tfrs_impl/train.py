@@ -23,7 +23,7 @@ History semantics (``twostage.backend.History``):
 
 Under a MirroredStrategy (``strategy``, ``config.distributed.nproc > 1``; tfrs_impl/distributed.py
 states the semantics): the training stream is distributed so that replica r trains on the r-th
-``np.array_split`` slice of every global batch of the shared order (with ``--framework-shuffle``
+``np.array_split`` slice of every global batch of the shared order (with ``--no-shared-batches``
 Keras splits the seed's shuffled batches itself); a step's loss is what Keras reports, the SUM
 of the replicas' losses (retrieval: the replicas' in-batch SUM losses; ranking: the replicas'
 mean BCEs, so N replicas report about N times the single-process mean; the per-example losses

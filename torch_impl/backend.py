@@ -146,7 +146,7 @@ class TorchBackend(BackendBase):
     def _shard_loss(self, stage: str, tensors: Batch, shard
                     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(loss, outputs) of this rank's slice (``torch_impl.distributed``)."""
-        negatives = self.config.distributed.negatives
+        negatives = self.config.distributed.cross_process_negatives
         if stage == "retrieval":
             return sharded_retrieval_loss(
                 self.retrieval_model, self.retrieval_task, tensors, shard,
@@ -164,7 +164,7 @@ class TorchBackend(BackendBase):
         stage = check_stage(stage)
         parallel = None if self._torch_group is None else DataParallel(
             self._torch_group, stage, functools.partial(self._shard_loss, stage),
-            self.config.distributed.negatives)
+            self.config.distributed.cross_process_negatives)
         parts = StageParts(stage, self._model(stage), self.optimizers[stage],
                            loss=with_precision(functools.partial(self._batch_loss, stage),
                                                self.config, self.device), parallel=parallel)

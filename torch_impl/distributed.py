@@ -16,7 +16,7 @@ tf_keras 2.21), plus one option that TFRS lacks (global in-batch negatives):
   ``get_replica_context().all_reduce(ReduceOp.SUM, grads)``), and the TFRS ``train_step``
   (tensorflow_recommenders/models/base.py lines 64-78) differentiates the replica's own loss
   without dividing by the number of replicas.
-- **Retrieval negatives** (``config.distributed.negatives``):
+- **Retrieval negatives** (``config.distributed.cross_process_negatives``):
   ``"replica"``: each rank's ``Retrieval`` loss over its local queries x local candidates (TFRS
   per replica: tasks/retrieval.py never gathers), a SUM over its rows; gradients summed.
   ``"global"``: each rank scores its queries against the candidates of every rank, gathered

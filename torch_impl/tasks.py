@@ -26,11 +26,12 @@ Sources followed (TFRS 0.7.7, tf_keras 2.21, under site-packages):
 The loss of one batch of a model (:func:`retrieval_loss`, :func:`ranking_loss`) is the seed's
 ``compute_loss``; ``torch_impl.train`` trains on it, ``torch_impl.backend`` evaluates it.
 
-Global in-batch negatives (``torch_impl.distributed``, ``config.distributed.negatives="global"``):
-a process holds rows ``offset .. offset + Q - 1`` of the global batch and scores them against the
-candidates of every process, so row i's positive is column ``offset + i``: "labels None" stands
-for ``eye(Q, C)`` shifted right by ``positive_offset`` (``RetrievalInputs.positive_offset``),
-which every correction and the fused cross-entropy honour. With offset 0 it is TFRS's eye.
+Global in-batch negatives (``torch_impl.distributed``,
+``config.distributed.cross_process_negatives="global"``): a process holds rows
+``offset .. offset + Q - 1`` of the global batch and scores them against the candidates of every
+process, so row i's positive is column ``offset + i``: "labels None" stands for ``eye(Q, C)``
+shifted right by ``positive_offset`` (``RetrievalInputs.positive_offset``), which every
+correction and the fused cross-entropy honour. With offset 0 it is TFRS's eye.
 """
 from __future__ import annotations
 

@@ -555,7 +555,7 @@ def _parallel(group: Optional[TorchGroup], stage: str, loss, config: Config
               ) -> Optional[DataParallel]:
     if group is None or group.size == 1:
         return None
-    return DataParallel(group, stage, loss, config.distributed.negatives)
+    return DataParallel(group, stage, loss, config.distributed.cross_process_negatives)
 
 
 def retrieval_parts(model: RetrievalModel, dataset: Dataset, config: Config, *,
@@ -566,8 +566,8 @@ def retrieval_parts(model: RetrievalModel, dataset: Dataset, config: Config, *,
     """What :func:`fit` needs to train the towers -> (parts, the training split's tensors on
     the model's device, with the logQ column when ``config.task.use_sampling_probability`` and
     the histories when ``config.model.history``). ``parallel``: train over its processes
-    (``config.distributed.negatives``). ``recipe``: the genre / history lookups (default:
-    ``RecipeData.from_dataset(dataset, config)``), attached to the model."""
+    (``config.distributed.cross_process_negatives``). ``recipe``: the genre / history lookups
+    (default: ``RecipeData.from_dataset(dataset, config)``), attached to the model."""
     _check_train_size(dataset, "retrieval")
     task = task or make_retrieval_task(config)
     device = _model_device(model)
@@ -582,7 +582,7 @@ def retrieval_parts(model: RetrievalModel, dataset: Dataset, config: Config, *,
     train = split_tensors(dataset, dataset.split.train, device, sampling, history)
     group = _parallel(parallel, "retrieval", with_precision(functools.partial(
         sharded_retrieval_loss, model, task, use_sampling_probability=logq,
-        negatives=config.distributed.negatives), config, device), config)
+        negatives=config.distributed.cross_process_negatives), config, device), config)
     check = None
     if validate and len(dataset.split.test):
         test = split_tensors(dataset, validation_rows(dataset.split.test, config), device,
@@ -633,7 +633,7 @@ def ranking_parts(model: RankingModel, dataset: Dataset, config: Config, *,
     device = _model_device(model)
     train = split_tensors(dataset, dataset.split.train, device)
     group = _parallel(parallel, "ranking", with_precision(functools.partial(
-        sharded_ranking_loss, model, task, negatives=config.distributed.negatives),
+        sharded_ranking_loss, model, task, negatives=config.distributed.cross_process_negatives),
         config, device), config)
     check = None
     if validate and len(dataset.split.test):

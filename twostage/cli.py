@@ -27,7 +27,7 @@ from pathlib import Path
 from . import env, io
 from .io import printable
 from .config import (BACKENDS, FIELD_SECTION, MAX_SEED, PRESETS, RENAMED_PRESETS, SECTIONS,
-                     Config, field_types, preset)
+                     Config, field_types, flag_of, preset)
 
 # Only the standard library, config, io and env are imported at start-up: `twostage --help`
 # stays fast and the commands import numpy, the data layer and a backend when they run (no
@@ -91,7 +91,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             md = f.metadata
             if not md.get("cli", False):
                 continue
-            flag = md["flag"] or "--" + f.name.replace("_", "-")
+            flag = flag_of(cls, f)
             default = getattr(getattr(defaults, section), f.name)
             kind = types[f.name]
             args = typing.get_args(kind)
@@ -104,6 +104,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                           "store_false" if md["invert"] else "store_true")
                 group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS,
                                    action=action, help=md["help"])
+                for old in md.get("old_flags", ()):
+                    group.add_argument(old, dest=f.name, default=argparse.SUPPRESS, nargs=0,
+                                       const=not md["invert"], action=_deprecated(flag),
+                                       help=argparse.SUPPRESS)
                 continue
             group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS,
                                choices=md["choices"], metavar=md["metavar"],
@@ -122,7 +126,7 @@ def _deprecated(new_flag: str) -> type[argparse.Action]:
     class Deprecated(argparse.Action):
         def __call__(self, parser, namespace, values, option_string=None):
             print(f"twostage: {option_string} is deprecated; use {new_flag}", file=sys.stderr)
-            setattr(namespace, self.dest, values)
+            setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
     return Deprecated
 
 
@@ -142,8 +146,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def _describe(changes: dict) -> str:
     """``{"retrieval_epochs": 20}`` -> ``--retrieval-epochs 20`` (flags as the CLI names them)."""
-    flags = {f.name: (f.metadata["flag"] or "--" + f.name.replace("_", "-"))
-             for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+    flags = {f.name: flag_of(cls, f) for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
     return " ".join(flags[k] if v is True else f"{flags[k]} {v}" for k, v in changes.items())
 
 
@@ -207,8 +210,8 @@ def _parser() -> argparse.ArgumentParser:
                      "run's eval.num_candidates, as `twostage recommend`)")
     exp.add_argument("-k", type=int, default=None,
                      help="tfrs only: top-k of the SavedModel's retrieval-only call (10 <= k <= "
-                     "corpus size; default 100, or the corpus size if smaller); `recommend` takes k per "
-                     "call")
+                     "corpus size; default 100, or the corpus size if smaller); `recommend` "
+                     "takes k per call")
     _add_serve_parser(sub)
     return p
 
@@ -505,8 +508,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     print(f"{'#':>3}  {'retrieval':>9}  {'ranking':>7}  title")
     for i, j in enumerate(recs.reranked()[0, : args.k], start=1):
         if recs.rows[0, j] < 0:     # an approximate index found fewer than c candidates
-            print(f"{i:>3}  (no more candidates: the index returned fewer; raise --ivf-nprobe "
-                  "or --hnsw-ef-search when training)")
+            print(f"{i:>3}  (no more candidates: the index returned fewer; raise --index-nprobe "
+                  "or --index-ef-search when training)")
             break
         print(f"{i:>3}  {recs.retrieval_scores[0, j]:9.4f}  {recs.ranking_scores[0, j]:7.4f}  "
               f"{printable(titles[recs.rows[0, j]])}")

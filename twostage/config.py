@@ -2,10 +2,12 @@
 
 Defaults are the article's protocol (``docs/seed.md``) and Keras/TFRS defaults.
 
-Every field carries its command-line help (and, where needed, its flag, choices and parser) in
-its metadata, so ``twostage.cli`` generates the flags from this file: adding an option is one
-field here plus its use. ``Config.to_dict`` is versioned; ``Config.from_dict`` reads the current
-layout and the flat layout of version 1 run folders, and names the file's bad field otherwise.
+Every field carries its command-line help (and, where needed, its choices and parser) in its
+metadata, so ``twostage.cli`` generates the flags from this file: adding an option is one field
+here plus its use. A flag is always its field's name (:func:`flag_of`); renamed flags stay
+accepted through ``old_flags`` with a deprecation line. ``Config.to_dict`` is versioned;
+``Config.from_dict`` reads the current layout and the flat layout of version 1 run folders, and
+names the file's bad field otherwise.
 
 Access is by section: ``config.train.batch_size``, ``config.index.kind``. ``Config.of(**flat)``
 and ``config.replace(**flat)`` accept field names without their section (they are unique), which
@@ -23,7 +25,7 @@ import re
 import typing
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 BackendName = Literal["torch", "tfrs"]
 BACKENDS: tuple[str, ...] = ("torch", "tfrs")
@@ -46,20 +48,30 @@ MAX_TOKENS = 10_000_000
 MAX_SEED = 2**32 - 2
 
 
-def option(default: Any, help: str, *, flag: str | None = None, choices: tuple | None = None,
+def option(default: Any, help: str, *, choices: tuple | None = None,
            parse: Callable[[str], Any] | None = None, invert: bool = False,
            cli: bool = True, metavar: str | None = None, old_flags: tuple[str, ...] = ()
            ) -> Any:
-    """A config field with its command-line description.
+    """A config field with its command-line description (its flag is :func:`flag_of`).
 
-    ``flag``: the CLI flag (default ``--field-name``); ``invert``: a bool flag that stores
-    False (``--framework-shuffle`` clears ``shared_batches``); ``parse``: how the CLI reads the
-    text (default: from the field's type); ``cli=False``: not on the command line;
-    ``old_flags``: earlier spellings, still accepted with a deprecation line naming ``flag``.
+    ``invert``: a bool that defaults to True, cleared by ``--no-<name>``; ``parse``: how the
+    CLI reads the text (default: from the field's type); ``cli=False``: not on the command
+    line; ``old_flags``: earlier spellings, still accepted with a deprecation line.
     """
-    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices,
+    return field(default=default, metadata={"help": help, "choices": choices,
                                             "parse": parse, "invert": invert, "cli": cli,
                                             "metavar": metavar, "old_flags": old_flags})
+
+
+def flag_of(section: type, f: dataclasses.Field) -> str:
+    """The CLI flag of field ``f`` of a config section: ``--`` + the section's ``FLAG_PREFIX``
+    + the field name with dashes (``--no-`` before it for an ``invert`` field).
+
+    One rule, no per-field spellings: a flag names what it sets (``--normalize`` sets
+    ``task.normalize``; ``--index-nprobe`` sets ``index.nprobe``).
+    """
+    name = getattr(section, "FLAG_PREFIX", "") + f.name.replace("_", "-")
+    return f"--no-{name}" if f.metadata.get("invert") else f"--{name}"
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -119,13 +131,15 @@ class ModelConfig:
 class TaskConfig:
     temperature: float | None = option(None, "divide retrieval logits by T (TFRS Retrieval)")
     use_sampling_probability: bool = option(False, "logQ correction with in-batch title "
-                                            "frequencies", flag="--logq")
+                                            "frequencies (TFRS Retrieval's "
+                                            "candidate_sampling_probability)",
+                                            old_flags=("--logq",))
     remove_accidental_hits: bool = option(False, "mask in-batch negatives that share the "
                                           "positive's title")
     num_hard_negatives: int | None = option(None, "keep only the N highest-scoring negatives "
                                             "per row (TFRS HardNegativeMining)")
     normalize: bool = option(False, "L2-normalise query and candidate embeddings (cosine "
-                             "scores); pair with --temperature", flag="--cosine")
+                             "scores); pair with --temperature", old_flags=("--cosine",))
     learn_temperature: bool = option(False, "learn the temperature: a trainable scalar started "
                                      "at --temperature (or 1)")
     mixed_negatives: int = option(0, "add N titles sampled uniformly from the corpus per batch "
@@ -150,8 +164,9 @@ class TrainConfig:
                                               "torch's own default is 0)", cli=False)
     adagrad_epsilon: float = option(1e-7, "Adagrad epsilon inside the square root (Keras "
                                     "1e-7; torch's own is 1e-10 outside it)", cli=False)
-    shared_batches: bool = option(True, "each backend shuffles its own batches instead of the "
-                                  "shared order", flag="--framework-shuffle", invert=True)
+    shared_batches: bool = option(True, "both backends read the shared batch order; "
+                                  "--no-shared-batches: each shuffles its own", invert=True,
+                                  old_flags=("--framework-shuffle",))
     validation_freq: int = option(10, "validate every N epochs (and after the last)")
     device: str = option("cpu", "torch device: cpu, cuda or cuda:N (the TFRS backend runs "
                          "on cpu only)")
@@ -197,21 +212,25 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
+    FLAG_PREFIX: ClassVar[str] = "index-"  # --index-kind, --index-nprobe: flags name the index
     kind: str = option("flat", "candidate index: flat (exact), ivf, hnsw, ivfpq or sq "
                        "(FAISS, torch backend; the TFRS backend serves with BruteForce = flat)",
-                       flag="--index", choices=INDEX_KINDS)
+                       choices=INDEX_KINDS, old_flags=("--index",))
     nlist: int | None = option(None, "ivf/ivfpq: number of k-means cells (default: the FAISS "
-                               "guideline 4*sqrt(N), N the catalog size)", flag="--ivf-nlist")
-    nprobe: int = option(8, "ivf: cells searched per query", flag="--ivf-nprobe")
-    hnsw_m: int = option(32, "hnsw: links per node")
-    ef_search: int = option(128, "hnsw: candidates explored per query", flag="--hnsw-ef-search")
+                               "guideline 4*sqrt(N), N the catalog size)",
+                               old_flags=("--ivf-nlist",))
+    nprobe: int = option(8, "ivf: cells searched per query", old_flags=("--ivf-nprobe",))
+    hnsw_m: int = option(32, "hnsw: links per node", old_flags=("--hnsw-m",))
+    ef_search: int = option(128, "hnsw: candidates explored per query",
+                            old_flags=("--hnsw-ef-search",))
     ef_construction: int = option(40, "hnsw: candidates explored per insertion while building",
-                                  flag="--hnsw-ef-construction")
+                                  old_flags=("--hnsw-ef-construction",))
     mips: bool = option(True, "hnsw: build the graph on the MIPS-to-L2 augmentation (default; "
                         "on trained embeddings recall@100 0.896 against 0.321 raw at efSearch "
                         "128) or on raw inner products (see twostage/index/hnsw.py)",
-                        flag="--hnsw-raw-ip", invert=True)
-    pq_bytes: int = option(8, "ivfpq: bytes per vector (one code per D / pq_bytes dims)")
+                        invert=True, old_flags=("--hnsw-raw-ip",))
+    pq_bytes: int = option(8, "ivfpq: bytes per vector (one code per D / pq_bytes dims)",
+                           old_flags=("--pq-bytes",))
 
     def __post_init__(self) -> None:
         _validate(self, _index_problems)
@@ -222,12 +241,12 @@ class DistributedConfig:
     nproc: int = option(1, "processes on this machine: torch.distributed workers (torch, "
                         "launched with torch's own launcher; under torchrun the launcher "
                         "decides) or MirroredStrategy replicas on logical CPU devices (tfrs)")
-    negatives: str = option("replica", "semantics across processes: replica = TFRS under "
-                            "MirroredStrategy (in-batch negatives from each process's own slice; "
-                            "the ranking loss a mean per slice, gradients summed); global = the "
-                            "single-process losses (every process's candidates as negatives; "
-                            "the ranking mean over the whole batch)", choices=NEGATIVES,
-                            flag="--cross-process-negatives", old_flags=("--negatives",))
+    cross_process_negatives: str = option(
+        "replica", "semantics across processes: replica = TFRS under MirroredStrategy "
+        "(in-batch negatives from each process's own slice; the ranking loss a mean per "
+        "slice, gradients summed); global = the single-process losses (every process's "
+        "candidates as negatives; the ranking mean over the whole batch)", choices=NEGATIVES,
+        old_flags=("--negatives",))
     timeout_s: int = option(300, "seconds a process waits for the others before the run fails")
 
     def __post_init__(self) -> None:
@@ -245,10 +264,13 @@ SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "task": T
                              "train": TrainConfig, "eval": EvalConfig, "index": IndexConfig,
                              "distributed": DistributedConfig, "output": OutputConfig}
 # Flat names that are not field names: ``replace(index="hnsw")`` sets ``index.kind``.
-ALIASES = {"index": "kind"}
+ALIASES = {"index": "kind", "negatives": "cross_process_negatives"}
 # Version 1 (flat) names that changed in version 2.
 _V1_RENAMES = {"index": ("index", "kind"), "ivf_nlist": ("index", "nlist"),
-               "ivf_nprobe": ("index", "nprobe"), "hnsw_ef_search": ("index", "ef_search")}
+               "ivf_nprobe": ("index", "nprobe"), "hnsw_ef_search": ("index", "ef_search"),
+               "negatives": ("distributed", "cross_process_negatives")}
+# Fields renamed within version 2, per section: stored configurations keep loading.
+_FIELD_RENAMES = {"distributed": {"negatives": "cross_process_negatives"}}
 
 
 def _field_sections() -> dict[str, str]:
@@ -339,7 +361,10 @@ class Config:
             kwargs["seed"] = _coerce(source, "seed", int, d["seed"])
         for section, cls_ in SECTIONS.items():
             if section in d:
-                kwargs[section] = _section_from_dict(cls_, d[section], f"{source}: {section}")
+                stored = {_FIELD_RENAMES.get(section, {}).get(k, k): v
+                          for k, v in d[section].items()} if isinstance(d[section], dict) \
+                    else d[section]
+                kwargs[section] = _section_from_dict(cls_, stored, f"{source}: {section}")
         try:
             return cls(**kwargs)
         except ValueError as e:
@@ -465,7 +490,7 @@ def _index_problems(i: IndexConfig) -> list[str]:
     problems = _positive(nprobe=i.nprobe, hnsw_m=i.hnsw_m, ef_search=i.ef_search,
                          ef_construction=i.ef_construction, pq_bytes=i.pq_bytes, nlist=i.nlist)
     if i.kind not in INDEX_KINDS:   # worded as twostage.index.base.index_class words it
-        problems.append(f"unknown index kind {i.kind!r} (config index.kind, --index); valid "
+        problems.append(f"unknown index kind {i.kind!r} (config index.kind, --index-kind); valid "
                         f"kinds: {', '.join(INDEX_KINDS)}")
     return problems
 
@@ -474,7 +499,7 @@ def _distributed_problems(d: DistributedConfig) -> list[str]:
     problems = []
     if d.nproc < 1 or d.timeout_s < 1:
         problems.append(f"nproc={d.nproc} and timeout_s={d.timeout_s} must be >= 1")
-    return problems + _choice(negatives=(d.negatives, NEGATIVES))
+    return problems + _choice(cross_process_negatives=(d.cross_process_negatives, NEGATIVES))
 
 
 def _config_problems(c: Config) -> list[str]:

@@ -10,9 +10,10 @@ Both backends read what is computed here, so they see the same numbers:
   by every row of the batch. Their logQ correction uses the per-draw probability 1/V
   (:func:`negative_sampling_probability`), the convention of TFRS's
   ``candidate_sampling_probability`` (the in-batch columns carry the per-draw training frequency
-  of their title with ``--logq``, else 1: no correction, as the seed). A sampled title equal to
-  a row's positive title is masked for that row (score_mask: it is the positive, not a negative),
-  whether or not ``remove_accidental_hits`` is on for the in-batch columns.
+  of their title with ``--use-sampling-probability``, else 1: no correction, as the seed). A
+  sampled title equal to a row's positive title is masked for that row (score_mask: it is the
+  positive, not a negative), whether or not ``remove_accidental_hits`` is on for the in-batch
+  columns.
 
 - Genres (``config.model.genres``): the candidate tower adds the mean of the embeddings of its
   title's genres. :func:`genre_table` [title rows, G] holds per title id its genre ids (1-based
@@ -70,9 +71,9 @@ def refuse_in_parallel(config: Config) -> None:
     if config.task.mixed_negatives:
         problems.append(f"mixed_negatives={config.task.mixed_negatives} (the sampled titles "
                         "are not split over processes)")
-    if config.task.learn_temperature and config.distributed.negatives == "global":
-        problems.append("learn_temperature with negatives='global' (the gathered loss does not "
-                        "apply the learned temperature)")
+    if config.task.learn_temperature and config.distributed.cross_process_negatives == "global":
+        problems.append("learn_temperature with cross_process_negatives='global' (the gathered "
+                        "loss does not apply the learned temperature)")
     if problems:
         raise UnsupportedOptionError(
             f"with nproc={config.distributed.nproc} this is not supported: "

@@ -124,15 +124,15 @@ def test_fit_evaluate_save_load_under_the_strategy(probe):
 
 # --- no devices needed ---------------------------------------------------------------------------
 def test_global_negatives_are_refused_with_several_replicas(synthetic_dataset, small_config):
-    config = small_config.replace(nproc=2, negatives="global")
+    config = small_config.replace(nproc=2, cross_process_negatives="global")
     with pytest.raises(UnsupportedOptionError,
-                       match=r"tfrs backend does not support negatives='global'.*"
+                       match=r"tfrs backend does not support cross_process_negatives='global'.*"
                              r"no cross-replica negatives"):
         TfrsBackend.check_config(config)  # what the CLI calls before loading any data
-    with pytest.raises(UnsupportedOptionError, match="negatives='global'"):
+    with pytest.raises(UnsupportedOptionError, match="cross_process_negatives='global'"):
         TfrsBackend(config, synthetic_dataset.spec)  # refused before any device is touched
     TfrsBackend.check_config(small_config.replace(nproc=2))           # replica: supported
-    TfrsBackend.check_config(small_config.replace(negatives="global"))  # one process: the same
+    TfrsBackend.check_config(small_config.replace(cross_process_negatives="global"))  # 1 process
 
 
 def test_one_process_has_no_strategy(small_config):

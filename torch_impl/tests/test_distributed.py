@@ -4,11 +4,11 @@ Two processes (torch_impl/tests/distributed_workers.py launches them, once for a
 train on the synthetic data; each saves its per-step losses, weights and Adagrad accumulators,
 and the tests compare them with references computed here in one process:
 
-- ``negatives="global"``: one epoch (10 steps of 256) equals one process at the same global
-  batch, for the plain task and each of logQ, accidental-hit removal, temperature and hard
-  negatives;
-- ``negatives="replica"``: equals one process whose step loss is the SUM of the two half-batch
-  in-batch losses (TFRS under MirroredStrategy), written out below;
+- ``cross_process_negatives="global"``: one epoch (10 steps of 256) equals one process at the
+  same global batch, for the plain task and each of logQ, accidental-hit removal, temperature
+  and hard negatives;
+- ``cross_process_negatives="replica"``: equals one process whose step loss is the SUM of the
+  two half-batch in-batch losses (TFRS under MirroredStrategy), written out below;
 - ranking: "replica" = the sum of the two half-batch means (what Keras computes per replica,
   gradients summed), "global" = the single-process mean;
 - fit (2 epochs of each stage, validated every epoch): the same History as one process;
@@ -52,7 +52,7 @@ ALL_OPTIONS = {"use_sampling_probability": True, "remove_accidental_hits": True,
 
 
 def _config(small_config, negatives, **options):
-    return small_config.replace(nproc=2, negatives=negatives, timeout_s=60, **options)
+    return small_config.replace(nproc=2, cross_process_negatives=negatives, timeout_s=60, **options)
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,7 @@ def _positive(**values) -> list[int]:
 def index_class(kind: str) -> type["Index"]:
     """The :class:`Index` subclass registered as ``kind``; ValueError listing the kinds."""
     if not isinstance(kind, str) or kind not in KINDS:
-        raise ValueError(f"unknown index kind {kind!r} (config index.kind, --index); valid "
+        raise ValueError(f"unknown index kind {kind!r} (config index.kind, --index-kind); valid "
                          f"kinds: {', '.join(KINDS)}")
     return KINDS[kind]
 

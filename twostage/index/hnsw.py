@@ -29,7 +29,7 @@ class HNSWIndex(Index):
         epochs on ml-100k, catalogue enlarged to 100,000 items as TFRS's efficient-serving
         example does, M=32, efConstruction 40) measured recall@100 0.90 augmented against 0.31
         raw at efSearch 128, and 0.99 against 0.40 at efSearch 512. False: FAISS's
-        inner-product HNSW on the raw vectors (``--hnsw-raw-ip``).
+        inner-product HNSW on the raw vectors (``--no-index-mips``).
       mips_radius: R, fixed by the first ``add`` (stored, so a loaded index encodes the same
         way); later candidates longer than R are refused: add the whole catalogue at once.
 

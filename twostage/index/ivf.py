@@ -34,8 +34,8 @@ class IVFIndex(Index):
             (nlist,) = _positive(nlist=nlist)
         if nlist is not None and nprobe > nlist:
             raise ValueError(f"ivf: nprobe={nprobe} exceeds nlist={nlist}: a query can search at "
-                             f"most the {nlist} cells there are; lower nprobe (--ivf-nprobe) or "
-                             "raise nlist (--ivf-nlist)")
+                             f"most the {nlist} cells there are; lower nprobe (--index-nprobe) or "
+                             "raise nlist (--index-nlist)")
         super().__init__()
         self.nlist, self.nprobe = nlist, nprobe
         self._quantizer: faiss.Index | None = None   # keep the coarse quantizer alive
@@ -45,8 +45,9 @@ class IVFIndex(Index):
         nlist = guideline_nlist(m) if self.nlist is None else self.nlist
         if nlist > m:
             raise ValueError(f"{self.kind}: nlist={nlist} exceeds the catalog's {m} items (k-means "
-                             f"needs a vector per cell); set --ivf-nlist to at most {m}, or leave "
-                             f"it unset for the FAISS guideline 4*sqrt(N) = {guideline_nlist(m)}")
+                             f"needs a vector per cell); set --index-nlist to at most {m}, or "
+                             "leave it unset for the FAISS guideline 4*sqrt(N) = "
+                             f"{guideline_nlist(m)}")
         self._quantizer = faiss.IndexFlatIP(d)
         index = self._ivf(self._quantizer, d, nlist)
         index.train(embeddings)
@@ -65,7 +66,7 @@ class IVFIndex(Index):
         if cells is not None and values.get("nprobe", 0) > cells:
             raise ValueError(f"{self.kind}: nprobe={values['nprobe']} exceeds nlist={cells}: a "
                              f"query can search at most the {cells} cells there are; lower "
-                             "nprobe (--ivf-nprobe)")
+                             "nprobe (--index-nprobe)")
 
 
 def guideline_nlist(num_items: int) -> int:

@@ -28,7 +28,7 @@ class IVFPQIndex(IVFIndex):
     def _ivf(self, quantizer: faiss.Index, d: int, nlist: int) -> faiss.Index:
         if d % self.pq_bytes:
             raise ValueError(f"ivfpq: pq_bytes={self.pq_bytes} must divide the embedding dim "
-                             f"{d} (--pq-bytes)")
+                             f"{d} (--index-pq-bytes)")
         return faiss.IndexIVFPQ(quantizer, d, nlist, self.pq_bytes, PQ_BITS,
                                 faiss.METRIC_INNER_PRODUCT)
 
@@ -36,7 +36,7 @@ class IVFPQIndex(IVFIndex):
         if len(embeddings) < MIN_PQ_TRAINING:
             raise ValueError(f"ivfpq: {len(embeddings)} vectors are too few to train its "
                              f"{1 << PQ_BITS}-centroid codebooks (at least {MIN_PQ_TRAINING}); "
-                             "use --index ivf or flat for a catalogue this small")
+                             "use --index-kind ivf or flat for a catalogue this small")
         return super()._new(embeddings)
 
 

@@ -1,10 +1,12 @@
 """The one configuration: defaults are the seed's protocol and Keras' defaults; bad values fail."""
 import argparse
+import dataclasses
+import inspect
 
 import pytest
 
 from twostage import config as config_module
-from twostage.config import Config
+from twostage.config import SECTIONS, Config, flag_of
 from twostage.report import table
 
 
@@ -52,7 +54,8 @@ def test_bad_values_name_the_field(changes, message):
     ("TrainConfig", {"user_dropout": 1.0}, r"user_dropout=1.0 must be in \[0, 1\)"),
     ("EvalConfig", {"ndcg_k": 11}, "ndcg_k=11 exceeds num_candidates=10"),
     ("IndexConfig", {"kind": "annoy"}, r"unknown index kind 'annoy' \(config index.kind"),
-    ("DistributedConfig", {"negatives": "all"}, "negatives='all' must be one of"),
+    ("DistributedConfig", {"cross_process_negatives": "all"},
+     "cross_process_negatives='all' must be one of"),
 ])
 def test_each_section_validates_itself(section, changes, message):
     """Issue 23 item 8: a section built alone (as builders and tests do) checks its own fields.
@@ -109,7 +112,7 @@ def test_renamed_preset_and_flag_keep_working_with_one_deprecation_line(capsys):
     old = config_from_args(_parser().parse_args(["run", "--preset", "seed", "--negatives",
                                                  "global"]))
     new = config_from_args(_parser().parse_args(["run", "--cross-process-negatives", "global"]))
-    assert old == new and new.distributed.negatives == "global"
+    assert old == new and new.distributed.cross_process_negatives == "global"
     err = capsys.readouterr().err
     assert "twostage: --negatives is deprecated; use --cross-process-negatives" in err
     assert "twostage: --preset seed is deprecated; use --preset tutorial" in err
@@ -133,6 +136,64 @@ def test_cli_optional_bool_has_both_flags_and_defaults_to_none():
     assert parse().train.cuda_graphs is None
     assert parse("--cuda-graphs").train.cuda_graphs is True
     assert parse("--no-cuda-graphs").train.cuda_graphs is False
-    assert parse("--cosine").task.normalize is True  # a plain bool keeps its one flag
+    assert parse("--normalize").task.normalize is True  # a plain bool keeps its one flag
     with pytest.raises(SystemExit):
-        _parser().parse_args(["run", "--no-cosine"])
+        _parser().parse_args(["run", "--no-normalize"])
+
+
+def test_every_flag_is_its_field_name():
+    """Issue 23 item 7: a flag names the field it sets (``--`` + the section's FLAG_PREFIX +
+    the field, ``--no-`` for a True-by-default bool), so no flag hides another word. Break: give
+    a field a spelling of its own in ``option`` or ``flag_of`` and the offered flags differ."""
+    from twostage.cli import _parser
+    from twostage.config import IndexConfig, option
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    offered = {s for a in commands.choices["run"]._actions for s in a.option_strings
+               if a.help != argparse.SUPPRESS}
+    expected = set()
+    for cls in SECTIONS.values():
+        prefix = getattr(cls, "FLAG_PREFIX", "")
+        for f in dataclasses.fields(cls):
+            if f.metadata["cli"]:
+                name = prefix + f.name.replace("_", "-")
+                expected.add(f"--no-{name}" if f.metadata["invert"] else f"--{name}")
+                assert flag_of(cls, f) in offered
+    assert {"--use-sampling-probability", "--normalize", "--no-shared-batches", "--index-kind",
+            "--index-nprobe", "--no-index-mips", "--cross-process-negatives"} <= expected
+    assert "flag" not in inspect.signature(option).parameters
+    assert IndexConfig.FLAG_PREFIX == "index-"
+    run_flags = {"-h", "--help", "--backend", "--out", "--force", "--preset", "--seed",
+                 "--schema", "--drop-unknown-items", "--ranking-negatives"}
+    assert offered - run_flags == expected | {"--no-cuda-graphs"}  # cuda_graphs: --x / --no-x
+
+
+OLD_FLAGS = [(["--logq"], ["--use-sampling-probability"]), (["--cosine"], ["--normalize"]),
+             (["--framework-shuffle"], ["--no-shared-batches"]),
+             (["--index", "ivf"], ["--index-kind", "ivf"]),
+             (["--ivf-nlist", "7"], ["--index-nlist", "7"]),
+             (["--ivf-nprobe", "3"], ["--index-nprobe", "3"]),
+             (["--hnsw-m", "8"], ["--index-hnsw-m", "8"]),
+             (["--hnsw-ef-search", "9"], ["--index-ef-search", "9"]),
+             (["--hnsw-ef-construction", "11"], ["--index-ef-construction", "11"]),
+             (["--hnsw-raw-ip"], ["--no-index-mips"]),
+             (["--pq-bytes", "4"], ["--index-pq-bytes", "4"]),
+             (["--negatives", "global"], ["--cross-process-negatives", "global"])]
+
+
+@pytest.mark.parametrize("old,new", OLD_FLAGS, ids=[o[0] for o, _ in OLD_FLAGS])
+def test_old_flag_spellings_give_the_same_config_with_a_deprecation_line(old, new, capsys):
+    """Every renamed flag keeps working for one line on stderr naming its replacement. Break:
+    drop an ``old_flags`` entry (argparse rejects it) or the bool ``const`` (the value flips)."""
+    from twostage.cli import _parser, config_from_args
+    parse = lambda flags: config_from_args(_parser().parse_args(["run", *flags]))  # noqa: E731
+    assert parse(old) == parse(new) != Config()
+    assert f"twostage: {old[0]} is deprecated; use {new[0]}" in capsys.readouterr().err
+
+
+def test_a_stored_configuration_with_the_old_field_name_still_loads():
+    """``distributed.negatives`` is now ``cross_process_negatives``: run folders written before
+    keep loading, and the flat name stays an alias. Break: drop ``_FIELD_RENAMES``."""
+    stored = Config().to_dict()
+    stored["distributed"] = {"nproc": 1, "negatives": "global", "timeout_s": 300}
+    assert Config.from_dict(stored).distributed.cross_process_negatives == "global"
+    assert Config.of(cross_process_negatives="global") == Config.from_dict(stored)

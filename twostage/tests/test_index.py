@@ -93,7 +93,7 @@ def test_approximate_recall_is_high(kind, kwargs):
 
 def test_ivf_nlist_above_catalog_is_an_error_naming_the_limit():
     corpus, _ = clustered(20, 5, d=8, n_clusters=4)
-    with pytest.raises(ValueError, match=r"nlist=64 exceeds the catalog's 20 items.*--ivf-nlist "
+    with pytest.raises(ValueError, match=r"nlist=64 exceeds the catalog's 20 items.*--index-nlist "
                                          r"to at most 20.*4\*sqrt\(N\) = 18"):
         IVFIndex(nlist=64, nprobe=8).add(corpus)
 
@@ -233,15 +233,15 @@ def test_make_index_defaults_are_the_config_defaults():
 def test_nprobe_above_nlist_is_refused():
     with pytest.raises(ValueError, match=r"nprobe=16 exceeds nlist=8"):
         IVFIndex(nlist=8, nprobe=16)
-    with pytest.raises(ValueError, match=r"nprobe=16 exceeds nlist=8.*--ivf-nprobe"):
+    with pytest.raises(ValueError, match=r"nprobe=16 exceeds nlist=8.*--index-nprobe"):
         make_index(Config.of(kind="ivf", nlist=8, nprobe=16))
     assert IVFIndex(nlist=8, nprobe=8).params()["nprobe"] == 8             # all cells: allowed
 
 
 def test_unknown_kind_names_the_setting_and_the_kinds():
     from twostage.config import IndexConfig
-    message = (r"unknown index kind 'annoy' \(config index.kind, --index\); valid kinds: flat, "
-               r"ivf, hnsw, ivfpq, sq")
+    message = (r"unknown index kind 'annoy' \(config index.kind, --index-kind\); valid kinds: "
+               r"flat, ivf, hnsw, ivfpq, sq")
     with pytest.raises(ValueError, match=message):
         create_index("annoy")
     with pytest.raises(ValueError, match=message):
@@ -462,7 +462,7 @@ def test_set_search_changes_settings_without_rebuilding(tmp_path):
     assert recall_at(10, ivf, corpus, queries) == 1.0 > low        # every cell: exact
     assert Index.load(ivf.save(tmp_path / "i.npz")).params()["nprobe"] == 40   # saved too
     guideline = IVFPQIndex(nprobe=2).add(corpus)                     # nlist: 4*sqrt(2000) = 179
-    with pytest.raises(ValueError, match=r"ivfpq: nprobe=500 exceeds nlist=179.*--ivf-nprobe"):
+    with pytest.raises(ValueError, match=r"ivfpq: nprobe=500 exceeds nlist=179.*--index-nprobe"):
         guideline.set_search(nprobe=500)
     assert guideline._index.nprobe == 2                              # unchanged after refusal
     hnsw = HNSWIndex(hnsw_m=8, ef_search=16).add(corpus)

@@ -24,8 +24,8 @@ from twostage.tests.test_safety import one_line_error
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 BACKENDS = ("torch", "tfrs")
 FAST = ["--retrieval-epochs", "2", "--ranking-epochs", "1", "--batch-size", "256", "--quiet"]
-RECIPES = ["--genres", "--history", "--cosine", "--learn-temperature", "--logq",
-           "--temperature", "0.1"]
+RECIPES = ["--genres", "--history", "--normalize", "--learn-temperature",
+           "--use-sampling-probability", "--temperature", "0.1"]
 CONFIG = Config.of(genres=True, history=True, normalize=True, learn_temperature=True,
                    use_sampling_probability=True, temperature=0.1, batch_size=256,
                    retrieval_epochs=1, ranking_epochs=1, quiet=True)

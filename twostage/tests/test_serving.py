@@ -158,8 +158,8 @@ def test_export_manifest_describes_the_programs(run_dir, export_dir):
 def test_bf16_ivf_run_is_reproduced(data_dir, tmp_path):
     """The run's index kind (IVF: trained cells, approximate) and bf16 inference travel with
     the export."""
-    run = _run(data_dir, tmp_path / "run", "--precision", "bf16", "--index", "ivf",
-               "--ivf-nlist", "6", "--ivf-nprobe", "2")
+    run = _run(data_dir, tmp_path / "run", "--precision", "bf16", "--index-kind", "ivf",
+               "--index-nlist", "6", "--index-nprobe", "2")
     out = _export(run, tmp_path / "export")
     loaded = serving.load(out)
     assert loaded.precision == "bf16" and loaded.manifest["index"]["kind"] == "ivf"
