@@ -247,5 +247,5 @@ def build_stages(spec: FeatureSpec, config: Config, strategy=None
     with distributed.scope(strategy):
         built = {"retrieval": models.build_retrieval_model(spec, config),
                  "ranking": models.build_ranking_model(spec, config)}
-        optimizers = {stage: optim.make_optimizer(config) for stage in STAGES}
+        optimizers = {stage: optim.make_optimizer(config.train) for stage in STAGES}
     return built, optimizers

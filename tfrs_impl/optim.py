@@ -19,19 +19,21 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 
-from twostage.config import Config
+from twostage.config import Config, TrainConfig, section_of
 
 from .models import assign_by_name, named_variables
 
 Adagrad = tf.keras.optimizers.Adagrad
 
 
-def make_optimizer(config: Config) -> Adagrad:
-    """Keras Adagrad with the config's learning rate, initial accumulator and epsilon (the
-    seed's ``Adagrad(learning_rate=0.1)`` with Keras' other defaults spelled out)."""
-    return Adagrad(learning_rate=config.train.learning_rate,
-                   initial_accumulator_value=config.train.initial_accumulator_value,
-                   epsilon=config.train.adagrad_epsilon)
+def make_optimizer(config: Config | TrainConfig) -> Adagrad:
+    """Keras Adagrad with the train section's learning rate, initial accumulator and epsilon
+    (the seed's ``Adagrad(learning_rate=0.1)`` with Keras' other defaults spelled out; a whole
+    Config is accepted). TypeError for anything else."""
+    train = section_of(config, TrainConfig, "make_optimizer")
+    return Adagrad(learning_rate=train.learning_rate,
+                   initial_accumulator_value=train.initial_accumulator_value,
+                   epsilon=train.adagrad_epsilon)
 
 
 def build(optimizer: Adagrad, model) -> dict[str, tf.Variable]:

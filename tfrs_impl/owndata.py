@@ -66,7 +66,7 @@ class RetrievalModel(tfrs.models.Model):
         m = config.model
         self.query = Tower(data.query_slots, m.embedding_dim, m.layer_sizes)
         self.candidate = Tower(data.candidate_slots, m.embedding_dim, m.layer_sizes)
-        self.task = make_retrieval_task(config)
+        self.task = make_retrieval_task(config.task)
         self.remove_accidental_hits = config.task.remove_accidental_hits
 
     def compute_loss(self, features: Batch, training: bool = False) -> tf.Tensor:

@@ -22,21 +22,22 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from twostage.config import Config
+from twostage.config import Config, TaskConfig, section_of
 from twostage.recipes import NEGATIVE_PROBABILITY, NEGATIVE_TITLES
 from twostage.sampling import SAMPLING_PROBABILITY
 
 CORPUS_BATCH = 128  # the seed's movies.batch(128) for FactorizedTopK
 
 
-def make_retrieval_task(config: Config) -> tfrs.tasks.Retrieval:
-    """Retrieval with the config's options passed through (None/False = TFRS defaults). With
-    ``learn_temperature`` the task has no fixed temperature: the model's LearnedTemperature
-    scales the queries (:func:`scaled_queries`)."""
-    fixed = None if config.task.learn_temperature else config.task.temperature
-    return tfrs.tasks.Retrieval(temperature=fixed,
-                                num_hard_negatives=config.task.num_hard_negatives,
-                                remove_accidental_hits=config.task.remove_accidental_hits)
+def make_retrieval_task(config: Config | TaskConfig) -> tfrs.tasks.Retrieval:
+    """Retrieval with the task section's options passed through (None/False = TFRS defaults;
+    a whole Config is accepted). With ``learn_temperature`` the task has no fixed temperature:
+    the model's LearnedTemperature scales the queries (:func:`scaled_queries`). TypeError for
+    anything else."""
+    task = section_of(config, TaskConfig, "make_retrieval_task")
+    fixed = None if task.learn_temperature else task.temperature
+    return tfrs.tasks.Retrieval(temperature=fixed, num_hard_negatives=task.num_hard_negatives,
+                                remove_accidental_hits=task.remove_accidental_hits)
 
 
 def make_ranking_task(config: Config | None = None) -> tfrs.tasks.Ranking:

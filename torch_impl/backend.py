@@ -74,10 +74,10 @@ class TorchBackend(BackendBase):
         self.device = resolve_device(config.train.device)
         self.retrieval_model = build_retrieval_model(spec, config, device=self.device)
         self.ranking_model = build_ranking_model(spec, config, device=self.device)
-        self.retrieval_task = make_retrieval_task(config)
-        self.ranking_task = make_ranking_task(config)
-        self.optimizers = {"retrieval": make_optimizer(self.retrieval_model, config),
-                           "ranking": make_optimizer(self.ranking_model, config)}
+        self.retrieval_task = make_retrieval_task(config.task)
+        self.ranking_task = make_ranking_task(config.task)
+        self.optimizers = {"retrieval": make_optimizer(self.retrieval_model, config.train),
+                           "ranking": make_optimizer(self.ranking_model, config.train)}
         self._torch_group: Optional[TorchGroup] = current_group()
         self.group: Group = self._torch_group or SingleProcess()
         self._index: Optional[Index] = None
@@ -224,7 +224,7 @@ class TorchBackend(BackendBase):
         titles = np.asarray(titles, dtype=object)
         if len(titles) == 0:
             raise ValueError("build_index needs at least one title (pass dataset.corpus_titles)")
-        self._index = build_index(self.config, self.candidate_embeddings(titles))
+        self._index = build_index(self.config.index, self.candidate_embeddings(titles))
 
     def retrieve(self, user_ids: np.ndarray, timestamps: np.ndarray, k: int
                  ) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from twostage.config import Config
+from twostage.config import Config, IndexConfig
 from twostage.index import Index, make_index
 
 
@@ -21,9 +21,11 @@ def as_rows(embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(embeddings, dtype=np.float32)
 
 
-def build_index(config: Config, candidate_embeddings: np.ndarray | torch.Tensor) -> Index:
-    """``make_index(config)`` filled with ``candidate_embeddings`` [M, D] (M >= 1); its rows are
-    positions 0..M-1 in insertion order."""
+def build_index(config: Config | IndexConfig, candidate_embeddings: np.ndarray | torch.Tensor
+                ) -> Index:
+    """``make_index(config)`` (the index section, or a whole Config) filled with
+    ``candidate_embeddings`` [M, D] (M >= 1); its rows are positions 0..M-1 in insertion
+    order."""
     rows = as_rows(candidate_embeddings)
     if rows.shape[0] == 0:
         raise ValueError("build_index needs at least one candidate (pass dataset.corpus_titles)")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from twostage.config import Config
+from twostage.config import Config, TrainConfig, section_of
 
 from .models import assign_from_keras, to_keras
 
@@ -173,12 +173,14 @@ def _sparse_update(p: torch.Tensor, grad: torch.Tensor, acc: torch.Tensor, lr: f
     p.index_add_(0, rows, (values * (-lr)) / denom)
 
 
-def make_optimizer(model: nn.Module, config: Config) -> KerasAdagrad:
-    """Adagrad(config.train.learning_rate) with Keras' accumulator start and epsilon from
-    ``config.train`` (tfrs_impl.optim.make_optimizer builds the Keras one from the same fields)."""
-    return KerasAdagrad(model.parameters(), lr=config.train.learning_rate,
-                        initial_accumulator_value=config.train.initial_accumulator_value,
-                        epsilon=config.train.adagrad_epsilon)
+def make_optimizer(model: nn.Module, config: Config | TrainConfig) -> KerasAdagrad:
+    """Adagrad over ``model``'s parameters with the train section's learning rate and Keras'
+    accumulator start and epsilon (a whole Config is accepted; tfrs_impl.optim.make_optimizer
+    builds the Keras one from the same fields). TypeError for anything else."""
+    train = section_of(config, TrainConfig, "make_optimizer")
+    return KerasAdagrad(model.parameters(), lr=train.learning_rate,
+                        initial_accumulator_value=train.initial_accumulator_value,
+                        epsilon=train.adagrad_epsilon)
 
 
 # --- accumulators by Keras weight name -----------------------------------------------------------

@@ -108,9 +108,9 @@ class SchemaTrainer(TrainerBase):
         self.models = {
             "retrieval": self._init(RetrievalModel(data, config), config.seed),
             "ranking": self._init(RankingModel(data, config), config.seed + 1)}
-        self.tasks = {"retrieval": make_retrieval_task(config),
-                      "ranking": make_ranking_task(config)}
-        self.optimizers = {s: make_optimizer(m, self.config) for s, m in self.models.items()}
+        self.tasks = {"retrieval": make_retrieval_task(config.task),
+                      "ranking": make_ranking_task(config.task)}
+        self.optimizers = {s: make_optimizer(m, config.train) for s, m in self.models.items()}
 
     def _init(self, model: nn.Module, seed: int) -> nn.Module:
         return keras_init_(model, torch.Generator().manual_seed(seed)).to(self.device)

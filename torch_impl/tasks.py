@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from twostage.config import RANKING_LOSSES, Config
+from twostage.config import RANKING_LOSSES, Config, TaskConfig, section_of
 from twostage.group import Group, SingleProcess
 
 from .features import NEGATIVE_PROBABILITY, SAMPLING_PROBABILITY, negative_inputs
@@ -486,20 +486,23 @@ class Ranking(nn.Module):
         return _weighted_sum(losses, sample_weight) / losses.shape[0]
 
 
-def make_retrieval_task(config: Config) -> Retrieval:
-    """The Retrieval task of ``config.task`` (temperature, num_hard_negatives, accidental hits).
-    With ``learn_temperature`` the task has no fixed temperature: the model's
-    ``LearnedTemperature`` scales the queries instead (:func:`retrieval_loss`)."""
-    fixed = None if config.task.learn_temperature else config.task.temperature
-    return Retrieval(temperature=fixed,
-                     num_hard_negatives=config.task.num_hard_negatives,
-                     remove_accidental_hits=config.task.remove_accidental_hits)
+def make_retrieval_task(config: Config | TaskConfig) -> Retrieval:
+    """The Retrieval task of the task section (temperature, num_hard_negatives, accidental
+    hits; a whole Config is accepted). With ``learn_temperature`` the task has no fixed
+    temperature: the model's ``LearnedTemperature`` scales the queries instead
+    (:func:`retrieval_loss`). TypeError for anything else."""
+    task = section_of(config, TaskConfig, "make_retrieval_task")
+    fixed = None if task.learn_temperature else task.temperature
+    return Retrieval(temperature=fixed, num_hard_negatives=task.num_hard_negatives,
+                     remove_accidental_hits=task.remove_accidental_hits)
 
 
-def make_ranking_task(config: Config | None = None) -> Ranking:
-    """The seed's Ranking task with the loss of ``config.task.ranking_loss`` (default
-    keras_graph)."""
-    return Ranking(config.task.ranking_loss if config is not None else "keras_graph")
+def make_ranking_task(config: Config | TaskConfig | None = None) -> Ranking:
+    """The seed's Ranking task with the loss of the task section's ``ranking_loss`` (default
+    keras_graph; a whole Config is accepted). TypeError for anything else."""
+    if config is None:
+        return Ranking("keras_graph")
+    return Ranking(section_of(config, TaskConfig, "make_ranking_task").ranking_loss)
 
 
 # --- the loss of one batch (the seed's compute_loss) ----------------------------------------------

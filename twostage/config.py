@@ -531,6 +531,26 @@ def _floats(section: Any) -> list[tuple[str, float]]:
             if isinstance(getattr(section, f.name), float)]
 
 
+S = typing.TypeVar("S")
+
+
+def section_of(config: Any, cls: type[S], builder: str) -> S:
+    """The ``cls`` section of ``config``: ``config`` itself when it is one, else its section.
+
+    Builders take the section whose few values they use (``make_optimizer(config.train)``);
+    a whole Config is accepted too, so a one-line test needs no unpacking.
+
+    Raises:
+        TypeError: ``config`` is neither a Config nor a ``cls`` (named with ``builder``).
+    """
+    if isinstance(config, cls):
+        return config
+    if isinstance(config, Config):
+        return getattr(config, next(n for n, c in SECTIONS.items() if c is cls))
+    raise TypeError(f"{builder} takes a twostage.config.Config (or its {cls.__name__}), got "
+                    f"{type(config).__name__}")
+
+
 def field_types(cls: type) -> dict[str, Any]:
     """Resolved annotations of a section (``from __future__`` keeps them as strings)."""
     return typing.get_type_hints(cls)

@@ -74,3 +74,13 @@ def test_an_optimizer_serves_one_model(ranking, synthetic_dataset, small_config)
     train.compile_model(ranking, small_config, optimizer)
     with pytest.raises(ValueError, match="another optimizer"):
         train.compile_model(ranking, small_config, optim.make_optimizer(small_config))
+
+
+def test_make_optimizer_reads_the_train_section_alone():
+    """The builder takes ``config.train`` (issue 23 item 8; twin of the torch test): the same
+    Keras hyperparameters as from the whole Config."""
+    from twostage.config import Config
+    config = Config.of(learning_rate=0.05, initial_accumulator_value=0.2, adagrad_epsilon=1e-6)
+    whole, section = optim.make_optimizer(config), optim.make_optimizer(config.train)
+    assert whole.get_config() == section.get_config()
+    assert section.get_config()["learning_rate"] == pytest.approx(0.05)

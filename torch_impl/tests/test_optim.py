@@ -163,3 +163,13 @@ def test_accumulators_by_keras_name_round_trip_with_transposed_kernels():
         set_accumulators(other_opt, other, bad, "m/")
     with pytest.raises(KeyError, match="make_optimizer"):
         get_accumulators(KerasAdagrad(model[1].parameters(), lr=0.1), model)
+
+
+def test_make_optimizer_reads_the_train_section_alone():
+    """The builder takes ``config.train`` (issue 23 item 8): the same hyperparameters as from
+    the whole Config. Break: read a field of another section and the section call fails."""
+    config = Config.of(learning_rate=0.05, initial_accumulator_value=0.2, adagrad_epsilon=1e-6)
+    model = torch.nn.Linear(2, 1)
+    whole, section = make_optimizer(model, config), make_optimizer(model, config.train)
+    assert whole.defaults == section.defaults
+    assert section.defaults["lr"] == 0.05

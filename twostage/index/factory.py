@@ -1,7 +1,7 @@
 """The configured index: ``config.index`` -> an empty :class:`~twostage.index.Index`."""
 from __future__ import annotations
 
-from twostage.config import Config, IndexConfig
+from twostage.config import Config, IndexConfig, section_of
 
 from .base import Index, index_class
 
@@ -11,10 +11,7 @@ def make_index(config: Config | IndexConfig) -> Index:
     (ivf: nlist, nprobe; hnsw: hnsw_m, ef_search; flat: none). Pass a whole ``Config`` or its
     ``IndexConfig`` section. ValueError for an unknown kind or impossible settings (e.g. ivf
     nprobe > nlist)."""
-    section = config.index if isinstance(config, Config) else config
-    if not isinstance(section, IndexConfig):
-        raise TypeError(f"make_index takes a twostage.config.Config (or its IndexConfig), got "
-                        f"{type(config).__name__}")
+    section = section_of(config, IndexConfig, "make_index")
     cls = index_class(section.kind)
     # mips_radius is state learnt by the first add, not a setting
     return cls(**{name: getattr(section, name) for name in cls.PARAMS if hasattr(section, name)})

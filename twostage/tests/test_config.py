@@ -197,3 +197,19 @@ def test_a_stored_configuration_with_the_old_field_name_still_loads():
     stored["distributed"] = {"nproc": 1, "negatives": "global", "timeout_s": 300}
     assert Config.from_dict(stored).distributed.cross_process_negatives == "global"
     assert Config.of(cross_process_negatives="global") == Config.from_dict(stored)
+
+
+def test_builders_take_the_section_they_use():
+    """Issue 23 item 8: a builder takes the section whose values it uses (``config.train`` for
+    the optimizer, ``config.task`` for a task, ``config.index`` for an index); a whole Config
+    gives the same object and anything else is a TypeError naming the builder. Break: make
+    ``section_of`` return ``config`` unchanged and the Config case reads a missing attribute."""
+    from twostage.config import IndexConfig, TaskConfig, TrainConfig, section_of
+    config = Config.of(learning_rate=0.3, temperature=0.5, kind="ivf")
+    assert section_of(config, TrainConfig, "b") is config.train
+    assert section_of(config.train, TrainConfig, "b") is config.train
+    assert section_of(config, TaskConfig, "b").temperature == 0.5
+    assert section_of(config, IndexConfig, "b").kind == "ivf"
+    with pytest.raises(TypeError, match=r"make_optimizer takes a twostage.config.Config \(or "
+                                        r"its TrainConfig\), got TaskConfig"):
+        section_of(config.task, TrainConfig, "make_optimizer")
