@@ -43,6 +43,10 @@ SAVEDMODEL_KIND = served.SAVEDMODEL_KIND  # twostage.io marker kind of a SavedMo
 QUERY_SIGNATURE = {"user_id": tf.TensorSpec([None], tf.string, name="user_id"),
                    "timestamp": tf.TensorSpec([None], tf.int64, name="timestamp")}
 RECOMMEND_SIGNATURE = {**QUERY_SIGNATURE, "k": tf.TensorSpec([], tf.int32, name="k")}
+# the query tower of model.history also reads the query's history: [B, H] int64 title ids
+HISTORY_SPEC = {served.HISTORY_INPUT: tf.TensorSpec([None, None], tf.int64, name="history")}
+HISTORY_QUERY_SIGNATURE = {**QUERY_SIGNATURE, **HISTORY_SPEC}
+HISTORY_RECOMMEND_SIGNATURE = {**RECOMMEND_SIGNATURE, **HISTORY_SPEC}
 
 
 class ServingModule(tf.Module):
@@ -59,8 +63,8 @@ class ServingModule(tf.Module):
                                         name="catalog_size")
 
     def _retrieve(self, queries, k):
-        scores, rows = self.index({"user_id": queries["user_id"],
-                                   "timestamp": queries["timestamp"]}, k=k)
+        scores, rows = self.index({key: queries[key] for key in (
+            "user_id", "timestamp", served.HISTORY_INPUT) if key in queries}, k=k)
         return scores, tf.cast(rows, tf.int64)
 
     @tf.function(input_signature=[QUERY_SIGNATURE])
@@ -91,6 +95,9 @@ class TwoStageModule(ServingModule):
 
     @tf.function(input_signature=[RECOMMEND_SIGNATURE])
     def recommend(self, queries):
+        return self._recommend(queries)
+
+    def _recommend(self, queries):
         k, size = queries["k"], self.catalog_size
         checks = [tf.debugging.assert_greater_equal(k, 1, message="k must be >= 1"),
                   tf.debugging.assert_less_equal(
@@ -112,24 +119,54 @@ class TwoStageModule(ServingModule):
                 "ranking_scores": top}
 
 
+class HistoryTwoStageModule(TwoStageModule):
+    """:class:`TwoStageModule` of a query tower with the history feature (``model.history``):
+    every call also takes ``history`` [B, H] int64 title ids (0 = padding), the queries'
+    histories (``twostage.serving.StoredHistory.lookup``)."""
+
+    @tf.function(input_signature=[HISTORY_QUERY_SIGNATURE])
+    def __call__(self, queries):
+        scores, rows = self._retrieve(queries, None)
+        return scores, tf.gather(self.titles, rows)
+
+    @tf.function(input_signature=[HISTORY_QUERY_SIGNATURE])
+    def serve(self, queries):
+        scores, titles = self.__call__(queries)
+        return {"scores": scores, "titles": titles}
+
+    @tf.function(input_signature=[HISTORY_RECOMMEND_SIGNATURE])
+    def recommend(self, queries):
+        return self._recommend(queries)
+
+
 def export_saved_model(directory: Path | str, retrieval_model, corpus_titles: np.ndarray,
                        k: int = index_lib.DEFAULT_K, force: bool = False, *,
                        ranking_model=None, num_candidates: int = 10,
-                       default_timestamp: int = 0, user_vocab=(), seen=None) -> Path:
+                       default_timestamp: int = 0, user_vocab=(), seen=None,
+                       categories=None, history=None) -> Path:
     """Export query model + BruteForce(k) over ``corpus_titles`` (the catalog, titles returned),
     and with ``ranking_model`` (a ``tfrs_impl.models.RankingModel``) the ``recommend``
     signature (``num_candidates``: C's floor; ``default_timestamp`` and ``user_vocab`` stored
     for loaders; ``seen``: a ``twostage.serving.StoredSeen`` written as ``seen.npz`` for
-    ``exclude_seen``), atomically. An existing folder is replaced only if it is a SavedModel export
-    of ours (``force``: anything, moved aside to ``<name>.replaced-<time>``, never deleted)."""
+    ``exclude_seen``; ``categories``: a ``StoredCategories`` written as ``categories.npz`` for
+    ``filter``; ``history``: the ``StoredHistory`` written as ``history.npz`` that a query tower
+    of ``model.history`` reads, required then, with a ranking model), atomically. An existing
+    folder is replaced only if it is a SavedModel export of ours (``force``: anything, moved
+    aside to ``<name>.replaced-<time>``, never deleted)."""
+    reads_history = retrieval_model.query_model.embedding_model.history_embedding is not None
+    if reads_history and (history is None or ranking_model is None):
+        raise ValueError("the query tower reads user histories (model.history): export it with "
+                         "its ranking model and the run's training histories "
+                         "(twostage.serving.StoredHistory)")
+    genres = retrieval_model.candidate_model.embedding_model.genre_embedding is not None
     if ranking_model is None:
         module = ServingModule(retrieval_model.query_model, retrieval_model.candidate_model,
                                corpus_titles, k)
         signatures = {"serving_default": module.serve}
     else:
-        module = TwoStageModule(retrieval_model.query_model, retrieval_model.candidate_model,
-                                ranking_model, corpus_titles, k, num_candidates,
-                                default_timestamp, user_vocab)
+        module = (HistoryTwoStageModule if reads_history else TwoStageModule)(
+            retrieval_model.query_model, retrieval_model.candidate_model, ranking_model,
+            corpus_titles, k, num_candidates, default_timestamp, user_vocab)
         signatures = {"serving_default": module.serve, "recommend": module.recommend}
 
     def write(tmp: Path) -> None:
@@ -142,11 +179,14 @@ def export_saved_model(directory: Path | str, retrieval_model, corpus_titles: np
             tf.saved_model.save(module, str(tmp), signatures=signatures)
         finally:
             logger.setLevel(level)
-        if seen is not None:
-            seen.save(tmp / served.SEEN_FILE)
+        for name, data in ((served.SEEN_FILE, seen), (served.CATEGORIES_FILE, categories),
+                           (served.HISTORY_FILE, history if reads_history else None)):
+            if data is not None:
+                data.save(tmp / name)
         io.write_json(tmp / served.MANIFEST, {
             "format": served.SAVEDMODEL_FORMAT, "version": served.VERSION,
             "tensorflow": tf.__version__, "signatures": sorted(signatures),
+            "recipes": {"genres": genres, "history": reads_history},
             "files": {f: io.sha256_file(tmp / f) for f in served.exported_files(tmp)}})
     return io.replace_directory(Path(directory), write, SAVEDMODEL_KIND, force=force)
 
@@ -170,6 +210,9 @@ class SavedModelExport:
         self.default_timestamp = int(model.default_timestamp.numpy())
         self.user_vocab = frozenset(v.decode("utf-8") for v in model.user_vocab.numpy())
         self.seen: served.StoredSeen | None = None   # the training titles per user, if exported
+        self.categories: served.StoredCategories | None = None   # genres per row, if exported
+        self.history: served.StoredHistory | None = None   # training histories (model.history)
+        self.titles = np.array([t.decode("utf-8") for t in model.titles.numpy()], dtype=object)
 
     @classmethod
     def load(cls, path: Path | str) -> "SavedModelExport":
@@ -195,20 +238,30 @@ class SavedModelExport:
                                      "written without a ranking model); export the run again "
                                      "with `twostage export --to tfrs`")
         export = cls(path, model)
-        export.seen = served.read_seen(path, manifest, export.catalog_size)
+        export.seen, export.categories, export.history = served.read_extras(
+            path, manifest, export.catalog_size, SAVEDMODEL_KIND)
         return export
 
     def known_user(self, user_id: str) -> bool:
         """Whether ``user_id`` was in the training data (else the OOV embedding serves it)."""
         return str(user_id) in self.user_vocab
 
-    def recommend(self, user_ids, timestamps=None, k: int = 10) -> "served.Served":
-        """The signature's top ``k`` for each query as numpy (see twostage.serving)."""
+    def recommend(self, user_ids, timestamps=None, k: int = 10, histories=None
+                  ) -> "served.Served":
+        """The signature's top ``k`` for each query as numpy (see twostage.serving;
+        ``histories`` as ``TorchExport.recommend``'s)."""
         k = served.check_k(k, self.catalog_size)
         users, ts = served.query_arrays(user_ids, timestamps, self.default_timestamp)
-        out = self.model.recommend({"user_id": tf.constant(users.astype(str), tf.string),
-                                    "timestamp": tf.constant(ts, tf.int64),
-                                    "k": tf.constant(k, tf.int32)})
+        given = None if histories is None else served.history_rows(
+            histories, served.rows_of_title(self.titles))
+        queries = {"user_id": tf.constant(users.astype(str), tf.string),
+                   "timestamp": tf.constant(ts, tf.int64), "k": tf.constant(k, tf.int32)}
+        if self.history is not None:
+            queries[served.HISTORY_INPUT] = tf.constant(self.history.lookup(users, ts, given))
+        elif given is not None and any(g is not None for g in given):
+            raise ValueError(f"{self.path} has no history feature (its run was trained without "
+                             "model.history): drop the histories")
+        out = self.model.recommend(queries)
         titles = np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(
             out["titles"].numpy())
         return served.Served(titles, out["rows"].numpy().astype(np.int64),

@@ -18,14 +18,21 @@ graph, so it is asked for C + (excluded rows) candidates, all ranked, and the fi
 excluded are kept in retrieval order: the same answer, at the cost of ranking the excluded
 candidates too.
 
-Excluded rows: ``exclude_items`` (titles: every catalogue row of each) and ``exclude_seen``
+Excluded rows: ``exclude_items`` (titles: every catalogue row of each), ``exclude_seen``
 (every row of every title the user rated in the training split): for a run folder rebuilt
 from the run's data (its config's data folder, no download; ``export.training_seen``, checked
 against the run's feature-spec fingerprint), for an export read from its ``seen.npz``
-(``serving.StoredSeen``, written by ``twostage export`` when the run's data was readable).
+(``serving.StoredSeen``, written by ``twostage export`` when the run's data was readable), and
+a ``filter`` on a category feature (every row without one of the wanted values; the genres of
+``export.catalog_genres``, an export's ``categories.npz``).
+
+A query's own ``history`` (a model of ``model.history``): the query tower reads the given
+titles instead of the user's stored history (:class:`PinnedHistories`); such a query is
+retrieved alone, so its user id names it in the batch.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from dataclasses import dataclass
@@ -35,6 +42,7 @@ import numpy as np
 
 from . import evaluation, io, serving
 from .pipeline import Recommendations, recommend
+from .recipes import HISTORY_LENGTH, RecipeData
 
 RUN_KIND = "run"   # twostage.rundir.KIND
 
@@ -47,7 +55,9 @@ class EngineError(ValueError):
 class Query:
     """One request's share of a batch: ``users`` [n] str, ``timestamps`` [n] int64, ``k`` and
     ``num_candidates`` (C before clipping to the catalogue), ``exclude_rows`` [e] int64
-    catalogue rows excluded for every user of it, ``exclude_seen``."""
+    catalogue rows excluded for every user of it, ``exclude_seen``, ``history`` [h] int64
+    catalogue rows (oldest first) the query tower reads instead of the stored history (one
+    user), or None."""
 
     users: np.ndarray
     timestamps: np.ndarray
@@ -55,6 +65,7 @@ class Query:
     num_candidates: int
     exclude_rows: np.ndarray
     exclude_seen: bool
+    history: np.ndarray | None = None
 
     def candidates(self, catalog_size: int) -> int:
         """C: ``twostage recommend``'s min(max(k, num_candidates), catalogue)."""
@@ -68,7 +79,9 @@ class Engine:
     catalogue in index-row order), ``default_timestamp``, ``num_candidates`` (the default C
     floor), ``index_kind``, ``spec_fingerprint`` (None when the folder records none),
     ``seen`` (serving.StoredSeen or None) and ``seen_note`` (why not, when None), ``vocab``
-    (the training users: a frozenset of ids).
+    (the training users: a frozenset of ids), ``categories`` (serving.StoredCategories or None,
+    what ``filter`` reads) and ``categories_note``, ``history_feature`` (the query tower reads
+    user histories).
     """
 
     kind: str
@@ -83,6 +96,11 @@ class Engine:
     seen: serving.StoredSeen | None = None
     seen_note: str = ("this export holds no seen titles (the run's data was not readable when "
                       "it was exported): export it again where the data is, or serve the run")
+    categories: serving.StoredCategories | None = None
+    categories_note: str = ("this export holds no item categories (the run's data was not "
+                            "readable when it was exported): export it again where the data "
+                            "is, or serve the run")
+    history_feature: bool = False
 
     def _finish(self) -> None:
         """Derived lookups, once the subclass has set the attributes above."""
@@ -98,9 +116,11 @@ class Engine:
     # --- what a kind provides ----------------------------------------------------------------
 
     def candidates(self, users: np.ndarray, timestamps: np.ndarray, c: int,
-                   exclude: evaluation.Exclusions | None) -> Recommendations:
+                   exclude: evaluation.Exclusions | None, history: np.ndarray | None = None
+                   ) -> Recommendations:
         """C candidates per user in retrieval order, ranked; rows of ``exclude`` never among
-        them (padding: row -1, ranking score -inf)."""
+        them (padding: row -1, ranking score -inf). ``history``: catalogue rows the query
+        tower reads as the history of ``users`` (one user), or None (the stored one)."""
         raise NotImplementedError
 
     def versions(self) -> dict[str, str]:
@@ -121,16 +141,42 @@ class Engine:
             rows += self.rows_of_title[title]
         return evaluation.sorted_unique(np.asarray(rows, dtype=np.int64))
 
+    def filter_rows(self, wanted: dict[str, list[str]]) -> np.ndarray:
+        """Catalogue rows a ``filter`` excludes: those lacking every wanted value of some
+        feature (values of one feature: any of them; several features: all of them).
+
+        Raises:
+            KeyError: naming the first feature without categories here; ValueError: naming
+            the first unknown value (as "feature: value").
+        """
+        if self.categories is None:
+            raise KeyError(next(iter(wanted), ""))
+        out = [np.zeros(0, np.int64)]
+        for feature, values in wanted.items():
+            if feature not in self.categories.features:
+                raise KeyError(feature)
+            try:
+                out.append(self.categories.rows_without(feature, values))
+            except ValueError as e:
+                raise ValueError(f"{feature}: {e.args[0]}") from None
+        return evaluation.sorted_unique(np.concatenate(out))
+
+    def history_of(self, titles) -> np.ndarray:
+        """[h] catalogue rows of a given history (item ids, oldest first; a duplicated
+        title's first row). KeyError naming the first title the catalogue lacks."""
+        return serving.history_rows([titles], self.rows_of_title)[0]
+
     def serve(self, queries: list[Query]) -> list[serving.Served]:
         """The re-ranked top k of every query of a batch, in order. Queries with the same C are
-        retrieved and ranked together (one call per distinct C), on the engine's own threads
-        (``serving.owned_threads``)."""
+        retrieved and ranked together (one call per distinct C; a query with its own history
+        alone), on the engine's own threads (``serving.owned_threads``)."""
         out: list[serving.Served | None] = [None] * len(queries)
-        groups: dict[int, list[int]] = {}
+        groups: dict[tuple[int, int], list[int]] = {}
         for i, q in enumerate(queries):
-            groups.setdefault(q.candidates(self.catalog_size), []).append(i)
+            groups.setdefault((q.candidates(self.catalog_size), -1 if q.history is None else i),
+                              []).append(i)
         with serving.owned_threads(self.threads):
-            for c, members in groups.items():
+            for (c, _), members in groups.items():
                 for i, served in zip(members, self._serve_group([queries[i] for i in members],
                                                                 c)):
                     out[i] = served
@@ -139,7 +185,7 @@ class Engine:
     def _serve_group(self, queries: list[Query], c: int) -> list[serving.Served]:
         users = np.concatenate([q.users for q in queries])
         stamps = np.concatenate([q.timestamps for q in queries])
-        recs = self.candidates(users, stamps, c, self._exclusions(queries))
+        recs = self.candidates(users, stamps, c, self._exclusions(queries), queries[0].history)
         served = serving.top_k(recs, self.titles, max(q.k for q in queries))
         out, start = [], 0
         for q in queries:
@@ -181,13 +227,50 @@ class StagesEngine(Engine):
             setattr(self, name, value)
         self._finish()
         self.vocab = frozenset(spec.user_vocab)
+        self.history_feature = getattr(stages.recipe, "history", None) is not None
+        self.row_titles = np.asarray(spec.title_index(list(self.titles)), dtype=np.int64)
         bounds = [int(b) for b in spec.ts_boundaries]   # the data's time range, as recommend's
         self.time_range = ((min(bounds), max(max(bounds), self.default_timestamp)) if bounds
                            else None)
 
-    def candidates(self, users, timestamps, c, exclude) -> Recommendations:
-        return recommend(self.stages, users, timestamps, c, self.titles, exclude=exclude,
-                         block=max(len(users), 1))
+    def candidates(self, users, timestamps, c, exclude, history=None) -> Recommendations:
+        with self._pinned(users, history):
+            return recommend(self.stages, users, timestamps, c, self.titles, exclude=exclude,
+                             block=max(len(users), 1))
+
+    @contextlib.contextmanager
+    def _pinned(self, users: np.ndarray, history: np.ndarray | None):
+        """Within the block the stages' histories answer ``users`` (one user) with
+        ``history`` (catalogue rows; the stages read ``recipe.history.lookup``)."""
+        if history is None:
+            yield
+            return
+        if not self.history_feature:
+            raise ValueError("this model has no history feature (trained without "
+                             "model.history): drop history")
+        recipe = self.stages.recipe
+        self.stages.recipe = dataclasses.replace(recipe, history=PinnedHistories(
+            recipe.history, {str(u): self.row_titles[history] for u in users}))
+        try:
+            yield
+        finally:
+            self.stages.recipe = recipe
+
+
+class PinnedHistories:
+    """A ``recipes.HistoryIndex`` whose :meth:`lookup` answers the users of ``pinned`` (user
+    id -> title ids, oldest first) with their given history (the most recent HISTORY_LENGTH,
+    laid out as ``HistoryIndex.lookup``) and every other user from ``base``."""
+
+    def __init__(self, base, pinned: dict[str, np.ndarray]) -> None:
+        self.base, self.pinned = base, pinned
+
+    def lookup(self, user_ids, timestamps, length: int = HISTORY_LENGTH) -> np.ndarray:
+        out = self.base.lookup(user_ids, timestamps, length)
+        for i, user in enumerate(np.asarray(user_ids, dtype=object).tolist()):
+            if str(user) in self.pinned:
+                out[i] = serving.recent_history(self.pinned[str(user)], length)
+        return out
 
 
 class ExportStages:
@@ -197,12 +280,17 @@ class ExportStages:
 
     def __init__(self, export: serving.TorchExport) -> None:
         self.export = export
+        # what a backend's ``recipe`` holds for its query tower: the stored histories
+        self.recipe = (RecipeData(history=export.history.index) if export.history is not None
+                       else None)
 
     def retrieve(self, users, timestamps, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores [N, k'], rows [N, k']) of the export's index for the queries' embeddings."""
         x = self.export
-        queries = x._run("query_tower", x.spec.encode_queries(users, timestamps),
-                         serving.QUERY_INPUTS)
+        arrays = dict(x.spec.encode_queries(users, timestamps))
+        if self.recipe is not None:
+            arrays[serving.HISTORY_INPUT] = self.recipe.histories(users, timestamps)
+        queries = x._run("query_tower", arrays, x.query_inputs)
         return x.index.search(queries, k)
 
     def ranking_scores(self, users, timestamps, titles) -> np.ndarray:
@@ -227,12 +315,16 @@ class SavedModelEngine(Engine):
         self.num_candidates = export.num_candidates
         self.vocab = export.user_vocab
         self.seen = export.seen
+        self.categories = export.categories
+        self.history_feature = export.history is not None
         self._finish()
 
-    def candidates(self, users, timestamps, c, exclude) -> Recommendations:
+    def candidates(self, users, timestamps, c, exclude, history=None) -> Recommendations:
         extra = int(exclude.counts().max(initial=0)) if exclude is not None else 0
         wide = min(max(c + extra, self.num_candidates), self.catalog_size)
-        got = self.export.recommend(users, timestamps, wide)   # all `wide` candidates, ranked
+        given = None if history is None else [self.titles[history].tolist()] * len(users)
+        # all `wide` candidates, ranked
+        got = self.export.recommend(users, timestamps, wide, histories=given)
         return first_unexcluded(got, c, exclude)
 
 
@@ -293,12 +385,12 @@ def open_engine(path: Path | str, threads: int = serving.PROGRAM_THREADS,
                         titles=export.titles, default_timestamp=export.default_timestamp,
                         num_candidates=export.num_candidates, index_kind=export.index.kind,
                         spec_fingerprint=export.spec.fingerprint(), threads=threads,
-                        seen=export.seen)
+                        seen=export.seen, categories=export.categories)
 
 
 def _run_engine(path: Path, threads: int, backend: str | None, seen: bool) -> StagesEngine:
     """A run folder's backend as ``twostage recommend`` and ``twostage export`` load it."""
-    from .export import load_run_backend, training_seen
+    from .export import catalog_genres, load_run_backend, training_seen
     from .rundir import RunDir
 
     run = RunDir.open(path)
@@ -312,4 +404,7 @@ def _run_engine(path: Path, threads: int, backend: str | None, seen: bool) -> St
     engine.backend_name = model.name
     engine.seen, engine.seen_note = (training_seen(model.config, run.spec_fingerprint) if seen
                                      else (None, "started with --no-seen"))
+    engine.categories, why = catalog_genres(model.config, model.spec, run.corpus_titles,
+                                            model.recipe)
+    engine.categories_note = why or engine.categories_note
     return engine

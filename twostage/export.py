@@ -14,24 +14,28 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from . import serving
 from .data.download import DataNotFoundError, resolve_data_dir
+from .data.registry import TFDS_GENRES
 from .data.movielens import load_movielens
 from .dataset import from_movielens
 from .pipeline import seen_titles
+from .recipes import genre_table
 
 STAGES = ("retrieval", "ranking")
 log = logging.getLogger("twostage")
 
 
-def training_seen(config, fingerprint: str | None) -> tuple[serving.StoredSeen | None, str]:
-    """The titles each user rated in the run's training split, rebuilt from its data folder.
+def run_dataset(config, fingerprint: str | None):
+    """The run's dataset, rebuilt from its data folder.
 
     Args:
         config: the run's stored Config (its data folder, release, split and seed).
         fingerprint: the run's feature-spec fingerprint: the data must give the same spec.
     Returns:
-        (StoredSeen, "") or (None, why not): no download is attempted (a server or an export
+        (Dataset, "") or (None, why not): no download is attempted (a server or an export
         must not fetch data), and data that gives another feature spec is not the run's.
     """
     try:
@@ -43,7 +47,72 @@ def training_seen(config, fingerprint: str | None) -> tuple[serving.StoredSeen |
     if dataset.spec.fingerprint() != fingerprint:
         return None, (f"the data at {folder} is not the data the run was trained on (feature "
                       "spec fingerprints differ)")
+    return dataset, ""
+
+
+def training_seen(config, fingerprint: str | None) -> tuple[serving.StoredSeen | None, str]:
+    """The titles each user rated in the run's training split, rebuilt from its data folder
+    (:func:`run_dataset`).
+
+    Returns:
+        (StoredSeen, "") or (None, why not).
+    """
+    dataset, why = run_dataset(config, fingerprint)
+    if dataset is None:
+        return None, why
     return serving.StoredSeen.from_seen(seen_titles(dataset), dataset.spec.user_vocab), ""
+
+
+def catalog_genres(config, spec, titles, recipe=None
+                   ) -> tuple[serving.StoredCategories | None, str]:
+    """The genres of every catalogue row (``filter`` on ``genres``): the genre table the
+    candidate tower of ``model.genres`` reads (``recipe.genres``, stored with the checkpoint),
+    else ``recipes.genre_table`` of the run's data (:func:`run_dataset`).
+
+    Args:
+        config: the run's stored Config; spec: its FeatureSpec (title ids, fingerprint).
+        titles: [M] the catalogue (the run's corpus, index-row order).
+        recipe: the loaded backend's ``RecipeData`` (or None).
+    Returns:
+        (StoredCategories with one feature "genres", "") or (None, why not).
+    """
+    table = getattr(recipe, "genres", None)
+    if table is None:
+        dataset, why = run_dataset(config, spec.fingerprint())
+        if dataset is None:
+            return None, why
+        movies = dataset.movielens.movies
+        table = genre_table(movies["movie_title"].to_numpy(dtype=object),
+                            movies["movie_genres"], spec)
+    ids = np.asarray(table)[np.asarray(spec.title_index(list(titles)), dtype=np.int64)]
+    return serving.StoredCategories.from_lists(
+        "genres", TFDS_GENRES, [[g - 1 for g in row if g] for row in ids.tolist()]), ""
+
+
+def training_history(backend, titles) -> serving.StoredHistory | None:
+    """What the query tower of ``model.history`` reads, for an export: the loaded backend's
+    training histories (the checkpoint's ``recipe.npz``, as ``twostage recommend`` reads them)
+    and the title id of each catalogue row; None without the history feature."""
+    if not backend.config.model.history:
+        return None
+    if backend.recipe is None or backend.recipe.history is None:
+        raise ValueError("the run's checkpoint holds no user histories (model.history); train "
+                         "and save it again")
+    return serving.StoredHistory(backend.recipe.history, np.asarray(
+        backend.spec.title_index(list(titles)), dtype=np.int64))
+
+
+def _export_data(run, backend) -> dict:
+    """What an export stores beside the models: ``seen`` (StoredSeen), ``categories``
+    (StoredCategories) and ``history`` (StoredHistory), each None when the run's data cannot
+    be read here (said on the log) or the model has no such feature."""
+    seen = _export_seen(run, backend.config)
+    categories, why = catalog_genres(backend.config, backend.spec, run.corpus_titles,
+                                     backend.recipe)
+    if categories is None:
+        log.warning("the export will not serve filter: %s", why)
+    return {"seen": seen, "categories": categories,
+            "history": training_history(backend, run.corpus_titles)}
 
 
 def _export_seen(run, config) -> serving.StoredSeen | None:
@@ -75,6 +144,7 @@ def torch_to_tfrs(torch_backend):
                                           cuda_graphs=False)
     tfrs_backend = TfrsBackend(config, torch_backend.spec)
     copy_weights(torch_backend, tfrs_backend)
+    tfrs_backend.attach_recipe_data(torch_backend.recipe)   # genre table, histories: data
     return tfrs_backend
 
 
@@ -84,6 +154,7 @@ def tfrs_to_torch(tfrs_backend):
 
     torch_backend = TorchBackend(tfrs_backend.config, tfrs_backend.spec)
     copy_weights(tfrs_backend, torch_backend)
+    torch_backend.attach_recipe_data(tfrs_backend.recipe)   # genre table, histories: data
     return torch_backend
 
 
@@ -99,12 +170,7 @@ def load_run_backend(run, backend: str | None = None):
     name, folder = run.backend_dir(backend)
     config = stored_config(folder).replace(device="cpu", nproc=1, compile=False,
                                            cuda_graphs=False)
-    unsupported = [f"model.{f}" for f in ("genres", "history") if getattr(config.model, f)]
-    if unsupported:  # their inputs come from the data (genres per title, history per user)
-        raise ValueError(f"{folder} was trained with {' and '.join(unsupported)}; the serving "
-                         "exports carry the seed's features only (user id, timestamp, title): "
-                         "export a run trained without them")
-    return load_backend(name, folder, config)
+    return load_backend(name, folder, config)   # with the checkpoint's recipe lookups
 
 
 def _num_candidates(backend, num_candidates: int | None) -> int:
@@ -143,7 +209,7 @@ def export_run_to_tfrs(run, out: Path, *, backend: str | None = None, k: int = 1
                               num_candidates=_num_candidates(source, num_candidates),
                               default_timestamp=run.max_timestamp,
                               user_vocab=source.spec.user_vocab,
-                              seen=_export_seen(run, source.config))
+                              **_export_data(run, source))
 
 
 def export_run_to_torch(run, out: Path, *, backend: str | None = None,
@@ -162,4 +228,4 @@ def export_run_to_torch(run, out: Path, *, backend: str | None = None,
                            max_timestamp=run.max_timestamp,
                            num_candidates=_num_candidates(source, num_candidates),
                            source={"run": str(run.path), "backend": source.name},
-                           seen=_export_seen(run, source.config), force=force)
+                           **_export_data(run, source), force=force)

@@ -27,7 +27,7 @@ import platform
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Annotated, Any, Union
+from typing import Annotated, Union
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -45,6 +45,9 @@ MAX_USERS = 1000
 MAX_BODY_BYTES = 1 << 20
 """A request body above 1 MiB is refused (413) before it is parsed."""
 MAX_EXCLUDED_ITEMS = 10_000
+MAX_HISTORY_ITEMS = 10_000
+"""Items of a request's ``history`` (the query tower reads the most recent 50 of them)."""
+MAX_FILTER_VALUES = 100
 MAX_QUEUED_USERS = 100_000
 """Users waiting for the model before new requests are refused (503) instead of queued."""
 MAX_TIMESTAMP = 4_102_444_800
@@ -61,6 +64,8 @@ OPTIONS_ENV = "TWOSTAGE_SERVE_OPTIONS"   # the options of a --workers N worker p
 
 UserId = Union[Annotated[str, StringConstraints(strict=True, max_length=256)], StrictInt]
 ItemId = Annotated[str, StringConstraints(strict=True, max_length=1024)]
+FeatureName = Annotated[str, StringConstraints(strict=True, max_length=64)]
+CategoryValue = Annotated[str, StringConstraints(strict=True, max_length=256)]
 
 
 class RecommendRequest(BaseModel):
@@ -80,8 +85,14 @@ class RecommendRequest(BaseModel):
     exclude_seen: StrictBool = Field(False, description=(
         "remove the titles each user rated in training (run folders, and exports that stored "
         "them: see /metadata)"))
-    filter: dict[str, Any] | None = Field(None, description="not offered by MovieLens models")
-    history: list[ItemId] | None = Field(None, description="not offered by MovieLens models")
+    filter: dict[FeatureName, Annotated[list[CategoryValue], Field(
+        min_length=1, max_length=MAX_FILTER_VALUES)]] | None = Field(None, description=(
+            "only items whose category feature has one of the values, e.g. {\"genres\": "
+            "[\"Comedy\"]} (several features: all must match; see /metadata)"))
+    history: list[ItemId] | None = Field(None, max_length=MAX_HISTORY_ITEMS, description=(
+        "item ids (titles, oldest first) the query tower reads as the user's history instead "
+        "of the stored one: for a user the model never saw; models with a history feature "
+        "only, with user_id"))
 
 
 class Item(BaseModel):
@@ -136,10 +147,6 @@ def build_query(engine: Engine, body: RecommendRequest) -> tuple[Query, list[str
     if (body.user_id is None) == (body.user_ids is None):
         raise FieldError("user_id", "pass exactly one of user_id (one user) and user_ids (a "
                          f"list of at most {MAX_USERS})")
-    for field in ("filter", "history"):
-        if getattr(body, field) is not None:
-            raise FieldError(field, f"this model offers no {field}: MovieLens run folders and "
-                             "exports serve user id, time and title only; drop the field")
     size = engine.catalog_size
     for field, value in (("k", body.k), ("num_candidates", body.num_candidates)):
         if value is not None and value > size:
@@ -149,11 +156,49 @@ def build_query(engine: Engine, body: RecommendRequest) -> tuple[Query, list[str
         raise FieldError("exclude_seen", f"exclude_seen is not available: {engine.seen_note}")
     users = [body.user_id] if body.user_ids is None else body.user_ids
     ts = engine.default_timestamp if body.timestamp is None else body.timestamp
+    excluded = _excluded_rows(engine, body.exclude_items)
+    if body.filter is not None:
+        excluded = np.union1d(excluded, _filtered_out(engine, body.filter))
     query = Query(np.array([str(u) for u in users], dtype=object),
                   np.full(len(users), ts, dtype=np.int64), body.k,
                   engine.num_candidates if body.num_candidates is None else body.num_candidates,
-                  _excluded_rows(engine, body.exclude_items), body.exclude_seen)
+                  excluded, body.exclude_seen, _history(engine, body))
     return query, _time_warnings(engine, ts)
+
+
+def _filtered_out(engine: Engine, wanted: dict[str, list[str]]) -> np.ndarray:
+    """The catalogue rows ``filter`` removes (excluded inside the retrieval, as
+    ``exclude_items``)."""
+    try:
+        return engine.filter_rows(wanted)
+    except KeyError as e:
+        offered = (", ".join(engine.categories.features) if engine.categories is not None
+                   else f"none ({engine.categories_note})")
+        raise FieldError("filter", f"filter: unknown feature {e.args[0]!r}; this model's "
+                         f"category features are {offered} (see GET /metadata)") from None
+    except ValueError as e:
+        feature, value = str(e).split(": ", 1)
+        raise FieldError("filter", f"filter: {value!r} is not a value of {feature!r}; its "
+                         "values are listed by GET /metadata") from None
+
+
+def _history(engine: Engine, body: RecommendRequest) -> np.ndarray | None:
+    """The catalogue rows of the request's ``history``, or None."""
+    if body.history is None:
+        return None
+    if not engine.history_feature:
+        raise FieldError("history", "this model has no history feature (trained without "
+                         "model.history), so a history cannot change its answer; drop history")
+    if body.user_id is None:
+        raise FieldError("history", "history is one user's: send it with user_id, not "
+                         "user_ids")
+    try:
+        return engine.history_of(body.history)
+    except KeyError as e:
+        at = body.history.index(e.args[0])
+        raise FieldError("history", f"history[{at}] {e.args[0]!r} is not an item of the "
+                         "catalogue (items are titles as GET /metadata counts them); drop "
+                         "it") from None
 
 
 def _excluded_rows(engine: Engine, titles: list[str]) -> np.ndarray:
@@ -271,9 +316,15 @@ def _metadata(engine: Engine, batcher: MicroBatcher, limits: Limits) -> dict:
         "index_kind": engine.index_kind, "num_candidates": engine.num_candidates,
         "default_timestamp": engine.default_timestamp,
         "exclude_seen": {"available": engine.seen is not None, "note": engine.seen_note},
-        "filter": None, "history": False,
+        "filter": {"available": engine.categories is not None,
+                   "features": (engine.categories.describe() if engine.categories is not None
+                                else {}),
+                   "note": "" if engine.categories is not None else engine.categories_note},
+        "history": engine.history_feature,
         "limits": {"max_users": MAX_USERS, "max_body_bytes": MAX_BODY_BYTES,
                    "max_excluded_items": MAX_EXCLUDED_ITEMS,
+                   "max_history_items": MAX_HISTORY_ITEMS,
+                   "max_filter_values": MAX_FILTER_VALUES,
                    "max_queued_users": MAX_QUEUED_USERS, "max_timestamp": MAX_TIMESTAMP,
                    "request_timeout_s": limits.request_timeout_s},
         "batching": {"max_wait_ms": limits.batch_wait_ms, "max_users": limits.batch_users,
@@ -287,11 +338,17 @@ def _metadata(engine: Engine, batcher: MicroBatcher, limits: Limits) -> dict:
 
 def _field_of(loc: tuple) -> str:
     """("body", "user_ids", 3, "int") -> "user_ids[3]" (the union member pydantic tried is
-    left out); the body itself -> "body"."""
+    left out; so is what follows a key: ("body", "filter", "genres", 0) -> "filter"); the body
+    itself -> "body"."""
     parts = list(loc[1:]) if loc[:1] == ("body",) else list(loc)
     if not parts or not isinstance(parts[0], str):
         return "body"
-    return parts[0] + "".join(f"[{p}]" for p in parts[1:] if isinstance(p, int))
+    field = parts[0]
+    for p in parts[1:]:
+        if not isinstance(p, int):
+            break
+        field += f"[{p}]"
+    return field
 
 
 def _add_error_handlers(app: FastAPI) -> None:

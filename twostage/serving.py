@@ -57,6 +57,7 @@ from . import io
 from .config import PRECISIONS
 from .data.features import FeatureSpec
 from .pipeline import Recommendations
+from .recipes import HISTORY_LENGTH, HistoryIndex, RecipeData
 
 TORCH_KIND = "torch-export"   # twostage.io marker kind of a torch export folder
 SAVEDMODEL_KIND = "savedmodel"  # tfrs_impl.serving.SAVEDMODEL_KIND (the TFRS export)
@@ -70,6 +71,7 @@ MANIFEST = "export.json"      # in both kinds: the sha256 of every file a loader
 FILES = {"query_tower": "query_tower.pt", "ranking_model": "ranking_model.pt",
          "index": "index.faiss", "titles": "titles.json", "feature_spec": "feature_spec.json"}
 QUERY_INPUTS: tuple[str, ...] = ("user_index", "ts_bucket", "ts_norm")
+HISTORY_QUERY_INPUTS = QUERY_INPUTS + ("history",)   # the query tower of model.history
 RANKING_INPUTS: tuple[str, ...] = QUERY_INPUTS + ("title_index", "title_tokens")
 _TARGETS = {TORCH_KIND: "torch", SAVEDMODEL_KIND: "tfrs"}
 PROGRAM_THREADS = 1
@@ -179,6 +181,10 @@ def _read_json(path: Path, what: str, kind: str = TORCH_KIND) -> Any:
 
 
 SEEN_FILE = "seen.npz"   # optional in both kinds: StoredSeen, listed in export.json when written
+HISTORY_FILE = "history.npz"        # both kinds, with model.history: StoredHistory
+CATEGORIES_FILE = "categories.npz"  # optional in both kinds: StoredCategories (genres per row)
+OPTIONAL_FILES = (SEEN_FILE, HISTORY_FILE, CATEGORIES_FILE)
+HISTORY_INPUT = "history"           # the query tower's input of model.history (recipes.HISTORY)
 
 
 @dataclass(frozen=True)
@@ -254,6 +260,199 @@ def read_seen(path: Path, manifest: dict, catalog_size: int) -> "StoredSeen | No
     return StoredSeen.load(path / SEEN_FILE, catalog_size)
 
 
+def _read_arrays(path: Path, what: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz written by an export (no pickled objects)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {name: z[name] for name in z.files}
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{path}: not {what} ({e}); {_reexport(path.parent)}") from None
+
+
+@dataclass(frozen=True)
+class StoredCategories:
+    """The category features of the catalogue (MovieLens: ``genres``, the union over the u.item
+    entries of a title, as ``recipes.genre_table``), stored with every export so that it can
+    serve ``filter`` without the training data.
+
+    ``features``: name -> (values [V] str, indptr [M + 1] int64, ids [P] int64): catalogue row
+    r has the values ``values[ids[indptr[r]:indptr[r + 1]]]``.
+    """
+
+    features: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+    @classmethod
+    def from_lists(cls, name: str, values: Sequence[str], per_row: Sequence[Sequence[int]]
+                   ) -> "StoredCategories":
+        """One feature: ``values`` [V] and per catalogue row its value indices."""
+        counts = np.array([len(r) for r in per_row], dtype=np.int64)
+        ids = np.array([i for r in per_row for i in sorted(r)], dtype=np.int64)
+        return cls({name: (np.asarray([str(v) for v in values], dtype=str),
+                           np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), ids)})
+
+    def describe(self) -> dict[str, list[str]]:
+        """{feature: its values} (what ``filter`` accepts; GET /metadata)."""
+        return {name: [str(v) for v in values] for name, (values, _, _) in
+                self.features.items()}
+
+    def rows_without(self, feature: str, wanted: Sequence[str]) -> np.ndarray:
+        """Sorted catalogue rows whose ``feature`` has none of ``wanted`` (what a filter on
+        them excludes from the retrieval).
+
+        Raises:
+            KeyError: ``feature`` is not stored; ValueError: naming the first unknown value.
+        """
+        values, indptr, ids = self.features[feature]
+        known = {str(v): i for i, v in enumerate(values.tolist())}
+        unknown = [w for w in wanted if w not in known]
+        if unknown:
+            raise ValueError(unknown[0])
+        hit = np.isin(ids, [known[w] for w in wanted])
+        owner = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+        keep = np.zeros(len(indptr) - 1, dtype=bool)
+        keep[owner[hit]] = True
+        return np.flatnonzero(~keep).astype(np.int64)
+
+    def save(self, path: Path) -> None:
+        """An uncompressed .npz: ``<feature>.values`` / ``.indptr`` / ``.ids`` per feature."""
+        arrays = {f"{name}.{part}": a for name, parts in self.features.items()
+                  for part, a in zip(("values", "indptr", "ids"), parts)}
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path: Path, catalog_size: int) -> "StoredCategories":
+        """Read :meth:`save`'s file (already checksummed by :func:`read_manifest`).
+
+        Raises:
+            ExportError: the arrays are not categories of a ``catalog_size`` catalogue.
+        """
+        arrays = _read_arrays(path, "a categories file")
+        names = sorted({key.rsplit(".", 1)[0] for key in arrays})
+        features = {}
+        for name in names:
+            parts = [arrays.get(f"{name}.{part}") for part in ("values", "indptr", "ids")]
+            values, indptr, ids = parts
+            ok = (all(p is not None and p.ndim == 1 for p in parts) and values.dtype.kind == "U"
+                  and indptr.dtype.kind == ids.dtype.kind == "i"
+                  and len(indptr) == catalog_size + 1 and indptr[0] == 0
+                  and indptr[-1] == len(ids) and bool(np.all(np.diff(indptr) >= 0))
+                  and bool(np.all((ids >= 0) & (ids < len(values)))))
+            if not ok:
+                raise ExportError(f"{path}: the categories {name!r} are inconsistent (values, "
+                                  f"offsets over {catalog_size} rows, value ids); "
+                                  f"{_reexport(path.parent)}")
+            features[name] = (values, indptr.astype(np.int64), ids.astype(np.int64))
+        if len(arrays) != 3 * len(names):
+            raise ExportError(f"{path}: holds other arrays than <feature>.values / .indptr / "
+                              f".ids; {_reexport(path.parent)}")
+        return cls(features)
+
+
+@dataclass(frozen=True)
+class StoredHistory:
+    """What the query tower of ``model.history`` reads, stored with an export: the training
+    ratings by user (``index``: ``recipes.HistoryIndex``, the checkpoint's ``recipe.npz``
+    arrays, so a history at any query time is the one ``twostage recommend`` computes) and the
+    title id of each catalogue row (``row_titles`` [M] int64: a history sent with a request
+    names catalogue items, the tower reads title ids)."""
+
+    index: HistoryIndex
+    row_titles: np.ndarray
+
+    def lookup(self, user_ids, timestamps, given: Sequence | None = None) -> np.ndarray:
+        """[N, HISTORY_LENGTH] title ids: each user's stored history strictly before its time
+        (``HistoryIndex.lookup``), except where ``given`` [N] holds catalogue rows (oldest
+        first; None: the stored one), whose most recent HISTORY_LENGTH replace it."""
+        out = self.index.lookup(user_ids, timestamps)
+        for i, rows in enumerate(given or ()):
+            if rows is not None:
+                out[i] = recent_history(self.row_titles[np.asarray(rows, dtype=np.int64)])
+        return out
+
+    def save(self, path: Path) -> None:
+        """An uncompressed .npz: ``RecipeData.to_arrays``' history arrays + ``row_titles``."""
+        with open(path, "wb") as f:
+            np.savez(f, row_titles=self.row_titles,
+                     **RecipeData(history=self.index).to_arrays())
+
+    @classmethod
+    def load(cls, path: Path, catalog_size: int) -> "StoredHistory":
+        """Read :meth:`save`'s file (already checksummed by :func:`read_manifest`).
+
+        Raises:
+            ExportError: the arrays are not training histories over a ``catalog_size``
+            catalogue's title ids.
+        """
+        arrays = _read_arrays(path, "a history file")
+        rows = arrays.get("row_titles")
+        titles = arrays.get("history_titles")
+        try:
+            if rows is None or titles is None or rows.dtype.kind != "i" or rows.shape != (
+                    catalog_size,) or (titles.size and not 0 <= titles.min() <= titles.max()
+                                       <= rows.max()):
+                raise ValueError(f"row_titles must be {catalog_size} title ids and every "
+                                 "history title one of them")
+            index = RecipeData.from_arrays(arrays).history
+            if index is None:
+                raise ValueError("no history arrays")
+        except (KeyError, ValueError) as e:
+            raise ExportError(f"{path}: the histories are inconsistent ({e}); "
+                              f"{_reexport(path.parent)}") from None
+        return cls(index, rows.astype(np.int64))
+
+
+def recent_history(title_ids: np.ndarray, length: int = HISTORY_LENGTH) -> np.ndarray:
+    """[length] int64: the most recent ``length`` of ``title_ids`` (oldest first),
+    right-aligned and 0-padded on the left, as ``HistoryIndex.lookup`` lays out a history."""
+    tail = np.asarray(title_ids, dtype=np.int64)[-length:] if length else np.zeros(0, np.int64)
+    out = np.zeros(length, dtype=np.int64)
+    out[length - len(tail):] = tail
+    return out
+
+
+def read_extras(path: Path, manifest: dict, catalog_size: int, kind: str = TORCH_KIND
+                ) -> tuple["StoredSeen | None", "StoredCategories | None", "StoredHistory | None"]:
+    """The export's optional data files that ``export.json`` lists (None where not), with the
+    history required when the manifest says the model reads one (``recipes.history``).
+
+    Raises:
+        ExportError: a listed file is inconsistent, or a history model has no history file.
+    """
+    files = manifest.get("files", {})
+    needs_history = bool((manifest.get("recipes") or {}).get("history"))
+    if needs_history and HISTORY_FILE not in files:
+        raise ExportError(f"{path / MANIFEST}: the model reads user histories but the export "
+                          f"lists no {HISTORY_FILE}; {_reexport(path, kind)}")
+    seen = read_seen(path, manifest, catalog_size)
+    categories = (StoredCategories.load(path / CATEGORIES_FILE, catalog_size)
+                  if CATEGORIES_FILE in files else None)
+    history = (StoredHistory.load(path / HISTORY_FILE, catalog_size) if needs_history
+               else None)
+    return seen, categories, history
+
+
+def history_rows(histories, rows_of_title: dict[str, list[int]]) -> list | None:
+    """Per query, the catalogue rows of its given history (item ids, oldest first; the first
+    row of a duplicated title: its rows share one title id), or None where none is given.
+
+    Raises:
+        KeyError: the first item id the catalogue lacks.
+    """
+    if histories is None:
+        return None
+    out = []
+    for items in histories:
+        if items is None:
+            out.append(None)
+            continue
+        missing = [str(t) for t in items if str(t) not in rows_of_title]
+        if missing:
+            raise KeyError(missing[0])
+        out.append(np.array([rows_of_title[str(t)][0] for t in items], dtype=np.int64))
+    return out
+
+
 def exported_files(root: Path) -> list[str]:
     """Relative posix paths of the files under an export folder ``root`` that ``export.json``
     lists: all but the marker and ``export.json`` itself (a linked file is listed, a linked
@@ -302,9 +501,9 @@ def read_manifest(path: Path, kind: str = TORCH_KIND) -> dict:
     files = manifest.get("files")
     if not io.is_checksum_map(files):
         raise ExportError(f"{path / MANIFEST}: 'files' must map paths to checksums")
-    if kind == TORCH_KIND and set(files) - {SEEN_FILE} != set(FILES.values()):
+    if kind == TORCH_KIND and set(files) - set(OPTIONAL_FILES) != set(FILES.values()):
         raise ExportError(f"{path / MANIFEST}: 'files' must list {sorted(FILES.values())} "
-                          f"(and {SEEN_FILE} when the export has one)")
+                          f"(and any of {', '.join(OPTIONAL_FILES)} the export has)")
     unlisted = sorted(set(exported_files(path)) - set(files)) if kind != TORCH_KIND else []
     if unlisted:
         raise ExportError(f"{path / unlisted[0]} is not listed in {MANIFEST}, so nothing proves "
@@ -360,6 +559,9 @@ class TorchExport:
         self.batch_size = _int_field(manifest, "eval_batch_size", path, 1)
         self.precision = _precision(manifest, path)
         self.seen: StoredSeen | None = None   # the training titles per user, when exported
+        self.categories: StoredCategories | None = None   # genres per row, when exported
+        self.history: StoredHistory | None = None   # the training histories (model.history)
+        self.query_inputs = _query_inputs(manifest, path)
 
     @classmethod
     def load(cls, path: Path | str, threads: int = PROGRAM_THREADS) -> "TorchExport":
@@ -396,30 +598,59 @@ class TorchExport:
             index = Index.load(path / FILES["index"], expect_dim=dim, expect_ntotal=size)
         except (ValueError, FileNotFoundError) as e:
             raise ExportError(str(e)) from None
-        seen = read_seen(path, manifest, size)
+        inputs = _query_inputs(manifest, path)
+        if (inputs == HISTORY_QUERY_INPUTS) != bool((manifest.get("recipes") or {}).get(
+                "history")):
+            raise ExportError(f"{path / MANIFEST}: 'inputs' and 'recipes' disagree on the "
+                              f"history input; {_reexport(path)}")
+        seen, categories, history = read_extras(path, manifest, size)
         programs = {name: _load_program(path / FILES[name])
                     for name in ("query_tower", "ranking_model")}
         export = cls(path, manifest, spec, np.asarray(titles, dtype=object), index, programs,
                      threads)
-        export.seen = seen
+        export.seen, export.categories, export.history = seen, categories, history
         return export
 
     def known_user(self, user_id: str) -> bool:
         """Whether ``user_id`` was in the training data (else the OOV embedding serves it)."""
         return str(user_id) in set(self.spec.user_vocab)
 
-    def recommend(self, user_ids: Sequence[str] | str, timestamps=None, k: int = 10) -> Served:
+    def recommend(self, user_ids: Sequence[str] | str, timestamps=None, k: int = 10,
+                  histories=None) -> Served:
         """The re-ranked top ``k`` (1 <= k <= catalog size) for each query; ``timestamps``: [N]
-        ints, one int, or None (the export's default time). Runs on the export's own threads
-        (:func:`owned_threads` with ``self.threads``), whatever the process's settings."""
-        with owned_threads(self.threads):
-            return self._recommend(user_ids, timestamps, k)
+        ints, one int, or None (the export's default time); ``histories`` (a model of
+        ``model.history`` only): [N] item ids (titles, oldest first) that replace the query's
+        stored history, or None entries keeping it. Runs on the export's own threads
+        (:func:`owned_threads` with ``self.threads``), whatever the process's settings.
 
-    def _recommend(self, user_ids, timestamps, k: int) -> Served:
+        Raises:
+            ValueError: k out of range, bad queries, ``histories`` for a model without a
+            history feature; KeyError: naming the first history item the catalogue lacks.
+        """
+        with owned_threads(self.threads):
+            return self._recommend(user_ids, timestamps, k, histories)
+
+    def query_features(self, users: np.ndarray, ts: np.ndarray, given=None
+                       ) -> dict[str, np.ndarray]:
+        """The query tower's inputs of [N] raw queries: the spec's encoding, and with a history
+        model the histories (:meth:`StoredHistory.lookup`; ``given``: [N] catalogue rows or
+        None per query, see :func:`history_rows`)."""
+        arrays = dict(self.spec.encode_queries(users, ts))
+        if self.history is not None:
+            arrays[HISTORY_INPUT] = self.history.lookup(users, ts, given)
+        elif given is not None and any(g is not None for g in given):
+            raise ValueError(f"{self.path} has no history feature (its run was trained without "
+                             "model.history): drop the histories")
+        return arrays
+
+    def _recommend(self, user_ids, timestamps, k: int, histories=None) -> Served:
         k = check_k(k, self.catalog_size)
         users, ts = query_arrays(user_ids, timestamps, self.default_timestamp)
         c = min(max(k, self.num_candidates), self.catalog_size)
-        queries = self._run("query_tower", self.spec.encode_queries(users, ts), QUERY_INPUTS)
+        given = None if histories is None else history_rows(histories,
+                                                            rows_of_title(self.titles))
+        queries = self._run("query_tower", self.query_features(users, ts, given),
+                            self.query_inputs)
         scores, rows = self.index.search(queries, c)
         # An approximate index pads with row -1: ranking score -inf, never scored as a title
         # (as twostage.pipeline.recommend).
@@ -446,6 +677,25 @@ class TorchExport:
                 batch = [t[start: start + self.batch_size] for t in tensors]
                 parts.append(self.programs[name](*batch).float().numpy())
         return np.concatenate(parts)
+
+
+def rows_of_title(titles: np.ndarray) -> dict[str, list[int]]:
+    """Catalogue title -> its rows (ascending; several for a duplicated title)."""
+    out: dict[str, list[int]] = {}
+    for row, title in enumerate(titles.tolist()):
+        out.setdefault(str(title), []).append(row)
+    return out
+
+
+def _query_inputs(manifest: dict, path: Path) -> tuple[str, ...]:
+    """The query tower's inputs the manifest names: :data:`QUERY_INPUTS`, or with the history
+    feature :data:`HISTORY_QUERY_INPUTS` (an export written before either was recorded: the
+    former)."""
+    inputs = tuple((manifest.get("inputs") or {}).get("query_tower") or QUERY_INPUTS)
+    if inputs not in (QUERY_INPUTS, HISTORY_QUERY_INPUTS):
+        raise ExportError(f"{path / MANIFEST}: unknown query-tower inputs {list(inputs)}; "
+                          f"{_reexport(path)}")
+    return inputs
 
 
 def _load_program(path: Path) -> Callable:

@@ -211,6 +211,63 @@ def test_exclusions_are_applied_inside_the_retrieval(run_dir, urls, num_candidat
         assert_same(as_arrays(post(urls[kind], body).json()), items_only)
 
 
+def genre_rows(run_dir: Path) -> dict[str, set[int]]:
+    """Genre -> the catalogue rows of the titles that have it in u.item (any entry of the
+    title), read from the raw movies without twostage.serving or twostage.recipes."""
+    from twostage.checkpoint import stored_config
+    from twostage.dataset import load_dataset
+
+    movies = load_dataset(stored_config(run_dir / "torch"), progress=False).movielens.movies
+    by_title: dict[str, set[str]] = {}
+    for title, genres in zip(movies["movie_title"], movies["movie_genres"]):
+        by_title.setdefault(title, set()).update(genres)
+    out: dict[str, set[int]] = {}
+    for row, title in enumerate(RunDir.open(run_dir).corpus_titles.tolist()):
+        for genre in by_title[title]:
+            out.setdefault(genre, set()).add(row)
+    return out
+
+
+def test_a_genre_filter_is_applied_inside_the_retrieval(run_dir, urls):
+    """filter {"genres": [g]}: every item has genre g, and the answer is the offline ranking of
+    the items with g alone (the first C such rows in retrieval order, ranked), for the run
+    folder and both exports, alone and with the other exclusions. Break: drop the filter rows
+    from build_query and items without the genre come back."""
+    users = all_users(run_dir)
+    rows_of = genre_rows(run_dir)
+    genre = sorted(rows_of, key=lambda g: len(rows_of[g]))[len(rows_of) // 2]
+    other = next(g for g in sorted(rows_of) if g != genre)
+    m = len(RunDir.open(run_dir).corpus_titles)
+    assert 10 < len(rows_of[genre]) < m
+    without = set(range(m)) - rows_of[genre]
+    ts = RunDir.open(run_dir).max_timestamp
+    seen = training_rows(run_dir, users)
+    expected = reference(run_dir, users, ts, 6, excluded=[without] * len(users))
+    either = set(range(m)) - rows_of[genre] - rows_of[other]
+    expected_either = reference(run_dir, users, ts, 6, excluded=[either] * len(users))
+    with_seen = reference(run_dir, users, ts, 6, excluded=[without | s for s in seen])
+    for kind, url in urls.items():
+        meta = httpx.get(url + "/metadata").json()["filter"]
+        assert meta["available"] and genre in meta["features"]["genres"], kind
+        got = post(url, {"user_ids": users, "k": 6, "filter": {"genres": [genre]}})
+        assert got.status_code == 200, got.text
+        arrays = as_arrays(got.json())
+        assert set(arrays["rows"].reshape(-1).tolist()) <= rows_of[genre], kind
+        assert_same(arrays, expected)
+        assert_same(as_arrays(post(url, {"user_ids": users, "k": 6, "filter": {
+            "genres": [genre, other]}}).json()), expected_either)
+        assert_same(as_arrays(post(url, {"user_ids": users, "k": 6, "exclude_seen": True,
+                                         "filter": {"genres": [genre]}}).json()), with_seen)
+
+
+def test_unknown_filter_values_are_named(urls):
+    for body, words in (({"genres": ["Dramas"]}, "'Dramas' is not a value of 'genres'"),
+                        ({"tags": ["x"]}, "unknown feature 'tags'")):
+        got = post(urls["tfrs"], {"user_id": "7", "filter": body})
+        assert got.status_code == 422 and got.json()["field"] == "filter", got.text
+        assert words in got.json()["error"]
+
+
 @pytest.mark.parametrize("ts", [0, service.MAX_TIMESTAMP])
 def test_times_at_the_bounds_are_served_with_a_warning(urls, ts):
     for url in urls.values():
@@ -289,6 +346,10 @@ BAD = [
     ({"user_id": "7", "timestamp": -1}, 422, "timestamp"),
     ({"user_id": "7", "history": ["x"]}, 422, "history"),
     ({"user_id": "7", "filter": {"genre": "Drama"}}, 422, "filter"),
+    ({"user_id": "7", "filter": {"genre": ["Drama"]}}, 422, "filter"),    # unknown feature
+    ({"user_id": "7", "filter": {"genres": ["Dramas"]}}, 422, "filter"),  # unknown value
+    ({"user_id": "7", "filter": {"genres": []}}, 422, "filter"),
+    ({"user_id": "7", "filter": {"genres": [3]}}, 422, "filter"),
 ]
 
 
