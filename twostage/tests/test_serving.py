@@ -151,7 +151,7 @@ def test_export_manifest_describes_the_programs(run_dir, export_dir):
     assert manifest["index"]["kind"] == "flat"
     assert manifest["source"] == {"run": str(run_dir), "backend": "torch"}
     assert json.loads((export_dir / "titles.json").read_text()) == run.corpus_titles.tolist()
-    assert set(manifest["files"]) - {serving.SEEN_FILE} == set(serving.FILES.values())
+    assert set(manifest["files"]) - set(serving.OPTIONAL_FILES) == set(serving.FILES.values())
 
 
 @pytest.mark.slow
@@ -309,21 +309,6 @@ def test_run_without_a_ranking_stage_is_refused(run_dir, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
     assert main(["recommend", "--run", str(partial), "--user", "7"]) == 1
     assert "no ranking stage" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("feature", ["genres", "history"])
-def test_runs_with_data_features_are_refused(run_dir, tmp_path, monkeypatch, capsys, feature):
-    """Genre and history inputs come from the data, which an export does not carry."""
-    import twostage.checkpoint as checkpoint
-
-    stored = checkpoint.stored_config
-    monkeypatch.setattr(checkpoint, "stored_config",
-                        lambda folder: stored(folder).replace(**{feature: True}))
-    capsys.readouterr()
-    assert main(["export", "--run", str(run_dir), "--to", "torch", "--out",
-                 str(tmp_path / "x")]) == 1
-    assert f"trained with model.{feature}" in capsys.readouterr().err
-    assert not (tmp_path / "x").exists()
 
 
 def test_index_padding_is_never_served_as_a_title(export_dir, monkeypatch):
