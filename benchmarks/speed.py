@@ -72,20 +72,33 @@ def measure(name: str, dataset, config: Config, repeats: int) -> tuple[dict, obj
     return out, backend
 
 
-def step_floors(backend, dataset, results: dict, repeats: int) -> dict:
-    """{stage: benchmarks.floor.stage_floor of the torch ``backend``, with the TFRS step (its
-    median epoch over as many steps) and ``torch_over_tfrs`` when ``results`` has TFRS}."""
+def step_floors(backend, dataset, torch_results: dict, repeats: int) -> dict:
+    """{stage: benchmarks.floor.stage_floor of the torch ``backend``} with ``epoch_step_s``
+    (the same backend's median epoch of ``torch_results`` over its steps) and ``step_over_epoch``,
+    the check that the clocked step is the step the epochs ran (near 1; far from it, something
+    else shared the machine or the process while one of them ran).
+
+    Measured right after the torch epochs and before TensorFlow is loaded: TF's thread pools
+    beside torch's on 2 cores slowed the clocked step to 1.8x the epoch's (docs/performance.md).
+    """
     from benchmarks.floor import stage_floor
 
     out = {}
     for stage in ("retrieval", "ranking"):
         row = stage_floor(backend, dataset, stage, repeats=max(3, repeats))
-        if "tfrs" in results:
-            row["tfrs_step_s"] = results["tfrs"][f"{stage}_epoch_s"] / row["steps_per_epoch"]
-            row["torch_over_tfrs"] = (results["torch"][f"{stage}_epoch_s"]
-                                      / results["tfrs"][f"{stage}_epoch_s"])
+        row["epoch_step_s"] = torch_results[f"{stage}_epoch_s"] / row["steps_per_epoch"]
+        row["step_over_epoch"] = row["step_s"] / row["epoch_step_s"]
         out[stage] = row
     return out
+
+
+def add_tfrs_steps(floors: dict, results: dict) -> None:
+    """Each stage's TFRS step (its median epoch over as many steps) and ``torch_over_tfrs``
+    (the epochs' ratio) beside the torch floors, in place."""
+    for stage, row in floors.items():
+        row["tfrs_step_s"] = results["tfrs"][f"{stage}_epoch_s"] / row["steps_per_epoch"]
+        row["torch_over_tfrs"] = (results["torch"][f"{stage}_epoch_s"]
+                                  / results["tfrs"][f"{stage}_epoch_s"])
 
 
 def print_floors(floors: dict) -> None:
@@ -93,13 +106,20 @@ def print_floors(floors: dict) -> None:
     tfrs = all("tfrs_step_s" in row for row in floors.values())
     print("\ntorch step vs its floor on this machine (ms per step; floor = matmul + softmax + "
           "gather/update, each timed alone at the step's sizes)")
-    print(f"{'stage':<10}{'step':>8}{'floor':>8}{'matmul':>8}{'softmax':>8}{'gath/upd':>9}"
-          f"{'step/floor':>11}" + (f"{'tfrs step':>10}{'torch/tfrs':>11}" if tfrs else ""))
+    print(f"{'stage':<10}{'step':>8}{'epoch/n':>8}{'floor':>8}{'matmul':>8}{'softmax':>8}"
+          f"{'gath/upd':>9}{'step/floor':>11}"
+          + (f"{'tfrs step':>10}{'torch/tfrs':>11}" if tfrs else ""))
     for stage, r in floors.items():
-        ms = [1e3 * r[k] for k in ("step_s", "floor_s", "matmul", "softmax", "gather_update")]
+        ms = [1e3 * r[k] for k in ("step_s", "epoch_step_s", "floor_s", "matmul", "softmax",
+                                   "gather_update")]
         print(f"{stage:<10}" + "".join(f"{v:>8.2f}" for v in ms[:-1]) + f"{ms[-1]:>9.2f}"
               + f"{r['ratio']:>10.2f}x" + (f"{1e3 * r['tfrs_step_s']:>10.2f}"
                                             f"{r['torch_over_tfrs']:>10.2f}x" if tfrs else ""))
+    off = [s for s, r in floors.items() if not 0.8 <= r["step_over_epoch"] <= 1.25]
+    if off:
+        print(f"warning: the clocked step of {', '.join(off)} is not its epoch's step "
+              "(step / (epoch / steps) outside 0.8-1.25): the machine was shared; rerun alone",
+              file=sys.stderr)
 
 
 def machine() -> dict:
@@ -196,10 +216,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"retrieval_epoch_s": retrieval_s, "ranking_epoch_s": ranking_s}))
         return 0
     names = list(BACKENDS) if args.backend == "both" else [args.backend]
-    results, backends = {}, {}
-    for name in names:
+    results, floors = {}, None
+    for name in names:   # torch first: its floors are measured before TensorFlow loads
         print(f"measuring {name} ...", file=sys.stderr)
-        results[name], backends[name] = measure(name, dataset, config, args.repeats)
+        results[name], backend = measure(name, dataset, config, args.repeats)
+        if name == "torch" and args.floor and args.device == "cpu":
+            print("measuring the torch step floors ...", file=sys.stderr)
+            floors = step_floors(backend, dataset, results["torch"], args.repeats)
+        del backend
     report = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
               "epochs": args.epochs, "repeats": args.repeats, "batch_size": args.batch_size,
               "note": args.note,
@@ -216,10 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         if len(names) == 2:
             line += f"{report['speedup_tfrs_over_torch'][key]:>11.1f}x"
         print(line)
-    if args.floor and "torch" in backends and args.device == "cpu":
-        print("measuring the torch step floors ...", file=sys.stderr)
-        report["step_floor"] = step_floors(backends["torch"], dataset, results, args.repeats)
-        print_floors(report["step_floor"])
+    if floors is not None:
+        if "tfrs" in results:
+            add_tfrs_steps(floors, results)
+        report["step_floor"] = floors
+        print_floors(floors)
     print(f"wrote {io.write_json(Path(args.out) / args.name, report)}", file=sys.stderr)
     return 0
 

@@ -65,6 +65,10 @@ def test_speed_puts_each_step_beside_its_floor(speed_run, data_dir):
         assert row["matmul"] > 0 and row["gather_update"] > 0 and row["step_s"] > 0
         assert row["ratio"] == pytest.approx(row["step_s"] / row["floor_s"], rel=1e-12)
         assert row["steps_per_epoch"] == -(-train_rows // 512)
+        assert row["epoch_step_s"] == pytest.approx(
+            torch_r[f"{stage}_epoch_s"] / row["steps_per_epoch"], rel=1e-12)
+        assert row["step_over_epoch"] == pytest.approx(row["step_s"] / row["epoch_step_s"],
+                                                       rel=1e-12)
         assert row["tfrs_step_s"] == pytest.approx(
             tfrs_r[f"{stage}_epoch_s"] / row["steps_per_epoch"], rel=1e-12)
         assert row["torch_over_tfrs"] == pytest.approx(
@@ -75,6 +79,30 @@ def test_speed_puts_each_step_beside_its_floor(speed_run, data_dir):
     assert floors["retrieval"]["softmax_shape"] == [512, 512]
     assert floors["retrieval"]["softmax"] > 0
     assert floors["ranking"]["softmax"] == 0 and floors["ranking"]["softmax_shape"] is None
+
+
+def test_speed_measures_the_torch_floors_before_tensorflow_runs(data_dir, monkeypatch, tmp_path):
+    """The floors are measured right after the torch epochs, before the TFRS backend is built
+    (its thread pools beside torch's slowed the clocked step to 1.8x the epoch's). Break: move
+    ``step_floors`` after the loop over the backends and the order below changes."""
+    calls = []
+
+    def fake_measure(name, dataset, config, repeats):
+        calls.append(f"measure {name}")
+        return {f"{s}_epoch_s": 1.0 for s in ("retrieval", "ranking")}, object()
+
+    def fake_floors(backend, dataset, torch_results, repeats):
+        calls.append("floors")
+        return {s: {"steps_per_epoch": 4, "step_s": 0.25, "epoch_step_s": 0.25, "floor_s": 0.1,
+                    "matmul": 0.05, "softmax": 0.0, "gather_update": 0.05, "ratio": 2.5,
+                    "step_over_epoch": 1.0} for s in ("retrieval", "ranking")}
+    monkeypatch.setattr(speed, "measure", fake_measure)
+    monkeypatch.setattr(speed, "step_floors", fake_floors)
+    assert speed.main(["--backend", "both", "--data-dir", str(data_dir), "--epochs", "2",
+                       "--out", str(tmp_path)]) == 0
+    assert calls == ["measure torch", "floors", "measure tfrs"]
+    report = json.loads((tmp_path / "speed.json").read_text())
+    assert report["step_floor"]["ranking"]["torch_over_tfrs"] == 1.0
 
 
 def test_speed_rejects_one_epoch(data_dir):
