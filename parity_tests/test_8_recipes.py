@@ -1,16 +1,21 @@
-"""Group 8: the recipes of issue 15 beyond the seed (cosine scores with a fixed or learned
-temperature, mixed negatives, genres, user history): forward outputs within the group 2
-tolerances, loss and gradients of one batch within the group 3 ones, and a few optimizer steps
-within the group 4 ones (the learned temperature and the sampled negatives go through Adagrad).
+"""Group 8: the recipes of issues 15 and 26 beyond the seed (cosine scores with a fixed or
+learned temperature, mixed negatives, genres, user history, user side features): forward
+outputs within the group 2 tolerances, loss and gradients of one batch within the group 3
+ones, and a few optimizer steps within the group 4 ones (the learned temperature and the
+sampled negatives go through Adagrad).
 
-Shared by design, so not compared here: the genre table, the user histories, the logQ
+Shared by design, so not compared here: the genre table, the user histories, the user
+feature values (twostage.user_features: the StringLookup ids are compared, in tfrs_impl's
+test_recipes.py, and here through the towers' outputs), the logQ
 probabilities, the mixed-negative draws and the batch order come from one piece of shared code
 on both sides; each is tested once against an independent reference in
 test_8_shared_pieces.py. What this group compares is each backend's own tower and loss maths."""
 import numpy as np
 import pytest
 
+from twostage.config import PRESETS
 from twostage.recipes import HISTORY, RecipeData, epoch_negatives, raw_negatives
+from twostage.user_features import UserTable, rating_values
 
 from . import checks
 from . import tolerances as tol
@@ -36,6 +41,11 @@ RECIPES = {
     "everything": {"genres": True, "history": True, "mixed_negatives": 64,
                    "use_sampling_probability": True, "normalize": True, "temperature": 0.1,
                    "learn_temperature": True},
+    "user_features": {"user_features": True},
+    # --preset best (history, genres, logQ, cosine, learned T) with the user features
+    "best_user_features": {**{k: v for k, v in PRESETS["best"].items()
+                              if k not in ("retrieval_epochs", "ranking_epochs")},
+                           "user_features": True},
 }
 
 
@@ -53,9 +63,11 @@ def _batches(dataset, config, steps):
     rows = checks.training_batches(dataset, config, steps)
     out = [checks.raw_batch(dataset, r, config) for r in rows]
     recipe = RecipeData.from_dataset(dataset, config)
-    for batch in out:
+    values = rating_values(dataset.movielens.ratings) if config.model.user_features else {}
+    for batch, r in zip(out, rows):
         if config.model.history:
             batch[HISTORY] = recipe.histories(batch["user_id"], batch["timestamp"])
+        batch.update({key: column[r] for key, column in values.items()})
     n = config.task.mixed_negatives
     if n:
         vocab = dataset.spec.title_vocab
@@ -113,7 +125,7 @@ def test_recipe_loss_and_gradients(dataset, config, recipe):
 
 
 @pytest.mark.parametrize("recipe", ["cosine_learned_temperature", "mixed_negatives_logq",
-                                    "everything"])
+                                    "everything", "user_features", "best_user_features"])
 def test_recipe_trajectory(dataset, config, recipe):
     cfg = config.replace(learning_rate=TRAJECTORY_LEARNING_RATE, **RECIPES[recipe])
     pair = _pair(dataset, cfg)
@@ -147,7 +159,7 @@ def test_sampled_negatives_change_the_loss(dataset, config):
     check_loss_and_gradients(pair, hit)
 
 
-@pytest.mark.parametrize("recipe", ["genres", "history"])
+@pytest.mark.parametrize("recipe", ["genres", "history", "user_features", "best_user_features"])
 def test_recipe_forward(dataset, config, eval_rows, recipe):
     """Embeddings of the test rows (their histories looked up by each backend) and the corpus."""
     pair = _pair(dataset, config.replace(**RECIPES[recipe]))
@@ -170,3 +182,30 @@ def test_checks_catch_a_wrong_genre_table_or_a_leaky_history(dataset, config, ev
     pair.torch.attach_recipe_data(RecipeData(recipe.genres, leaky))
     with pytest.raises(ParityError, match="query embeddings"):
         checks.check_forward(pair, dataset, eval_rows[:512])
+
+
+def test_user_features_reach_the_query_tower_and_a_wrong_table_is_caught(dataset, config,
+                                                                         eval_rows):
+    """Cold queries (ids no vocabulary holds, each given a real user's demographics) agree
+    across the backends; torch given a user table whose occupations are rotated must fail the
+    forward check."""
+    cfg = config.replace(user_features=True)
+    pair = _pair(dataset, cfg)
+    rows = eval_rows[:512]
+    table = pair.torch.recipe.users
+    cold = {f"cold-{u}": i for u, i in table.users.items()}
+    with_cold = UserTable({**table.users, **{u: i + len(table.values) for u, i in cold.items()}},
+                          np.concatenate([table.values, table.values]))
+    for side in (pair.torch, pair.tfrs):
+        side.attach_recipe_data(RecipeData(users=with_cold))
+    users = np.array([f"cold-{u}" for u in dataset.user_id[rows]], dtype=object)
+    assert not set(users) & set(dataset.spec.user_vocab)
+    t = dataset.timestamp[rows]
+    t_cold, f_cold = pair.torch.query_embeddings(users, t), pair.tfrs.query_embeddings(users, t)
+    assert_close("cold query embeddings", t_cold, f_cold, rtol=FORWARD_RTOL, atol=FORWARD_ATOL)
+    rotated = table.values.copy()
+    rotated[:, 2] = np.roll(rotated[:, 2], 1)
+    pair.torch.attach_recipe_data(RecipeData(users=UserTable(table.users, rotated)))
+    pair.tfrs.attach_recipe_data(RecipeData(users=table))
+    with pytest.raises(ParityError, match="query embeddings"):
+        checks.check_forward(pair, dataset, rows)

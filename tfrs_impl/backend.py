@@ -167,9 +167,10 @@ class TfrsBackend(BackendBase):
         if self._index is None:
             raise RuntimeError("no index: call build_index(dataset.corpus_titles) first (and "
                                "again after training)")
-        history = query_arrays(self.config, self.recipe, user_ids, timestamps).get("history")
+        arrays = query_arrays(self.config, self.recipe, user_ids, timestamps)
+        extras = {key: v for key, v in arrays.items() if key not in ("user_id", "timestamp")}
         scores, rows = index_lib.query(self._index, user_ids, timestamps, k,
-                                       self.config.eval.eval_batch_size, history=history)
+                                       self.config.eval.eval_batch_size, extras=extras)
         return scores, rows.astype(np.int64)
 
     def ranking_scores(self, user_ids: np.ndarray, timestamps: np.ndarray, titles: np.ndarray

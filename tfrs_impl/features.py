@@ -21,13 +21,15 @@ from twostage.data.features import MAX_TITLE_TOKENS, FeatureSpec
 from twostage.dataset import Dataset
 from twostage.config import Config
 from twostage.recipes import (HISTORY, NEGATIVE_PROBABILITY, NEGATIVE_TITLES, RecipeData,
-                              negative_sampling_probability, not_attached)
+                              negative_sampling_probability, query_extras)
 from twostage.sampling import SAMPLING_PROBABILITY, candidate_sampling_probability
+from twostage.user_features import USER_FEATURE_KEYS
 
 layers = tf.keras.layers
-STRING_KEYS: tuple[str, ...] = ("user_id", "movie_title", NEGATIVE_TITLES)
+STRING_KEYS: tuple[str, ...] = ("user_id", "movie_title", NEGATIVE_TITLES, *USER_FEATURE_KEYS)
 INT_KEYS: tuple[str, ...] = ("timestamp", HISTORY)
-QUERY_KEYS: tuple[str, ...] = ("user_id", "timestamp", HISTORY)  # what the query tower reads
+# what the query tower reads (the recipes' columns when present)
+QUERY_KEYS: tuple[str, ...] = ("user_id", "timestamp", HISTORY, *USER_FEATURE_KEYS)
 Batch = dict[str, tf.Tensor]
 
 
@@ -132,8 +134,9 @@ def _strings(values: np.ndarray) -> tf.Tensor:
 
 def to_tensors(batch: Mapping[str, np.ndarray]) -> Batch:
     """Raw numpy batch -> tensors with the dtypes the models expect: ``user_id`` /
-    ``movie_title`` (/ ``negative_titles``) [N] tf.string, ``timestamp`` [N] and ``history``
-    [N, H] int64, anything else (label, sampling probabilities, sample weight) [N] float32."""
+    ``movie_title`` (/ ``negative_titles``, the user features) [N] tf.string, ``timestamp``
+    [N] and ``history`` [N, H] int64, anything else (label, sampling probabilities, sample
+    weight) [N] float32."""
     out = {}
     for key, value in batch.items():
         value = np.asarray(value)
@@ -166,10 +169,11 @@ Column = Union[tf.Tensor, CodedStrings]
 
 
 def feature_columns(dataset: Dataset, with_sampling_probability: bool = False,
-                    history: np.ndarray | None = None) -> dict[str, Column]:
+                    extras: Mapping[str, np.ndarray] | None = None) -> dict[str, Column]:
     """All rating rows as constant tensors: user_id/movie_title strings (:class:`CodedStrings`),
     timestamp int64, label float32 [N] (+ candidate_sampling_probability float32 [N],
-    twostage.sampling; + ``history`` [N, H] int64 when given: twostage.recipes.history_column).
+    twostage.sampling; + ``extras``, the recipes' query columns of every row
+    (twostage.recipes.query_columns): ``history`` [N, H] int64, the user features [N] strings).
     """
     columns = {"user_id": CodedStrings.of(dataset.user_id),
                "timestamp": tf.constant(dataset.timestamp.astype(np.int64)),
@@ -177,26 +181,26 @@ def feature_columns(dataset: Dataset, with_sampling_probability: bool = False,
                "label": tf.constant(dataset.label.astype(np.float32))}
     if with_sampling_probability:
         columns[SAMPLING_PROBABILITY] = tf.constant(candidate_sampling_probability(dataset))
-    if history is not None:
-        columns[HISTORY] = tf.constant(np.asarray(history, dtype=np.int64))
+    for key, value in (extras or {}).items():
+        columns[key] = (CodedStrings.of(value) if key in STRING_KEYS
+                        else tf.constant(np.asarray(value, dtype=np.int64)))
     return columns
 
 
 def query_inputs(features: Mapping[str, tf.Tensor]) -> Batch:
-    """The query tower's inputs of a batch: user_id, timestamp (and history when present)."""
+    """The query tower's inputs of a batch: user_id, timestamp (and the history and user
+    features when present)."""
     return {k: features[k] for k in QUERY_KEYS if k in features}
 
 
 def query_arrays(config: Config, recipe: RecipeData | None, user_ids: np.ndarray,
                  timestamps: np.ndarray) -> dict[str, np.ndarray]:
-    """Raw query columns of [N] user ids and timestamps, plus the ``history`` [N, H] that
-    ``recipe`` holds for them when ``config.model.history`` (twin of torch_impl.features)."""
+    """Raw query columns of [N] user ids and timestamps, plus what ``recipe`` holds for them
+    (``twostage.recipes.query_extras``): the ``history`` [N, H] of ``config.model.history``,
+    the user features [N] str of ``config.model.user_features`` (twin of torch_impl.features)."""
     arrays = {"user_id": np.asarray(user_ids, dtype=object),
               "timestamp": np.asarray(timestamps, dtype=np.int64)}
-    if config.model.history:
-        if recipe is None or recipe.history is None:
-            raise RuntimeError(not_attached("user histories"))
-        arrays[HISTORY] = recipe.histories(arrays["user_id"], arrays["timestamp"])
+    arrays.update(query_extras(recipe, config, arrays["user_id"], arrays["timestamp"]))
     return arrays
 
 

@@ -45,10 +45,11 @@ def build_index(query_model, candidate_model, titles: np.ndarray, k: int = DEFAU
 
 def query(index: tfrs.layers.factorized_top_k.BruteForce, user_ids: np.ndarray,
           timestamps: np.ndarray, k: int, batch_size: int = 4096,
-          history: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+          extras: Mapping[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k for raw queries [N]: (scores [N, k'] float32 descending, ids [N, k']) with
     k' = min(k, corpus size); ids as the index was built (int64 rows or str titles).
-    ``history`` [N, H]: the queries' user histories (``config.model.history``)."""
+    ``extras``: the queries' recipe columns (``twostage.recipes.query_extras``: the histories
+    [N, H] of ``config.model.history``, the user features [N] str)."""
     size = int(index._candidates.shape[0])
     k = min(int(k), size)
     if k < 1:
@@ -59,8 +60,8 @@ def query(index: tfrs.layers.factorized_top_k.BruteForce, user_ids: np.ndarray,
     for i in range(0, len(user_ids), batch_size):
         raw = {"user_id": user_ids[i: i + batch_size],
                "timestamp": timestamps[i: i + batch_size]}
-        if history is not None:
-            raw["history"] = history[i: i + batch_size]
+        for key, value in (extras or {}).items():
+            raw[key] = value[i: i + batch_size]
         batch = to_tensors(raw)
         s, j = index(batch, k=k)
         scores.append(s.numpy())

@@ -25,6 +25,7 @@ import tensorflow_recommenders as tfrs
 from twostage.config import EMPTY_TITLE_MODES, Config
 from twostage.data.features import FeatureSpec
 from twostage.recipes import HISTORY, HISTORY_LENGTH, NUM_GENRES, not_attached
+from twostage.user_features import USER_FEATURES
 
 from . import features
 from .features import MaskedAveragePooling1D, query_inputs
@@ -58,11 +59,24 @@ class UserModel(keras.Model):
 
     ``history`` (the query tower of ``config.model.history``): also the masked mean of
     ``history_embedding`` over ``inputs["history"]`` [B, H] int64 title ids (0 = padding, the
-    spec's title_index; twostage.recipes) -> [B, 3 * dim + 1]; no title gives zeros."""
+    spec's title_index; twostage.recipes) -> [B, 3 * dim + 1]; no title gives zeros.
+
+    ``user_features`` (the query tower of ``config.model.user_features``; twostage.user_features):
+    also, per feature of ``USER_FEATURES`` in order (gender, age group, occupation, zip prefix),
+    ``StringLookup(vocabulary, mask_token=None)`` (OOV -> 0) then ``Embedding(len + 1, dim)``
+    of ``inputs[key]`` [B] str, after the history part -> + 4 * dim. Why: a user whose id row
+    never trained still gets a tower output from their demographics."""
 
     def __init__(self, spec: FeatureSpec, embedding_dim: int = 32, history: bool = False,
-                 **kwargs):
+                 user_features: bool = False, **kwargs):
         super().__init__(**kwargs)
+        self.user_features = bool(user_features)
+        for feature in USER_FEATURES:
+            setattr(self, feature.attribute, keras.Sequential([
+                keras.layers.StringLookup(vocabulary=list(feature.vocabulary), mask_token=None,
+                                          name=f"{feature.key}_lookup"),
+                keras.layers.Embedding(feature.rows, embedding_dim),
+            ], name=feature.attribute) if user_features else None)
         self.history_embedding = None
         if history:
             self.history_embedding = keras.Sequential([
@@ -88,6 +102,12 @@ class UserModel(keras.Model):
                 raise KeyError(f"the query tower of config.model.history needs a '{HISTORY}' "
                                "input (twostage.recipes.RecipeData.histories)")
             parts.append(self.history_embedding(inputs[HISTORY]))
+        if self.user_features:
+            for feature in USER_FEATURES:
+                if feature.key not in inputs:
+                    raise KeyError(f"the query tower of config.model.user_features needs a "
+                                   f"'{feature.key}' input (twostage.recipes.query_extras)")
+                parts.append(getattr(self, feature.attribute)(inputs[feature.key]))
         return tf.concat(parts, axis=1)
 
 
@@ -170,9 +190,10 @@ class QueryModel(Tower):
     """Raw query features -> [B, layer_sizes[-1]] query embeddings."""
 
     def __init__(self, spec: FeatureSpec, layer_sizes: Sequence[int], embedding_dim: int = 32,
-                 normalize: bool = False, history: bool = False, **kwargs):
-        super().__init__(UserModel(spec, embedding_dim, history), layer_sizes, normalize,
-                         **kwargs)
+                 normalize: bool = False, history: bool = False, user_features: bool = False,
+                 **kwargs):
+        super().__init__(UserModel(spec, embedding_dim, history, user_features), layer_sizes,
+                         normalize, **kwargs)
 
 
 class CandidateModel(Tower):
@@ -221,7 +242,8 @@ class MovielensRetrievalModel(tfrs.models.Model):
         self.config = config
         m = config.model
         normalize = config.task.normalize
-        self.query_model = QueryModel(spec, m.layer_sizes, m.embedding_dim, normalize, m.history)
+        self.query_model = QueryModel(spec, m.layer_sizes, m.embedding_dim, normalize, m.history,
+                                      m.user_features)
         self.candidate_model = CandidateModel(spec, m.layer_sizes, m.embedding_dim, m.empty_title,
                                               normalize, m.genres)
         if config.task.learn_temperature:
@@ -299,7 +321,8 @@ def _sample_inputs(spec: FeatureSpec) -> dict[str, tf.Tensor]:
     return {"user_id": tf.constant([spec.user_vocab[0]]),
             "timestamp": tf.constant([int(spec.ts_boundaries[0])], tf.int64),
             "movie_title": tf.constant([spec.title_vocab[0]]),
-            HISTORY: tf.zeros([1, HISTORY_LENGTH], tf.int64)}
+            HISTORY: tf.zeros([1, HISTORY_LENGTH], tf.int64),
+            **{f.key: tf.constant([f.vocabulary[0]]) for f in USER_FEATURES}}
 
 
 def build_retrieval_model(spec: FeatureSpec, config: Config,

@@ -46,7 +46,7 @@ import tensorflow as tf
 from twostage.backend import EpochCallback, History, RawBatch, check_stage, per_example
 from twostage.config import Config
 from twostage.dataset import Dataset
-from twostage.recipes import RecipeData, attach_recipe_data, epoch_negatives, history_column
+from twostage.recipes import RecipeData, attach_recipe_data, epoch_negatives, query_columns
 from twostage.schedule import BatchPlan, validation_epochs, validation_rows
 
 from . import distributed, optim
@@ -302,9 +302,9 @@ def fit_stage(stage: str, model, dataset: Dataset, config: Config, epochs: int |
     resumes; ``on_epoch`` is called after every epoch, after its validation. ``parallel``: the
     MirroredStrategy the model was built in (nproc > 1), or None. ``recipe``: the retrieval
     towers' genre / history lookups (default: ``RecipeData.from_dataset(dataset, config)``),
-    attached to the model; the histories become a column of every batch. ``optimizer``: the
-    one the model is compiled with on its first fit (default ``optim.make_optimizer``);
-    ``validate=False`` skips validation."""
+    attached to the model; its query columns (histories, user features) become columns of every
+    batch. ``optimizer``: the one the model is compiled with on its first fit (default
+    ``optim.make_optimizer``); ``validate=False`` skips validation."""
     strategy = parallel
     check_stage(stage)
     default = config.train.retrieval_epochs if stage == "retrieval" else config.train.ranking_epochs
@@ -321,13 +321,13 @@ def fit_stage(stage: str, model, dataset: Dataset, config: Config, epochs: int |
         return recorder.history
     with distributed.scope(strategy):
         compile_model(model, config, optimizer)
-    history = None
+    extras = None
     if retrieval:
         recipe = recipe if recipe is not None else RecipeData.from_dataset(dataset, config)
         attach_recipe_data(model, recipe)
-        history = history_column(recipe, dataset, config)
+        extras = query_columns(recipe, dataset, config)
     columns = feature_columns(dataset, retrieval and config.task.use_sampling_probability,
-                              history)
+                              extras)
     first_epoch = (epochs_done or {}).get(stage, 0)
     steps = math.ceil(train_rows / config.train.batch_size)
     callbacks = [recorder]

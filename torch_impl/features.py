@@ -9,6 +9,9 @@ and this module only moves those arrays into tensors:
 - ``title_tokens``                                [N, L] int64, 0 = padding
 - ``label``, ``candidate_sampling_probability``, ``sample_weight`` (optional) [N] float32
 - ``history`` [N, H] int64 title ids, 0 = padding (``config.model.history``; twostage.recipes)
+- the user features (``config.model.user_features``): ``user_gender``, ``user_age_group``,
+  ``user_occupation``, ``user_zip_prefix`` [N] int64 (0 = OOV; ``twostage.user_features.encode``
+  of the raw [N] str columns)
 - mixed negatives (``twostage.recipes``): ``negative_title_index`` [N'] int64,
   ``negative_title_tokens`` [N', L'] int64 (the candidate keys with the ``negative_`` prefix)
   and ``negative_sampling_probability`` [N'] float32, one set per batch, not per row
@@ -26,7 +29,8 @@ import torch
 from twostage.data.features import FeatureSpec
 from twostage.config import Config
 from twostage.recipes import (HISTORY, NEGATIVE_PROBABILITY, NEGATIVE_TITLES, RecipeData,
-                              not_attached)
+                              query_extras)
+from twostage.user_features import USER_FEATURE_KEYS, encode as encode_user_features
 from twostage.sampling import SAMPLING_PROBABILITY  # noqa: F401  (the batch key, re-exported)
 
 from .models import bag_mean
@@ -126,14 +130,16 @@ def encode_titles(spec: FeatureSpec, titles, device: str | torch.device = "cpu")
 def encode_raw_batch(spec: FeatureSpec, batch: Mapping[str, np.ndarray],
                      device: str | torch.device = "cpu") -> Batch:
     """A raw batch (user_id, timestamp, movie_title [, label, candidate_sampling_probability,
-    sample_weight] [, negative_titles, negative_sampling_probability]) -> model input tensors
-    (the sampled negatives as ``negative_``-prefixed candidate inputs)."""
+    sample_weight] [, negative_titles, negative_sampling_probability] [, history] [, the user
+    features, [N] str each]) -> model input tensors (the sampled negatives as
+    ``negative_``-prefixed candidate inputs; the user features as StringLookup ids)."""
     arrays = dict(spec.encode(batch["user_id"], batch["timestamp"], batch["movie_title"]))
     for key in FLOAT_KEYS:
         if key in batch:
             arrays[key] = np.asarray(batch[key], dtype=np.float32)
     if HISTORY in batch:
         arrays[HISTORY] = np.asarray(batch[HISTORY], dtype=np.int64)
+    arrays.update(user_feature_ids(batch))
     if NEGATIVE_TITLES in batch:
         for key, value in spec.encode_titles(batch[NEGATIVE_TITLES]).items():
             arrays[NEGATIVE_PREFIX + key] = value
@@ -156,15 +162,32 @@ def title_table(spec: FeatureSpec, device: str | torch.device = "cpu") -> Batch:
     return to_tensors({"title_index": index, "title_tokens": tokens}, device)
 
 
+def user_feature_ids(columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The user-feature columns of ``columns`` encoded for the towers.
+
+    Args:
+        columns: raw columns; the user features (``USER_FEATURE_KEYS``) [N] str, if any.
+    Returns:
+        {key: [N] int64 StringLookup ids} (``twostage.user_features.encode``), or {} when
+        ``columns`` holds none of them.
+    Raises:
+        KeyError: only some of the user features are present.
+    """
+    if not any(key in columns for key in USER_FEATURE_KEYS):
+        return {}
+    return encode_user_features(columns)
+
+
 def query_arrays(spec: FeatureSpec, config: Config, recipe: RecipeData | None, user_ids,
                  timestamps) -> dict[str, np.ndarray]:
-    """Query-tower inputs of raw [N] user ids and timestamps: the spec's encoding, plus the
-    ``history`` [N, H] that ``recipe`` holds for them when ``config.model.history``."""
+    """Query-tower inputs of raw [N] user ids and timestamps: the spec's encoding, plus what
+    ``recipe`` holds for them (``twostage.recipes.query_extras``): the ``history`` [N, H] of
+    ``config.model.history``, the user-feature ids [N] of ``config.model.user_features``."""
     arrays = dict(spec.encode_queries(user_ids, timestamps))
-    if config.model.history:
-        if recipe is None or recipe.history is None:
-            raise RuntimeError(not_attached("user histories"))
-        arrays[HISTORY] = recipe.histories(user_ids, timestamps)
+    extras = query_extras(recipe, config, user_ids, timestamps)
+    if HISTORY in extras:
+        arrays[HISTORY] = extras[HISTORY]
+    arrays.update(user_feature_ids(extras))
     return arrays
 
 

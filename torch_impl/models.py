@@ -27,6 +27,7 @@ from torch import nn
 from twostage.config import EMPTY_TITLE_MODES, Config
 from twostage.data.features import FeatureSpec
 from twostage.recipes import HISTORY, NUM_GENRES, not_attached
+from twostage.user_features import USER_FEATURES
 
 Batch = Mapping[str, torch.Tensor]
 EMBEDDING_INIT_LIMIT = 0.05  # Keras RandomUniform default bounds of Embedding
@@ -155,16 +156,28 @@ class UserModel(nn.Module):
     """Query features: concat [user_embedding(user_index), timestamp_embedding(ts_bucket),
     ts_norm] -> [B, 2 * dim + 1] (65 for dim 32). With ``history_rows`` (the query tower of
     ``config.model.history``) also the masked mean of ``history_embedding`` over the
-    ``history`` title ids [B, H] (0 = padding; no title: a zero vector) -> [B, 3 * dim + 1]."""
+    ``history`` title ids [B, H] (0 = padding; no title: a zero vector) -> [B, 3 * dim + 1].
+
+    ``user_features`` (the query tower of ``config.model.user_features``; twostage.user_features):
+    also, per feature of ``USER_FEATURES`` in order (gender, age group, occupation, zip prefix),
+    ``<attribute>(inputs[key])`` [B, dim] of its [B] int64 ids (0 = OOV, Keras StringLookup's
+    index; ``user_features.encode``), after the history part -> + 4 * dim. Why: a user whose
+    id row never trained still gets a tower output from their demographics."""
 
     def __init__(self, num_users: int, num_buckets: int, dim: int = 32,
-                 history_rows: int | None = None, sparse_min_rows: int | None = None) -> None:
+                 history_rows: int | None = None, sparse_min_rows: int | None = None,
+                 user_features: bool = False) -> None:
         super().__init__()
         self.user_embedding = embedding(num_users, dim, sparse_min_rows)
         self.timestamp_embedding = nn.Embedding(num_buckets, dim)
         self.normalized_timestamp = NormalizedTimestamp()
         self.history_embedding = None if history_rows is None else nn.Embedding(history_rows, dim)
-        self.out_features = (2 if history_rows is None else 3) * dim + 1
+        self.user_features = bool(user_features)
+        for feature in USER_FEATURES:
+            setattr(self, feature.attribute,
+                    nn.Embedding(feature.rows, dim) if user_features else None)
+        self.out_features = ((2 if history_rows is None else 3)
+                             + (len(USER_FEATURES) if user_features else 0)) * dim + 1
 
     def forward(self, inputs: Batch) -> torch.Tensor:
         parts = [self.user_embedding(inputs["user_index"]),
@@ -175,6 +188,12 @@ class UserModel(nn.Module):
                 raise KeyError(f"the query tower of config.model.history needs a '{HISTORY}' "
                                "column (twostage.recipes.RecipeData.histories)")
             parts.append(bag_mean(inputs[HISTORY], self.history_embedding.weight))
+        if self.user_features:
+            for feature in USER_FEATURES:
+                if feature.key not in inputs:
+                    raise KeyError(f"the query tower of config.model.user_features needs a "
+                                   f"'{feature.key}' column (twostage.recipes.query_extras)")
+                parts.append(getattr(self, feature.attribute)(inputs[feature.key]))
         return torch.cat(parts, dim=1)
 
 
@@ -347,9 +366,10 @@ def keras_init_(module: nn.Module, generator: torch.Generator) -> nn.Module:
 
 
 def _user_model(spec: FeatureSpec, config: Config, device: str | torch.device,
-                history: bool = False) -> UserModel:
+                history: bool = False, user_features: bool = False) -> UserModel:
     return UserModel(spec.num_user_rows, spec.num_bucket_rows, config.model.embedding_dim,
-                     spec.num_title_rows if history else None, sparse_min_rows(device))
+                     spec.num_title_rows if history else None, sparse_min_rows(device),
+                     user_features)
 
 
 def _movie_model(spec: FeatureSpec, config: Config, device: str | torch.device,
@@ -374,7 +394,8 @@ def build_retrieval_model(spec: FeatureSpec, config: Config, *,
     config.seed)`` on the CPU (same values on any device)."""
     sizes, normalize = config.model.layer_sizes, config.task.normalize
     model = RetrievalModel(
-        QueryModel(_user_model(spec, config, device, config.model.history), sizes, normalize),
+        QueryModel(_user_model(spec, config, device, config.model.history,
+                               config.model.user_features), sizes, normalize),
         CandidateModel(_movie_model(spec, config, device, config.model.genres), sizes,
                        normalize),
         learned_temperature(config))

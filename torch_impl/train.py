@@ -46,14 +46,15 @@ from twostage.config import Config
 from twostage.env import ThreadGovernor
 from twostage.dataset import Dataset
 from twostage.group import Group, SingleProcess
-from twostage.recipes import (RecipeData, attach_recipe_data, epoch_negatives, history_column,
-                              negative_sampling_probability)
+from twostage.recipes import (RecipeData, attach_recipe_data, epoch_negatives,
+                              negative_sampling_probability, query_columns)
 from twostage.schedule import BatchPlan, should_validate, validation_rows
 
 from .distributed import (DataParallel, TorchGroup, example_loss_sum, sharded_ranking_loss,
                           sharded_retrieval_loss)
 from .features import (HISTORY, NEGATIVE_PREFIX, NEGATIVE_PROBABILITY, SAMPLING_PROBABILITY,
-                       Batch, batch_iter, num_rows, select_rows, title_table, to_tensors)
+                       Batch, batch_iter, num_rows, select_rows, title_table, to_tensors,
+                       user_feature_ids)
 from .models import RankingModel, RetrievalModel
 from .optim import make_optimizer
 from .tasks import (TOP_K_METRIC, BinaryAccuracy, Ranking, Retrieval, binary_accuracy,
@@ -528,16 +529,20 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def split_tensors(dataset: Dataset, rows: np.ndarray, device: torch.device,
                   sampling: Optional[np.ndarray] = None,
-                  history: Optional[np.ndarray] = None) -> Batch:
-    """Encoded features (+ label, + the logQ column and the histories [N, H] of every rating
-    row when given) of ``rows``, on ``device``. No title_tokens: the towers gather a title's
-    tokens from their table by title_index (``MovieModel.tokens``), so the split costs 48 bytes
-    a rating on the device, not 48 + 8 L."""
+                  extras: Optional[Mapping[str, np.ndarray]] = None) -> Batch:
+    """Encoded features (+ label, + the logQ column when given, + ``extras``: the recipes'
+    query columns of every rating row, ``twostage.recipes.query_columns``: the histories
+    [N, H], the user features [N] str, encoded to ids) of ``rows``, on ``device``. No
+    title_tokens: the towers gather a title's tokens from their table by title_index
+    (``MovieModel.tokens``), so the split costs 48 bytes a rating on the device, not 48 + 8 L."""
     arrays = dataset.encoded(rows)
     if sampling is not None:
         arrays[SAMPLING_PROBABILITY] = sampling[rows]
-    if history is not None:
-        arrays[HISTORY] = history[rows]
+    if extras:
+        picked = {key: np.asarray(value)[rows] for key, value in extras.items()}
+        if HISTORY in picked:
+            arrays[HISTORY] = picked[HISTORY]
+        arrays.update(user_feature_ids(picked))
     return to_tensors(arrays, device)
 
 
@@ -565,7 +570,7 @@ def retrieval_parts(model: RetrievalModel, dataset: Dataset, config: Config, *,
                     recipe: Optional[RecipeData] = None) -> tuple[StageParts, Batch]:
     """What :func:`fit` needs to train the towers -> (parts, the training split's tensors on
     the model's device, with the logQ column when ``config.task.use_sampling_probability`` and
-    the histories when ``config.model.history``). ``parallel``: train over its processes
+    the recipes' query columns: histories, user features). ``parallel``: train over its processes
     (``config.distributed.cross_process_negatives``). ``recipe``: the genre / history lookups
     (default: ``RecipeData.from_dataset(dataset, config)``), attached to the model."""
     _check_train_size(dataset, "retrieval")
@@ -578,15 +583,15 @@ def retrieval_parts(model: RetrievalModel, dataset: Dataset, config: Config, *,
         sampling = candidate_sampling_probability(dataset)
     recipe = recipe if recipe is not None else RecipeData.from_dataset(dataset, config)
     attach_recipe_data(model, recipe)
-    history = history_column(recipe, dataset, config)
-    train = split_tensors(dataset, dataset.split.train, device, sampling, history)
+    extras = query_columns(recipe, dataset, config)
+    train = split_tensors(dataset, dataset.split.train, device, sampling, extras)
     group = _parallel(parallel, "retrieval", with_precision(functools.partial(
         sharded_retrieval_loss, model, task, use_sampling_probability=logq,
         negatives=config.distributed.cross_process_negatives), config, device), config)
     check = None
     if validate and len(dataset.split.test):
         test = split_tensors(dataset, validation_rows(dataset.split.test, config), device,
-                             sampling, history)
+                             sampling, extras)
         corpus = to_tensors(dataset.corpus_features, device, keys=("title_index", "title_tokens"))
         where = SingleProcess() if group is None else group.group
         check = functools.partial(validate_retrieval, model, task, test, corpus, config, where)

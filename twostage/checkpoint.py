@@ -9,8 +9,9 @@ then one rename; an existing folder is replaced only if it is a checkpoint of ou
     feature_spec.json  FeatureSpec.to_dict()
     retrieval.npz      "weights/<Keras name>" and "accumulators/<Keras name>" (Adagrad state)
     ranking.npz        idem
-    recipe.npz         only with model.genres / model.history: the lookups those recipes read
-                       (``RecipeData.to_arrays()``: genre table, training ratings by user);
+    recipe.npz         only with model.genres / history / user_features: the lookups those
+                       recipes read (``RecipeData.to_arrays()``: genre table, training ratings
+                       by user, every user's side features);
                        its sha256 is in meta.json ("recipe"), so an edited file is refused
 
 Both backends name weights by the Keras attribute path of the seed's models with Dense kernels
@@ -44,6 +45,7 @@ from . import io
 from .config import FIELD_SECTION, Config
 from .data.features import FeatureSpec
 from .recipes import NUM_GENRES, RecipeData
+from .user_features import USER_FEATURES
 
 FORMAT = "twostage-checkpoint"
 VERSION = 2
@@ -58,7 +60,9 @@ ARCHITECTURE_FIELDS = ("embedding_dim", "layer_sizes", "ranking_layer_sizes", "n
                        "max_tokens", "genres", "history", "normalize", "learn_temperature")
 # RecipeData.to_arrays() entries and the dtype kind each must have ("i" int, "U" str).
 _RECIPE_ARRAYS = {"genres": "i", "history_users": "U", "history_keys": "i",
-                  "history_titles": "i"}
+                  "history_titles": "i", "user_table_ids": "U", "user_table_values": "U"}
+# config.model's recipe field -> the RecipeData field holding its lookups
+_RECIPE_FIELDS = {"genres": "genres", "history": "history", "user_features": "users"}
 MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32: far above any MovieLens model
 _NPY_HEADER_BYTES = 4096  # allowance per .npz member for its .npy header (np.savez: 128)
 
@@ -129,17 +133,19 @@ def save_checkpoint(directory: Path | str, *, backend: str, config: Config, spec
 
 def _recipe_arrays(config: Config, recipe: RecipeData | None) -> dict[str, np.ndarray] | None:
     """What recipe.npz holds for ``config``: the parts of ``recipe`` it uses, or None."""
-    wanted = [name for name in ("genres", "history") if getattr(config.model, name)]
+    wanted = [name for name in _RECIPE_FIELDS if getattr(config.model, name)]
     if not wanted:
         return None
-    missing = [name for name in wanted if recipe is None or getattr(recipe, name) is None]
+    missing = [name for name in wanted
+               if recipe is None or getattr(recipe, _RECIPE_FIELDS[name]) is None]
     if missing:
         raise ValueError(f"cannot save: model.{missing[0]}=True but its lookups are not "
                          "attached (fit the backend on its dataset, or "
                          "backend.attach_recipe_data(RecipeData.from_dataset(dataset, config)) "
                          "before save)")
     return RecipeData(recipe.genres if config.model.genres else None,
-                      recipe.history if config.model.history else None).to_arrays()
+                      recipe.history if config.model.history else None,
+                      recipe.users if config.model.user_features else None).to_arrays()
 
 
 def save_models(directory: Path | str, *, backend: str, config: Config, spec: FeatureSpec,
@@ -221,8 +227,10 @@ def parameter_count(config: Config, spec: FeatureSpec) -> int:
     tables = spec.num_user_rows + spec.num_bucket_rows  # UserModel
     movie = spec.num_title_rows + spec.max_tokens        # MovieModel
     per_pair = (tables + movie) * d
-    # the retrieval towers' recipe tables: history [title rows, d], genres [NUM_GENRES + 1, d]
-    recipes = (spec.num_title_rows * m.history + (NUM_GENRES + 1) * m.genres) * d
+    # the retrieval towers' recipe tables: history [title rows, d], genres [NUM_GENRES + 1, d],
+    # the user features [vocabulary + 1, d] each
+    users = sum(f.rows for f in USER_FEATURES) * m.user_features
+    recipes = (spec.num_title_rows * m.history + (NUM_GENRES + 1) * m.genres + users) * d
 
     def mlp(width: int, sizes) -> int:
         total = 0
@@ -230,7 +238,8 @@ def parameter_count(config: Config, spec: FeatureSpec) -> int:
             total += width * s + s
             width = s
         return total
-    towers = mlp((2 + m.history) * d + 1, m.layer_sizes) + mlp((2 + m.genres) * d, m.layer_sizes)
+    towers = mlp((2 + m.history + len(USER_FEATURES) * m.user_features) * d + 1,
+                 m.layer_sizes) + mlp((2 + m.genres) * d, m.layer_sizes)
     ranking = mlp(4 * d + 1, [*m.ranking_layer_sizes, 1])
     return 2 * per_pair + recipes + towers + ranking + int(config.task.learn_temperature)
 
@@ -385,7 +394,7 @@ def _load_recipe(directory: Path, meta: dict, config: Config, spec: FeatureSpec
                  ) -> RecipeData | None:
     """recipe.npz checked against meta.json's checksum, the stored config and spec."""
     path, entry = directory / RECIPE_FILE, meta.get("recipe")
-    wanted = {name for name in ("genres", "history") if getattr(config.model, name)}
+    wanted = {name for name in _RECIPE_FIELDS if getattr(config.model, name)}
     if entry is None:
         if wanted:
             raise CheckpointError(f"{path} is missing: config.json uses model."
@@ -414,12 +423,15 @@ def _check_recipe_arrays(path: Path, arrays: dict[str, np.ndarray], wanted: set[
     expected = {"genres"} if "genres" in wanted else set()
     if "history" in wanted:
         expected |= {"history_users", "history_keys", "history_titles"}
+    if "user_features" in wanted:
+        expected |= {"user_table_ids", "user_table_values"}
     if set(arrays) != expected:
         raise CheckpointError(f"{path}: holds {sorted(arrays)}, config.json's recipes need "
                               f"{sorted(expected)}; the checkpoint was edited or mixed up: "
                               "train and save again")
     for name, v in arrays.items():
-        if v.dtype.kind != _RECIPE_ARRAYS[name] or (v.ndim != 1 and name != "genres"):
+        if v.dtype.kind != _RECIPE_ARRAYS[name] or (
+                v.ndim != 1 and name not in ("genres", "user_table_values")):
             raise CheckpointError(f"{path}: {name} has dtype {v.dtype} and {v.ndim} dims; "
                                   "train and save again")
     genres = arrays.get("genres")

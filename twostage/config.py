@@ -36,6 +36,7 @@ NEGATIVES: tuple[str, ...] = ("replica", "global")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 # The MovieLens releases TFDS knows (its ``movielens/<name>-ratings`` configs).
 DATASETS: tuple[str, ...] = ("100k", "1m", "20m", "25m", "latest-small")
+DEMOGRAPHIC_DATASETS: tuple[str, ...] = ("100k", "1m")  # the releases with a user table
 SPLITS: tuple[str, ...] = ("random", "temporal")
 CONFIG_VERSION = 2
 # Sizes a configuration may ask for (a hostile or mistyped run folder must fail before it
@@ -122,6 +123,10 @@ class ModelConfig:
                           "mean-pooled)")
     history: bool = option(False, "query tower: add the masked mean of the embeddings of the "
                            "titles the user rated in training before the query's timestamp")
+    user_features: bool = option(False, "query tower: add embeddings of the user's gender, age "
+                                 "group, occupation and zip prefix (ml-100k / ml-1m "
+                                 "demographics; twostage.user_features), so cold users get "
+                                 "them too")
 
     def __post_init__(self) -> None:
         _validate(self, _model_problems)
@@ -503,8 +508,13 @@ def _distributed_problems(d: DistributedConfig) -> list[str]:
 
 
 def _config_problems(c: Config) -> list[str]:
-    """What no single section can see: the batch split over processes, the seed's range."""
+    """What no single section can see: the batch split over processes, the seed's range, user
+    features of a release without demographics."""
     problems = []
+    if c.model.user_features and c.data.dataset not in DEMOGRAPHIC_DATASETS:
+        problems.append(f"user_features=True needs user demographics, which --dataset "
+                        f"{c.data.dataset} lacks; use --dataset 100k or 1m, or drop "
+                        "--user-features")
     t, n = c.train, c.distributed.nproc
     if n >= 1 and t.batch_size >= 1 and t.batch_size % n:
         problems.append(f"batch_size={t.batch_size} does not divide into nproc={n} equal "

@@ -21,6 +21,7 @@ from .data.download import DataNotFoundError, resolve_data_dir
 from .data.registry import TFDS_GENRES
 from .data.movielens import load_movielens
 from .dataset import from_movielens
+from .errors import UnsupportedOptionError
 from .pipeline import seen_titles
 from .recipes import genre_table
 
@@ -105,7 +106,16 @@ def training_history(backend, titles) -> serving.StoredHistory | None:
 def _export_data(run, backend) -> dict:
     """What an export stores beside the models: ``seen`` (StoredSeen), ``categories``
     (StoredCategories) and ``history`` (StoredHistory), each None when the run's data cannot
-    be read here (said on the log) or the model has no such feature."""
+    be read here (said on the log) or the model has no such feature.
+
+    Raises:
+        UnsupportedOptionError: ``model.user_features`` (the serving programs take no user
+            features yet; serve the run with ``twostage recommend``).
+    """
+    if backend.config.model.user_features:
+        raise UnsupportedOptionError("exports do not carry the user features of "
+                                     "model.user_features yet; serve this run with `twostage "
+                                     "recommend`, or train without --user-features")
     seen = _export_seen(run, backend.config)
     categories, why = catalog_genres(backend.config, backend.spec, run.corpus_titles,
                                      backend.recipe)

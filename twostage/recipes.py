@@ -30,12 +30,20 @@ Both backends read what is computed here, so they see the same numbers:
   from history once their ratings are added (:meth:`HistoryIndex.with_ratings`): the user
   embedding is then the OOV row, the history is theirs.
 
-:class:`RecipeData` bundles the two tables; a backend holds it (``attach_recipe_data``; its fit
+- User side features (``config.model.user_features``; issue 26): the query tower adds
+  embeddings of the user's gender, age group, occupation and zip prefix (fixed vocabularies,
+  Keras StringLookup OOV rules: :mod:`twostage.user_features`). Training rows carry their
+  rating's own demographics (:func:`query_columns`); queries by user id read
+  :class:`~twostage.user_features.UserTable` (every user of the data; an unknown id gets the
+  OOV row of every feature), so a cold user's tower output still depends on them.
+
+:class:`RecipeData` bundles the tables; a backend holds it (``attach_recipe_data``; its fit
 attaches the training dataset's).
 
 Raw batch keys (what the parity suite and ``train_steps`` pass; the torch backend encodes them):
 ``negative_titles`` [N] str and ``negative_sampling_probability`` [N] float32; ``history``
-[B, H] int64 title ids (0 = padding; the spec's ``title_index``).
+[B, H] int64 title ids (0 = padding; the spec's ``title_index``); the user features
+(``user_features.USER_FEATURE_KEYS``) [B] str each.
 """
 from __future__ import annotations
 
@@ -49,6 +57,7 @@ from .errors import UnsupportedOptionError
 from .config import Config
 from .data.features import FeatureSpec
 from .data.registry import TFDS_GENRES
+from .user_features import UserTable, rating_values
 
 NEGATIVE_TITLES = "negative_titles"
 NEGATIVE_PROBABILITY = "negative_sampling_probability"
@@ -67,7 +76,8 @@ def refuse_in_parallel(config: Config) -> None:
     does not scale the queries), and genres / history (their lookups are attached to one
     process's models; not tested across processes yet)."""
     problems = [f"{name}=True (its lookups are not attached across processes yet)"
-                for name in ("genres", "history") if getattr(config.model, name)]
+                for name in ("genres", "history", "user_features")
+                if getattr(config.model, name)]
     if config.task.mixed_negatives:
         problems.append(f"mixed_negatives={config.task.mixed_negatives} (the sampled titles "
                         "are not split over processes)")
@@ -234,19 +244,22 @@ def user_dropout_view(dataset, rate: float, seed: int):
 
 @dataclass(frozen=True)
 class RecipeData:
-    """The lookups of the genre and history recipes (None where the config does not use it):
-    ``genres`` [title rows, NUM_GENRES] (:func:`genre_table`), ``history`` (training ratings)."""
+    """The lookups of the genre, history and user-feature recipes (None where the config does
+    not use it): ``genres`` [title rows, NUM_GENRES] (:func:`genre_table`), ``history``
+    (training ratings), ``users`` (every user's features, :class:`UserTable`)."""
 
     genres: np.ndarray | None = None
     history: HistoryIndex | None = None
+    users: UserTable | None = None
 
     @classmethod
     def from_dataset(cls, dataset, config: Config) -> "RecipeData | None":
         """The tables ``config.model`` asks for, from ``dataset`` (its corpus; its TRAINING
-        split only, for the histories), or None when it asks for neither."""
-        if not (config.model.genres or config.model.history):
+        split only, for the histories; all its ratings' users, for the user table), or None
+        when it asks for none. ValueError: user features of data without demographics."""
+        if not (config.model.genres or config.model.history or config.model.user_features):
             return None
-        genres = history = None
+        genres = history = users = None
         if config.model.genres:
             movies = dataset.movielens.movies
             genres = genre_table(movies["movie_title"].to_numpy(dtype=object),
@@ -255,11 +268,14 @@ class RecipeData:
             train = dataset.split.train
             history = HistoryIndex.from_ratings(dataset.user_id[train], dataset.timestamp[train],
                                                 dataset.features["title_index"][train])
-        return cls(genres, history)
+        if config.model.user_features:
+            users = UserTable.from_ratings(dataset.movielens.ratings)
+        return cls(genres, history, users)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain numpy arrays (for an ``np.savez`` beside a checkpoint's weights):
-        ``genres``, ``history_users`` (str, by slot), ``history_keys``, ``history_titles``."""
+        ``genres``, ``history_users`` (str, by slot), ``history_keys``, ``history_titles``,
+        ``user_table_ids``, ``user_table_values`` (:meth:`UserTable.to_arrays`)."""
         out: dict[str, np.ndarray] = {}
         if self.genres is not None:
             out["genres"] = np.asarray(self.genres, dtype=np.int64)
@@ -268,6 +284,8 @@ class RecipeData:
             out["history_users"] = np.asarray(names, dtype=str)
             out["history_keys"] = self.history.keys
             out["history_titles"] = self.history.titles
+        if self.users is not None:
+            out.update(self.users.to_arrays())
         return out
 
     @classmethod
@@ -286,7 +304,8 @@ class RecipeData:
                 raise ValueError("history arrays are inconsistent (keys unsorted, or a slot "
                                  "without a user, or keys and titles of different lengths)")
             history = HistoryIndex({u: i for i, u in enumerate(users)}, keys, titles)
-        return cls(genres, history)
+        table = UserTable.from_arrays(arrays) if "user_table_ids" in arrays else None
+        return cls(genres, history, table)
 
     def histories(self, user_ids: Iterable, timestamps: Iterable) -> np.ndarray:
         """[N, HISTORY_LENGTH] title ids (:meth:`HistoryIndex.lookup`)."""
@@ -294,6 +313,14 @@ class RecipeData:
             raise ValueError("these recipe data have no history index (config.model.history "
                              "was off when they were made)")
         return self.history.lookup(user_ids, timestamps)
+
+    def user_values(self, user_ids: Iterable) -> dict[str, np.ndarray]:
+        """{user feature key: [N] str} of [N] user ids (:meth:`UserTable.lookup`: an id the
+        table lacks gets the OOV value of every feature)."""
+        if self.users is None:
+            raise ValueError("these recipe data have no user table (config.model."
+                             "user_features was off when they were made)")
+        return self.users.lookup(user_ids)
 
 
 def attach_recipe_data(model, recipe: RecipeData | None) -> None:
@@ -321,3 +348,53 @@ def history_column(recipe: RecipeData | None, dataset, config: Config) -> np.nda
     if recipe is None or recipe.history is None:
         raise ValueError(not_attached("user histories"))
     return recipe.histories(dataset.user_id, dataset.timestamp)
+
+
+def query_columns(recipe: RecipeData | None, dataset, config: Config) -> dict[str, np.ndarray]:
+    """The extra query-tower inputs of every rating row of ``dataset``.
+
+    Args:
+        recipe: the attached lookups (the histories come from it).
+        dataset: N rating rows (``twostage.dataset.Dataset``, or its user-dropout view).
+        config: which recipes are on.
+    Returns:
+        {``HISTORY``: [N, H] int64} when ``config.model.history``, plus {user feature key: [N]
+        str} (each rating's own demographics, :func:`user_features.rating_values`) when
+        ``config.model.user_features``; {} when neither.
+    Raises:
+        ValueError: a needed lookup is not attached, or the data lack demographics.
+    Why: one place decides what both backends' training batches carry beside the seed's columns.
+    """
+    out: dict[str, np.ndarray] = {}
+    history = history_column(recipe, dataset, config)
+    if history is not None:
+        out[HISTORY] = history
+    if config.model.user_features:
+        out.update(rating_values(dataset.movielens.ratings))
+    return out
+
+
+def query_extras(recipe: RecipeData | None, config: Config, user_ids: Iterable,
+                 timestamps: Iterable) -> dict[str, np.ndarray]:
+    """The extra query-tower inputs of [N] queries given by user id and timestamp.
+
+    Args:
+        recipe: the attached lookups.
+        config: which recipes are on.
+        user_ids: [N] str; timestamps: [N] int64.
+    Returns:
+        {``HISTORY``: [N, H] int64} and / or {user feature key: [N] str} (:meth:`RecipeData.
+        user_values`), as :func:`query_columns` for rating rows; {} when neither recipe is on.
+    Raises:
+        RuntimeError: a needed lookup is not attached (the message says how to attach it).
+    """
+    out: dict[str, np.ndarray] = {}
+    if config.model.history:
+        if recipe is None or recipe.history is None:
+            raise RuntimeError(not_attached("user histories"))
+        out[HISTORY] = recipe.histories(user_ids, timestamps)
+    if config.model.user_features:
+        if recipe is None or recipe.users is None:
+            raise RuntimeError(not_attached("user table"))
+        out.update(recipe.user_values(user_ids))
+    return out

@@ -133,3 +133,62 @@ def test_history_backend_trains_serves_and_refuses_without_histories(synthetic_d
     corpus = backend.candidate_embeddings(ds.corpus_titles)
     np.testing.assert_allclose(scores[0], np.sort(corpus @ warm[0])[::-1][:10], rtol=1e-5,
                                atol=1e-6)
+
+
+def test_user_feature_lookups_are_the_shared_encoding(synthetic_dataset, small_config):
+    """Each feature's Keras StringLookup (built from the fixed vocabulary) gives the ids of
+    twostage.user_features.encode, OOV ("" and unseen values) 0, and the tower's part is that
+    row of the feature's embedding."""
+    from twostage.user_features import USER_FEATURES, encode
+    ds, config = synthetic_dataset, small_config.replace(user_features=True)
+    model = models.build_retrieval_model(ds.spec, config)
+    user = model.query_model.embedding_model
+    values = {f.key: np.array([*f.vocabulary, "", "unseen"], dtype=object)
+              for f in USER_FEATURES}
+    width = max(len(v) for v in values.values())
+    values = {k: np.resize(v, width) for k, v in values.items()}
+    want = encode(values)
+    weights = models.get_weights(model)
+    dim = config.model.embedding_dim
+    out = user({"user_id": tf.constant(["x"] * width), "timestamp": tf.constant(
+        [int(ds.timestamp[0])] * width, tf.int64),
+        **{k: tf.constant(v.astype(str)) for k, v in values.items()}}).numpy()
+    assert out.shape == (width, (2 + len(USER_FEATURES)) * dim + 1)
+    for j, f in enumerate(USER_FEATURES):
+        lookup = getattr(user, f.attribute).layers[0]
+        assert lookup(tf.constant(values[f.key].astype(str))).numpy().tolist() == \
+            want[f.key].tolist()
+        table = weights[f"query_model/embedding_model/{f.attribute}/embeddings"]
+        assert table.shape == (f.rows, dim)
+        np.testing.assert_array_equal(out[:, (2 + j) * dim + 1: (3 + j) * dim + 1],
+                                      table[want[f.key]])
+
+
+def test_user_features_backend_trains_serves_and_refuses_without_its_table(synthetic_dataset,
+                                                                          small_config):
+    from twostage.recipes import RecipeData
+    from twostage.user_features import UserTable
+    ds = synthetic_dataset
+    config = small_config.replace(user_features=True, validation_freq=100)
+    backend = TfrsBackend(config, ds.spec)
+    with pytest.raises(RuntimeError, match="user table"):
+        backend.query_embeddings(ds.user_id[:3], ds.timestamp[:3])
+    table = RecipeData.from_dataset(ds, config).users
+    backend.attach_recipe_data(RecipeData(users=UserTable(
+        {**table.users, "new-a": len(table.values), "new-b": len(table.values) + 1},
+        np.concatenate([table.values, [["F", "18", "student", "0"],
+                                       ["M", "56", "retired", "9"]]]).astype(object))))
+    t = np.full(2, int(np.median(ds.timestamp)))
+    q = backend.query_embeddings(np.array(["new-a", "new-b"]), t)
+    assert not np.allclose(q[0], q[1])  # both OOV ids: told apart by their features
+    history = backend.fit_retrieval(ds, epochs=2)
+    assert np.isfinite(history.loss).all() and history.loss[-1] < history.loss[0]
+    assert sorted(backend.recipe.users.users) == sorted(table.users)  # fit attached its own
+    q = backend.query_embeddings(ds.user_id[:2], t)
+    backend.build_index(ds.corpus_titles)
+    scores, _ = backend.retrieve(ds.user_id[:2], t, 10)
+    corpus = backend.candidate_embeddings(ds.corpus_titles)
+    np.testing.assert_allclose(scores[1], np.sort(corpus @ q[1])[::-1][:10], rtol=1e-5,
+                               atol=1e-6)
+    with pytest.raises(UnsupportedOptionError, match="user_features"):
+        TfrsBackend.check_config(config.replace(nproc=2))

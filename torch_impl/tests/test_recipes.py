@@ -175,7 +175,7 @@ def test_recipes_that_cannot_run_are_refused(small_config):
         TorchBackend.check_config(small_config.replace(mixed_negatives=8, nproc=2))
     with pytest.raises(UnsupportedOptionError, match="learn_temperature"):
         TorchBackend.check_config(small_config.replace(learn_temperature=True, nproc=2,
-                                                       negatives="global"))
+                                                       cross_process_negatives="global"))
     for name in ("genres", "history"):
         with pytest.raises(UnsupportedOptionError, match=name):
             TorchBackend.check_config(small_config.replace(nproc=2, **{name: True}))
@@ -336,3 +336,94 @@ def test_recipe_data_round_trips_through_plain_arrays(synthetic_dataset, small_c
     broken = dict(recipe.to_arrays(), history_keys=recipe.history.keys[::-1])
     with pytest.raises(ValueError, match="inconsistent"):
         RecipeData.from_arrays(broken)
+
+
+# --- user side features ---------------------------------------------------------------------------
+def _user_features_backend(ds, config):
+    from twostage.recipes import RecipeData
+    backend = TorchBackend(config, ds.spec)
+    backend.attach_recipe_data(RecipeData.from_dataset(ds, config))
+    return backend
+
+
+def test_user_feature_parts_are_their_embedding_rows(synthetic_dataset, small_config):
+    """After the seed's parts (user, timestamp bucket, normalized timestamp), one embedding row
+    per feature, in USER_FEATURES order, of its StringLookup id."""
+    from twostage.recipes import RecipeData, query_extras
+    from twostage.user_features import USER_FEATURES, encode
+    ds, config = synthetic_dataset, small_config.replace(user_features=True)
+    d = config.model.embedding_dim
+    model = build_retrieval_model(ds.spec, config)
+    user = model.query_model.embedding_model
+    assert user.out_features == (2 + len(USER_FEATURES)) * d + 1
+    rows = ds.split.test[:64]
+    values = query_extras(RecipeData.from_dataset(ds, config), config, ds.user_id[rows],
+                          ds.timestamp[rows])
+    inputs = to_tensors({**ds.spec.encode_queries(ds.user_id[rows], ds.timestamp[rows]),
+                         **encode(values)})
+    with torch.no_grad():
+        out = user(inputs).numpy()
+    ids = encode(values)
+    for j, feature in enumerate(USER_FEATURES):
+        weight = getattr(user, feature.attribute).weight.detach().numpy()
+        assert weight.shape == (feature.rows, d)
+        np.testing.assert_array_equal(out[:, (2 + j) * d + 1: (3 + j) * d + 1],
+                                      weight[ids[feature.key]])
+    with pytest.raises(KeyError, match="user_gender"):
+        user(to_tensors(ds.spec.encode_queries(ds.user_id[rows], ds.timestamp[rows])))
+
+
+def test_a_cold_user_is_served_from_their_features(synthetic_dataset, small_config):
+    """Two ids no vocabulary holds share the OOV user row; with other demographics their query
+    embeddings differ, with the same ones they are equal; an id the user table lacks gets the
+    OOV row of every feature."""
+    from twostage.recipes import RecipeData
+    from twostage.user_features import UserTable
+    ds, config = synthetic_dataset, small_config.replace(user_features=True)
+    backend = _user_features_backend(ds, config)  # untrained: no ReLU is dead yet
+    table = backend.recipe.users
+    values = np.concatenate([table.values, [["F", "18", "student", "0"],
+                                            ["M", "56", "retired", "9"],
+                                            ["F", "18", "student", "0"]]]).astype(object)
+    users = {**table.users, "new-a": len(table.values), "new-b": len(table.values) + 1,
+             "new-c": len(table.values) + 2}
+    backend.attach_recipe_data(RecipeData(users=UserTable(users, values)))
+    t = np.full(4, int(np.median(ds.timestamp)))
+    q = backend.query_embeddings(np.array(["new-a", "new-b", "new-c", "unknown"]), t)
+    assert not np.allclose(q[0], q[1]) and np.array_equal(q[0], q[2])
+    assert not np.allclose(q[0], q[3])
+    backend.build_index(ds.corpus_titles)
+    _, rows = backend.retrieve(np.array(["new-a", "new-b"]), t[:2], 10)
+    assert rows.shape == (2, 10)
+
+
+def test_user_features_model_needs_its_table(synthetic_dataset, small_config):
+    backend = TorchBackend(small_config.replace(user_features=True), synthetic_dataset.spec)
+    with pytest.raises(RuntimeError, match="user table"):
+        backend.query_embeddings(synthetic_dataset.user_id[:3], synthetic_dataset.timestamp[:3])
+
+
+def test_user_features_train_evaluate_and_survive_a_checkpoint(synthetic_dataset, small_config,
+                                                               tmp_path):
+    from twostage.pipeline import evaluate
+    ds, config = synthetic_dataset, small_config.replace(user_features=True, history=True)
+    backend = TorchBackend(config, ds.spec)
+    history = backend.fit_retrieval(ds, epochs=3)
+    assert history.loss[-1] < history.loss[0]
+    trained = get_keras_weights(backend.retrieval_model)
+    assert not np.allclose(trained["query_model/embedding_model/occupation_embedding/embeddings"],
+                           get_keras_weights(build_retrieval_model(ds.spec, config))[
+                               "query_model/embedding_model/occupation_embedding/embeddings"])
+    backend.fit_ranking(ds, epochs=1)
+    report = evaluate(backend, ds, config)
+    assert 0 < report["retrieval"]["top_k_accuracy"]["100"] <= 1
+    backend.save(tmp_path / "ckpt")
+    loaded = TorchBackend.load(tmp_path / "ckpt")
+    rows = ds.split.test[:32]
+    np.testing.assert_array_equal(loaded.query_embeddings(ds.user_id[rows], ds.timestamp[rows]),
+                                  backend.query_embeddings(ds.user_id[rows], ds.timestamp[rows]))
+
+
+def test_user_features_are_refused_across_processes(small_config):
+    with pytest.raises(UnsupportedOptionError, match="user_features"):
+        TorchBackend.check_config(small_config.replace(user_features=True, nproc=2))
