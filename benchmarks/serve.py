@@ -202,7 +202,8 @@ def resident_bytes(pid: int) -> int:
 def load_test(args, users: list[str]) -> tuple[list[dict], dict | None]:
     import urllib.request
 
-    flags = ["--threads", str(args.threads), "--batch-wait-ms", str(args.batch_wait_ms)]
+    flags = ["--threads", str(args.threads), "--batch-wait-ms", str(args.batch_wait_ms),
+             "--http", args.http]
     rows, soak = [], None
     with server(args.export, flags) as (url, pid):
         asyncio.run(drive(url, users, 4, min(2.0, args.seconds), args.k, 10_000, 1))  # warm-up
@@ -320,8 +321,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    "concurrency: the requests/s of the HTTP stack and client without the model")
     p.add_argument("--soak-seconds", type=float, default=0.0)
     p.add_argument("--soak-concurrency", type=int, default=8)
+    p.add_argument("--http", choices=("httptools", "h11"), default="httptools",
+                   help="the server's HTTP parser (serve --http; default httptools)")
     p.add_argument("--out", default="runs/serve",
                    help="folder of the outputs (default runs/serve)")
+    p.add_argument("--name", default="serve",
+                   help="stem of the outputs: NAME.json, NAME.md, NAME.png (default serve)")
     args = p.parse_args(argv)
     if min(args.concurrency) < 1 or args.seconds <= 0 or args.max_requests < 1:
         p.error("--concurrency values must be >= 1, --seconds > 0, --max-requests >= 1")
@@ -339,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
               "export": str(args.export), "kind": engine.kind,
               "catalog_size": engine.catalog_size, "k": args.k, "threads": args.threads,
-              "batch_wait_ms": args.batch_wait_ms,
+              "batch_wait_ms": args.batch_wait_ms, "http": args.http,
               "floor": floor(engine, users, args.concurrency, args.k, args.floor_calls,
                              args.floor_warmup),
               "load": [], "soak": None}
@@ -349,9 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     report["targets"] = targets(report)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    io.write_json(out / "serve.json", report)
-    io.write_text(out / "serve.md", table(report) + "\n")
-    plot(report, out / "serve.png")
+    io.write_json(out / f"{args.name}.json", report)
+    io.write_text(out / f"{args.name}.md", table(report) + "\n")
+    plot(report, out / f"{args.name}.png")
     print(table(report))
     for name, t in report["targets"].items():
         print(f"{name}: {t['value']:.3g} (target {t['target']}): "

@@ -235,6 +235,8 @@ def _add_serve_parser(sub) -> None:
                      "to send a request's head, then its body (default 10)")
     srv.add_argument("--no-seen", dest="seen", action="store_false", help="do not rebuild a "
                      "run's training split (exclude_seen is then refused)")
+    srv.add_argument("--http", choices=("httptools", "h11"), default="httptools",
+                     help="HTTP/1.1 parser: httptools (C, default) or h11 (pure Python)")
 
 
 # --- commands --------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from . import __version__
 from .batching import MicroBatcher, ShuttingDown
@@ -437,11 +438,11 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": payload})
 
 
-class TimedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request's head (request line and
-    headers): a connection whose next request head is incomplete after the request timeout is
-    closed. uvicorn times out only idle kept-alive connections, so a client that sends half a
-    head would hold its connection for ever."""
+class HeadDeadline:
+    """A deadline for each request's head (request line and headers), mixed into a uvicorn
+    HTTP protocol: a connection whose next request head is incomplete after the request
+    timeout is closed. uvicorn times out only idle kept-alive connections, so a client that
+    sends half a head would hold its connection for ever."""
 
     def __init__(self, config, *args, **kwargs) -> None:
         super().__init__(config, *args, **kwargs)
@@ -481,6 +482,20 @@ class TimedH11Protocol(H11Protocol):
             self.transport.close()
 
 
+class TimedH11Protocol(HeadDeadline, H11Protocol):
+    """uvicorn's pure-Python h11 protocol with :class:`HeadDeadline` (``--http h11``)."""
+
+
+class TimedHttpToolsProtocol(HeadDeadline, HttpToolsProtocol):
+    """uvicorn's httptools (llhttp, C) protocol with :class:`HeadDeadline`: the default, as
+    parsing in C leaves the one event-loop thread more time for the model
+    (docs/results/serve.json against serve_h11.json, ``benchmarks.serve --http``)."""
+
+
+# ``twostage serve --http``: the HTTP/1.1 parsers offered, the first the default
+HTTP_PROTOCOLS = {"httptools": TimedHttpToolsProtocol, "h11": TimedH11Protocol}
+
+
 # --- running ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Options:
@@ -494,6 +509,7 @@ class Options:
     backend: str | None = None
     seen: bool = True
     limits: Limits = Limits()
+    http: str = "httptools"
 
     def to_json(self) -> str:
         return json.dumps({**self.__dict__, "limits": self.limits.__dict__})
@@ -532,7 +548,7 @@ def run(opts: Options, announce=print) -> int:
     else:
         app = create_app(engine, opts.limits)
     config = uvicorn.Config(app, host=opts.host, port=opts.port, workers=opts.workers,
-                            factory=opts.workers > 1, http=TimedH11Protocol,
+                            factory=opts.workers > 1, http=HTTP_PROTOCOLS[opts.http],
                             lifespan="on", log_level="warning", access_log=False,
                             timeout_graceful_shutdown=30)
     config.twostage_request_timeout_s = opts.limits.request_timeout_s
@@ -581,7 +597,8 @@ def options(args) -> Options:
             raise OptionError(f"{flag} {value}: must be {bound}")
     return Options(str(args.path), args.host, args.port, args.workers, args.threads,
                    args.backend, args.seen,
-                   Limits(args.batch_wait_ms, args.batch_users, args.request_timeout))
+                   Limits(args.batch_wait_ms, args.batch_users, args.request_timeout),
+                   getattr(args, "http", "httptools"))
 
 
 def main(args) -> int:

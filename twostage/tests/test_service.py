@@ -54,9 +54,10 @@ def exports(run_dir, tmp_path_factory):
 
 
 @contextlib.contextmanager
-def serving_app(app, request_timeout_s: float = 10.0):
-    """uvicorn serving ``app`` in a thread on a free loopback port -> its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, http=service.TimedH11Protocol,
+def serving_app(app, request_timeout_s: float = 10.0, http: str = "httptools"):
+    """uvicorn serving ``app`` in a thread on a free loopback port, with the ``http`` protocol
+    of ``twostage serve --http`` (default: the default one) -> its base URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, http=service.HTTP_PROTOCOLS[http],
                             lifespan="on", log_level="error")
     config.twostage_request_timeout_s = request_timeout_s
     sock = config.bind_socket()
@@ -418,11 +419,13 @@ def test_a_body_over_the_limit_is_413(urls):
     assert httpx.get(urls["torch"] + "/healthz").status_code == 200
 
 
-def test_slow_clients_time_out(engines):
+@pytest.mark.parametrize("http", list(service.HTTP_PROTOCOLS))
+def test_slow_clients_time_out(engines, http):
     """Half a head: the connection is closed; a head with half its body: 408. Both within the
-    request timeout (here 0.5 s), while other clients are served."""
+    request timeout (here 0.5 s), while other clients are served, with either HTTP parser.
+    Break: drop HeadDeadline from a protocol and its half head is never closed."""
     with serving_app(service.create_app(engines["torch"], service.Limits(request_timeout_s=0.5)),
-                     request_timeout_s=0.5) as url:
+                     request_timeout_s=0.5, http=http) as url:
         port = int(url.rsplit(":", 1)[1])
         head_only = socket.create_connection(("127.0.0.1", port))
         head_only.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\n")
