@@ -53,9 +53,12 @@ RECIPES: dict[str, tuple[dict, str]] = {
                    "logQ + the popularity prior at inference (beta on validation)"),
     "best-prior-dropout": ({**PRESETS["best"], "user_dropout": 0.2},
                            "best-prior + user-id dropout 0.2 (the OOV user row trained)"),
+    "best-prior-users": ({**PRESETS["best"], "user_features": True},
+                         "best-prior + the user side features (gender, age group, occupation, "
+                         "zip prefix) in the query tower"),
 }
 # recipes whose prior_beta is chosen by twostage.pipeline.select_prior_beta before training
-PRIOR_RECIPES = frozenset({"best-prior", "logq-prior", "best-prior-dropout"})
+PRIOR_RECIPES = frozenset({"best-prior", "logq-prior", "best-prior-dropout", "best-prior-users"})
 # (column, model figure in flatten(evaluate(...)), baseline figure in evaluate_baselines)
 FIGURES: tuple[tuple[str, str, str], ...] = (
     *((f"top-{k}", f"retrieval.top_k_accuracy.{k}", f"top_k_accuracy.{k}") for k in (1, 10, 100)),
