@@ -56,9 +56,16 @@ RECIPES: dict[str, tuple[dict, str]] = {
     "best-prior-users": ({**PRESETS["best"], "user_features": True},
                          "best-prior + the user side features (gender, age group, occupation, "
                          "zip prefix) in the query tower"),
+    "best-recent": (PRESETS["best"], "--preset best + recent popularity at inference (score + "
+                    "beta log(1 + the title's ratings in a window before the query's time); "
+                    "beta and window on validation; scored by the baselines' rule)"),
+    "best-users-recent": ({**PRESETS["best"], "user_features": True},
+                          "best-recent + the user side features in the query tower"),
 }
 # recipes whose prior_beta is chosen by twostage.pipeline.select_prior_beta before training
 PRIOR_RECIPES = frozenset({"best-prior", "logq-prior", "best-prior-dropout", "best-prior-users"})
+# recipes scored as model + recent popularity (twostage.hybrid), beta and window on validation
+HYBRID_RECIPES = frozenset({"best-recent", "best-users-recent"})
 # (column, model figure in flatten(evaluate(...)), baseline figure in evaluate_baselines)
 FIGURES: tuple[tuple[str, str, str], ...] = (
     *((f"top-{k}", f"retrieval.top_k_accuracy.{k}", f"top_k_accuracy.{k}") for k in (1, 10, 100)),
@@ -89,13 +96,16 @@ def recipe_config(base: Config, name: str, i: int, epochs: int | None = None) ->
                                                         ranking_epochs=epochs)
 
 
-def run_once(backend_name: str, dataset, config: Config, prior: bool = False) -> dict:
+def run_once(backend_name: str, dataset, config: Config, prior: bool = False,
+             hybrid: bool = False) -> dict:
     """Train both stages and evaluate -> {figure: value} (the audiences' too) plus fit
     seconds; ``prior``: first choose ``prior_beta`` on the training split's validation slice
     (one more retrieval training, counted in train_s), recorded as ``prior_beta`` and
-    ``prior_validation``."""
+    ``prior_validation``; ``hybrid``: :func:`run_hybrid` instead."""
     from twostage.pipeline import (evaluate, fit_retrieval, flatten, make_backend,
                                    select_prior_beta)
+    if hybrid:
+        return run_hybrid(backend_name, dataset, config)
     start = time.perf_counter()
     chosen = select_prior_beta(backend_name, dataset, config) if prior else None
     if chosen:
@@ -110,6 +120,25 @@ def run_once(backend_name: str, dataset, config: Config, prior: bool = False) ->
     if chosen:
         figures.update(prior_beta=chosen["beta"], prior_validation=chosen)
     return figures
+
+
+def run_hybrid(backend_name: str, dataset, config: Config) -> dict:
+    """Model + recent popularity (``twostage.hybrid``): beta and the window chosen on the
+    training split's validation slice (one more retrieval training, counted in train_s), the
+    retrieval model trained on the whole training split, then scored by the baselines' code
+    -> {column: value} in the baselines' layout, plus ``prior_beta``, ``window_days`` and
+    ``prior_validation``."""
+    from twostage import hybrid
+    from twostage.pipeline import fit_retrieval, flatten, make_backend
+    start = time.perf_counter()
+    chosen = hybrid.select(backend_name, dataset, config)
+    backend = make_backend(backend_name, config, dataset)
+    fit_retrieval(backend, dataset, config)
+    fit_s = time.perf_counter() - start
+    flat = flatten(hybrid.evaluate(backend, dataset, config, chosen["beta"],
+                                   chosen["window_days"]))
+    return {**_columns(flat, FIGURES, 2), **_columns(flat, AUDIENCE_FIGURES, 2, optional=True),
+            "train_s": fit_s, "prior_beta": chosen["beta"], "prior_validation": chosen}
 
 
 def _columns(flat: dict, figures, which: int, optional: bool = False) -> dict[str, float]:
@@ -192,7 +221,9 @@ def prior_notes(runs: dict[str, list[dict]]) -> list[str]:
             if "prior_validation" in f:
                 v = f["prior_validation"]
                 tried = ", ".join(f"{b}: {acc:.4f}" for b, acc in v["scores"].items())
-                out.append(f"{name} seed {i}: beta {v['beta']:g}, chosen by {v['metric']} "
+                window = ("" if "window_days" not in v else ", window " + (
+                    "all" if v["window_days"] is None else f"{v['window_days']:g}d"))
+                out.append(f"{name} seed {i}: beta {v['beta']:g}{window}, chosen by {v['metric']} "
                            f"({v['num_queries']} ratings; tried {tried})")
     return out
 
@@ -260,7 +291,8 @@ def time_targets(summary: dict, baselines: dict, seeds: int) -> list[tuple[str, 
     test set and on warm users; on cold users above most-popular, and at least
     recent-popular's (minus 2 standard errors)."""
     out = []
-    for name in (n for n in ("best", *sorted(PRIOR_RECIPES)) if n in summary):
+    for name in (n for n in ("best", *sorted(PRIOR_RECIPES), *sorted(HYBRID_RECIPES))
+                 if n in summary):
         cells = summary[name]
         for base in ("popular", "recent", "ease"):
             theirs = baselines.get(base, {})
@@ -364,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
             runs[name].append(run_once(args.backend, dataset,
                                        recipe_config(base, name, i, args.epochs),
-                                       prior=name in PRIOR_RECIPES))
+                                       prior=name in PRIOR_RECIPES,
+                                       hybrid=name in HYBRID_RECIPES))
             io.write_json(path, {"settings": settings, "baselines": baselines, "runs": runs})
     summary = summarise(runs)
     table = markdown(summary, baselines, args.seeds, runs)
