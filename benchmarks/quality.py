@@ -126,8 +126,8 @@ def run_hybrid(backend_name: str, dataset, config: Config) -> dict:
     """Model + recent popularity (``twostage.hybrid``): beta and the window chosen on the
     training split's validation slice (one more retrieval training, counted in train_s), the
     retrieval model trained on the whole training split, then scored by the baselines' code
-    -> {column: value} in the baselines' layout, plus ``prior_beta``, ``window_days`` and
-    ``prior_validation``."""
+    -> {column: value} in the baselines' layout, plus ``prior_beta_warm``,
+    ``prior_beta_cold`` and ``prior_validation`` (the window and the validation scores)."""
     from twostage import hybrid
     from twostage.pipeline import fit_retrieval, flatten, make_backend
     start = time.perf_counter()
@@ -135,10 +135,11 @@ def run_hybrid(backend_name: str, dataset, config: Config) -> dict:
     backend = make_backend(backend_name, config, dataset)
     fit_retrieval(backend, dataset, config)
     fit_s = time.perf_counter() - start
-    flat = flatten(hybrid.evaluate(backend, dataset, config, chosen["beta"],
-                                   chosen["window_days"]))
+    flat = flatten(hybrid.evaluate(backend, dataset, config, chosen["beta_warm"],
+                                   chosen["beta_cold"], chosen["window_days"]))
     return {**_columns(flat, FIGURES, 2), **_columns(flat, AUDIENCE_FIGURES, 2, optional=True),
-            "train_s": fit_s, "prior_beta": chosen["beta"], "prior_validation": chosen}
+            "train_s": fit_s, "prior_beta_warm": chosen["beta_warm"],
+            "prior_beta_cold": chosen["beta_cold"], "prior_validation": chosen}
 
 
 def _columns(flat: dict, figures, which: int, optional: bool = False) -> dict[str, float]:
@@ -218,13 +219,18 @@ def prior_notes(runs: dict[str, list[dict]]) -> list[str]:
     out = []
     for name, figures in runs.items():
         for i, f in enumerate(figures):
-            if "prior_validation" in f:
-                v = f["prior_validation"]
+            if "prior_validation" not in f:
+                continue
+            v = f["prior_validation"]
+            if "window_days" not in v:                          # the static prior's beta
                 tried = ", ".join(f"{b}: {acc:.4f}" for b, acc in v["scores"].items())
-                window = ("" if "window_days" not in v else ", window " + (
-                    "all" if v["window_days"] is None else f"{v['window_days']:g}d"))
-                out.append(f"{name} seed {i}: beta {v['beta']:g}{window}, chosen by {v['metric']} "
+                out.append(f"{name} seed {i}: beta {v['beta']:g}, chosen by {v['metric']} "
                            f"({v['num_queries']} ratings; tried {tried})")
+                continue
+            window = "all" if v["window_days"] is None else f"{v['window_days']:g}d"
+            out.append(f"{name} seed {i}: window {window}, beta {v['beta_warm']:g} for warm "
+                       f"users ({v['num_queries']['warm']} ratings), {v['beta_cold']:g} for "
+                       f"cold users ({v['num_queries']['cold']}), chosen by {v['metric']}")
     return out
 
 

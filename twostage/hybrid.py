@@ -11,9 +11,11 @@ split never sees those counts. This module adds them to the model's retrieval sc
 with ``q . c`` the backend's own retrieval score (its query and candidate embeddings, a learned
 temperature included) and ``n`` the recent-popular baseline's counts (``EventCounts``). It is a
 scorer of the baselines' metric code (``baselines.score``: both protocols, the shared tie order,
-audiences), so its figures sit beside the baselines' in the same layout. ``beta`` and the window
-are chosen together on the training split's validation slice, with the counts of the training
-ratings only, as recent-popular chooses its window (``select``); beta 0 is the model alone.
+audiences), so its figures sit beside the baselines' in the same layout. The window and one
+beta per audience (warm users, with a training rating, and cold users, without: the model knows
+the one and barely the other) are chosen on the training split's validation slice, with the
+counts of the training ratings only, as recent-popular chooses its window (``select``); beta 0
+is the model alone, a large beta recent-popular with the model breaking its ties.
 
 Its figures follow the baselines' rule, not TFRS's: the positive's score is its title's corpus
 row of the same product, so float32 rounding never puts the positive's own row above it, as it
@@ -36,48 +38,72 @@ from .data.split import Split
 from .dataset import Dataset
 from .pipeline import evaluation_rows, fit_retrieval, make_backend
 
-RECENT_PRIOR_BETAS: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+RECENT_PRIOR_BETAS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0,
+                                          1000.0)
+AUDIENCES = ("warm", "cold")
 
 
 @dataclass(frozen=True)
 class RecentPriorScorer:
     """The baselines' :class:`~twostage.baselines.Scorer` of model + recent popularity.
 
-    ``query_rows`` [R] rating rows whose queries ``queries`` [R, D] holds (any order),
-    ``corpus`` [M, D] the candidate embeddings of the corpus rows, ``recent`` the counts
-    (``baselines.RecentScorer``: ``corpus_scores(rows, users) -> [n, M]``), ``beta`` >= 0.
+    ``query_rows`` [R] sorted rating rows whose queries ``queries`` [R, D] holds, ``betas``
+    [R] >= 0 the weight of each one's counts, ``corpus`` [M, D] the candidate embeddings of
+    the corpus rows, ``recent`` the counts (``baselines.RecentScorer``:
+    ``corpus_scores(rows, users) -> [n, M]``).
     """
 
     query_rows: np.ndarray
     queries: np.ndarray
+    betas: np.ndarray
     corpus: np.ndarray
     recent: object
-    beta: float
 
     def corpus_scores(self, rows: np.ndarray, users: np.ndarray) -> np.ndarray:
-        """[n] rating rows (each one of ``query_rows``) -> [n, M] float32 scores."""
-        at = np.searchsorted(self.query_rows, rows)
-        at = np.minimum(at, self.query_rows.size - 1)
+        """[n] rating rows (each one of ``query_rows``) -> [n, M] float32 scores.
+
+        Raises:
+            KeyError: a row outside ``query_rows``.
+        """
+        at = np.minimum(np.searchsorted(self.query_rows, rows), self.query_rows.size - 1)
         if not np.array_equal(self.query_rows[at], rows):
             raise KeyError("a rating row outside the scorer's query_rows")
         model = self.queries[at] @ self.corpus.T
-        if not self.beta:
+        betas = self.betas[at].astype(np.float32)
+        if not betas.any():
             return model.astype(np.float32)
         counts = self.recent.corpus_scores(rows, users)
-        return (model + np.float32(self.beta) * np.log1p(counts)).astype(np.float32)
+        return (model + betas[:, None] * np.log1p(counts)).astype(np.float32)
+
+    def with_betas(self, warm: np.ndarray, beta_warm: float, beta_cold: float
+                   ) -> "RecentPriorScorer":
+        """The same scorer with ``beta_warm`` for the queries ``warm`` [R] marks (aligned with
+        ``query_rows``), ``beta_cold`` for the others."""
+        return dataclasses.replace(self, betas=np.where(warm, beta_warm, beta_cold))
 
 
 def scorer_for(backend: Backend, dataset: Dataset, rows: np.ndarray, events: EventCounts,
-               window_days: float | None, beta: float) -> RecentPriorScorer:
-    """The scorer of ``backend``'s embeddings for the rating ``rows``, with ``events``'
-    counts in the ``window_days`` (None: all time) before each query's time."""
+               window_days: float | None, beta: float | np.ndarray) -> RecentPriorScorer:
+    """The scorer of ``backend``'s embeddings for the rating ``rows`` (beta: one for all, or
+    [R] aligned with ``np.unique(rows)``), with ``events``' counts in the ``window_days``
+    (None: all time) before each query's time."""
     rows = np.unique(np.asarray(rows, dtype=np.int64))
     corpus_titles = dataset.corpus_features["title_index"]
     recent = RecentScorer(events, None if window_days is None else window_days * DAY_S,
                           dataset.timestamp, corpus_titles)
+    betas = np.broadcast_to(np.asarray(beta, dtype=np.float64), rows.shape).copy()
     return RecentPriorScorer(rows, backend.query_embeddings(dataset.user_id[rows],
                                                             dataset.timestamp[rows]),
-                             backend.candidate_embeddings(dataset.corpus_titles), recent, beta)
+                             betas, backend.candidate_embeddings(dataset.corpus_titles),
+                             recent)
+
+
+def warm_rows(dataset: Dataset, rows: np.ndarray, known_rows: np.ndarray) -> np.ndarray:
+    """[R] bool aligned with ``np.unique(rows)``: the rating's user has a rating among
+    ``known_rows`` (the split the model trained on)."""
+    rows = np.unique(np.asarray(rows, dtype=np.int64))
+    users = dataset.features["user_index"]
+    return np.isin(users[rows], users[np.asarray(known_rows)])
 
 
 def _counts(scorer: RecentPriorScorer, dataset: Dataset, rows: np.ndarray,
@@ -88,18 +114,24 @@ def _counts(scorer: RecentPriorScorer, dataset: Dataset, rows: np.ndarray,
                  tie_priority(train.popularity()))
 
 
+def _label(days: float | None, beta: float) -> str:
+    return f"{'all' if days is None else f'{days:g}d'}/{beta:g}"
+
+
 def select(name: str, dataset: Dataset, config: Config,
            betas: tuple[float, ...] = RECENT_PRIOR_BETAS,
            windows: tuple[float | None, ...] = RECENT_WINDOWS_DAYS) -> dict:
-    """beta and the window by validation: a retrieval model of backend ``name`` trained on the
-    training split less its validation slice (``baselines.validation_queries``), every
-    (window, beta) scored by ``exclude_seen`` top-k accuracy (k = ``config.eval.ndcg_k``) of
-    the slice with counts of the TRAINING ratings only. The test split is never read. Exact
-    ties keep the smaller beta, then the longer window. Costs one retrieval training.
+    """The window and a beta per audience by validation: a retrieval model of backend ``name``
+    trained on the training split less its validation slice (``baselines.validation_queries``),
+    every (window, beta) scored by ``exclude_seen`` top-k hits (k = ``config.eval.ndcg_k``) of
+    the slice's warm queries (their user has a fit rating) and of its cold ones, with counts of
+    the TRAINING ratings only. Per window each audience takes its best beta; the window with the
+    most hits in all wins. The test split is never read. Exact ties keep the smaller beta, then
+    the longer window. Costs one retrieval training.
 
     Returns:
-        {"beta", "window_days", "scores": {"<window>/<beta>": accuracy}, "metric",
-        "num_queries"}.
+        {"beta_warm", "beta_cold", "window_days", "scores": {audience: {"<window>/<beta>":
+        accuracy}}, "metric", "num_queries": {audience: count}}.
     """
     fit_rows, val_rows = validation_queries(dataset, config)
     held_out = dataclasses.replace(dataset, split=Split(train=fit_rows, test=val_rows))
@@ -109,33 +141,51 @@ def select(name: str, dataset: Dataset, config: Config,
     events = EventCounts.of(dataset.timestamp[dataset.split.train], train.titles,
                             train.num_titles)
     fit, k = Interactions.of(dataset, fit_rows), int(config.eval.ndcg_k)
-    scores, order = {}, []
-    for days in sorted(windows, key=lambda d: float("inf") if d is None else -d):
+    queries = Queries.of(dataset, val_rows)                      # the order count_higher keeps
+    warm = np.isin(queries.users, fit.users)
+    masks = {"warm": warm, "cold": ~warm}
+    hits = {a: {} for a in AUDIENCES}
+    longest_first = sorted(windows, key=lambda d: float("inf") if d is None else -d)
+    for days in longest_first:
         base = scorer_for(backend, dataset, val_rows, events, days, 0.0)
         for beta in sorted(float(b) for b in betas):
-            counts = _counts(dataclasses.replace(base, beta=beta), dataset, val_rows, fit)
-            hits = evaluation.hits_at_k(counts.greater_unseen, counts.finite, (k,))
-            label = f"{'all' if days is None else f'{days:g}d'}/{beta:g}"
-            scores[label] = int(hits[0]) / len(val_rows)
-            order.append((label, days, beta))
-    best = max(order, key=lambda o: (scores[o[0]], -o[2]))   # first max: longest window
-    return {"beta": best[2], "window_days": best[1], "scores": scores,
+            counts = _counts(dataclasses.replace(base, betas=np.full(base.betas.shape, beta)),
+                             dataset, val_rows, fit)
+            hit = counts.finite & (counts.greater_unseen < k)
+            for a in AUDIENCES:
+                hits[a][_label(days, beta)] = int(hit[masks[a]].sum())
+    ordered = sorted(float(b) for b in betas)
+
+    def best_beta(a: str, days) -> float:               # first max: the smaller beta
+        return max(ordered, key=lambda b: (hits[a][_label(days, b)], -b))
+
+    window = max(longest_first, key=lambda d: sum(hits[a][_label(d, best_beta(a, d))]
+                                                  for a in AUDIENCES))   # first max: longest
+    sizes = {a: int(m.sum()) for a, m in masks.items()}
+    return {"beta_warm": best_beta("warm", window), "beta_cold": best_beta("cold", window),
+            "window_days": window,
+            "scores": {a: {label: h / max(sizes[a], 1) for label, h in hits[a].items()}
+                       for a in AUDIENCES},
             "metric": f"top-{k} accuracy, exclude_seen, on the validation slice",
-            "num_queries": int(len(val_rows))}
+            "num_queries": sizes}
 
 
-def evaluate(backend: Backend, dataset: Dataset, config: Config, beta: float,
-             window_days: float | None, rows: np.ndarray | None = None) -> dict:
+def evaluate(backend: Backend, dataset: Dataset, config: Config, beta_warm: float,
+             beta_cold: float, window_days: float | None, rows: np.ndarray | None = None
+             ) -> dict:
     """The figures of ``backend`` + beta * log(1 + recent counts) on ``rows`` (default: the
-    evaluation rows), in ``baselines.summarize``'s layout (top-k under both protocols, the
+    evaluation rows; beta: ``beta_warm`` for a user with a training rating, else
+    ``beta_cold``), in ``baselines.summarize``'s layout (top-k under both protocols, the
     positives' nDCG / hit / MRR of the scorer's own order, ``by_audience``). The counts read the
     whole rating log before each query's time, as the recent-popular baseline's do."""
     rows = evaluation_rows(dataset, config) if rows is None else np.asarray(rows)
     train = Interactions.of(dataset, dataset.split.train)
     events = EventCounts.of(dataset.timestamp, dataset.features["title_index"],
                             train.num_titles)
-    scorer = scorer_for(backend, dataset, rows, events, window_days, beta)
+    scorer = scorer_for(backend, dataset, rows, events, window_days, 0.0).with_betas(
+        warm_rows(dataset, rows, dataset.split.train), beta_warm, beta_cold)
     queries, corpus = Queries.of(dataset, rows), dataset.corpus_features["title_index"]
     figures = summarize(_counts(scorer, dataset, rows, train), queries, config, corpus.size,
                         train.seen(corpus))
-    return {**figures, "beta": float(beta), "window_days": window_days}
+    return {**figures, "beta_warm": float(beta_warm), "beta_cold": float(beta_cold),
+            "window_days": window_days}

@@ -89,10 +89,10 @@ def test_quality_temporal_reports_audiences_prior_and_issue_26_targets(data_dir,
 @pytest.mark.slow
 def test_quality_temporal_scores_the_hybrid_recipe_with_its_validated_choice(data_dir,
                                                                             tmp_path):
-    """best-recent (model + recent popularity, twostage.hybrid): its beta and window are the
-    best of its validation grid, its figures are in [0, 1] with the audience columns, issue
-    26's targets name it, and the table says what was chosen (fails if the hybrid path were
-    not taken: the run would carry no window)."""
+    """best-recent (model + recent popularity, twostage.hybrid): its betas are the best of
+    its validation grid per audience, its figures are in [0, 1] with the audience columns,
+    issue 26's targets name it, and the table says what was chosen (fails if the hybrid path
+    were not taken: the run would carry no window)."""
     argv = ["--data-dir", str(data_dir), "--split", "temporal", "--seeds", "1", "--recipes",
             "best-recent", "--epochs", "1", "--out", str(tmp_path)]
     assert quality.main(argv) == 0
@@ -100,11 +100,15 @@ def test_quality_temporal_scores_the_hybrid_recipe_with_its_validated_choice(dat
     run = report["runs"]["best-recent"][0]
     chosen = run["prior_validation"]
     window = "all" if chosen["window_days"] is None else f"{chosen['window_days']:g}d"
-    assert chosen["scores"][f"{window}/{chosen['beta']:g}"] == max(chosen["scores"].values())
-    assert run["prior_beta"] == chosen["beta"]
+    for audience in ("warm", "cold"):
+        scores = chosen["scores"][audience]
+        mine = {label: v for label, v in scores.items() if label.startswith(f"{window}/")}
+        assert scores[f"{window}/{chosen[f'beta_{audience}']:g}"] == max(mine.values())
+        assert run[f"prior_beta_{audience}"] == chosen[f"beta_{audience}"]
     assert all(0.0 <= run[c] <= 1.0 for c, _, _ in quality.FIGURES)
     assert run["warm: n"] + run["cold: n"] == report["baselines"]["popular"]["warm: n"] + \
         report["baselines"]["popular"]["cold: n"]
     assert any(t["target"].startswith("best-recent beats") for t in report["targets"])
     md = (tmp_path / "quality.md").read_text()
-    assert f"best-recent seed 0: beta {chosen['beta']:g}, window {window}, chosen by" in md
+    assert (f"best-recent seed 0: window {window}, beta {chosen['beta_warm']:g} for warm users"
+            in md)

@@ -52,7 +52,7 @@ def test_beta_zero_counts_the_models_scores_by_the_baselines_rule(trained, synth
     product against the corpus' products, so its own row may round above it.)"""
     ds = synthetic_dataset
     rows = ds.split.test
-    got = hybrid.evaluate(trained, ds, small_config, 0.0, None, rows=rows)
+    got = hybrid.evaluate(trained, ds, small_config, 0.0, 0.0, None, rows=rows)
     s = (trained.query_embeddings(ds.user_id[rows], ds.timestamp[rows])
          @ trained.candidate_embeddings(ds.corpus_titles).T)
     corpus, titles = ds.corpus_features["title_index"], ds.features["title_index"]
@@ -65,7 +65,28 @@ def test_beta_zero_counts_the_models_scores_by_the_baselines_rule(trained, synth
         greater.append(int(((s[i] > pos) & ~seen).sum()))
     for k, value in got["top_k_accuracy_exclude_seen"].items():
         assert value == np.mean(np.array(greater) < int(k))
-    assert got["beta"] == 0.0 and set(got["by_audience"]) == {"warm", "cold", "new_title"}
+    assert got["beta_warm"] == got["beta_cold"] == 0.0
+    assert set(got["by_audience"]) == {"warm", "cold", "new_title"}
+
+
+def test_each_audience_gets_its_own_beta(trained, synthetic_dataset):
+    """``with_betas``: a query whose user has a training rating gets beta_warm, any other
+    beta_cold (fails if the betas were swapped or one applied to all)."""
+    ds = synthetic_dataset
+    events = EventCounts.of(ds.timestamp, ds.features["title_index"], num_titles(ds))
+    rows = np.unique(ds.split.test)
+    known = ds.split.train[np.isin(ds.features["user_index"][ds.split.train],
+                                   ds.features["user_index"][rows[:30]])]
+    warm = hybrid.warm_rows(ds, rows, known)
+    assert warm.any() and not warm.all()
+    scorer = hybrid.scorer_for(trained, ds, rows, events, None, 0.0).with_betas(warm, 0.0, 3.0)
+    plain = hybrid.scorer_for(trained, ds, rows, events, None, 0.0)
+    counts = events.before(ds.timestamp[rows])[:, ds.corpus_features["title_index"]]
+    users = ds.features["user_index"][rows]
+    got, model = scorer.corpus_scores(rows, users), plain.corpus_scores(rows, users)
+    np.testing.assert_array_equal(got[warm], model[warm])
+    np.testing.assert_allclose(got[~warm], model[~warm] + 3.0 * np.log1p(counts[~warm]),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_a_large_beta_ranks_by_recent_counts(trained, synthetic_dataset, small_config):
@@ -97,5 +118,7 @@ def test_beta_and_window_are_chosen_without_the_test_split(synthetic_dataset, sm
                                    split=Split(train=ds.split.train, test=test))
     assert hybrid.select("torch", poisoned, small_config, betas=(0.0, 1.0),
                          windows=(7, None)) == chosen
-    assert set(chosen["scores"]) == {"all/0", "all/1", "7d/0", "7d/1"}
-    assert chosen["beta"] in (0.0, 1.0) and chosen["window_days"] in (7, None)
+    for audience in ("warm", "cold"):
+        assert set(chosen["scores"][audience]) == {"all/0", "all/1", "7d/0", "7d/1"}
+        assert chosen[f"beta_{audience}"] in (0.0, 1.0)
+    assert chosen["window_days"] in (7, None)
