@@ -56,16 +56,20 @@ RECIPES: dict[str, tuple[dict, str]] = {
     "best-prior-users": ({**PRESETS["best"], "user_features": True},
                          "best-prior + the user side features (gender, age group, occupation, "
                          "zip prefix) in the query tower"),
-    "best-recent": (PRESETS["best"], "--preset best + recent popularity at inference (score + "
-                    "beta log(1 + the title's ratings in a window before the query's time); "
-                    "beta and window on validation; scored by the baselines' rule)"),
+    "best-recent": ({**PRESETS["best"], "user_dropout": 0.2},
+                    "--preset best with user-id dropout 0.2, cold users served through the "
+                    "trained OOV row, + recent popularity at inference (score + beta log(1 + the "
+                    "title's ratings in a window before the query's time); window and a beta "
+                    "per audience on validation; scored by the baselines' rule)"),
     "best-users-recent": ({**PRESETS["best"], "user_features": True},
                           "best-recent + the user side features in the query tower"),
 }
 # recipes whose prior_beta is chosen by twostage.pipeline.select_prior_beta before training
 PRIOR_RECIPES = frozenset({"best-prior", "logq-prior", "best-prior-dropout", "best-prior-users"})
-# recipes scored as model + recent popularity (twostage.hybrid), beta and window on validation
-HYBRID_RECIPES = frozenset({"best-recent", "best-users-recent"})
+# recipes scored as model + recent popularity (twostage.hybrid), beta and window on validation:
+# name -> whether cold users ask through the OOV row (not with user features: an unknown user
+# has unknown features too)
+HYBRID_RECIPES: dict[str, bool] = {"best-recent": True, "best-users-recent": False}
 # (column, model figure in flatten(evaluate(...)), baseline figure in evaluate_baselines)
 FIGURES: tuple[tuple[str, str, str], ...] = (
     *((f"top-{k}", f"retrieval.top_k_accuracy.{k}", f"top_k_accuracy.{k}") for k in (1, 10, 100)),
@@ -97,15 +101,15 @@ def recipe_config(base: Config, name: str, i: int, epochs: int | None = None) ->
 
 
 def run_once(backend_name: str, dataset, config: Config, prior: bool = False,
-             hybrid: bool = False) -> dict:
+             hybrid: str | None = None) -> dict:
     """Train both stages and evaluate -> {figure: value} (the audiences' too) plus fit
     seconds; ``prior``: first choose ``prior_beta`` on the training split's validation slice
     (one more retrieval training, counted in train_s), recorded as ``prior_beta`` and
-    ``prior_validation``; ``hybrid``: :func:`run_hybrid` instead."""
+    ``prior_validation``; ``hybrid`` (a name of HYBRID_RECIPES): :func:`run_hybrid` instead."""
     from twostage.pipeline import (evaluate, fit_retrieval, flatten, make_backend,
                                    select_prior_beta)
     if hybrid:
-        return run_hybrid(backend_name, dataset, config)
+        return run_hybrid(backend_name, dataset, config, HYBRID_RECIPES[hybrid])
     start = time.perf_counter()
     chosen = select_prior_beta(backend_name, dataset, config) if prior else None
     if chosen:
@@ -122,21 +126,23 @@ def run_once(backend_name: str, dataset, config: Config, prior: bool = False,
     return figures
 
 
-def run_hybrid(backend_name: str, dataset, config: Config) -> dict:
+def run_hybrid(backend_name: str, dataset, config: Config, cold_as_oov: bool = False) -> dict:
     """Model + recent popularity (``twostage.hybrid``): beta and the window chosen on the
     training split's validation slice (one more retrieval training, counted in train_s), the
     retrieval model trained on the whole training split, then scored by the baselines' code
+    ``cold_as_oov``: cold users ask through the OOV row (``hybrid.scorer_for``).
     -> {column: value} in the baselines' layout, plus ``prior_beta_warm``,
     ``prior_beta_cold`` and ``prior_validation`` (the window and the validation scores)."""
     from twostage import hybrid
     from twostage.pipeline import fit_retrieval, flatten, make_backend
     start = time.perf_counter()
-    chosen = hybrid.select(backend_name, dataset, config)
+    chosen = hybrid.select(backend_name, dataset, config, cold_as_oov=cold_as_oov)
     backend = make_backend(backend_name, config, dataset)
     fit_retrieval(backend, dataset, config)
     fit_s = time.perf_counter() - start
     flat = flatten(hybrid.evaluate(backend, dataset, config, chosen["beta_warm"],
-                                   chosen["beta_cold"], chosen["window_days"]))
+                                   chosen["beta_cold"], chosen["window_days"],
+                                   cold_as_oov=cold_as_oov))
     return {**_columns(flat, FIGURES, 2), **_columns(flat, AUDIENCE_FIGURES, 2, optional=True),
             "train_s": fit_s, "prior_beta_warm": chosen["beta_warm"],
             "prior_beta_cold": chosen["beta_cold"], "prior_validation": chosen}
@@ -403,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             runs[name].append(run_once(args.backend, dataset,
                                        recipe_config(base, name, i, args.epochs),
                                        prior=name in PRIOR_RECIPES,
-                                       hybrid=name in HYBRID_RECIPES))
+                                       hybrid=name if name in HYBRID_RECIPES else None))
             io.write_json(path, {"settings": settings, "baselines": baselines, "runs": runs})
     summary = summarise(runs)
     table = markdown(summary, baselines, args.seeds, runs)

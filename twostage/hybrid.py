@@ -38,6 +38,8 @@ from .data.split import Split
 from .dataset import Dataset
 from .pipeline import evaluation_rows, fit_retrieval, make_backend
 
+# A user id no vocabulary holds: the lookups' OOV row (index 0, Keras StringLookup's rule).
+UNKNOWN_USER = "\x1f<unknown user>"
 RECENT_PRIOR_BETAS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0,
                                           1000.0)
 AUDIENCES = ("warm", "cold")
@@ -83,17 +85,23 @@ class RecentPriorScorer:
 
 
 def scorer_for(backend: Backend, dataset: Dataset, rows: np.ndarray, events: EventCounts,
-               window_days: float | None, beta: float | np.ndarray) -> RecentPriorScorer:
+               window_days: float | None, beta: float | np.ndarray,
+               oov: np.ndarray | None = None) -> RecentPriorScorer:
     """The scorer of ``backend``'s embeddings for the rating ``rows`` (beta: one for all, or
     [R] aligned with ``np.unique(rows)``), with ``events``' counts in the ``window_days``
-    (None: all time) before each query's time."""
+    (None: all time) before each query's time. ``oov`` [R] bool (aligned alike): these queries
+    ask as :data:`UNKNOWN_USER`, through the lookups' OOV row (trained by
+    ``train.user_dropout``) instead of their own never-trained row; the user's side features
+    are then unknown too."""
     rows = np.unique(np.asarray(rows, dtype=np.int64))
     corpus_titles = dataset.corpus_features["title_index"]
     recent = RecentScorer(events, None if window_days is None else window_days * DAY_S,
                           dataset.timestamp, corpus_titles)
     betas = np.broadcast_to(np.asarray(beta, dtype=np.float64), rows.shape).copy()
-    return RecentPriorScorer(rows, backend.query_embeddings(dataset.user_id[rows],
-                                                            dataset.timestamp[rows]),
+    users = np.asarray(dataset.user_id[rows], dtype=object)
+    if oov is not None:
+        users = np.where(oov, UNKNOWN_USER, users)
+    return RecentPriorScorer(rows, backend.query_embeddings(users, dataset.timestamp[rows]),
                              betas, backend.candidate_embeddings(dataset.corpus_titles),
                              recent)
 
@@ -120,14 +128,16 @@ def _label(days: float | None, beta: float) -> str:
 
 def select(name: str, dataset: Dataset, config: Config,
            betas: tuple[float, ...] = RECENT_PRIOR_BETAS,
-           windows: tuple[float | None, ...] = RECENT_WINDOWS_DAYS) -> dict:
+           windows: tuple[float | None, ...] = RECENT_WINDOWS_DAYS,
+           cold_as_oov: bool = False) -> dict:
     """The window and a beta per audience by validation: a retrieval model of backend ``name``
     trained on the training split less its validation slice (``baselines.validation_queries``),
     every (window, beta) scored by ``exclude_seen`` top-k hits (k = ``config.eval.ndcg_k``) of
     the slice's warm queries (their user has a fit rating) and of its cold ones, with counts of
     the TRAINING ratings only. Per window each audience takes its best beta; the window with the
     most hits in all wins. The test split is never read. Exact ties keep the smaller beta, then
-    the longer window. Costs one retrieval training.
+    the longer window. Costs one retrieval training. ``cold_as_oov``: cold queries ask through
+    the OOV row (:func:`scorer_for`).
 
     Returns:
         {"beta_warm", "beta_cold", "window_days", "scores": {audience: {"<window>/<beta>":
@@ -143,11 +153,12 @@ def select(name: str, dataset: Dataset, config: Config,
     fit, k = Interactions.of(dataset, fit_rows), int(config.eval.ndcg_k)
     queries = Queries.of(dataset, val_rows)                      # the order count_higher keeps
     warm = np.isin(queries.users, fit.users)
+    oov = ~warm_rows(dataset, val_rows, fit_rows) if cold_as_oov else None
     masks = {"warm": warm, "cold": ~warm}
     hits = {a: {} for a in AUDIENCES}
     longest_first = sorted(windows, key=lambda d: float("inf") if d is None else -d)
     for days in longest_first:
-        base = scorer_for(backend, dataset, val_rows, events, days, 0.0)
+        base = scorer_for(backend, dataset, val_rows, events, days, 0.0, oov)
         for beta in sorted(float(b) for b in betas):
             counts = _counts(dataclasses.replace(base, betas=np.full(base.betas.shape, beta)),
                              dataset, val_rows, fit)
@@ -171,21 +182,23 @@ def select(name: str, dataset: Dataset, config: Config,
 
 
 def evaluate(backend: Backend, dataset: Dataset, config: Config, beta_warm: float,
-             beta_cold: float, window_days: float | None, rows: np.ndarray | None = None
-             ) -> dict:
+             beta_cold: float, window_days: float | None, rows: np.ndarray | None = None,
+             cold_as_oov: bool = False) -> dict:
     """The figures of ``backend`` + beta * log(1 + recent counts) on ``rows`` (default: the
     evaluation rows; beta: ``beta_warm`` for a user with a training rating, else
     ``beta_cold``), in ``baselines.summarize``'s layout (top-k under both protocols, the
     positives' nDCG / hit / MRR of the scorer's own order, ``by_audience``). The counts read the
-    whole rating log before each query's time, as the recent-popular baseline's do."""
+    whole rating log before each query's time, as the recent-popular baseline's do.
+    ``cold_as_oov``: cold queries ask through the OOV row (:func:`scorer_for`)."""
     rows = evaluation_rows(dataset, config) if rows is None else np.asarray(rows)
     train = Interactions.of(dataset, dataset.split.train)
     events = EventCounts.of(dataset.timestamp, dataset.features["title_index"],
                             train.num_titles)
-    scorer = scorer_for(backend, dataset, rows, events, window_days, 0.0).with_betas(
-        warm_rows(dataset, rows, dataset.split.train), beta_warm, beta_cold)
+    warm = warm_rows(dataset, rows, dataset.split.train)
+    scorer = scorer_for(backend, dataset, rows, events, window_days, 0.0,
+                        ~warm if cold_as_oov else None).with_betas(warm, beta_warm, beta_cold)
     queries, corpus = Queries.of(dataset, rows), dataset.corpus_features["title_index"]
     figures = summarize(_counts(scorer, dataset, rows, train), queries, config, corpus.size,
                         train.seen(corpus))
     return {**figures, "beta_warm": float(beta_warm), "beta_cold": float(beta_cold),
-            "window_days": window_days}
+            "window_days": window_days, "cold_as_oov": bool(cold_as_oov)}

@@ -122,3 +122,21 @@ def test_beta_and_window_are_chosen_without_the_test_split(synthetic_dataset, sm
         assert set(chosen["scores"][audience]) == {"all/0", "all/1", "7d/0", "7d/1"}
         assert chosen[f"beta_{audience}"] in (0.0, 1.0)
     assert chosen["window_days"] in (7, None)
+
+
+def test_cold_queries_can_ask_through_the_oov_row(trained, synthetic_dataset):
+    """``oov``: the marked queries are the backend's query of an unknown user (its OOV row,
+    the one user-id dropout trains), the others their own (fails if the mask were ignored or
+    inverted)."""
+    ds = synthetic_dataset
+    events = EventCounts.of(ds.timestamp, ds.features["title_index"], num_titles(ds))
+    rows = np.unique(ds.split.test)[:30]
+    oov = np.arange(rows.size) % 3 == 0
+    scorer = hybrid.scorer_for(trained, ds, rows, events, None, 0.0, oov)
+    unknown = trained.query_embeddings(np.full(int(oov.sum()), hybrid.UNKNOWN_USER, object),
+                                       ds.timestamp[rows[oov]])
+    own = trained.query_embeddings(ds.user_id[rows[~oov]], ds.timestamp[rows[~oov]])
+    np.testing.assert_allclose(scorer.queries[oov], unknown, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(scorer.queries[~oov], own, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(scorer.queries[oov],
+                           trained.query_embeddings(ds.user_id[rows[oov]], ds.timestamp[rows[oov]]))
