@@ -24,7 +24,8 @@ import tensorflow_recommenders as tfrs
 
 from twostage.config import EMPTY_TITLE_MODES, Config
 from twostage.data.features import FeatureSpec
-from twostage.recipes import HISTORY, HISTORY_LENGTH, NUM_GENRES, not_attached
+from twostage.recipes import (HISTORY, HISTORY_LENGTH, NUM_GENRES, not_attached,
+                              query_input)
 from twostage.user_features import USER_FEATURES
 
 from . import features
@@ -98,16 +99,11 @@ class UserModel(keras.Model):
                  self.timestamp_embedding(inputs["timestamp"]),
                  tf.reshape(self.normalized_timestamp(inputs["timestamp"]), (-1, 1))]
         if self.history_embedding is not None:
-            if HISTORY not in inputs:
-                raise KeyError(f"the query tower of config.model.history needs a '{HISTORY}' "
-                               "input (twostage.recipes.RecipeData.histories)")
-            parts.append(self.history_embedding(inputs[HISTORY]))
-        if self.user_features:
-            for feature in USER_FEATURES:
-                if feature.key not in inputs:
-                    raise KeyError(f"the query tower of config.model.user_features needs a "
-                                   f"'{feature.key}' input (twostage.recipes.query_extras)")
-                parts.append(getattr(self, feature.attribute)(inputs[feature.key]))
+            parts.append(self.history_embedding(query_input(
+                inputs, HISTORY, "history", "twostage.recipes.RecipeData.histories")))
+        for feature in USER_FEATURES if self.user_features else ():
+            parts.append(getattr(self, feature.attribute)(query_input(
+                inputs, feature.key, "user_features", "twostage.recipes.query_extras")))
         return tf.concat(parts, axis=1)
 
 

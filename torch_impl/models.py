@@ -26,7 +26,7 @@ from torch import nn
 
 from twostage.config import EMPTY_TITLE_MODES, Config
 from twostage.data.features import FeatureSpec
-from twostage.recipes import HISTORY, NUM_GENRES, not_attached
+from twostage.recipes import HISTORY, NUM_GENRES, not_attached, query_input
 from twostage.user_features import USER_FEATURES
 
 Batch = Mapping[str, torch.Tensor]
@@ -184,16 +184,12 @@ class UserModel(nn.Module):
                  self.timestamp_embedding(inputs["ts_bucket"]),
                  self.normalized_timestamp(inputs["ts_norm"])]
         if self.history_embedding is not None:
-            if HISTORY not in inputs:
-                raise KeyError(f"the query tower of config.model.history needs a '{HISTORY}' "
-                               "column (twostage.recipes.RecipeData.histories)")
-            parts.append(bag_mean(inputs[HISTORY], self.history_embedding.weight))
-        if self.user_features:
-            for feature in USER_FEATURES:
-                if feature.key not in inputs:
-                    raise KeyError(f"the query tower of config.model.user_features needs a "
-                                   f"'{feature.key}' column (twostage.recipes.query_extras)")
-                parts.append(getattr(self, feature.attribute)(inputs[feature.key]))
+            history = query_input(inputs, HISTORY, "history",
+                                  "twostage.recipes.RecipeData.histories")
+            parts.append(bag_mean(history, self.history_embedding.weight))
+        for feature in USER_FEATURES if self.user_features else ():
+            parts.append(getattr(self, feature.attribute)(query_input(
+                inputs, feature.key, "user_features", "twostage.recipes.query_extras")))
         return torch.cat(parts, dim=1)
 
 

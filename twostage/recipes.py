@@ -334,6 +334,18 @@ def attach_recipe_data(model, recipe: RecipeData | None) -> None:
         movie.attach_genres(recipe.genres)
 
 
+def query_input(inputs, key: str, field: str, source: str):
+    """``inputs[key]``, the column a query tower of ``config.model.<field>`` reads.
+
+    Raises:
+        KeyError: naming the field and ``source``, where the column comes from.
+    """
+    if key not in inputs:
+        raise KeyError(f"the query tower of config.model.{field} needs a '{key}' input "
+                       f"({source})")
+    return inputs[key]
+
+
 def not_attached(what: str) -> str:
     """The error of a model whose recipe lookups are missing (what to do about it)."""
     return (f"the {what} of this configuration's recipes are not attached: fit on the dataset, "
