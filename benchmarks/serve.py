@@ -203,7 +203,7 @@ def load_test(args, users: list[str]) -> tuple[list[dict], dict | None]:
     import urllib.request
 
     flags = ["--threads", str(args.threads), "--batch-wait-ms", str(args.batch_wait_ms),
-             "--http", args.http]
+             "--http", args.http, *([] if args.freeze_heap else ["--no-freeze-heap"])]
     rows, soak = [], None
     with server(args.export, flags) as (url, pid):
         asyncio.run(drive(url, users, 4, min(2.0, args.seconds), args.k, 10_000, 1))  # warm-up
@@ -325,6 +325,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="the server's HTTP parser (serve --http; default httptools)")
     p.add_argument("--out", default="runs/serve",
                    help="folder of the outputs (default runs/serve)")
+    p.add_argument("--no-freeze-heap", dest="freeze_heap", action="store_false",
+                   help="the server's serve --no-freeze-heap")
     p.add_argument("--name", default="serve",
                    help="stem of the outputs: NAME.json, NAME.md, NAME.png (default serve)")
     args = p.parse_args(argv)
@@ -345,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
               "export": str(args.export), "kind": engine.kind,
               "catalog_size": engine.catalog_size, "k": args.k, "threads": args.threads,
               "batch_wait_ms": args.batch_wait_ms, "http": args.http,
+              "freeze_heap": args.freeze_heap,
               "floor": floor(engine, users, args.concurrency, args.k, args.floor_calls,
                              args.floor_warmup),
               "load": [], "soak": None}

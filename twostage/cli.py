@@ -237,6 +237,9 @@ def _add_serve_parser(sub) -> None:
                      "run's training split (exclude_seen is then refused)")
     srv.add_argument("--http", choices=("httptools", "h11"), default="httptools",
                      help="HTTP/1.1 parser: httptools (C, default) or h11 (pure Python)")
+    srv.add_argument("--no-freeze-heap", dest="freeze_heap", action="store_false",
+                     help="leave the loaded model's objects to the garbage collector (default: "
+                     "frozen once loaded, so a full collection does not pause requests)")
 
 
 # --- commands --------------------------------------------------------------------------------

@@ -511,3 +511,22 @@ def test_serving_calls_own_their_thread_pools(exports, monkeypatch):
     finally:
         faiss.omp_set_num_threads(before[0])
         torch.set_num_threads(before[1])
+
+
+def test_the_loaded_heap_is_frozen_unless_told_not_to(monkeypatch):
+    """``twostage serve`` freezes what loading allocated (gc.freeze), so a full collection
+    during serving walks only the requests' objects; ``--no-freeze-heap`` keeps the default
+    collector. Break: drop the freeze and the frozen count stays 0."""
+    import gc
+
+    from twostage.cli import _parser
+    parse = lambda *flags: service.options(_parser().parse_args(  # noqa: E731
+        ["serve", "PATH", *flags]))
+    assert parse().freeze_heap is True and parse("--no-freeze-heap").freeze_heap is False
+    assert service.Options.from_json(parse("--no-freeze-heap").to_json()).freeze_heap is False
+    gc.unfreeze()
+    try:
+        service.settle_heap()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
