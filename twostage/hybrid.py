@@ -50,8 +50,10 @@ class RecentPriorScorer:
     """The baselines' :class:`~twostage.baselines.Scorer` of model + recent popularity.
 
     ``query_rows`` [R] sorted rating rows whose queries ``queries`` [R, D] holds, ``betas``
-    [R] >= 0 the weight of each one's counts, ``corpus`` [M, D] the candidate embeddings of
-    the corpus rows, ``recent`` the counts (``baselines.RecentScorer``:
+    [R] >= 0 the weight of each one's counts, ``corpus`` [U, D] the candidate embeddings of the
+    corpus's distinct titles and ``corpus_of_row`` [M] each corpus row's index into it (so the
+    rows of a duplicated title get one score whatever the kernel's rounding of a product
+    column, as the baselines' titles do), ``recent`` the counts (``baselines.RecentScorer``:
     ``corpus_scores(rows, users) -> [n, M]``).
     """
 
@@ -59,6 +61,7 @@ class RecentPriorScorer:
     queries: np.ndarray
     betas: np.ndarray
     corpus: np.ndarray
+    corpus_of_row: np.ndarray
     recent: object
 
     def corpus_scores(self, rows: np.ndarray, users: np.ndarray) -> np.ndarray:
@@ -70,7 +73,7 @@ class RecentPriorScorer:
         at = np.minimum(np.searchsorted(self.query_rows, rows), self.query_rows.size - 1)
         if not np.array_equal(self.query_rows[at], rows):
             raise KeyError("a rating row outside the scorer's query_rows")
-        model = self.queries[at] @ self.corpus.T
+        model = (self.queries[at] @ self.corpus.T)[:, self.corpus_of_row]
         betas = self.betas[at].astype(np.float32)
         if not betas.any():
             return model.astype(np.float32)
@@ -101,9 +104,10 @@ def scorer_for(backend: Backend, dataset: Dataset, rows: np.ndarray, events: Eve
     users = np.asarray(dataset.user_id[rows], dtype=object)
     if oov is not None:
         users = np.where(oov, UNKNOWN_USER, users)
+    first, corpus_of_row = np.unique(corpus_titles, return_index=True, return_inverse=True)[1:]
     return RecentPriorScorer(rows, backend.query_embeddings(users, dataset.timestamp[rows]),
-                             betas, backend.candidate_embeddings(dataset.corpus_titles),
-                             recent)
+                             betas, backend.candidate_embeddings(dataset.corpus_titles[first]),
+                             corpus_of_row.reshape(-1), recent)
 
 
 def warm_rows(dataset: Dataset, rows: np.ndarray, known_rows: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from parity_tests.tolerances import cross_kernel_dot_atol
 from twostage import hybrid, pipeline
 from twostage.baselines import DAY_S, EventCounts, num_titles
 from twostage.data.split import Split
@@ -41,6 +42,11 @@ def test_scores_are_the_model_plus_beta_log1p_of_the_window_counts(trained, synt
         counts = np.bincount(titles[inside], minlength=num_titles(ds))
         want = q[i] @ c.T + beta * np.log1p(counts[ds.corpus_features["title_index"]])
         np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-5)
+    corpus = ds.corpus_features["title_index"]
+    dup = [np.nonzero(corpus == t)[0] for t in np.unique(corpus) if (corpus == t).sum() > 1]
+    assert dup                                  # the synthetic corpus holds a duplicated title
+    for same in dup:    # one score per title, whatever the kernel rounds in a product column
+        assert (got[:, same] == got[:, same[:1]]).all()
 
 
 def test_beta_zero_counts_the_models_scores_by_the_baselines_rule(trained, synthetic_dataset,
@@ -51,20 +57,27 @@ def test_beta_zero_counts_the_models_scores_by_the_baselines_rule(trained, synth
     model, or the exclusions. (The models' own report follows TFRS instead: the positive's dot
     product against the corpus' products, so its own row may round above it.)"""
     ds = synthetic_dataset
-    rows = ds.split.test
+    rows = np.unique(ds.split.test)   # the scorer's order: its embedding batches are these
     got = hybrid.evaluate(trained, ds, small_config, 0.0, 0.0, None, rows=rows)
-    s = (trained.query_embeddings(ds.user_id[rows], ds.timestamp[rows])
-         @ trained.candidate_embeddings(ds.corpus_titles).T)
+    q = trained.query_embeddings(ds.user_id[rows], ds.timestamp[rows])
+    c = trained.candidate_embeddings(ds.corpus_titles)
+    s = q @ c.T
+    # the scorer multiplies in blocks: another kernel may round a near-tie the other way, so
+    # each query's count is bracketed by the scores within the cross-kernel bound of it
+    atol = cross_kernel_dot_atol(np.abs(q), np.abs(c))[:, 0]
     corpus, titles = ds.corpus_features["title_index"], ds.features["title_index"]
     users = ds.features["user_index"]
     train = ds.split.train
-    greater = []
+    surely, maybe = [], []
     for i, r in enumerate(rows):
         pos = s[i, np.nonzero(corpus == titles[r])[0][0]]
-        seen = np.isin(corpus, titles[train][users[train] == users[r]]) & (corpus != titles[r])
-        greater.append(int(((s[i] > pos) & ~seen).sum()))
+        kept = ~(np.isin(corpus, titles[train][users[train] == users[r]])
+                 & (corpus != titles[r])) & (corpus != titles[r])
+        surely.append(int(((s[i] > pos + 2 * atol[i]) & kept).sum()))
+        maybe.append(int(((s[i] > pos - 2 * atol[i]) & kept).sum()))
     for k, value in got["top_k_accuracy_exclude_seen"].items():
-        assert value == np.mean(np.array(greater) < int(k))
+        assert np.mean(np.array(maybe) < int(k)) <= value <= np.mean(np.array(surely) < int(k))
+    assert np.mean(np.array(surely) != np.array(maybe)) < 0.05     # near-ties are rare
     assert got["beta_warm"] == got["beta_cold"] == 0.0
     assert set(got["by_audience"]) == {"warm", "cold", "new_title"}
 
