@@ -280,6 +280,8 @@ class Index(abc.ABC):
         scores = self._scores(q, raw)
         rows = rows.astype(np.int64, copy=False)
         scores = np.where(rows < 0, -np.inf, scores).astype(np.float32)
+        if (scores[:, 1:] < scores[:, :-1]).all():   # strictly descending: no tie to order
+            return scores, rows
         # Order ties by ascending row; padding (-inf, -1) stays last because -(-inf) is largest.
         order = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), -scores), axis=-1)
         return (np.take_along_axis(scores, order, axis=1),
