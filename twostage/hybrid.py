@@ -98,8 +98,7 @@ def scorer_for(backend: Backend, dataset: Dataset, rows: np.ndarray, events: Eve
     are then unknown too."""
     rows = np.unique(np.asarray(rows, dtype=np.int64))
     corpus_titles = dataset.corpus_features["title_index"]
-    recent = RecentScorer(events, None if window_days is None else window_days * DAY_S,
-                          dataset.timestamp, corpus_titles)
+    recent = _recent(dataset, events, window_days)
     betas = np.broadcast_to(np.asarray(beta, dtype=np.float64), rows.shape).copy()
     users = np.asarray(dataset.user_id[rows], dtype=object)
     if oov is not None:
@@ -108,6 +107,13 @@ def scorer_for(backend: Backend, dataset: Dataset, rows: np.ndarray, events: Eve
     return RecentPriorScorer(rows, backend.query_embeddings(users, dataset.timestamp[rows]),
                              betas, backend.candidate_embeddings(dataset.corpus_titles[first]),
                              corpus_of_row.reshape(-1), recent)
+
+
+def _recent(dataset: Dataset, events: EventCounts, window_days: float | None) -> RecentScorer:
+    """recent-popular's counts of ``events`` in the ``window_days`` (None: all time) before
+    each query's time."""
+    return RecentScorer(events, None if window_days is None else window_days * DAY_S,
+                        dataset.timestamp, dataset.corpus_features["title_index"])
 
 
 def warm_rows(dataset: Dataset, rows: np.ndarray, known_rows: np.ndarray) -> np.ndarray:
@@ -161,8 +167,9 @@ def select(name: str, dataset: Dataset, config: Config,
     masks = {"warm": warm, "cold": ~warm}
     hits = {a: {} for a in AUDIENCES}
     longest_first = sorted(windows, key=lambda d: float("inf") if d is None else -d)
+    embedded = scorer_for(backend, dataset, val_rows, events, None, 0.0, oov)  # towers once
     for days in longest_first:
-        base = scorer_for(backend, dataset, val_rows, events, days, 0.0, oov)
+        base = dataclasses.replace(embedded, recent=_recent(dataset, events, days))
         for beta in sorted(float(b) for b in betas):
             counts = _counts(dataclasses.replace(base, betas=np.full(base.betas.shape, beta)),
                              dataset, val_rows, fit)
