@@ -63,13 +63,20 @@ RECIPES: dict[str, tuple[dict, str]] = {
                     "per audience on validation; scored by the baselines' rule)"),
     "best-users-recent": ({**PRESETS["best"], "user_features": True},
                           "best-recent + the user side features in the query tower"),
+    "live": ({**PRESETS["best"], "user_dropout": 0.2, "live_history": True},
+             "--preset best with user-id dropout 0.2 and live histories (every rating before "
+             "the query's second, test-period ones included: --live-history), the model alone"),
+    "best-live": ({**PRESETS["best"], "user_dropout": 0.2, "live_history": True},
+                  "best-recent with live histories (--live-history; cold users' own earlier "
+                  "ratings reach the query tower)"),
 }
 # recipes whose prior_beta is chosen by twostage.pipeline.select_prior_beta before training
 PRIOR_RECIPES = frozenset({"best-prior", "logq-prior", "best-prior-dropout", "best-prior-users"})
 # recipes scored as model + recent popularity (twostage.hybrid), beta and window on validation:
 # name -> whether cold users ask through the OOV row (not with user features: an unknown user
 # has unknown features too)
-HYBRID_RECIPES: dict[str, bool] = {"best-recent": True, "best-users-recent": False}
+HYBRID_RECIPES: dict[str, bool] = {"best-recent": True, "best-users-recent": False,
+                                   "best-live": True}
 # (column, model figure in flatten(evaluate(...)), baseline figure in evaluate_baselines)
 FIGURES: tuple[tuple[str, str, str], ...] = (
     *((f"top-{k}", f"retrieval.top_k_accuracy.{k}", f"top_k_accuracy.{k}") for k in (1, 10, 100)),
@@ -79,7 +86,7 @@ FIGURES: tuple[tuple[str, str, str], ...] = (
     ("nDCG@10 excl. seen", "two_stage_exclude_seen.ndcg@10_reranked",
      "positives_exclude_seen.ndcg@10"),
 )
-BASELINES = ("random", "popular", "ease", "recent")
+BASELINES = ("random", "popular", "ease", "recent", "ease-live")
 AUDIENCES = ("warm", "cold", "new_title")
 # per audience (twostage.evaluation.AUDIENCES), seen titles excluded: (column, model figure,
 # baseline figure); an audience with no test rating (cold users under the random split) is NaN
@@ -158,11 +165,12 @@ def _columns(flat: dict, figures, which: int, optional: bool = False) -> dict[st
     return {f[0]: flat.get(f[which], float("nan")) for f in figures}
 
 
-def baseline_figures(dataset, config: Config) -> dict[str, dict]:
+def baseline_figures(dataset, config: Config, names: tuple[str, ...] = BASELINES
+                     ) -> dict[str, dict]:
     """{baseline: {column: value}} from ``twostage.baselines`` (EASE may be skipped)."""
     from twostage.baselines import evaluate_baselines
     from twostage.pipeline import flatten
-    models = evaluate_baselines(dataset, config, names=BASELINES)["models"]
+    models = evaluate_baselines(dataset, config, names=names)["models"]
     out = {}
     for name, figures in models.items():
         if "skipped" in figures:
@@ -303,15 +311,16 @@ def time_targets(summary: dict, baselines: dict, seeds: int) -> list[tuple[str, 
     test set and on warm users; on cold users above most-popular, and at least
     recent-popular's (minus 2 standard errors)."""
     out = []
-    for name in (n for n in ("best", *sorted(PRIOR_RECIPES), *sorted(HYBRID_RECIPES))
+    for name in (n for n in ("best", "live", *sorted(PRIOR_RECIPES), *sorted(HYBRID_RECIPES))
                  if n in summary):
         cells = summary[name]
-        for base in ("popular", "recent", "ease"):
+        live = RECIPES[name][0].get("live_history", False)   # then EASE reads them too
+        for base in ("popular", "recent", "ease") + (("ease-live",) if live else ()):
             theirs = baselines.get(base, {})
             if "skipped" in theirs or not theirs:
                 continue
             audiences = {"": "", "warm: ": "warm users' "}
-            if base != "ease":
+            if not base.startswith("ease"):
                 audiences["cold: "] = "cold users' "
             for prefix, label in audiences.items():
                 for col in TIME_TARGET_COLUMNS:
@@ -400,7 +409,11 @@ def main(argv: list[str] | None = None) -> int:
     state = _previous(path, settings) if args.resume and path.exists() else {}
     runs: dict[str, list[dict]] = {r: state.get("runs", {}).get(r, [])[:args.seeds]
                                    for r in recipes}
-    baselines = state.get("baselines") or baseline_figures(dataset, base)
+    baselines = state.get("baselines", {})
+    missing = tuple(b for b in BASELINES if b not in baselines)
+    if missing:                          # a resumed file keeps the baselines it has
+        baselines = {**baselines, **baseline_figures(dataset, base, missing)}
+        baselines = {b: baselines[b] for b in BASELINES}
     started = time.perf_counter()
     for name in recipes:
         for i in range(len(runs[name]), args.seeds):

@@ -45,6 +45,8 @@ EASE_MAX_ITEMS = 10_000          # float32 up to here; above: the most popular o
 VALIDATION_FRACTION = 0.1        # of the training split, for EASE's lambda
 VALIDATION_MAX_USERS = 1000      # validation ratings of at most this many users (seeded)
 BASELINES: tuple[str, ...] = ("random", "popular", "ease", "recent")
+# on request (evaluate_baselines' names): EASE reading live histories (LiveEaseScorer)
+EXTRA_BASELINES: tuple[str, ...] = ("ease-live",)
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,15 +191,60 @@ class EaseScorer:
 
     def corpus_scores(self, rows: np.ndarray, users: np.ndarray) -> np.ndarray:
         distinct, inverse = np.unique(np.asarray(users, dtype=np.int64), return_inverse=True)
-        x = np.zeros((distinct.size, self.weights.shape[0]), dtype=np.float32)
         query, title = self.history.titles_of(distinct)
+        return self.scores_of(distinct.size, query, title)[inverse]  # a GEMM row per user
+
+    def scores_of(self, n: int, query: np.ndarray, title: np.ndarray) -> np.ndarray:
+        """[n, M] float32 x B of n histories given as pairs (``query`` [K] in [0, n),
+        ``title`` [K] title index)."""
+        x = np.zeros((n, self.weights.shape[0]), dtype=np.float32)
         kept = self._column[title]
         x[query[kept >= 0], kept[kept >= 0]] = 1.0
-        scores = (x @ self._columns)[inverse]   # one GEMM row per distinct user of the block
+        scores = x @ self._columns
         if self._outside.any():
             floor = scores[:, ~self._outside].min(axis=1, keepdims=True) - 1.0
             scores[:, self._outside] = floor
         return scores
+
+
+@dataclass(frozen=True)
+class RatingLog:
+    """Every rating by user and time: ``keys`` [E] (user index << 32 | timestamp, ascending)
+    and their ``titles`` [E]."""
+
+    keys: np.ndarray
+    titles: np.ndarray
+
+    @classmethod
+    def of(cls, users, times, titles) -> "RatingLog":
+        """From [E] user indices, timestamps (in [0, 2**32)) and title indices."""
+        keys = (np.asarray(users, dtype=np.int64) << 32) | np.asarray(times, dtype=np.int64)
+        order = np.argsort(keys, kind="stable")
+        return cls(keys[order], np.asarray(titles, dtype=np.int64)[order])
+
+    def before(self, users: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each query's (user, time) ratings strictly before its second -> (query [K] in
+        [0, n), title [K]) pairs."""
+        base = np.asarray(users, dtype=np.int64) << 32
+        start = np.searchsorted(self.keys, base, side="left")
+        end = np.searchsorted(self.keys, base | np.asarray(times, dtype=np.int64), side="left")
+        query = np.repeat(np.arange(start.size, dtype=np.int64), end - start)
+        return query, self.titles[evaluation._ranges(start, end - start)]
+
+
+@dataclass(frozen=True)
+class LiveEaseScorer:
+    """EASE with each query's x its user's ratings strictly before the query's second in the
+    whole ``log`` (test-period ratings included, as recent-popular's counts): the baseline
+    of ``config.eval.live_history``'s models, which read the same histories."""
+
+    ease: EaseScorer
+    log: RatingLog
+    timestamps: np.ndarray          # of every rating row
+
+    def corpus_scores(self, rows: np.ndarray, users: np.ndarray) -> np.ndarray:
+        query, title = self.log.before(users, self.timestamps[rows])
+        return self.ease.scores_of(len(rows), query, title)
 
 
 def gram(interactions: Interactions, budget_bytes: int = evaluation.DEFAULT_CHUNK_BYTES
@@ -586,6 +633,11 @@ def _scorer(name: str, dataset: Dataset, config: Config, train: Interactions,
             extra["restricted_to"] = (f"the {columns.size} most popular of {popularity.size} "
                                       "title ids; the others ranked below them by popularity")
         return EaseScorer(weights, seen, corpus, columns), extra
+    if name == "ease-live":
+        ease, extra = _scorer("ease", dataset, config, train, seen, popularity)
+        log = RatingLog.of(dataset.features["user_index"], dataset.timestamp,
+                           dataset.features["title_index"])
+        return LiveEaseScorer(ease, log, dataset.timestamp), extra
     if name == "recent":
         chosen = select_window(dataset, config)
         days = chosen["window_days"]
@@ -594,4 +646,5 @@ def _scorer(name: str, dataset: Dataset, config: Config, train: Interactions,
                                 popularity.size)
         return (RecentScorer(events, None if days is None else days * DAY_S, dataset.timestamp,
                              corpus), {"window_days": days, "validation": chosen})
-    raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+    raise ValueError(f"unknown baseline {name!r}; choose from "
+                     f"{', '.join(BASELINES + EXTRA_BASELINES)}")

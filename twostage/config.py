@@ -210,6 +210,11 @@ class EvalConfig:
                                "score (q: the title's share of the training ratings; "
                                "twostage.prior), the popularity that logQ training removes; "
                                "0: off")
+    live_history: bool = option(False, "evaluation: the history recipe reads every rating "
+                                "strictly before the query's time (the whole log, earlier "
+                                "test-period ratings included, as a live service's would) "
+                                "instead of the training split's only; needs --history "
+                                "(twostage.recipes.live_recipe)")
 
     def __post_init__(self) -> None:
         _validate(self, _eval_problems)
@@ -509,12 +514,15 @@ def _distributed_problems(d: DistributedConfig) -> list[str]:
 
 def _config_problems(c: Config) -> list[str]:
     """What no single section can see: the batch split over processes, the seed's range, user
-    features of a release without demographics."""
+    features of a release without demographics, a live history without the history recipe."""
     problems = []
     if c.model.user_features and c.data.dataset not in DEMOGRAPHIC_DATASETS:
         problems.append(f"user_features=True needs user demographics, which --dataset "
                         f"{c.data.dataset} lacks; use --dataset 100k or 1m, or drop "
                         "--user-features")
+    if c.eval.live_history and not c.model.history:
+        problems.append("live_history=True reads the history recipe's input, which is off; add "
+                        "--history (or --preset best) or drop --live-history")
     t, n = c.train, c.distributed.nproc
     if n >= 1 and t.batch_size >= 1 and t.batch_size % n:
         problems.append(f"batch_size={t.batch_size} does not divide into nproc={n} equal "

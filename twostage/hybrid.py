@@ -36,9 +36,10 @@ from .baselines import (DAY_S, RECENT_WINDOWS_DAYS, EventCounts, Interactions, Q
 from .config import Config
 from .data.split import Split
 from .dataset import Dataset
-from .pipeline import evaluation_rows, fit_retrieval, make_backend
+from .pipeline import evaluation_rows, fit_retrieval, live_histories, make_backend
 
-# A user id no vocabulary holds: the lookups' OOV row (index 0, Keras StringLookup's rule).
+# Prefix of the id a cold user asks as: no vocabulary holds it (the lookups' OOV row, index 0,
+# Keras StringLookup's rule); + the user's own id, so a live history index can still key it.
 UNKNOWN_USER = "\x1f<unknown user>"
 RECENT_PRIOR_BETAS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0,
                                           1000.0)
@@ -93,20 +94,40 @@ def scorer_for(backend: Backend, dataset: Dataset, rows: np.ndarray, events: Eve
     """The scorer of ``backend``'s embeddings for the rating ``rows`` (beta: one for all, or
     [R] aligned with ``np.unique(rows)``), with ``events``' counts in the ``window_days``
     (None: all time) before each query's time. ``oov`` [R] bool (aligned alike): these queries
-    ask as :data:`UNKNOWN_USER`, through the lookups' OOV row (trained by
+    ask as :func:`asking_ids` words them, through the lookups' OOV row (trained by
     ``train.user_dropout``) instead of their own never-trained row; the user's side features
-    are then unknown too."""
+    are then unknown too, and their histories are the attached index's entries of that id."""
     rows = np.unique(np.asarray(rows, dtype=np.int64))
     corpus_titles = dataset.corpus_features["title_index"]
     recent = _recent(dataset, events, window_days)
     betas = np.broadcast_to(np.asarray(beta, dtype=np.float64), rows.shape).copy()
-    users = np.asarray(dataset.user_id[rows], dtype=object)
-    if oov is not None:
-        users = np.where(oov, UNKNOWN_USER, users)
+    users = asking_ids(dataset.user_id[rows], oov)
     first, corpus_of_row = np.unique(corpus_titles, return_index=True, return_inverse=True)[1:]
     return RecentPriorScorer(rows, backend.query_embeddings(users, dataset.timestamp[rows]),
                              betas, backend.candidate_embeddings(dataset.corpus_titles[first]),
                              corpus_of_row.reshape(-1), recent)
+
+
+def asking_ids(user_ids: np.ndarray, oov: np.ndarray | None) -> np.ndarray:
+    """[R] object: ``user_ids``, those ``oov`` marks as ``UNKNOWN_USER + id`` (no vocabulary
+    holds it: the OOV row; one id per user, so a live history index keys each one's ratings)."""
+    users = np.asarray(user_ids, dtype=object)
+    if oov is None:
+        return users
+    return np.array([f"{UNKNOWN_USER}{u}" if o else u for u, o in zip(users.tolist(), oov)],
+                    dtype=object)
+
+
+def live_rows(dataset: Dataset, config: Config, log_rows: np.ndarray, known_rows: np.ndarray,
+              cold_as_oov: bool) -> dict:
+    """:func:`pipeline.live_histories`' arguments for ``config.eval.live_history`` (else
+    ``rows`` None): the histories read ``log_rows``, a user without a rating among
+    ``known_rows`` keyed as it asks (:func:`asking_ids`) when ``cold_as_oov``."""
+    if not config.eval.live_history:
+        return {"rows": None}
+    rows = np.unique(np.asarray(log_rows, dtype=np.int64))   # warm_rows' alignment
+    oov = ~warm_rows(dataset, rows, known_rows) if cold_as_oov else None
+    return {"rows": rows, "user_ids": asking_ids(dataset.user_id[rows], oov)}
 
 
 def _recent(dataset: Dataset, events: EventCounts, window_days: float | None) -> RecentScorer:
@@ -167,7 +188,9 @@ def select(name: str, dataset: Dataset, config: Config,
     masks = {"warm": warm, "cold": ~warm}
     hits = {a: {} for a in AUDIENCES}
     longest_first = sorted(windows, key=lambda d: float("inf") if d is None else -d)
-    embedded = scorer_for(backend, dataset, val_rows, events, None, 0.0, oov)  # towers once
+    with live_histories(backend, dataset, **live_rows(dataset, config, dataset.split.train,
+                                                      fit_rows, cold_as_oov)):
+        embedded = scorer_for(backend, dataset, val_rows, events, None, 0.0, oov)  # towers once
     for days in longest_first:
         base = dataclasses.replace(embedded, recent=_recent(dataset, events, days))
         for beta in sorted(float(b) for b in betas):
@@ -206,10 +229,15 @@ def evaluate(backend: Backend, dataset: Dataset, config: Config, beta_warm: floa
     events = EventCounts.of(dataset.timestamp, dataset.features["title_index"],
                             train.num_titles)
     warm = warm_rows(dataset, rows, dataset.split.train)
-    scorer = scorer_for(backend, dataset, rows, events, window_days, 0.0,
-                        ~warm if cold_as_oov else None).with_betas(warm, beta_warm, beta_cold)
+    every = np.arange(len(dataset.user_id))
+    with live_histories(backend, dataset, **live_rows(dataset, config, every,
+                                                      dataset.split.train, cold_as_oov)):
+        scorer = scorer_for(backend, dataset, rows, events, window_days, 0.0,
+                            ~warm if cold_as_oov else None).with_betas(warm, beta_warm,
+                                                                       beta_cold)
     queries, corpus = Queries.of(dataset, rows), dataset.corpus_features["title_index"]
     figures = summarize(_counts(scorer, dataset, rows, train), queries, config, corpus.size,
                         train.seen(corpus))
     return {**figures, "beta_warm": float(beta_warm), "beta_cold": float(beta_cold),
-            "window_days": window_days, "cold_as_oov": bool(cold_as_oov)}
+            "window_days": window_days, "cold_as_oov": bool(cold_as_oov),
+            "live_history": bool(config.eval.live_history)}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from .dataset import Dataset
 from .data.split import Split
 from .group import Group, SingleProcess, shard
 from .prior import PRIOR_BETAS, PriorBackend, log_prior
-from .recipes import RecipeData, user_dropout_view
+from .recipes import RecipeData, live_recipe, user_dropout_view
 from .schedule import validation_rows
 
 BACKEND_CLASSES = {"torch": ("torch_impl.backend", "TorchBackend"),
@@ -320,7 +321,19 @@ def check_trainable(dataset: Dataset, config: Config) -> None:
 
 def evaluate(backend: Backend, dataset: Dataset, config: Config) -> dict:
     """Every model metric under both protocols, on ``evaluation_rows`` (the test split or its
-    seeded ``eval_queries`` sample)."""
+    seeded ``eval_queries`` sample); with ``config.eval.live_history`` the histories read the
+    whole rating log before each query (:func:`live_histories`)."""
+    ratings = np.arange(len(dataset.user_id)) if config.eval.live_history else None
+    with live_histories(backend, dataset, ratings):
+        report = _evaluate(backend, dataset, config)
+    if ratings is not None:
+        report["live_history"] = ("histories read every rating strictly before the query's "
+                                  "second (test-period ratings included); twostage.recipes."
+                                  "live_recipe")
+    return report
+
+
+def _evaluate(backend: Backend, dataset: Dataset, config: Config) -> dict:
     beta = config.eval.prior_beta
     backend = with_prior(backend, dataset, beta)
     backend.build_index(dataset.corpus_titles)
@@ -336,6 +349,30 @@ def evaluate(backend: Backend, dataset: Dataset, config: Config) -> dict:
             "beta": beta, "retrieval": "exact top-k of score + beta * log q (twostage.prior)",
             "q": "share of the training ratings, (n + 1) / (N + T)"}
     return report
+
+
+@contextmanager
+def live_histories(backend: Backend, dataset: Dataset, rows: np.ndarray | None,
+                   user_ids: np.ndarray | None = None):
+    """While open, ``backend``'s histories read the rating ``rows`` of ``dataset`` (asked for
+    as ``user_ids`` [R], default their users' ids) instead of its training split's; the
+    trained lookups are attached again on exit (a later save or export never stores test
+    ratings). ``rows`` None: nothing changes.
+
+    Raises:
+        ValueError: ``rows`` given but the backend has no history lookups.
+    """
+    if rows is None:
+        yield backend
+        return
+    trained = backend.recipe
+    ids = dataset.user_id[rows] if user_ids is None else user_ids
+    backend.attach_recipe_data(live_recipe(trained, ids, dataset.timestamp[rows],
+                                           dataset.features["title_index"][rows]))
+    try:
+        yield backend
+    finally:
+        backend.attach_recipe_data(trained)
 
 
 def with_prior(backend: Backend, dataset: Dataset, beta: float) -> Backend:

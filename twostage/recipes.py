@@ -353,6 +353,28 @@ def not_attached(what: str) -> str:
             "(a backend loaded from a checkpoint has the stored ones)")
 
 
+def live_recipe(recipe: RecipeData | None, user_ids: Iterable, timestamps: Iterable,
+                title_index: Iterable) -> RecipeData:
+    """``recipe`` whose histories read the given ratings instead of the training split's.
+
+    Args:
+        recipe: the attached lookups (its genre and user tables are kept).
+        user_ids, timestamps, title_index: [R] the ratings histories may read (the whole log,
+            for ``config.eval.live_history``); :meth:`HistoryIndex.lookup` still takes only
+            those strictly before each query's second.
+    Returns:
+        The same lookups with a :class:`HistoryIndex` of those ratings.
+    Raises:
+        ValueError: ``recipe`` has no history index (the history recipe is off).
+    Why: a live service knows what a user rated a minute ago, test period or not; the causal
+    cut of ``lookup`` keeps the query's own rating and everything after it out.
+    """
+    if recipe is None or recipe.history is None:
+        raise ValueError(not_attached("user histories"))
+    return dataclasses.replace(recipe, history=HistoryIndex.from_ratings(user_ids, timestamps,
+                                                                        title_index))
+
+
 def history_column(recipe: RecipeData | None, dataset, config: Config) -> np.ndarray | None:
     """[N] rating rows' histories (every row of ``dataset``) when ``config.model.history``."""
     if not config.model.history:

@@ -112,3 +112,26 @@ def test_quality_temporal_scores_the_hybrid_recipe_with_its_validated_choice(dat
     md = (tmp_path / "quality.md").read_text()
     assert (f"best-recent seed 0: window {window}, beta {chosen['beta_warm']:g} for warm users"
             in md)
+
+
+@pytest.mark.slow
+def test_quality_compares_live_history_recipes_with_ease_reading_them_too(data_dir, tmp_path):
+    """best-live reads live histories (--live-history), so its targets include EASE on the
+    same histories (ease-live) and best-recent's do not; a resumed file without that baseline
+    gets it computed and keeps its runs (fails if ease-live were dropped, compared against the
+    wrong recipes, or the runs retrained)."""
+    argv = ["--data-dir", str(data_dir), "--split", "temporal", "--seeds", "1", "--recipes",
+            "best-recent,best-live", "--epochs", "1", "--out", str(tmp_path)]
+    assert quality.main(argv) == 0
+    path = tmp_path / "quality.json"
+    report = json.loads(path.read_text())
+    assert report["runs"]["best-live"][0]["prior_validation"]["num_queries"]["cold"] >= 0
+    live_targets = [t["target"] for t in report["targets"] if "ease-live" in t["target"]]
+    assert live_targets and all(t.startswith("best-live beats ease-live") for t in live_targets)
+    assert 0.0 <= report["baselines"]["ease-live"]["top-10"] <= 1.0
+    del report["baselines"]["ease-live"]
+    path.write_text(json.dumps(report))
+    assert quality.main(argv + ["--resume"]) == 0
+    again = json.loads(path.read_text())
+    assert list(again["baselines"]) == list(quality.BASELINES)
+    assert again["runs"] == report["runs"]
