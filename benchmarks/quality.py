@@ -31,6 +31,9 @@ from twostage.data.split import SPLITS
 
 SEED_STRIDE = 1000
 _20 = {"retrieval_epochs": 20, "ranking_epochs": 20}
+# issue 26's recipe for a live service: the history recipe reads every earlier rating
+_LIVE = {**PRESETS["best"], "user_dropout": 0.2, "dropout_keeps_history": True,
+         "history_length": 200, "live_history": True}
 # name -> (config changes, what it is). Epochs are part of a recipe: the seed's 100 + 100 over-
 # fits the retrieval stage, so the recipes train 20 retrieval epochs (measured best for logQ).
 RECIPES: dict[str, tuple[dict, str]] = {
@@ -63,12 +66,12 @@ RECIPES: dict[str, tuple[dict, str]] = {
                     "per audience on validation; scored by the baselines' rule)"),
     "best-users-recent": ({**PRESETS["best"], "user_features": True},
                           "best-recent + the user side features in the query tower"),
-    "live": ({**PRESETS["best"], "user_dropout": 0.2, "live_history": True},
-             "--preset best with user-id dropout 0.2 and live histories (every rating before "
-             "the query's second, test-period ones included: --live-history), the model alone"),
-    "best-live": ({**PRESETS["best"], "user_dropout": 0.2, "live_history": True},
-                  "best-recent with live histories (--live-history; cold users' own earlier "
-                  "ratings reach the query tower)"),
+    "live": (_LIVE, "--preset best with live histories of 200 titles (every rating before the "
+             "query's second, test-period ones included: --live-history --history-length 200) "
+             "and user-id dropout 0.2 that keeps the dropped ratings' histories "
+             "(--dropout-keeps-history), the model alone"),
+    "best-live": (_LIVE, "live + recent popularity at inference as best-recent (cold users "
+                  "through the OOV row, with their own earlier ratings as history)"),
 }
 # recipes whose prior_beta is chosen by twostage.pipeline.select_prior_beta before training
 PRIOR_RECIPES = frozenset({"best-prior", "logq-prior", "best-prior-dropout", "best-prior-users"})

@@ -123,6 +123,8 @@ class ModelConfig:
                           "mean-pooled)")
     history: bool = option(False, "query tower: add the masked mean of the embeddings of the "
                            "titles the user rated in training before the query's timestamp")
+    history_length: int = option(50, "--history: the most recent N titles a history holds "
+                                 "(YouTube's candidate model: 50; exports serve 50 only)")
     user_features: bool = option(False, "query tower: add embeddings of the user's gender, age "
                                  "group, occupation and zip prefix (ml-100k / ml-1m "
                                  "demographics; twostage.user_features), so cold users get "
@@ -188,6 +190,11 @@ class TrainConfig:
                                  "ratings gets the OOV user id (the same rows on both "
                                  "backends; twostage.recipes.user_dropout_view), so the row "
                                  "cold users are served from is trained; 0: off")
+    dropout_keeps_history: bool = option(False, "user-id dropout (--user-dropout) forgets a "
+                                         "dropped rating's user id but keeps its history, as "
+                                         "a cold user with --live-history is asked (the OOV "
+                                         "row learns beside a history); off: a dropped "
+                                         "rating has no history")
 
     def __post_init__(self) -> None:
         _validate(self, _train_problems)
@@ -450,7 +457,7 @@ def _data_problems(d: DataConfig) -> list[str]:
 
 
 def _model_problems(m: ModelConfig) -> list[str]:
-    problems = _positive(embedding_dim=m.embedding_dim)
+    problems = _positive(embedding_dim=m.embedding_dim, history_length=m.history_length)
     for name, sizes in (("layer_sizes", m.layer_sizes),
                         ("ranking_layer_sizes", m.ranking_layer_sizes)):
         if (name == "layer_sizes" and not sizes) or any(s < 1 or s > MAX_WIDTH for s in sizes):
@@ -481,6 +488,9 @@ def _train_problems(t: TrainConfig) -> list[str]:
         problems.append(f"learning_rate={t.learning_rate} must be > 0")
     if not 0.0 <= t.user_dropout < 1.0:
         problems.append(f"user_dropout={t.user_dropout} must be in [0, 1) (0: off)")
+    if t.dropout_keeps_history and not t.user_dropout:
+        problems.append("dropout_keeps_history=True changes user-id dropout, which is off; add "
+                        "--user-dropout RATE or drop --dropout-keeps-history")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", t.device):
         problems.append(f"device={t.device!r} must be cpu, cuda or cuda:N")
     return problems + _choice(precision=(t.precision, PRECISIONS))

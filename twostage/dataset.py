@@ -39,6 +39,14 @@ class Dataset:
     corpus_titles: np.ndarray
     corpus_features: dict[str, np.ndarray]
     title_token_table: np.ndarray
+    history_user_id: np.ndarray | None = None
+
+    @property
+    def history_ids(self) -> np.ndarray:
+        """[N] the id each rating's history is read under: ``history_user_id`` (set by
+        ``recipes.user_dropout_view`` with ``dropout_keeps_history``: the real ids of ratings
+        whose ``user_id`` was made anonymous), else ``user_id``."""
+        return self.user_id if self.history_user_id is None else self.history_user_id
 
     @property
     def token_width(self) -> int:

@@ -445,8 +445,8 @@ def fit_retrieval(backend: Backend, dataset: Dataset, config: Config,
     ``recipes.user_dropout_view`` (the same anonymous rows on both backends), the recipe tables
     (histories) of ``dataset`` itself attached afterwards for inference."""
     rate = config.train.user_dropout
-    history = backend.fit_retrieval(user_dropout_view(dataset, rate, config.seed),
-                                    on_epoch=on_epoch)
+    view = user_dropout_view(dataset, rate, config.seed, config.train.dropout_keeps_history)
+    history = backend.fit_retrieval(view, on_epoch=on_epoch)
     if rate:
         backend.attach_recipe_data(RecipeData.from_dataset(dataset, config))
     return history

@@ -22,7 +22,9 @@ Both backends read what is computed here, so they see the same numbers:
   the title (the candidate tower's identity is the title); the OOV row 0 has none.
 - User history (``config.model.history``): the query tower adds the masked mean of the
   embeddings of the titles the user rated IN THE TRAINING SPLIT STRICTLY BEFORE the query's
-  timestamp, the most recent :data:`HISTORY_LENGTH` of them (:class:`HistoryIndex`). Ratings
+  timestamp, the most recent ``config.model.history_length`` of them (default
+  :data:`HISTORY_LENGTH`; :class:`HistoryIndex`), or with ``config.eval.live_history`` every
+  rating before it at evaluation (:func:`live_recipe`). Ratings
   at the query's own second are excluded, the query's own rating with them: MovieLens users
   rate in bursts within one second, and nothing orders those, so "before" would otherwise leak
   ratings made together with the one predicted. A user without such ratings (new, or whose
@@ -217,14 +219,17 @@ DROPPED_USER = "\x00dropped-user-"   # + the rating row: no vocabulary holds it
 _USER_DROPOUT_STREAM = 0x0D50
 
 
-def user_dropout_view(dataset, rate: float, seed: int):
+def user_dropout_view(dataset, rate: float, seed: int, keep_history: bool = False):
     """``dataset`` with ``round(rate * len(train))`` training ratings, drawn by (seed,
     ``_USER_DROPOUT_STREAM``), made anonymous: ``user_index`` 0 (the OOV row, what the torch
     towers read) and ``user_id`` ``DROPPED_USER + row`` (no vocabulary holds it: the OOV row of
     TFRS's StringLookup; one id per row, so such a row has no history, like a cold user's, and
     leaves the histories of its user's other ratings). The same rows for both backends, every
-    epoch; only the training split changes. ``rate`` 0: ``dataset`` itself. Why: cold users are
-    served from the OOV row, which no training rating reaches otherwise."""
+    epoch; only the training split changes. ``rate`` 0: ``dataset`` itself. ``keep_history``
+    (``train.dropout_keeps_history``): the view's ``history_user_id`` keeps the real ids, so a
+    dropped rating keeps its history and stays in its user's (the OOV row then learns beside
+    histories, as a cold user with live histories asks). Why: cold users are served from the
+    OOV row, which no training rating reaches otherwise."""
     if not rate:
         return dataset
     if not 0.0 < rate < 1.0:
@@ -239,7 +244,8 @@ def user_dropout_view(dataset, rate: float, seed: int):
     user_index = dataset.features["user_index"].copy()
     user_index[rows] = 0
     return dataclasses.replace(dataset, user_id=user_id,
-                               features={**dataset.features, "user_index": user_index})
+                               features={**dataset.features, "user_index": user_index},
+                               history_user_id=dataset.history_ids if keep_history else None)
 
 
 @dataclass(frozen=True)
@@ -266,7 +272,8 @@ class RecipeData:
                                  movies["movie_genres"], dataset.spec)
         if config.model.history:
             train = dataset.split.train
-            history = HistoryIndex.from_ratings(dataset.user_id[train], dataset.timestamp[train],
+            history = HistoryIndex.from_ratings(dataset.history_ids[train],
+                                                dataset.timestamp[train],
                                                 dataset.features["title_index"][train])
         if config.model.user_features:
             users = UserTable.from_ratings(dataset.movielens.ratings)
@@ -307,12 +314,13 @@ class RecipeData:
         table = UserTable.from_arrays(arrays) if "user_table_ids" in arrays else None
         return cls(genres, history, table)
 
-    def histories(self, user_ids: Iterable, timestamps: Iterable) -> np.ndarray:
-        """[N, HISTORY_LENGTH] title ids (:meth:`HistoryIndex.lookup`)."""
+    def histories(self, user_ids: Iterable, timestamps: Iterable,
+                  length: int = HISTORY_LENGTH) -> np.ndarray:
+        """[N, length] title ids (:meth:`HistoryIndex.lookup`)."""
         if self.history is None:
             raise ValueError("these recipe data have no history index (config.model.history "
                              "was off when they were made)")
-        return self.history.lookup(user_ids, timestamps)
+        return self.history.lookup(user_ids, timestamps, length)
 
     def user_values(self, user_ids: Iterable) -> dict[str, np.ndarray]:
         """{user feature key: [N] str} of [N] user ids (:meth:`UserTable.lookup`: an id the
@@ -376,12 +384,13 @@ def live_recipe(recipe: RecipeData | None, user_ids: Iterable, timestamps: Itera
 
 
 def history_column(recipe: RecipeData | None, dataset, config: Config) -> np.ndarray | None:
-    """[N] rating rows' histories (every row of ``dataset``) when ``config.model.history``."""
+    """[N, ``config.model.history_length``] rating rows' histories (every row of ``dataset``,
+    each read under ``dataset.history_ids``) when ``config.model.history``."""
     if not config.model.history:
         return None
     if recipe is None or recipe.history is None:
         raise ValueError(not_attached("user histories"))
-    return recipe.histories(dataset.user_id, dataset.timestamp)
+    return recipe.histories(dataset.history_ids, dataset.timestamp, config.model.history_length)
 
 
 def query_columns(recipe: RecipeData | None, dataset, config: Config) -> dict[str, np.ndarray]:
@@ -426,7 +435,7 @@ def query_extras(recipe: RecipeData | None, config: Config, user_ids: Iterable,
     if config.model.history:
         if recipe is None or recipe.history is None:
             raise RuntimeError(not_attached("user histories"))
-        out[HISTORY] = recipe.histories(user_ids, timestamps)
+        out[HISTORY] = recipe.histories(user_ids, timestamps, config.model.history_length)
     if config.model.user_features:
         if recipe is None or recipe.users is None:
             raise RuntimeError(not_attached("user table"))

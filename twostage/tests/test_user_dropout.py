@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from twostage import pipeline
-from twostage.recipes import DROPPED_USER, RecipeData, user_dropout_view
+from twostage.recipes import (DROPPED_USER, HISTORY, RecipeData, query_columns, query_extras,
+                              user_dropout_view)
 
 
 def _dropped(view) -> np.ndarray:
@@ -57,3 +58,55 @@ def test_fit_retrieval_trains_on_the_view_and_serves_the_real_histories(syntheti
     real = RecipeData.from_dataset(ds, cfg).histories(ds.user_id[rows], ds.timestamp[rows])
     np.testing.assert_array_equal(
         backend.recipe.histories(ds.user_id[rows], ds.timestamp[rows]), real)
+
+
+def test_dropout_keeps_history_keeps_the_dropped_rows_histories(synthetic_dataset,
+                                                                small_config):
+    """With ``dropout_keeps_history`` a dropped row's training history is its user's, as
+    without dropout, while its id stays anonymous (fails if the history were read under the
+    anonymous id, or the id kept)."""
+    ds = synthetic_dataset
+    cfg = small_config.replace(history=True, user_dropout=0.5, dropout_keeps_history=True)
+    view = user_dropout_view(ds, 0.5, seed=1, keep_history=True)
+    rows = np.flatnonzero(_dropped(view))
+    assert rows.size and (view.features["user_index"][rows] == 0).all()
+    recipe = RecipeData.from_dataset(view, cfg)
+    kept = query_columns(recipe, view, cfg)[HISTORY]
+    real = query_columns(RecipeData.from_dataset(ds, cfg), ds, cfg)[HISTORY]
+    np.testing.assert_array_equal(kept, real)
+    assert (kept[rows] > 0).any()
+    lost = query_columns(RecipeData.from_dataset(user_dropout_view(ds, 0.5, seed=1), cfg),
+                         user_dropout_view(ds, 0.5, seed=1), cfg)[HISTORY]
+    assert (lost[rows] == 0).all()
+
+
+def test_dropout_keeps_history_needs_dropout_and_history_length_is_read():
+    from twostage.config import Config
+    with pytest.raises(ValueError, match="--user-dropout"):
+        Config.of(dropout_keeps_history=True)
+    with pytest.raises(ValueError, match="history_length=0"):
+        Config.of(history_length=0)
+
+
+def test_history_length_sets_the_columns_width(synthetic_dataset, small_config):
+    """``model.history_length`` N: training columns and queries carry the most recent N
+    titles (fails if the width were the constant 50 or the wrong end were kept)."""
+    ds = synthetic_dataset
+    short, wide = (small_config.replace(history=True, history_length=n) for n in (3, 80))
+    recipe = RecipeData.from_dataset(ds, short)
+    three = query_columns(recipe, ds, short)[HISTORY]
+    eighty = query_columns(recipe, ds, wide)[HISTORY]
+    assert three.shape == (len(ds.user_id), 3) and eighty.shape == (len(ds.user_id), 80)
+    np.testing.assert_array_equal(three, eighty[:, -3:])
+    rows = ds.split.test[:20]
+    extras = query_extras(recipe, wide, ds.user_id[rows], ds.timestamp[rows])[HISTORY]
+    np.testing.assert_array_equal(extras, eighty[rows])
+
+
+def test_exports_refuse_a_history_length_they_do_not_serve(small_config):
+    from types import SimpleNamespace
+    from twostage.errors import UnsupportedOptionError
+    from twostage.export import _export_data
+    cfg = small_config.replace(history=True, history_length=200)
+    with pytest.raises(UnsupportedOptionError, match="--history-length 50"):
+        _export_data(None, SimpleNamespace(config=cfg))
