@@ -135,3 +135,17 @@ def test_quality_compares_live_history_recipes_with_ease_reading_them_too(data_d
     again = json.loads(path.read_text())
     assert list(again["baselines"]) == list(quality.BASELINES)
     assert again["runs"] == report["runs"]
+
+
+def test_live_targets_compare_every_figure_with_every_baseline_but_random():
+    """Random split: a live recipe must beat each non-random baseline at every figure by 2
+    standard errors (fails if a baseline or a figure were skipped, or the margin ignored)."""
+    columns = [c for c, _, _ in quality.FIGURES]
+    summary = {"live": {c: (0.30, 0.03) for c in columns}}
+    baselines = {"random": {c: 0.0 for c in columns}, "popular": {c: 0.20 for c in columns},
+                 "ease-live": {c: 0.27 for c in columns}, "ease": {"skipped": "too big"}}
+    checks = quality.live_targets(summary, baselines, seeds=3)
+    assert len(checks) == 2 * len(columns)
+    assert all(ok for what, ok in checks if "popular" in what)
+    assert not any(ok for what, ok in checks if "ease-live" in what)   # 0.30 - 0.035 < 0.27
+    assert quality.live_targets({"best": summary["live"]}, baselines, 3) == []
