@@ -36,11 +36,10 @@ from .baselines import (DAY_S, RECENT_WINDOWS_DAYS, EventCounts, Interactions, Q
 from .config import Config
 from .data.split import Split
 from .dataset import Dataset
-from .pipeline import evaluation_rows, fit_retrieval, live_histories, make_backend
+from .pipeline import (evaluation_rows, fit_retrieval, live_histories, live_rows, make_backend,
+                       warm_rows)
+from .prior import UNKNOWN_USER, asking_ids  # noqa: F401  (UNKNOWN_USER: part of this API)
 
-# Prefix of the id a cold user asks as: no vocabulary holds it (the lookups' OOV row, index 0,
-# Keras StringLookup's rule); + the user's own id, so a live history index can still key it.
-UNKNOWN_USER = "\x1f<unknown user>"
 RECENT_PRIOR_BETAS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0,
                                           1000.0)
 AUDIENCES = ("warm", "cold")
@@ -108,41 +107,11 @@ def scorer_for(backend: Backend, dataset: Dataset, rows: np.ndarray, events: Eve
                              corpus_of_row.reshape(-1), recent)
 
 
-def asking_ids(user_ids: np.ndarray, oov: np.ndarray | None) -> np.ndarray:
-    """[R] object: ``user_ids``, those ``oov`` marks as ``UNKNOWN_USER + id`` (no vocabulary
-    holds it: the OOV row; one id per user, so a live history index keys each one's ratings)."""
-    users = np.asarray(user_ids, dtype=object)
-    if oov is None:
-        return users
-    return np.array([f"{UNKNOWN_USER}{u}" if o else u for u, o in zip(users.tolist(), oov)],
-                    dtype=object)
-
-
-def live_rows(dataset: Dataset, config: Config, log_rows: np.ndarray, known_rows: np.ndarray,
-              cold_as_oov: bool) -> dict:
-    """:func:`pipeline.live_histories`' arguments for ``config.eval.live_history`` (else
-    ``rows`` None): the histories read ``log_rows``, a user without a rating among
-    ``known_rows`` keyed as it asks (:func:`asking_ids`) when ``cold_as_oov``."""
-    if not config.eval.live_history:
-        return {"rows": None}
-    rows = np.unique(np.asarray(log_rows, dtype=np.int64))   # warm_rows' alignment
-    oov = ~warm_rows(dataset, rows, known_rows) if cold_as_oov else None
-    return {"rows": rows, "user_ids": asking_ids(dataset.user_id[rows], oov)}
-
-
 def _recent(dataset: Dataset, events: EventCounts, window_days: float | None) -> RecentScorer:
     """recent-popular's counts of ``events`` in the ``window_days`` (None: all time) before
     each query's time."""
     return RecentScorer(events, None if window_days is None else window_days * DAY_S,
                         dataset.timestamp, dataset.corpus_features["title_index"])
-
-
-def warm_rows(dataset: Dataset, rows: np.ndarray, known_rows: np.ndarray) -> np.ndarray:
-    """[R] bool aligned with ``np.unique(rows)``: the rating's user has a rating among
-    ``known_rows`` (the split the model trained on)."""
-    rows = np.unique(np.asarray(rows, dtype=np.int64))
-    users = dataset.features["user_index"]
-    return np.isin(users[rows], users[np.asarray(known_rows)])
 
 
 def _counts(scorer: RecentPriorScorer, dataset: Dataset, rows: np.ndarray,

@@ -23,12 +23,12 @@ import numpy as np
 
 from . import evaluation
 from .backend import Backend, EpochCallback, History
-from .baselines import evaluate_baselines, num_titles, validation_queries
+from .baselines import DAY_S, EventCounts, evaluate_baselines, num_titles, validation_queries
 from .config import BACKENDS, Config
 from .dataset import Dataset
 from .data.split import Split
 from .group import Group, SingleProcess, shard
-from .prior import PRIOR_BETAS, PriorBackend, log_prior
+from .prior import PRIOR_BETAS, PriorBackend, RecentBackend, asking_ids, log_prior
 from .recipes import RecipeData, live_recipe, user_dropout_view
 from .schedule import validation_rows
 
@@ -323,19 +323,41 @@ def evaluate(backend: Backend, dataset: Dataset, config: Config) -> dict:
     """Every model metric under both protocols, on ``evaluation_rows`` (the test split or its
     seeded ``eval_queries`` sample); with ``config.eval.live_history`` the histories read the
     whole rating log before each query (:func:`live_histories`)."""
-    ratings = np.arange(len(dataset.user_id)) if config.eval.live_history else None
-    with live_histories(backend, dataset, ratings):
+    every = np.arange(len(dataset.user_id))
+    with live_histories(backend, dataset, **live_rows(dataset, config, every,
+                                                      dataset.split.train,
+                                                      config.eval.cold_as_oov)):
         report = _evaluate(backend, dataset, config)
-    if ratings is not None:
+    if config.eval.live_history:
         report["live_history"] = ("histories read every rating strictly before the query's "
                                   "second (test-period ratings included); twostage.recipes."
                                   "live_recipe")
     return report
 
 
+def warm_rows(dataset: Dataset, rows: np.ndarray, known_rows: np.ndarray) -> np.ndarray:
+    """[R] bool aligned with ``np.unique(rows)``: the rating's user has a rating among
+    ``known_rows`` (the split the model trained on)."""
+    rows = np.unique(np.asarray(rows, dtype=np.int64))
+    users = dataset.features["user_index"]
+    return np.isin(users[rows], users[np.asarray(known_rows)])
+
+
+def live_rows(dataset: Dataset, config: Config, log_rows: np.ndarray, known_rows: np.ndarray,
+              cold_as_oov: bool) -> dict:
+    """:func:`live_histories`' arguments for ``config.eval.live_history`` (else ``rows``
+    None): the histories read ``log_rows``, a user without a rating among ``known_rows`` keyed
+    as it asks (``prior.asking_ids``) when ``cold_as_oov``."""
+    if not config.eval.live_history:
+        return {"rows": None}
+    rows = np.unique(np.asarray(log_rows, dtype=np.int64))   # warm_rows' alignment
+    oov = ~warm_rows(dataset, rows, known_rows) if cold_as_oov else None
+    return {"rows": rows, "user_ids": asking_ids(dataset.user_id[rows], oov)}
+
+
 def _evaluate(backend: Backend, dataset: Dataset, config: Config) -> dict:
     beta = config.eval.prior_beta
-    backend = with_prior(backend, dataset, beta)
+    backend = with_recent(with_prior(backend, dataset, beta), dataset, config)
     backend.build_index(dataset.corpus_titles)
     rows, seen = evaluation_rows(dataset, config), seen_titles(dataset)
     report = {"retrieval": evaluate_retrieval(backend, dataset, config, rows, seen),
@@ -348,7 +370,29 @@ def _evaluate(backend: Backend, dataset: Dataset, config: Config) -> dict:
         report["popularity_prior"] = {
             "beta": beta, "retrieval": "exact top-k of score + beta * log q (twostage.prior)",
             "q": "share of the training ratings, (n + 1) / (N + T)"}
+    if isinstance(backend, RecentBackend):
+        e = config.eval
+        report["recent_prior"] = {
+            "beta_warm": backend.beta_warm, "beta_cold": backend.beta_cold,
+            "window_days": e.recent_window_days or None, "cold_as_oov": e.cold_as_oov,
+            "retrieval": "exact top-k of score + beta * log(1 + the title's ratings in the "
+                         "window before the query's time, whole log) (twostage.prior)"}
     return report
+
+
+def with_recent(backend: Backend, dataset: Dataset, config: Config) -> Backend:
+    """``backend`` with ``config.eval``'s recent-popularity prior and cold users' OOV route
+    (``prior.RecentBackend``: counts of the whole log before each query's time; warm = a
+    training rating); ``backend`` itself when neither is on."""
+    e = config.eval
+    cold_beta = e.recent_beta if e.recent_beta_cold is None else e.recent_beta_cold
+    if not (e.recent_beta or cold_beta or e.cold_as_oov):
+        return backend
+    events = EventCounts.of(dataset.timestamp, dataset.features["title_index"],
+                            num_titles(dataset))
+    return RecentBackend(backend, dataset.corpus_titles, dataset.corpus_features["title_index"],
+                         events, e.recent_window_days * DAY_S or None, e.recent_beta, cold_beta,
+                         np.unique(dataset.user_id[dataset.split.train]), e.cold_as_oov)
 
 
 @contextmanager

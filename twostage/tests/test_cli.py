@@ -351,3 +351,21 @@ def test_a_quiet_tfrs_run_prints_nothing_on_stderr(tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
+
+
+@pytest.mark.slow
+def test_run_preset_live_on_both_backends(data_dir, tmp_path):
+    """`twostage run --preset live` trains and evaluates on both backends with live histories,
+    the OOV route and recent popularity, said in each report (fails if a backend ignored the
+    evaluation settings)."""
+    out = tmp_path / "live"
+    rc = main(["run", "--backend", "both", "--preset", "live", "--data-dir", str(data_dir),
+               "--retrieval-epochs", "1", "--ranking-epochs", "1", "--split", "temporal",
+               "--out", str(out), "--quiet"])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    for report in results.values():
+        assert report["recent_prior"]["beta_warm"] == 0.1 and report["recent_prior"]["cold_as_oov"]
+        assert "live_history" in report
+        assert 0.0 <= report["retrieval"]["top_k_accuracy_exclude_seen"]["10"] <= 1.0
+        assert set(report["retrieval"]["by_audience"]) >= {"warm", "cold"}
