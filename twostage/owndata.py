@@ -44,8 +44,8 @@ def check_schema_config(config: Config) -> None:
     """Refuse the options schema runs do not offer yet (UnsupportedOptionError naming the flag).
 
     Offered: the model sizes, the seed's tasks (temperature, hard negatives, accidental hits),
-    Adagrad and batch options, the split, the evaluation options, one process on the CPU or a
-    GPU in fp32.
+    Adagrad and batch options, the split, the evaluation options but the priors and the cold
+    users' OOV route, one process on the CPU or a GPU in fp32.
     """
     refused = [(config.model.genres, "--genres"), (config.model.history, "--history"),
                (config.model.user_features, "--user-features"),
@@ -55,7 +55,11 @@ def check_schema_config(config: Config) -> None:
                (config.task.normalize, "--normalize"),
                (config.distributed.nproc > 1, "--nproc"),
                (config.train.compile, "--compile"), (config.train.cuda_graphs, "--cuda-graphs"),
-               (config.train.precision != "fp32", "--precision")]
+               (config.train.precision != "fp32", "--precision"),
+               (config.train.user_dropout, "--user-dropout"),
+               (config.eval.prior_beta, "--prior-beta"),
+               (config.eval.recent_beta or config.eval.recent_beta_cold, "--recent-beta"),
+               (config.eval.cold_as_oov, "--cold-as-oov")]
     names = [flag for on, flag in refused if on]
     if names:
         raise UnsupportedOptionError(

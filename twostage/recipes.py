@@ -75,14 +75,19 @@ def refuse_in_parallel(config: Config) -> None:
     """UnsupportedOptionError for the recipes that several processes / replicas cannot run
     (``config.distributed.nproc`` > 1): mixed negatives (a batch's sampled titles are not split
     over the processes), on torch's global negatives a learned temperature (its gathered loss
-    does not scale the queries), and genres / history (their lookups are attached to one
-    process's models; not tested across processes yet)."""
+    does not scale the queries), genres / history (their lookups are attached to one
+    process's models; not tested across processes yet), and the recent-popularity prior and
+    cold users' OOV route of the evaluation (not tested across processes yet)."""
     problems = [f"{name}=True (its lookups are not attached across processes yet)"
                 for name in ("genres", "history", "user_features")
                 if getattr(config.model, name)]
     if config.task.mixed_negatives:
         problems.append(f"mixed_negatives={config.task.mixed_negatives} (the sampled titles "
                         "are not split over processes)")
+    e = config.eval
+    if e.recent_beta or e.recent_beta_cold or e.cold_as_oov:
+        problems.append("recent_beta / cold_as_oov (the evaluation's prior.RecentBackend is "
+                        "not tested across processes yet)")
     if config.task.learn_temperature and config.distributed.cross_process_negatives == "global":
         problems.append("learn_temperature with cross_process_negatives='global' (the gathered "
                         "loss does not apply the learned temperature)")

@@ -78,6 +78,9 @@ def test_mixed_negatives_train_in_both_batch_orders(synthetic_dataset, small_con
 def test_recipes_that_cannot_run_are_refused(small_config):
     with pytest.raises(UnsupportedOptionError, match="mixed_negatives"):
         TfrsBackend.check_config(small_config.replace(mixed_negatives=8, nproc=2))
+    for change in ({"recent_beta": 0.1}, {"cold_as_oov": True}):
+        with pytest.raises(UnsupportedOptionError, match="RecentBackend"):
+            TfrsBackend.check_config(small_config.replace(nproc=2, **change))
     with pytest.raises(UnsupportedOptionError, match="history"):
         TfrsBackend.check_config(small_config.replace(history=True, nproc=2))
     TfrsBackend.check_config(small_config.replace(mixed_negatives=8, normalize=True,

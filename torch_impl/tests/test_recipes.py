@@ -173,6 +173,9 @@ def test_mixed_negatives_train(synthetic_dataset, small_config):
 def test_recipes_that_cannot_run_are_refused(small_config):
     with pytest.raises(UnsupportedOptionError, match="mixed_negatives"):
         TorchBackend.check_config(small_config.replace(mixed_negatives=8, nproc=2))
+    for change in ({"recent_beta": 0.1}, {"cold_as_oov": True}):
+        with pytest.raises(UnsupportedOptionError, match="RecentBackend"):
+            TorchBackend.check_config(small_config.replace(nproc=2, **change))
     with pytest.raises(UnsupportedOptionError, match="learn_temperature"):
         TorchBackend.check_config(small_config.replace(learn_temperature=True, nproc=2,
                                                        cross_process_negatives="global"))

@@ -193,6 +193,13 @@ def test_implicit_data_with_ranking_negatives_trains_the_ranker_on_seeded_draws(
 def test_options_schema_runs_do_not_offer_are_refused_before_training():
     with pytest.raises(UnsupportedOptionError, match="--mixed-negatives"):
         ts.train(every_kind(), config(mixed_negatives=2))
+    # evaluation settings the schema evaluation would otherwise ignore (issue 26's priors)
+    for flag, change in (("--recent-beta", {"recent_beta": 0.1}),
+                         ("--cold-as-oov", {"cold_as_oov": True}),
+                         ("--prior-beta", {"prior_beta": 0.5}),
+                         ("--user-dropout", {"user_dropout": 0.2})):
+        with pytest.raises(UnsupportedOptionError, match=flag):
+            ts.train(every_kind(), config(**change))
     with pytest.raises(ValueError, match="backend='jax' is not one of"):
         ts.train(every_kind(), config(), backend="jax")
 
