@@ -13,14 +13,7 @@ from twostage import pipeline
 from twostage.baselines import DAY_S, EventCounts, num_titles
 from twostage.config import Config
 from twostage.prior import MAX_RECENT_TITLES, UNKNOWN_USER, RecentBackend
-
-
-@pytest.fixture(scope="module", params=["torch", "tfrs"])
-def trained(request, synthetic_dataset, small_config):
-    backend = pipeline.make_backend(request.param, small_config, synthetic_dataset)
-    backend.fit_retrieval(synthetic_dataset, epochs=1)
-    backend.fit_ranking(synthetic_dataset, epochs=1)
-    return backend
+from twostage.tests.test_prior import trained  # noqa: F401  (both backends, trained)
 
 
 def _counts(ds, rows, days):
