@@ -15,7 +15,11 @@ audiences), so its figures sit beside the baselines' in the same layout. The win
 beta per audience (warm users, with a training rating, and cold users, without: the model knows
 the one and barely the other) are chosen on the training split's validation slice, with the
 counts of the training ratings only, as recent-popular chooses its window (``select``); beta 0
-is the model alone, a large beta recent-popular with the model breaking its ties.
+is the model alone, a large beta recent-popular with the model breaking its ties. With
+``config.eval.live_history`` the towers read live histories (``pipeline.live_histories``), a
+cold user asking through the OOV row keyed by the id it asks as (``prior.asking_ids``).
+``twostage run`` adds the same sum with fixed values in the pipeline's own evaluation
+(``--recent-beta``: ``prior.RecentBackend``); this module chooses them on validation.
 
 Its figures follow the baselines' rule, not TFRS's: the positive's score is its title's corpus
 row of the same product, so float32 rounding never puts the positive's own row above it, as it
