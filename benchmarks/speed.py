@@ -78,8 +78,8 @@ def step_floors(backend, dataset, torch_results: dict, repeats: int) -> dict:
     the check that the clocked step is the step the epochs ran (near 1; far from it, something
     else shared the machine or the process while one of them ran).
 
-    Measured right after the torch epochs and before TensorFlow is loaded: measured after the
-    TFRS epochs, the clocked step was 1.8x the epoch's (docs/performance.md).
+    Measured right after the torch epochs, before TensorFlow is loaded (clocked after the TFRS
+    epochs instead, the step was 1.8x the epoch's: docs/performance.md).
     """
     from benchmarks.floor import stage_floor
 

@@ -36,6 +36,7 @@ import numpy as np
 from . import evaluation
 from .config import Config
 from .dataset import Dataset
+from .recipes import HistoryIndex
 from .schedule import validation_rows
 
 EASE_LAMBDAS: tuple[float, ...] = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
@@ -208,42 +209,19 @@ class EaseScorer:
 
 
 @dataclass(frozen=True)
-class RatingLog:
-    """Every rating by user and time: ``keys`` [E] (user index << 32 | timestamp, ascending)
-    and their ``titles`` [E]."""
-
-    keys: np.ndarray
-    titles: np.ndarray
-
-    @classmethod
-    def of(cls, users, times, titles) -> "RatingLog":
-        """From [E] user indices, timestamps (in [0, 2**32)) and title indices."""
-        keys = (np.asarray(users, dtype=np.int64) << 32) | np.asarray(times, dtype=np.int64)
-        order = np.argsort(keys, kind="stable")
-        return cls(keys[order], np.asarray(titles, dtype=np.int64)[order])
-
-    def before(self, users: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each query's (user, time) ratings strictly before its second -> (query [K] in
-        [0, n), title [K]) pairs."""
-        base = np.asarray(users, dtype=np.int64) << 32
-        start = np.searchsorted(self.keys, base, side="left")
-        end = np.searchsorted(self.keys, base | np.asarray(times, dtype=np.int64), side="left")
-        query = np.repeat(np.arange(start.size, dtype=np.int64), end - start)
-        return query, self.titles[evaluation._ranges(start, end - start)]
-
-
-@dataclass(frozen=True)
 class LiveEaseScorer:
     """EASE with each query's x its user's ratings strictly before the query's second in the
-    whole ``log`` (test-period ratings included, as recent-popular's counts): the baseline
-    of ``config.eval.live_history``'s models, which read the same histories."""
+    whole ``log`` (a ``recipes.HistoryIndex`` of every rating: the index the models' live
+    histories read, ``recipes.live_recipe``; test-period ratings included, as recent-popular's
+    counts): the baseline of ``config.eval.live_history``'s models."""
 
     ease: EaseScorer
-    log: RatingLog
+    log: HistoryIndex
+    user_id: np.ndarray             # of every rating row
     timestamps: np.ndarray          # of every rating row
 
     def corpus_scores(self, rows: np.ndarray, users: np.ndarray) -> np.ndarray:
-        query, title = self.log.before(users, self.timestamps[rows])
+        query, title = self.log.before(self.user_id[rows], self.timestamps[rows])
         return self.ease.scores_of(len(rows), query, title)
 
 
@@ -635,9 +613,9 @@ def _scorer(name: str, dataset: Dataset, config: Config, train: Interactions,
         return EaseScorer(weights, seen, corpus, columns), extra
     if name == "ease-live":
         ease, extra = _scorer("ease", dataset, config, train, seen, popularity)
-        log = RatingLog.of(dataset.features["user_index"], dataset.timestamp,
-                           dataset.features["title_index"])
-        return LiveEaseScorer(ease, log, dataset.timestamp), extra
+        log = HistoryIndex.from_ratings(dataset.user_id, dataset.timestamp,
+                                        dataset.features["title_index"])
+        return LiveEaseScorer(ease, log, dataset.user_id, dataset.timestamp), extra
     if name == "recent":
         chosen = select_window(dataset, config)
         days = chosen["window_days"]

@@ -238,6 +238,12 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _validate(self, _eval_problems)
 
+    @property
+    def recent_betas(self) -> tuple[float, float]:
+        """(warm, cold) betas of the recent-popularity prior; cold defaults to warm's."""
+        cold = self.recent_beta if self.recent_beta_cold is None else self.recent_beta_cold
+        return self.recent_beta, cold
+
 
 @dataclass(frozen=True)
 class IndexConfig:
@@ -528,7 +534,7 @@ def _eval_problems(e: EvalConfig) -> list[str]:
                                   ("recent_window_days", e.recent_window_days))
                 if v is not None and v < 0}
     problems += [f"{k}={v} must be >= 0" for k, v in negative.items()]
-    if e.prior_beta and (e.recent_beta or e.recent_beta_cold):
+    if e.prior_beta and any(e.recent_betas):
         problems.append("prior_beta and recent_beta are two popularity priors; choose one "
                         "(--prior-beta or --recent-beta)")
     return problems

@@ -42,7 +42,7 @@ from .data.split import Split
 from .dataset import Dataset
 from .pipeline import (evaluation_rows, fit_retrieval, live_histories, live_rows, make_backend,
                        warm_rows)
-from .prior import UNKNOWN_USER, asking_ids  # noqa: F401  (UNKNOWN_USER: part of this API)
+from .prior import asking_ids
 
 RECENT_PRIOR_BETAS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0,
                                           1000.0)

@@ -58,7 +58,7 @@ def check_schema_config(config: Config) -> None:
                (config.train.precision != "fp32", "--precision"),
                (config.train.user_dropout, "--user-dropout"),
                (config.eval.prior_beta, "--prior-beta"),
-               (config.eval.recent_beta or config.eval.recent_beta_cold, "--recent-beta"),
+               (any(config.eval.recent_betas), "--recent-beta"),
                (config.eval.cold_as_oov, "--cold-as-oov")]
     names = [flag for on, flag in refused if on]
     if names:

@@ -385,13 +385,12 @@ def with_recent(backend: Backend, dataset: Dataset, config: Config) -> Backend:
     (``prior.RecentBackend``: counts of the whole log before each query's time; warm = a
     training rating); ``backend`` itself when neither is on."""
     e = config.eval
-    cold_beta = e.recent_beta if e.recent_beta_cold is None else e.recent_beta_cold
-    if not (e.recent_beta or cold_beta or e.cold_as_oov):
+    if not (any(e.recent_betas) or e.cold_as_oov):
         return backend
     events = EventCounts.of(dataset.timestamp, dataset.features["title_index"],
                             num_titles(dataset))
     return RecentBackend(backend, dataset.corpus_titles, dataset.corpus_features["title_index"],
-                         events, e.recent_window_days * DAY_S or None, e.recent_beta, cold_beta,
+                         events, e.recent_window_days * DAY_S or None, *e.recent_betas,
                          np.unique(dataset.user_id[dataset.split.train]), e.cold_as_oov)
 
 

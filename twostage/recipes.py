@@ -56,6 +56,7 @@ from typing import Iterable
 import numpy as np
 
 from .errors import UnsupportedOptionError
+from .evaluation import _ranges
 from .config import Config
 from .data.features import FeatureSpec
 from .data.registry import TFDS_GENRES
@@ -84,8 +85,7 @@ def refuse_in_parallel(config: Config) -> None:
     if config.task.mixed_negatives:
         problems.append(f"mixed_negatives={config.task.mixed_negatives} (the sampled titles "
                         "are not split over processes)")
-    e = config.eval
-    if e.recent_beta or e.recent_beta_cold or e.cold_as_oov:
+    if any(config.eval.recent_betas) or config.eval.cold_as_oov:
         problems.append("recent_beta / cold_as_oov (the evaluation's prior.RecentBackend is "
                         "not tested across processes yet)")
     if config.task.learn_temperature and config.distributed.cross_process_negatives == "global":
@@ -196,6 +196,25 @@ class HistoryIndex:
         """[N, length] int64 title ids: per query, the user's ratings strictly before its
         timestamp, the most recent ``length``, oldest first, right-aligned (0-padded on the
         left); an unknown user has none."""
+        start, end = self._bounds(user_ids, timestamps)
+        count = np.minimum(end - start, length)
+        cols = np.arange(length, dtype=np.int64)
+        idx = end[:, None] - length + cols[None, :]
+        valid = cols[None, :] >= (length - count)[:, None]
+        taken = self.titles[np.clip(idx, 0, max(len(self.titles) - 1, 0))] if len(
+            self.titles) else np.zeros(idx.shape, np.int64)
+        return np.where(valid, taken, 0).astype(np.int64)
+
+    def before(self, user_ids: Iterable, timestamps: Iterable) -> tuple[np.ndarray, np.ndarray]:
+        """Every rating of each query's user strictly before its second, uncapped: (query [K] in
+        [0, N), title id [K]) pairs, each query's oldest first; an unknown user has none."""
+        start, end = self._bounds(user_ids, timestamps)
+        query = np.repeat(np.arange(start.size, dtype=np.int64), end - start)
+        return query, self.titles[_ranges(start, end - start)]
+
+    def _bounds(self, user_ids: Iterable, timestamps: Iterable) -> tuple[np.ndarray, np.ndarray]:
+        """[N] start, end into ``keys`` of each query's user's ratings strictly before its
+        timestamp (start == end for an unknown user)."""
         users = np.asarray(list(user_ids) if not isinstance(user_ids, np.ndarray) else user_ids,
                            dtype=object)
         ts = np.clip(_timestamps(timestamps), 0, (1 << _TS_BITS) - 1)
@@ -206,13 +225,7 @@ class HistoryIndex:
         base = np.where(known, slots, 0) << _TS_BITS
         start = np.searchsorted(self.keys, base, side="left")
         end = np.searchsorted(self.keys, base | ts, side="left")  # strictly before ts
-        count = np.where(known, np.minimum(end - start, length), 0)
-        cols = np.arange(length, dtype=np.int64)
-        idx = end[:, None] - length + cols[None, :]
-        valid = cols[None, :] >= (length - count)[:, None]
-        taken = self.titles[np.clip(idx, 0, max(len(self.titles) - 1, 0))] if len(
-            self.titles) else np.zeros(idx.shape, np.int64)
-        return np.where(valid, taken, 0).astype(np.int64)
+        return start, np.where(known, end, start)
 
 
 def _timestamps(values: Iterable) -> np.ndarray:

@@ -12,6 +12,7 @@ from parity_tests.tolerances import cross_kernel_dot_atol
 from twostage import hybrid, pipeline
 from twostage.baselines import DAY_S, EventCounts, num_titles
 from twostage.data.split import Split
+from twostage.prior import UNKNOWN_USER
 
 
 @pytest.fixture(scope="module", params=["torch", "tfrs"])
@@ -146,7 +147,7 @@ def test_cold_queries_can_ask_through_the_oov_row(trained, synthetic_dataset):
     rows = np.unique(ds.split.test)[:30]
     oov = np.arange(rows.size) % 3 == 0
     scorer = hybrid.scorer_for(trained, ds, rows, events, None, 0.0, oov)
-    unknown = trained.query_embeddings(np.full(int(oov.sum()), hybrid.UNKNOWN_USER, object),
+    unknown = trained.query_embeddings(np.full(int(oov.sum()), UNKNOWN_USER, object),
                                        ds.timestamp[rows[oov]])
     own = trained.query_embeddings(ds.user_id[rows[~oov]], ds.timestamp[rows[~oov]])
     np.testing.assert_allclose(scorer.queries[oov], unknown, rtol=1e-6, atol=1e-7)

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from twostage import hybrid, pipeline
-from twostage.baselines import (EaseScorer, Interactions, LiveEaseScorer, RatingLog,
-                                ease_weights, gram, num_titles)
+from twostage.baselines import (EaseScorer, Interactions, LiveEaseScorer, ease_weights, gram,
+                                num_titles)
 from twostage.config import Config
-from twostage.recipes import HISTORY_LENGTH, RecipeData, live_recipe
+from twostage.prior import UNKNOWN_USER
+from twostage.recipes import HISTORY_LENGTH, HistoryIndex, RecipeData, live_recipe
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +98,11 @@ def test_evaluate_reports_live_histories_and_restores_the_trained_ones(trained,
     assert report["retrieval"] != offline["retrieval"]
 
 
-def test_rating_log_before_is_the_brute_force(synthetic_dataset):
+def test_history_index_before_is_the_brute_force(synthetic_dataset):
     ds = synthetic_dataset
-    log = RatingLog.of(ds.features["user_index"], ds.timestamp, ds.features["title_index"])
+    log = HistoryIndex.from_ratings(ds.user_id, ds.timestamp, ds.features["title_index"])
     rows = ds.split.test[:150]
-    query, title = log.before(ds.features["user_index"][rows], ds.timestamp[rows])
+    query, title = log.before(ds.user_id[rows], ds.timestamp[rows])
     for i, row in enumerate(rows):
         assert sorted(title[query == i].tolist()) == sorted(_before(ds, row))
 
@@ -114,8 +115,8 @@ def test_ease_live_is_x_b_of_the_earlier_ratings(synthetic_dataset):
     corpus = ds.corpus_features["title_index"]
     weights = ease_weights(gram(train), 100.0)
     ease = EaseScorer(weights, train.seen(corpus), corpus)
-    log = RatingLog.of(ds.features["user_index"], ds.timestamp, ds.features["title_index"])
-    scorer = LiveEaseScorer(ease, log, ds.timestamp)
+    log = HistoryIndex.from_ratings(ds.user_id, ds.timestamp, ds.features["title_index"])
+    scorer = LiveEaseScorer(ease, log, ds.user_id, ds.timestamp)
     rows = ds.split.test[:80]
     got = scorer.corpus_scores(rows, ds.features["user_index"][rows])
     x = np.zeros((rows.size, weights.shape[0]), np.float32)
@@ -144,7 +145,7 @@ def test_the_hybrid_keys_a_cold_users_live_history_under_the_id_it_asks_as(
         asked = hybrid.asking_ids(ds.user_id[rows], cold)
         direct = trained.query_embeddings(asked, ds.timestamp[rows])
     np.testing.assert_allclose(scorer.queries, direct, rtol=1e-6, atol=1e-7)
-    assert all(str(a).startswith(hybrid.UNKNOWN_USER) for a in asked[cold])
+    assert all(str(a).startswith(UNKNOWN_USER) for a in asked[cold])
     empty = trained.query_embeddings(asked[cold], ds.timestamp[rows[cold]])   # trained index
     assert not np.allclose(scorer.queries[cold], empty)
     assert hybrid.live_rows(ds, live_config.replace(live_history=False), every, known,
