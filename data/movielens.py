@@ -53,6 +53,7 @@ GENRES = (
     "Thriller", "War", "Western",
 )
 AGE_THRESHOLDS = (18, 25, 35, 45, 50, 56)
+RELEASE_DATE_FORMAT = "%d-%b-%Y"  # u.item's release dates: 01-Jan-1995
 OCCUPATION_LABELS = {
     "administrator": "clerical/admin", "artist": "artist", "doctor": "doctor/health care",
     "educator": "academic/educator", "engineer": "technician/engineer",
@@ -76,7 +77,8 @@ class MovieLens:
         (float32), 100k raw_user_age (float32), and both user_occupation_label,
         user_occupation_text, user_zip_code. String columns are categoricals (see the module
         docstring; :func:`column_codes` gives their codes and distinct values).
-    movies columns: movie_id, movie_title, movie_genres; in file order, duplicate titles kept.
+    movies columns: movie_id, movie_title, movie_genres, and on 100k movie_release_date
+        (datetime64, NaT when unknown); in file order, duplicate titles kept.
     ``dataset``: the release (a :data:`data.registry.VARIANTS` name).
     """
 
@@ -93,9 +95,14 @@ class MovieLens:
 
 
 def read_movies(directory: Path | str) -> pd.DataFrame:
-    """u.item -> movie_id, movie_title, movie_genres (TFDS parse_100k_movies_data)."""
+    """u.item -> movie_id, movie_title, movie_genres (TFDS parse_100k_movies_data), and
+    movie_release_date (datetime64, NaT where the field is empty; TFDS drops it).
+
+    Raises:
+        DataFormatError: naming the line of a bad id, duplicate id, genre flag or release date.
+    """
     path = Path(directory) / "u.item"
-    ids, titles, genres, seen = [], [], [], set()
+    ids, titles, genres, dates, seen = [], [], [], [], set()
     for n, line in enumerate(read_lines(path), start=1):
         f = split_fields(path, n, line, "|", 5 + len(GENRES), exact=True)
         parse_id(path, n, "movie id", f[0])
@@ -108,7 +115,21 @@ def read_movies(directory: Path | str) -> pd.DataFrame:
         ids.append(f[0])
         titles.append(f[1])
         genres.append(tuple(g for g, x in zip(GENRES, flags) if x == "1"))
-    return pd.DataFrame({"movie_id": ids, "movie_title": titles, "movie_genres": genres})
+        dates.append(_release_date(path, n, f[2]))
+    return pd.DataFrame({"movie_id": ids, "movie_title": titles, "movie_genres": genres,
+                         "movie_release_date": pd.to_datetime(dates)})
+
+
+def _release_date(path: Path, line: int, text: str) -> pd.Timestamp:
+    """u.item's release date field ("01-Jan-1995"), NaT when empty."""
+    if not text:
+        return pd.NaT
+    try:
+        return pd.to_datetime(text, format=RELEASE_DATE_FORMAT)
+    except ValueError:
+        raise DataFormatError(path, line, f"release date {text!r} is not DD-Mon-YYYY (e.g. "
+                              "01-Jan-1995)", "Correct the date or leave the field empty, or "
+                              "re-download the release.") from None
 
 
 def _bucketize_age(age: int) -> int:

@@ -1,11 +1,11 @@
 """Group 8: the recipes of issues 15 and 26 beyond the seed (cosine scores with a fixed or
-learned temperature, mixed negatives, genres, user history, live histories, user side
-features): forward outputs within the group 2 tolerances, loss and gradients of one batch
-within the group 3 ones, and a few optimizer steps within the group 4 ones (the learned
+learned temperature, mixed negatives, genres, release dates, user history, live histories,
+user side features): forward outputs within the group 2 tolerances, loss and gradients of one
+batch within the group 3 ones, and a few optimizer steps within the group 4 ones (the learned
 temperature and the sampled negatives go through Adagrad).
 
-Shared by design, so not compared here: the genre table, the user histories, the user
-feature values (twostage.user_features: the StringLookup ids are compared, in tfrs_impl's
+Shared by design, so not compared here: the genre and release tables, the user histories, the
+user feature values (twostage.user_features: the StringLookup ids are compared, in tfrs_impl's
 test_recipes.py, and here through the towers' outputs), the logQ
 probabilities, the mixed-negative draws and the batch order come from one piece of shared code
 on both sides; each is tested once against an independent reference in
@@ -38,11 +38,16 @@ RECIPES = {
                             "remove_accidental_hits": True, "num_hard_negatives": 30,
                             "normalize": True, "temperature": 0.1, "learn_temperature": True},
     "genres": {"genres": True},
+    "release_date": {"release_date": True},
     "history": {"history": True},
     "everything": {"genres": True, "history": True, "mixed_negatives": 64,
                    "use_sampling_probability": True, "normalize": True, "temperature": 0.1,
                    "learn_temperature": True},
     "user_features": {"user_features": True},
+    # --preset best with the release dates beside the genres in the candidate tower
+    "best_release_date": {**{k: v for k, v in PRESETS["best"].items()
+                             if k not in ("retrieval_epochs", "ranking_epochs")},
+                          "release_date": True},
     # --preset best (history, genres, logQ, cosine, learned T) with the user features
     "best_user_features": {**{k: v for k, v in PRESETS["best"].items()
                               if k not in ("retrieval_epochs", "ranking_epochs")},
@@ -126,7 +131,8 @@ def test_recipe_loss_and_gradients(dataset, config, recipe):
 
 
 @pytest.mark.parametrize("recipe", ["cosine_learned_temperature", "mixed_negatives_logq",
-                                    "everything", "user_features", "best_user_features"])
+                                    "everything", "user_features", "best_user_features",
+                                    "best_release_date"])
 def test_recipe_trajectory(dataset, config, recipe):
     cfg = config.replace(learning_rate=TRAJECTORY_LEARNING_RATE, **RECIPES[recipe])
     pair = _pair(dataset, cfg)
@@ -160,7 +166,8 @@ def test_sampled_negatives_change_the_loss(dataset, config):
     check_loss_and_gradients(pair, hit)
 
 
-@pytest.mark.parametrize("recipe", ["genres", "history", "user_features", "best_user_features"])
+@pytest.mark.parametrize("recipe", ["genres", "history", "user_features", "best_user_features",
+                                    "release_date"])
 def test_recipe_forward(dataset, config, eval_rows, recipe):
     """Embeddings of the test rows (their histories looked up by each backend) and the corpus."""
     pair = _pair(dataset, config.replace(**RECIPES[recipe]))

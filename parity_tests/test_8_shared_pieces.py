@@ -1,5 +1,5 @@
 """Group 8, the pieces both backends take from the same shared code by design: the recipe
-parity (test_8_recipes.py) feeds both the same genre table, user histories, logQ
+parity (test_8_recipes.py) feeds both the same genre table, release table, user histories, logQ
 probabilities, mixed-negative draws and batch order, so it cannot see a wrong piece. Each is
 tested once here against an independent reference written from its definition (the raw
 files, Python sets and sorts), on the parity dataset (real ml-100k when TWOSTAGE_DATA_DIR
@@ -44,6 +44,35 @@ def test_genre_table_equals_the_raw_u_item_flags(dataset):
     for title, ids in expected.items():
         row = table[dataset.spec.title_index([title])[0]]
         assert row[row > 0].tolist() == sorted(ids), title
+
+
+def test_release_table_equals_the_raw_u_item_dates(dataset):
+    """Each title's release bucket from u.item's third field by datetime.strptime: 0 unknown,
+    1 before 1990, then 2 + the quarters since 1990 (the earliest entry of a title), the year
+    in the title where the field is empty."""
+    import datetime
+    import re
+    from twostage.recipes import NUM_RELEASE_BUCKETS, release_dates, release_table
+    earliest = {}
+    for line in (dataset.movielens.source / "u.item").read_text(
+            encoding="latin-1").splitlines():
+        if line.strip():
+            fields = line.strip().split("|")
+            year = re.search(r"\((\d{4})\)\s*$", fields[1])
+            date = (datetime.datetime.strptime(fields[2], "%d-%b-%Y") if fields[2] else
+                    datetime.datetime(int(year.group(1)), 1, 1) if year else None)
+            if date is not None:
+                earliest[fields[1].strip()] = min(date, earliest.get(fields[1].strip(), date))
+    movies = dataset.movielens.movies
+    table = release_table(movies["movie_title"].to_numpy(dtype=object), release_dates(movies),
+                          dataset.spec)
+    for title in set(movies["movie_title"]):
+        date = earliest.get(title)
+        quarters = None if date is None else (date.year - 1990) * 4 + (date.month - 1) // 3
+        want = (0 if date is None else 1 if quarters < 0 else
+                min(quarters + 2, NUM_RELEASE_BUCKETS - 1))
+        assert table[dataset.spec.title_index([title])[0]] == want, title
+    assert table[0] == 0 and len(set(table.tolist())) > 10  # the OOV row; dates that differ
 
 
 def test_sampling_probability_is_the_training_frequency_of_the_title(dataset):

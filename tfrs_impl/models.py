@@ -24,8 +24,8 @@ import tensorflow_recommenders as tfrs
 
 from twostage.config import EMPTY_TITLE_MODES, Config
 from twostage.data.features import FeatureSpec
-from twostage.recipes import (HISTORY, HISTORY_LENGTH, NUM_GENRES, not_attached,
-                              query_input)
+from twostage.recipes import (HISTORY, HISTORY_LENGTH, NUM_GENRES, NUM_RELEASE_BUCKETS,
+                              not_attached, query_input)
 from twostage.user_features import USER_FEATURES
 
 from . import features
@@ -118,10 +118,15 @@ class MovieModel(keras.Model):
     ``genre_embedding`` (NUM_GENRES + 1 rows, 0 = padding) over the title's genre ids, gathered
     by title id from ``genre_table`` (a non-trainable int64 variable: data, filled by
     :meth:`attach_genres` from ``twostage.recipes.genre_table``) -> [B, 3 * dim].
+
+    ``release_date`` (``config.model.release_date``): also ``release_embedding`` (a plain
+    Embedding of NUM_RELEASE_BUCKETS rows) of the title's release bucket, gathered by title id
+    from ``release_table`` (non-trainable, filled by :meth:`attach_releases` from
+    ``twostage.recipes.release_table``) -> [B, (3 + genres) * dim].
     """
 
     def __init__(self, spec: FeatureSpec, embedding_dim: int = 32, empty_title: str = "zero",
-                 genres: bool = False, **kwargs):
+                 genres: bool = False, release_date: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.genre_embedding = None
         if genres:
@@ -132,6 +137,13 @@ class MovieModel(keras.Model):
             self.genre_table = tf.Variable(tf.zeros([spec.num_title_rows, NUM_GENRES], tf.int64),
                                            trainable=False, name="genre_table")
         self.genres_attached = False
+        self.release_embedding = None
+        if release_date:
+            self.release_embedding = keras.layers.Embedding(NUM_RELEASE_BUCKETS, embedding_dim,
+                                                            name="release_embedding")
+            self.release_table = tf.Variable(tf.zeros([spec.num_title_rows], tf.int64),
+                                             trainable=False, name="release_table")
+        self.releases_attached = False
         self.title_embedding = keras.Sequential([
             features.title_lookup(spec),
             keras.layers.Embedding(spec.num_title_rows, embedding_dim),
@@ -152,6 +164,14 @@ class MovieModel(keras.Model):
         self.genre_table.assign(np.asarray(table, dtype=np.int64))
         self.genres_attached = True
 
+    def attach_releases(self, table: np.ndarray) -> None:
+        """Fill ``release_table`` ([title rows] release bucket per title id)."""
+        if tuple(table.shape) != tuple(self.release_table.shape):
+            raise ValueError(f"release table {table.shape} does not fit the model's "
+                             f"{tuple(self.release_table.shape)} (another spec?)")
+        self.release_table.assign(np.asarray(table, dtype=np.int64))
+        self.releases_attached = True
+
     def call(self, titles):
         parts = [self.title_embedding(titles), self.title_text_embedding(titles)]
         if self.genre_embedding is not None:
@@ -159,6 +179,11 @@ class MovieModel(keras.Model):
                 raise RuntimeError(not_attached("genre table"))
             ids = self.title_embedding.layers[0](titles)  # its StringLookup: the title id
             parts.append(self.genre_embedding(tf.gather(self.genre_table, ids)))
+        if self.release_embedding is not None:
+            if not self.releases_attached:
+                raise RuntimeError(not_attached("release table"))
+            ids = self.title_embedding.layers[0](titles)
+            parts.append(self.release_embedding(tf.gather(self.release_table, ids)))
         return tf.concat(parts, axis=1)
 
 
@@ -197,9 +222,9 @@ class CandidateModel(Tower):
 
     def __init__(self, spec: FeatureSpec, layer_sizes: Sequence[int], embedding_dim: int = 32,
                  empty_title: str = "zero", normalize: bool = False, genres: bool = False,
-                 **kwargs):
-        super().__init__(MovieModel(spec, embedding_dim, empty_title, genres), layer_sizes,
-                         normalize, **kwargs)
+                 release_date: bool = False, **kwargs):
+        super().__init__(MovieModel(spec, embedding_dim, empty_title, genres, release_date),
+                         layer_sizes, normalize, **kwargs)
 
 
 class LearnedTemperature(keras.layers.Layer):
@@ -241,7 +266,7 @@ class MovielensRetrievalModel(tfrs.models.Model):
         self.query_model = QueryModel(spec, m.layer_sizes, m.embedding_dim, normalize, m.history,
                                       m.user_features)
         self.candidate_model = CandidateModel(spec, m.layer_sizes, m.embedding_dim, m.empty_title,
-                                              normalize, m.genres)
+                                              normalize, m.genres, m.release_date)
         if config.task.learn_temperature:
             self.temperature = LearnedTemperature(config.task.temperature or 1.0)
         self.task = tasks.make_retrieval_task(config)
@@ -331,9 +356,10 @@ def build_retrieval_model(spec: FeatureSpec, config: Config,
     with seeded(config.seed):
         model = MovielensRetrievalModel(spec, config)
         movie = model.candidate_model.embedding_model
-        movie.genres_attached = True  # only to create the variables: the zeros are never served
+        # only to create the variables: the zero tables are never served
+        movie.genres_attached = movie.releases_attached = True
         model.embeddings(_sample_inputs(spec))
-        movie.genres_attached = False
+        movie.genres_attached = movie.releases_attached = False
     if corpus_titles is not None:
         tasks.attach_corpus_metrics(model, corpus_titles)
     return model

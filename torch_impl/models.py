@@ -26,7 +26,8 @@ from torch import nn
 
 from twostage.config import EMPTY_TITLE_MODES, Config
 from twostage.data.features import FeatureSpec
-from twostage.recipes import HISTORY, NUM_GENRES, not_attached, query_input
+from twostage.recipes import (HISTORY, NUM_GENRES, NUM_RELEASE_BUCKETS, not_attached,
+                              query_input)
 from twostage.user_features import USER_FEATURES
 
 Batch = Mapping[str, torch.Tensor]
@@ -201,12 +202,16 @@ class MovieModel(nn.Module):
     ``genres`` (the candidate tower of ``config.model.genres``): also the masked mean of
     ``genre_embedding`` (NUM_GENRES + 1 rows, 0 = padding) over the title's genre ids, read from
     ``genre_table`` [title rows, NUM_GENRES] (a buffer, not a weight: data, filled by
-    :meth:`attach_genres` from ``twostage.recipes.genre_table``) -> [B, 3 * dim]."""
+    :meth:`attach_genres` from ``twostage.recipes.genre_table``) -> [B, 3 * dim].
+
+    ``release_date`` (``config.model.release_date``): also row ``release_table[title_index]``
+    of ``release_embedding`` (NUM_RELEASE_BUCKETS rows; the table a buffer filled by
+    :meth:`attach_releases` from ``twostage.recipes.release_table``) -> [B, (3 + genres) * dim]."""
 
     def __init__(self, num_titles: int, max_tokens: int, dim: int = 32,
                  empty_title: str = "zero", genres: bool = False,
                  token_table: np.ndarray | None = None,
-                 sparse_min_rows: int | None = None) -> None:
+                 sparse_min_rows: int | None = None, release_date: bool = False) -> None:
         super().__init__()
         # [num_titles, L] tokens per title id (FeatureSpec.title_token_table; a buffer, not a
         # weight): what a batch without title_tokens gathers by title_index, as the seed's
@@ -223,8 +228,14 @@ class MovieModel(nn.Module):
             self.register_buffer("genre_table", torch.zeros(num_titles, NUM_GENRES,
                                                             dtype=torch.int64), persistent=False)
         self.genres_attached = False
+        self.release_embedding = (nn.Embedding(NUM_RELEASE_BUCKETS, dim) if release_date
+                                  else None)
+        if release_date:
+            self.register_buffer("release_table", torch.zeros(num_titles, dtype=torch.int64),
+                                 persistent=False)
+        self.releases_attached = False
         self.empty_title = empty_title
-        self.out_features = (3 if genres else 2) * dim
+        self.out_features = (2 + genres + release_date) * dim
 
     def attach_genres(self, table: np.ndarray) -> None:
         """Fill ``genre_table`` ([title rows, NUM_GENRES] genre ids per title id)."""
@@ -233,6 +244,14 @@ class MovieModel(nn.Module):
                              f"{tuple(self.genre_table.shape)} (another spec?)")
         self.genre_table.copy_(torch.from_numpy(np.asarray(table, dtype=np.int64)))
         self.genres_attached = True
+
+    def attach_releases(self, table: np.ndarray) -> None:
+        """Fill ``release_table`` ([title rows] release bucket per title id)."""
+        if tuple(table.shape) != tuple(self.release_table.shape):
+            raise ValueError(f"release table {table.shape} does not fit the model's "
+                             f"{tuple(self.release_table.shape)} (another spec?)")
+        self.release_table.copy_(torch.from_numpy(np.asarray(table, dtype=np.int64)))
+        self.releases_attached = True
 
     def tokens(self, inputs: Batch) -> torch.Tensor:
         """``inputs["title_tokens"]`` [B, L], else row ``title_index`` of the token table."""
@@ -251,6 +270,11 @@ class MovieModel(nn.Module):
                 raise RuntimeError(not_attached("genre table"))
             genre_ids = self.genre_table.index_select(0, inputs["title_index"])
             parts.append(bag_mean(genre_ids, self.genre_embedding.weight))
+        if self.release_embedding is not None:
+            if not self.releases_attached:
+                raise RuntimeError(not_attached("release table"))
+            parts.append(self.release_embedding(
+                self.release_table.index_select(0, inputs["title_index"])))
         return torch.cat(parts, dim=1)
 
 
@@ -369,10 +393,14 @@ def _user_model(spec: FeatureSpec, config: Config, device: str | torch.device,
 
 
 def _movie_model(spec: FeatureSpec, config: Config, device: str | torch.device,
-                 genres: bool = False) -> MovieModel:
-    return MovieModel(spec.num_title_rows, spec.max_tokens, config.model.embedding_dim,
-                      config.model.empty_title, genres, token_table=spec.title_token_table(),
-                      sparse_min_rows=sparse_min_rows(device))
+                 recipes: bool = False) -> MovieModel:
+    """The candidate features; ``recipes``: with the genres / release dates of
+    ``config.model`` (the retrieval tower; the ranking model reads the seed's features)."""
+    m = config.model
+    return MovieModel(spec.num_title_rows, spec.max_tokens, m.embedding_dim, m.empty_title,
+                      recipes and m.genres, token_table=spec.title_token_table(),
+                      sparse_min_rows=sparse_min_rows(device),
+                      release_date=recipes and m.release_date)
 
 
 def learned_temperature(config: Config) -> LearnedTemperature | None:
@@ -392,7 +420,7 @@ def build_retrieval_model(spec: FeatureSpec, config: Config, *,
     model = RetrievalModel(
         QueryModel(_user_model(spec, config, device, config.model.history,
                                config.model.user_features), sizes, normalize),
-        CandidateModel(_movie_model(spec, config, device, config.model.genres), sizes,
+        CandidateModel(_movie_model(spec, config, device, recipes=True), sizes,
                        normalize),
         learned_temperature(config))
     keras_init_(model, torch.Generator().manual_seed(config.seed))

@@ -157,7 +157,8 @@ def export_programs(directory: Path | str, backend, corpus_titles: np.ndarray, *
             "spec_fingerprint": spec.fingerprint(), "torch": torch.__version__,
             "inputs": {"query_tower": list(query_keys(config.model.history)),
                        "ranking_model": list(layout.RANKING_INPUTS)},
-            "recipes": {"genres": config.model.genres, "history": config.model.history},
+            "recipes": {"genres": config.model.genres, "history": config.model.history,
+                        "release_date": config.model.release_date},
             "source": source,
             "files": {f: io.sha256_file(tmp / f) for f in written}})
     return io.replace_directory(Path(directory), write, layout.TORCH_KIND, force=force)

@@ -9,9 +9,9 @@ then one rename; an existing folder is replaced only if it is a checkpoint of ou
     feature_spec.json  FeatureSpec.to_dict()
     retrieval.npz      "weights/<Keras name>" and "accumulators/<Keras name>" (Adagrad state)
     ranking.npz        idem
-    recipe.npz         only with model.genres / history / user_features: the lookups those
-                       recipes read (``RecipeData.to_arrays()``: genre table, training ratings
-                       by user, every user's side features);
+    recipe.npz         only with model.genres / history / user_features / release_date: the
+                       lookups those recipes read (``RecipeData.to_arrays()``: genre table,
+                       training ratings by user, every user's side features, release table);
                        its sha256 is in meta.json ("recipe"), so an edited file is refused
 
 Both backends name weights by the Keras attribute path of the seed's models with Dense kernels
@@ -44,7 +44,7 @@ import numpy as np
 from . import io
 from .config import FIELD_SECTION, Config
 from .data.features import FeatureSpec
-from .recipes import NUM_GENRES, RecipeData
+from .recipes import NUM_GENRES, NUM_RELEASE_BUCKETS, RecipeData
 from .user_features import USER_FEATURES
 
 FORMAT = "twostage-checkpoint"
@@ -57,12 +57,15 @@ WEIGHTS, ACCUMULATORS = "weights/", "accumulators/"
 # Config fields that decide parameter shapes or the meaning of the inputs and scores (a model
 # built with another value would load silently and compute something else: cosine vs dot).
 ARCHITECTURE_FIELDS = ("embedding_dim", "layer_sizes", "ranking_layer_sizes", "num_buckets",
-                       "max_tokens", "genres", "history", "normalize", "learn_temperature")
+                       "max_tokens", "genres", "history", "normalize", "learn_temperature",
+                       "release_date")
 # RecipeData.to_arrays() entries and the dtype kind each must have ("i" int, "U" str).
 _RECIPE_ARRAYS = {"genres": "i", "history_users": "U", "history_keys": "i",
-                  "history_titles": "i", "user_table_ids": "U", "user_table_values": "U"}
+                  "history_titles": "i", "user_table_ids": "U", "user_table_values": "U",
+                  "releases": "i"}
 # config.model's recipe field -> the RecipeData field holding its lookups
-_RECIPE_FIELDS = {"genres": "genres", "history": "history", "user_features": "users"}
+_RECIPE_FIELDS = {"genres": "genres", "history": "history", "user_features": "users",
+                  "release_date": "releases"}
 MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32: far above any MovieLens model
 _NPY_HEADER_BYTES = 4096  # allowance per .npz member for its .npy header (np.savez: 128)
 
@@ -143,9 +146,11 @@ def _recipe_arrays(config: Config, recipe: RecipeData | None) -> dict[str, np.nd
                          "attached (fit the backend on its dataset, or "
                          "backend.attach_recipe_data(RecipeData.from_dataset(dataset, config)) "
                          "before save)")
-    return RecipeData(recipe.genres if config.model.genres else None,
-                      recipe.history if config.model.history else None,
-                      recipe.users if config.model.user_features else None).to_arrays()
+    m = config.model
+    return RecipeData(recipe.genres if m.genres else None,
+                      recipe.history if m.history else None,
+                      recipe.users if m.user_features else None,
+                      recipe.releases if m.release_date else None).to_arrays()
 
 
 def save_models(directory: Path | str, *, backend: str, config: Config, spec: FeatureSpec,
@@ -228,9 +233,11 @@ def parameter_count(config: Config, spec: FeatureSpec) -> int:
     movie = spec.num_title_rows + spec.max_tokens        # MovieModel
     per_pair = (tables + movie) * d
     # the retrieval towers' recipe tables: history [title rows, d], genres [NUM_GENRES + 1, d],
+    # release dates [NUM_RELEASE_BUCKETS, d],
     # the user features [vocabulary + 1, d] each
     users = sum(f.rows for f in USER_FEATURES) * m.user_features
-    recipes = (spec.num_title_rows * m.history + (NUM_GENRES + 1) * m.genres + users) * d
+    recipes = (spec.num_title_rows * m.history + (NUM_GENRES + 1) * m.genres + users
+               + NUM_RELEASE_BUCKETS * m.release_date) * d
 
     def mlp(width: int, sizes) -> int:
         total = 0
@@ -239,7 +246,7 @@ def parameter_count(config: Config, spec: FeatureSpec) -> int:
             width = s
         return total
     towers = mlp((2 + m.history + len(USER_FEATURES) * m.user_features) * d + 1,
-                 m.layer_sizes) + mlp((2 + m.genres) * d, m.layer_sizes)
+                 m.layer_sizes) + mlp((2 + m.genres + m.release_date) * d, m.layer_sizes)
     ranking = mlp(4 * d + 1, [*m.ranking_layer_sizes, 1])
     return 2 * per_pair + recipes + towers + ranking + int(config.task.learn_temperature)
 
@@ -425,6 +432,8 @@ def _check_recipe_arrays(path: Path, arrays: dict[str, np.ndarray], wanted: set[
         expected |= {"history_users", "history_keys", "history_titles"}
     if "user_features" in wanted:
         expected |= {"user_table_ids", "user_table_values"}
+    if "release_date" in wanted:
+        expected |= {"releases"}
     if set(arrays) != expected:
         raise CheckpointError(f"{path}: holds {sorted(arrays)}, config.json's recipes need "
                               f"{sorted(expected)}; the checkpoint was edited or mixed up: "
@@ -440,6 +449,12 @@ def _check_recipe_arrays(path: Path, arrays: dict[str, np.ndarray], wanted: set[
         raise CheckpointError(f"{path}: genres must be [{spec.num_title_rows}, {NUM_GENRES}] "
                               f"ids in 0..{NUM_GENRES}, got shape {genres.shape}; train and "
                               "save again")
+    releases = arrays.get("releases")
+    if releases is not None and (releases.shape != (spec.num_title_rows,) or (
+            releases.size and (releases.min() < 0 or releases.max() >= NUM_RELEASE_BUCKETS))):
+        raise CheckpointError(f"{path}: releases must be [{spec.num_title_rows}] ids in "
+                              f"0..{NUM_RELEASE_BUCKETS - 1}, got shape {releases.shape}; "
+                              "train and save again")
     titles = arrays.get("history_titles")
     if titles is not None and titles.size and (titles.min() < 0 or
                                                titles.max() >= spec.num_title_rows):

@@ -129,6 +129,10 @@ class ModelConfig:
                                  "group, occupation and zip prefix (ml-100k / ml-1m "
                                  "demographics; twostage.user_features), so cold users get "
                                  "them too")
+    release_date: bool = option(False, "candidate tower: add an embedding of the title's "
+                                "release quarter (ml-100k's u.item date, else the title's "
+                                "year), which the query's time features can match (the "
+                                "title's age at query time)")
 
     def __post_init__(self) -> None:
         _validate(self, _model_problems)

@@ -49,6 +49,7 @@ def check_schema_config(config: Config) -> None:
     """
     refused = [(config.model.genres, "--genres"), (config.model.history, "--history"),
                (config.model.user_features, "--user-features"),
+               (config.model.release_date, "--release-date"),
                (config.task.mixed_negatives, "--mixed-negatives"),
                (config.task.learn_temperature, "--learn-temperature"),
                (config.task.use_sampling_probability, "--use-sampling-probability"),

@@ -39,6 +39,12 @@ Both backends read what is computed here, so they see the same numbers:
   :class:`~twostage.user_features.UserTable` (every user of the data; an unknown id gets the
   OOV row of every feature), so a cold user's tower output still depends on them.
 
+- Release dates (``config.model.release_date``; issue 26): the candidate tower adds the
+  embedding of its title's release quarter (:func:`release_buckets`; ml-100k's u.item date,
+  else the title's year; :func:`release_table` [title rows]). The age of a title at query time
+  is not an input of either tower (the index holds candidate vectors computed once); the dot
+  product of this embedding with the query tower's time features is what can learn it.
+
 :class:`RecipeData` bundles the tables; a backend holds it (``attach_recipe_data``; its fit
 attaches the training dataset's).
 
@@ -54,6 +60,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
+import pandas as pd
 
 from .errors import UnsupportedOptionError
 from .evaluation import _ranges
@@ -67,6 +74,9 @@ NEGATIVE_PROBABILITY = "negative_sampling_probability"
 HISTORY = "history"
 HISTORY_LENGTH = 50  # titles of a history: the most recent 50 (YouTube's candidate model: 50)
 NUM_GENRES = len(TFDS_GENRES)  # genre ids 1..NUM_GENRES, 0 = padding
+RELEASE_FIRST_YEAR, RELEASE_LAST_YEAR = 1990, 2030  # release_buckets: a quarter each
+NUM_RELEASE_BUCKETS = 2 + 4 * (RELEASE_LAST_YEAR - RELEASE_FIRST_YEAR + 1)  # + unknown, earlier
+_TITLE_YEAR = r"\((\d{4})\)\s*$"  # MovieLens titles end with their year: "Heat (1995)"
 _TS_BITS = 32  # HistoryIndex keys: slot << 32 | timestamp (MovieLens timestamps < 2**32)
 # Mixes the step into the seed sequence so negatives never share a stream with the batch order.
 _NEGATIVES_STREAM = 0x4E4547
@@ -76,11 +86,12 @@ def refuse_in_parallel(config: Config) -> None:
     """UnsupportedOptionError for the recipes that several processes / replicas cannot run
     (``config.distributed.nproc`` > 1): mixed negatives (a batch's sampled titles are not split
     over the processes), on torch's global negatives a learned temperature (its gathered loss
-    does not scale the queries), genres / history (their lookups are attached to one
-    process's models; not tested across processes yet), and the recent-popularity prior and
+    does not scale the queries), genres / history / user features / release dates (their
+    lookups are attached to one process's models; not tested across processes yet), and the
+    recent-popularity prior and
     cold users' OOV route of the evaluation (not tested across processes yet)."""
     problems = [f"{name}=True (its lookups are not attached across processes yet)"
-                for name in ("genres", "history", "user_features")
+                for name in ("genres", "history", "user_features", "release_date")
                 if getattr(config.model, name)]
     if config.task.mixed_negatives:
         problems.append(f"mixed_negatives={config.task.mixed_negatives} (the sampled titles "
@@ -145,6 +156,47 @@ def genre_table(titles: Iterable, genres: Iterable, spec: FeatureSpec) -> np.nda
     for row, found in rows.items():
         if row:  # titles outside the vocabulary (none in a fitted spec) keep the OOV row empty
             table[row, : len(found)] = sorted(found)
+    return table
+
+
+# --- release dates --------------------------------------------------------------------------------
+def release_buckets(dates) -> np.ndarray:
+    """[M] int64 bucket ids of release dates [M] (datetime-like; NaT = unknown): 0 unknown,
+    1 before RELEASE_FIRST_YEAR, then one bucket per calendar quarter up to the last quarter of
+    RELEASE_LAST_YEAR, which also holds every later date. Fixed boundaries (no fitting), so any
+    release and both backends bucket alike; quarters, because the months of the years that
+    matter (ml-100k's test period is 1998) separate new releases from last year's."""
+    stamps = pd.DatetimeIndex(pd.to_datetime(pd.Series(dates), errors="raise"))
+    quarters = (stamps.year.to_numpy(np.float64) - RELEASE_FIRST_YEAR) * 4 + (
+        stamps.month.to_numpy(np.float64) - 1) // 3
+    last = NUM_RELEASE_BUCKETS - 1
+    buckets = np.where(quarters < 0, 1, np.minimum(quarters + 2, last))
+    return np.where(np.isnan(quarters), 0, buckets).astype(np.int64)
+
+
+def release_dates(movies) -> "pd.Series":
+    """[M] datetime64 release date of every entry of a movies frame (``MovieLens.movies``):
+    ``movie_release_date`` where the release has one (100k's u.item), else, and where it is
+    empty, 1 January of the year in the title's trailing "(YYYY)"; NaT when neither exists."""
+    years = movies["movie_title"].astype(str).str.extract(_TITLE_YEAR, expand=False)
+    from_title = pd.to_datetime(years, format="%Y", errors="coerce")
+    if "movie_release_date" not in movies:
+        return from_title
+    return pd.to_datetime(movies["movie_release_date"]).fillna(from_title)
+
+
+def release_table(titles: Iterable, dates, spec: FeatureSpec) -> np.ndarray:
+    """[spec.num_title_rows] int64: row ``spec.title_index(title)`` holds the
+    :func:`release_buckets` id of the title's earliest known release date (over the u.item
+    entries sharing the title); 0 for the OOV row and titles without a date. ``titles`` [M] and
+    ``dates`` [M] are the corpus' (:func:`release_dates`)."""
+    rows = np.asarray(spec.title_index(list(titles)), dtype=np.int64)
+    buckets = release_buckets(dates)
+    known = buckets > 0
+    table = np.full(spec.num_title_rows, NUM_RELEASE_BUCKETS, dtype=np.int64)
+    np.minimum.at(table, rows[known], buckets[known])  # the earliest entry of a title wins
+    table[table == NUM_RELEASE_BUCKETS] = 0
+    table[0] = 0
     return table
 
 
@@ -268,22 +320,25 @@ def user_dropout_view(dataset, rate: float, seed: int, keep_history: bool = Fals
 
 @dataclass(frozen=True)
 class RecipeData:
-    """The lookups of the genre, history and user-feature recipes (None where the config does
-    not use it): ``genres`` [title rows, NUM_GENRES] (:func:`genre_table`), ``history``
-    (training ratings), ``users`` (every user's features, :class:`UserTable`)."""
+    """The lookups of the genre, history, user-feature and release-date recipes (None where
+    the config does not use it): ``genres`` [title rows, NUM_GENRES] (:func:`genre_table`),
+    ``history`` (training ratings), ``users`` (every user's features, :class:`UserTable`),
+    ``releases`` [title rows] (:func:`release_table`)."""
 
     genres: np.ndarray | None = None
     history: HistoryIndex | None = None
     users: UserTable | None = None
+    releases: np.ndarray | None = None
 
     @classmethod
     def from_dataset(cls, dataset, config: Config) -> "RecipeData | None":
         """The tables ``config.model`` asks for, from ``dataset`` (its corpus; its TRAINING
         split only, for the histories; all its ratings' users, for the user table), or None
         when it asks for none. ValueError: user features of data without demographics."""
-        if not (config.model.genres or config.model.history or config.model.user_features):
+        m = config.model
+        if not (m.genres or m.history or m.user_features or m.release_date):
             return None
-        genres = history = users = None
+        genres = history = users = releases = None
         if config.model.genres:
             movies = dataset.movielens.movies
             genres = genre_table(movies["movie_title"].to_numpy(dtype=object),
@@ -295,15 +350,21 @@ class RecipeData:
                                                 dataset.features["title_index"][train])
         if config.model.user_features:
             users = UserTable.from_ratings(dataset.movielens.ratings)
-        return cls(genres, history, users)
+        if config.model.release_date:
+            movies = dataset.movielens.movies
+            releases = release_table(movies["movie_title"].to_numpy(dtype=object),
+                                     release_dates(movies), dataset.spec)
+        return cls(genres, history, users, releases)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain numpy arrays (for an ``np.savez`` beside a checkpoint's weights):
         ``genres``, ``history_users`` (str, by slot), ``history_keys``, ``history_titles``,
-        ``user_table_ids``, ``user_table_values`` (:meth:`UserTable.to_arrays`)."""
+        ``user_table_ids``, ``user_table_values`` (:meth:`UserTable.to_arrays`), ``releases``."""
         out: dict[str, np.ndarray] = {}
         if self.genres is not None:
             out["genres"] = np.asarray(self.genres, dtype=np.int64)
+        if self.releases is not None:
+            out["releases"] = np.asarray(self.releases, dtype=np.int64)
         if self.history is not None:
             names = sorted(self.history.users, key=self.history.users.get)
             out["history_users"] = np.asarray(names, dtype=str)
@@ -330,7 +391,11 @@ class RecipeData:
                                  "without a user, or keys and titles of different lengths)")
             history = HistoryIndex({u: i for i, u in enumerate(users)}, keys, titles)
         table = UserTable.from_arrays(arrays) if "user_table_ids" in arrays else None
-        return cls(genres, history, table)
+        releases = np.asarray(arrays["releases"], dtype=np.int64) if "releases" in arrays else None
+        if releases is not None and (releases.ndim != 1 or (releases.size and (
+                releases.min() < 0 or releases.max() >= NUM_RELEASE_BUCKETS))):
+            raise ValueError(f"releases must be [title rows] ids in 0..{NUM_RELEASE_BUCKETS - 1}")
+        return cls(genres, history, table, releases)
 
     def histories(self, user_ids: Iterable, timestamps: Iterable,
                   length: int = HISTORY_LENGTH) -> np.ndarray:
@@ -351,13 +416,22 @@ class RecipeData:
 
 def attach_recipe_data(model, recipe: RecipeData | None) -> None:
     """Give a retrieval model of either backend the lookups its towers hold: the genre table
-    of ``config.model.genres`` (``candidate_model.embedding_model.attach_genres``); the
-    histories are inputs of the query tower, passed with each batch."""
+    of ``config.model.genres`` (``candidate_model.embedding_model.attach_genres``) and the
+    release table of ``config.model.release_date`` (``attach_releases``); the histories are
+    inputs of the query tower, passed with each batch.
+
+    Raises:
+        ValueError: a table the towers read is missing from ``recipe``.
+    """
     movie = model.candidate_model.embedding_model
     if movie.genre_embedding is not None:
         if recipe is None or recipe.genres is None:
             raise ValueError(not_attached("genre table"))
         movie.attach_genres(recipe.genres)
+    if movie.release_embedding is not None:
+        if recipe is None or recipe.releases is None:
+            raise ValueError(not_attached("release table"))
+        movie.attach_releases(recipe.releases)
 
 
 def query_input(inputs, key: str, field: str, source: str):

@@ -19,7 +19,7 @@ from . import tfds_reference as reference
 RATING_FIELDS = ("movie_id", "movie_title", "movie_genres", "user_id", "user_rating", "timestamp",
                  "user_gender", "bucketized_user_age", "raw_user_age", "user_occupation_label",
                  "user_occupation_text", "user_zip_code")
-MOVIE_FIELDS = ("movie_id", "movie_title", "movie_genres")
+MOVIE_FIELDS = ("movie_id", "movie_title", "movie_genres", "movie_release_date")
 
 
 # --- the TFDS reference (data/tests/tfds_reference.py) ------------------------------------------

@@ -113,6 +113,22 @@ def test_genre_part_is_the_mean_of_the_titles_genre_embeddings(synthetic_dataset
         np.testing.assert_allclose(out[i], want, rtol=1e-5, atol=1e-7)
 
 
+def test_release_part_is_the_row_of_the_titles_release_bucket(synthetic_dataset, small_config):
+    from twostage.recipes import RecipeData, attach_recipe_data
+    ds, config = synthetic_dataset, small_config.replace(release_date=True)
+    model = models.build_retrieval_model(ds.spec, config)
+    movie, dim = model.candidate_model.embedding_model, config.model.embedding_dim
+    titles = tf.constant(ds.corpus_titles.astype(str))
+    with pytest.raises(RuntimeError, match="release table"):
+        movie(titles)  # never silently without release dates
+    table = np.arange(ds.spec.num_title_rows) % 7  # distinct rows per title, not the data's
+    attach_recipe_data(model, RecipeData(releases=table))
+    out = movie(titles).numpy()[:, 2 * dim:]
+    weight = models.get_weights(model)["candidate_model/embedding_model/release_embedding/"
+                                       "embeddings"]
+    np.testing.assert_array_equal(out, weight[table[ds.spec.title_index(ds.corpus_titles)]])
+
+
 def test_history_backend_trains_serves_and_refuses_without_histories(synthetic_dataset,
                                                                      small_config):
     from twostage.recipes import RecipeData

@@ -223,6 +223,29 @@ def test_genre_part_is_the_mean_of_the_titles_genre_embeddings(synthetic_dataset
         np.testing.assert_allclose(out[i], want, rtol=1e-5, atol=1e-7)
 
 
+# --- release dates --------------------------------------------------------------------------------
+def test_release_part_is_the_row_of_the_titles_release_bucket(synthetic_dataset, small_config):
+    from twostage.recipes import RecipeData, attach_recipe_data
+    ds = synthetic_dataset
+    config = small_config.replace(release_date=True, genres=True)
+    model = build_retrieval_model(ds.spec, config)
+    movie, dim = model.candidate_model.embedding_model, config.model.embedding_dim
+    assert movie.out_features == 4 * dim
+    inputs = to_tensors(ds.spec.encode_titles(ds.corpus_titles))
+    recipe = RecipeData.from_dataset(ds, config)
+    movie.attach_genres(recipe.genres)
+    with pytest.raises(RuntimeError, match="release table"):
+        movie(inputs)  # never silently without release dates
+    with pytest.raises(ValueError, match="release table"):
+        attach_recipe_data(model, RecipeData(genres=recipe.genres))  # asked, none given
+    table = np.arange(ds.spec.num_title_rows) % 7  # distinct rows per title, not the data's
+    attach_recipe_data(model, RecipeData(genres=recipe.genres, releases=table))
+    with torch.no_grad():
+        out = movie(inputs)[:, 3 * dim:].numpy()
+    weight = movie.release_embedding.weight.detach().numpy()
+    np.testing.assert_array_equal(out, weight[table[inputs["title_index"].numpy()]])
+
+
 # --- user history ---------------------------------------------------------------------------------
 def test_history_is_strictly_before_the_query_and_capped():
     from twostage.recipes import HistoryIndex

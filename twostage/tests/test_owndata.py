@@ -197,7 +197,8 @@ def test_options_schema_runs_do_not_offer_are_refused_before_training():
     for flag, change in (("--recent-beta", {"recent_beta": 0.1}),
                          ("--cold-as-oov", {"cold_as_oov": True}),
                          ("--prior-beta", {"prior_beta": 0.5}),
-                         ("--user-dropout", {"user_dropout": 0.2})):
+                         ("--user-dropout", {"user_dropout": 0.2}),
+                         ("--release-date", {"release_date": True})):
         with pytest.raises(UnsupportedOptionError, match=flag):
             ts.train(every_kind(), config(**change))
     with pytest.raises(ValueError, match="backend='jax' is not one of"):

@@ -160,6 +160,31 @@ def test_resume_keeps_the_learned_temperature_and_its_accumulator(name, dataset,
                                went_on.accumulators[TEMPERATURE], rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", BACKENDS)
+def test_release_dates_travel_with_the_checkpoint(name, dataset, tmp_path):
+    """A ``release_date`` model loads with its release table (same candidate vectors); a
+    recipe.npz whose table is out of range or missing is refused naming it."""
+    from twostage.recipes import NUM_RELEASE_BUCKETS
+    config = CONFIG.replace(release_date=True, genres=False, history=False)
+    backend = pipeline.make_backend(name, config, dataset)
+    backend.fit_retrieval(dataset, epochs=1)
+    backend.save(tmp_path / "ckpt")
+    loaded = pipeline.backend_class(name).load(tmp_path / "ckpt")
+    np.testing.assert_array_equal(loaded.recipe.releases, backend.recipe.releases)
+    assert loaded.recipe.releases.max() > 1  # the synthetic 1995 dates, not all unknown
+    titles = dataset.corpus_titles
+    np.testing.assert_allclose(loaded.candidate_embeddings(titles),
+                               backend.candidate_embeddings(titles), rtol=0, atol=1e-6)
+    for change, message in ((lambda a: a.update(releases=a["releases"] + NUM_RELEASE_BUCKETS),
+                             "releases must be"), (lambda a: a.pop("releases"), "releases")):
+        folder = tmp_path / f"bad-{message[:5]}-{len(list((tmp_path).iterdir()))}"
+        shutil.copytree(tmp_path / "ckpt", folder)
+        edit_recipe(folder, change)
+        fix_meta(folder)
+        with pytest.raises(CheckpointError, match=message):
+            pipeline.backend_class(name).load(folder)
+
+
 def test_save_without_the_lookups_is_refused_before_writing(dataset, tmp_path):
     from torch_impl.backend import TorchBackend
     backend = TorchBackend(CONFIG, dataset.spec)  # never fit: nothing attached

@@ -93,7 +93,7 @@ def test_recipe_exports_reproduce_recommend_for_every_user(run_dir, exports, to)
     loaded = serving.load(exports[to])
     assert loaded.history is not None and loaded.categories is not None
     manifest = json.loads((exports[to] / serving.MANIFEST).read_text())
-    assert manifest["recipes"] == {"genres": True, "history": True}
+    assert manifest["recipes"] == {"genres": True, "history": True, "release_date": False}
     assert {serving.HISTORY_FILE, serving.CATEGORIES_FILE} <= set(manifest["files"])
     for stamps in (np.full(len(users), max_ts), max_ts - np.arange(len(users)) * 86_400):
         assert_equal(loaded.recommend(users, stamps, 7), reference(run_dir, users, stamps, 7))
