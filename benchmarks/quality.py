@@ -75,7 +75,15 @@ RECIPES: dict[str, tuple[dict, str]] = {
     "preset-live": (PRESETS["live"], "--preset live: live + cold users through the OOV row + "
                     "recent popularity with the fixed beta 0.1 and window 365 days, in the "
                     "pipeline's own evaluation (twostage run)"),
+    "best-release": ({**PRESETS["best"], "release_date": True},
+                     "--preset best + the title's release quarter in the candidate tower "
+                     "(--release-date)"),
+    "preset-live-release": ({**PRESETS["live"], "release_date": True},
+                            "--preset live + the title's release quarter in the candidate "
+                            "tower (--release-date)"),
 }
+# the recipes of live histories, held to the random split's targets too (live_targets)
+LIVE_RECIPES = ("live", "best-live", "preset-live", "preset-live-release")
 # recipes whose prior_beta is chosen by twostage.pipeline.select_prior_beta before training
 PRIOR_RECIPES = frozenset({"best-prior", "logq-prior", "best-prior-dropout", "best-prior-users"})
 # recipes scored as model + recent popularity (twostage.hybrid), beta and window on validation:
@@ -312,7 +320,7 @@ def live_targets(summary: dict, baselines: dict, seeds: int) -> list[tuple[str, 
     (every k, both protocols, nDCG@10) beyond 2 standard errors over seeds above every
     baseline's, EASE on live histories included."""
     out = []
-    for name in (n for n in ("live", "best-live", "preset-live") if n in summary):
+    for name in (n for n in LIVE_RECIPES if n in summary):
         for base, theirs in baselines.items():
             if "skipped" in theirs or base == "random":
                 continue
@@ -334,8 +342,9 @@ def time_targets(summary: dict, baselines: dict, seeds: int) -> list[tuple[str, 
     test set and on warm users; on cold users above most-popular, and at least
     recent-popular's (minus 2 standard errors)."""
     out = []
-    for name in (n for n in ("best", "live", "preset-live", *sorted(PRIOR_RECIPES),
-                             *sorted(HYBRID_RECIPES)) if n in summary):
+    for name in (n for n in dict.fromkeys(("best", "best-release", *LIVE_RECIPES,
+                                            *sorted(PRIOR_RECIPES), *sorted(HYBRID_RECIPES)))
+                 if n in summary):
         cells = summary[name]
         live = RECIPES[name][0].get("live_history", False)   # then EASE reads them too
         for base in ("popular", "recent", "ease") + (("ease-live",) if live else ()):

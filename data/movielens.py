@@ -5,7 +5,7 @@ module holds the records and the 100k reader, :mod:`data.readers` the 1m and CSV
 :mod:`data.parsing` what they share (the errors, the checks, the ratings parsers).
 
 The records match ``tensorflow_datasets``' ``movielens/100k-ratings`` and ``movielens/100k-movies``
-field for field: every line is decoded as ISO-8859-1 and stripped, exactly as
+field for field (the movies add u.item's release date, which TFDS drops): every line is decoded as ISO-8859-1 and stripped, exactly as
 ``tensorflow_datasets/structured/movielens_parsing.py`` does, so titles such as
 "Misérables, Les (1995)" come out identical. String fields are Python ``str`` (TFDS yields the UTF-8
 bytes of the same text); ``user_rating``, ``raw_user_age`` and ``bucketized_user_age`` are float32

@@ -158,7 +158,9 @@ def export_saved_model(directory: Path | str, retrieval_model, corpus_titles: np
         raise ValueError("the query tower reads user histories (model.history): export it with "
                          "its ranking model and the run's training histories "
                          "(twostage.serving.StoredHistory)")
-    genres = retrieval_model.candidate_model.embedding_model.genre_embedding is not None
+    movie = retrieval_model.candidate_model.embedding_model
+    genres = movie.genre_embedding is not None
+    releases = movie.release_embedding is not None
     if ranking_model is None:
         module = ServingModule(retrieval_model.query_model, retrieval_model.candidate_model,
                                corpus_titles, k)
@@ -186,7 +188,7 @@ def export_saved_model(directory: Path | str, retrieval_model, corpus_titles: np
         io.write_json(tmp / served.MANIFEST, {
             "format": served.SAVEDMODEL_FORMAT, "version": served.VERSION,
             "tensorflow": tf.__version__, "signatures": sorted(signatures),
-            "recipes": {"genres": genres, "history": reads_history},
+            "recipes": {"genres": genres, "history": reads_history, "release_date": releases},
             "files": {f: io.sha256_file(tmp / f) for f in served.exported_files(tmp)}})
     return io.replace_directory(Path(directory), write, SAVEDMODEL_KIND, force=force)
 
