@@ -74,16 +74,17 @@ RECIPES: dict[str, tuple[dict, str]] = {
                   "through the OOV row, with their own earlier ratings as history)"),
     "preset-live": (PRESETS["live"], "--preset live: live + cold users through the OOV row + "
                     "recent popularity with the fixed beta 0.1 and window 365 days, in the "
-                    "pipeline's own evaluation (twostage run)"),
+                    "pipeline's own evaluation (twostage run), + the titles' release quarters "
+                    "in the candidate tower (--release-date)"),
+    "preset-live-no-release": ({**PRESETS["live"], "release_date": False},
+                               "--preset live without the release quarters (its first "
+                               "version)"),
     "best-release": ({**PRESETS["best"], "release_date": True},
                      "--preset best + the title's release quarter in the candidate tower "
                      "(--release-date)"),
-    "preset-live-release": ({**PRESETS["live"], "release_date": True},
-                            "--preset live + the title's release quarter in the candidate "
-                            "tower (--release-date)"),
 }
 # the recipes of live histories, held to the random split's targets too (live_targets)
-LIVE_RECIPES = ("live", "best-live", "preset-live", "preset-live-release")
+LIVE_RECIPES = ("live", "best-live", "preset-live", "preset-live-no-release")
 # recipes whose prior_beta is chosen by twostage.pipeline.select_prior_beta before training
 PRIOR_RECIPES = frozenset({"best-prior", "logq-prior", "best-prior-dropout", "best-prior-users"})
 # recipes scored as model + recent popularity (twostage.hybrid), beta and window on validation:

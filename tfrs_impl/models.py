@@ -107,6 +107,15 @@ class UserModel(keras.Model):
         return tf.concat(parts, axis=1)
 
 
+def _fill(variable: tf.Variable, table: np.ndarray, what: str) -> None:
+    """Assign ``table`` to the int64 ``variable`` of the same shape (ValueError naming
+    ``what``)."""
+    if tuple(table.shape) != tuple(variable.shape):
+        raise ValueError(f"{what} {table.shape} does not fit the model's "
+                         f"{tuple(variable.shape)} (another spec?)")
+    variable.assign(np.asarray(table, dtype=np.int64))
+
+
 class MovieModel(keras.Model):
     """[B] str titles -> [B, 2 * dim] = concat[title embedding, masked mean of token embeddings].
 
@@ -158,18 +167,12 @@ class MovieModel(keras.Model):
 
     def attach_genres(self, table: np.ndarray) -> None:
         """Fill ``genre_table`` ([title rows, NUM_GENRES] genre ids per title id)."""
-        if tuple(table.shape) != tuple(self.genre_table.shape):
-            raise ValueError(f"genre table {table.shape} does not fit the model's "
-                             f"{tuple(self.genre_table.shape)} (another spec?)")
-        self.genre_table.assign(np.asarray(table, dtype=np.int64))
+        _fill(self.genre_table, table, "genre table")
         self.genres_attached = True
 
     def attach_releases(self, table: np.ndarray) -> None:
         """Fill ``release_table`` ([title rows] release bucket per title id)."""
-        if tuple(table.shape) != tuple(self.release_table.shape):
-            raise ValueError(f"release table {table.shape} does not fit the model's "
-                             f"{tuple(self.release_table.shape)} (another spec?)")
-        self.release_table.assign(np.asarray(table, dtype=np.int64))
+        _fill(self.release_table, table, "release table")
         self.releases_attached = True
 
     def call(self, titles):

@@ -194,6 +194,14 @@ class UserModel(nn.Module):
         return torch.cat(parts, dim=1)
 
 
+def _fill(buffer: torch.Tensor, table: np.ndarray, what: str) -> None:
+    """Copy ``table`` into the int64 ``buffer`` of the same shape (ValueError naming ``what``)."""
+    if tuple(table.shape) != tuple(buffer.shape):
+        raise ValueError(f"{what} {table.shape} does not fit the model's {tuple(buffer.shape)} "
+                         "(another spec?)")
+    buffer.copy_(torch.from_numpy(np.asarray(table, dtype=np.int64)))
+
+
 class MovieModel(nn.Module):
     """Candidate features: concat [title_embedding(title_index), masked mean of
     title_text_embedding(title_tokens)] -> [B, 2 * dim] (64 for dim 32). Token id 0 is padding
@@ -239,18 +247,12 @@ class MovieModel(nn.Module):
 
     def attach_genres(self, table: np.ndarray) -> None:
         """Fill ``genre_table`` ([title rows, NUM_GENRES] genre ids per title id)."""
-        if tuple(table.shape) != tuple(self.genre_table.shape):
-            raise ValueError(f"genre table {table.shape} does not fit the model's "
-                             f"{tuple(self.genre_table.shape)} (another spec?)")
-        self.genre_table.copy_(torch.from_numpy(np.asarray(table, dtype=np.int64)))
+        _fill(self.genre_table, table, "genre table")
         self.genres_attached = True
 
     def attach_releases(self, table: np.ndarray) -> None:
         """Fill ``release_table`` ([title rows] release bucket per title id)."""
-        if tuple(table.shape) != tuple(self.release_table.shape):
-            raise ValueError(f"release table {table.shape} does not fit the model's "
-                             f"{tuple(self.release_table.shape)} (another spec?)")
-        self.release_table.copy_(torch.from_numpy(np.asarray(table, dtype=np.int64)))
+        _fill(self.release_table, table, "release table")
         self.releases_attached = True
 
     def tokens(self, inputs: Batch) -> torch.Tensor:

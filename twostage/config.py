@@ -424,12 +424,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # For a live service, where a user's earlier ratings and recent popularity are known at query
 # time (issue 26; docs/results.md): best with 200-title live histories, user-id dropout that
-# keeps histories, cold users through the OOV row, and recent popularity (beta 0.1, 365 days:
+# keeps histories, cold users through the OOV row, recent popularity (beta 0.1, 365 days:
 # what benchmarks.quality's best-live chose on the temporal split's validation slice in 3 of 3
-# seeds for cold users and 2 of 3 for warm ones).
+# seeds for cold users and 2 of 3 for warm ones), and the titles' release quarters (warm users'
+# figures up, the rest level: benchmarks.quality's preset-live against preset-live-no-release).
 PRESETS["live"] = {**PRESETS["best"], "history_length": 200, "live_history": True,
                    "user_dropout": 0.2, "dropout_keeps_history": True, "cold_as_oov": True,
-                   "recent_beta": 0.1, "recent_beta_cold": 0.1, "recent_window_days": 365.0}
+                   "recent_beta": 0.1, "recent_beta_cold": 0.1, "recent_window_days": 365.0,
+                   "release_date": True}
 
 
 # Earlier preset names, still accepted with a FutureWarning naming the new one ("seed" was

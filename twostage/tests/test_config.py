@@ -102,12 +102,14 @@ def test_preset_tutorial_is_the_default_and_best_is_its_table_entry():
 
 def test_preset_live_is_best_with_the_live_service_settings():
     """--preset live: best plus live histories of 200 titles, dropout that keeps histories,
-    cold users through the OOV row and recent popularity (fails if a setting went missing)."""
+    cold users through the OOV row, recent popularity and release dates (fails if a setting
+    went missing)."""
     from twostage.config import preset
     live, best = preset("live"), preset("best")
     assert live.replace(history_length=50, live_history=False, user_dropout=0.0,
                         dropout_keeps_history=False, cold_as_oov=False, recent_beta=0.0,
-                        recent_beta_cold=None, recent_window_days=90.0) == best
+                        recent_beta_cold=None, recent_window_days=90.0,
+                        release_date=False) == best
     assert (live.eval.recent_beta, live.eval.recent_beta_cold, live.eval.recent_window_days) == \
         (0.1, 0.1, 365.0)
 

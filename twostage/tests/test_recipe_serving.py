@@ -1,5 +1,5 @@
-"""Exports and `twostage serve` of a run trained with the genre and history recipes
-(``model.genres``, ``model.history``): both exports answer what `twostage recommend` answers on
+"""Exports and `twostage serve` of a run trained with the genre, history and release-date
+recipes (``model.genres``, ``model.history``, ``model.release_date``): both exports answer what `twostage recommend` answers on
 the run folder, their stored histories and genres are verified like seen.npz, and a request's
 own ``history`` is what the query tower reads, as offline. A tiny synthetic run (2 + 1 epochs,
 torch weights; the TFRS export holds them moved into the TFRS models) keeps it fast."""
@@ -29,7 +29,7 @@ def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run")
     assert main(["run", "--backend", "torch", "--data-dir", str(data), "--retrieval-epochs",
                  "2", "--ranking-epochs", "1", "--validation-freq", "2", "--batch-size", "256",
-                 "--genres", "--history", "--out", str(out), "--quiet"]) == 0
+                 "--genres", "--history", "--release-date", "--out", str(out), "--quiet"]) == 0
     return out
 
 
@@ -93,7 +93,7 @@ def test_recipe_exports_reproduce_recommend_for_every_user(run_dir, exports, to)
     loaded = serving.load(exports[to])
     assert loaded.history is not None and loaded.categories is not None
     manifest = json.loads((exports[to] / serving.MANIFEST).read_text())
-    assert manifest["recipes"] == {"genres": True, "history": True, "release_date": False}
+    assert manifest["recipes"] == {"genres": True, "history": True, "release_date": True}
     assert {serving.HISTORY_FILE, serving.CATEGORIES_FILE} <= set(manifest["files"])
     for stamps in (np.full(len(users), max_ts), max_ts - np.arange(len(users)) * 86_400):
         assert_equal(loaded.recommend(users, stamps, 7), reference(run_dir, users, stamps, 7))
