@@ -238,6 +238,8 @@ def test_release_part_is_the_row_of_the_titles_release_bucket(synthetic_dataset,
         movie(inputs)  # never silently without release dates
     with pytest.raises(ValueError, match="release table"):
         attach_recipe_data(model, RecipeData(genres=recipe.genres))  # asked, none given
+    with pytest.raises(ValueError, match=r"release table \(3,\) does not fit"):
+        movie.attach_releases(np.zeros(3, np.int64))  # another spec's table
     table = np.arange(ds.spec.num_title_rows) % 7  # distinct rows per title, not the data's
     attach_recipe_data(model, RecipeData(genres=recipe.genres, releases=table))
     with torch.no_grad():

@@ -164,7 +164,7 @@ def test_every_docs_figure_is_held_by_docs_results(path):
 
 def test_the_rule_rejects_a_figure_no_artifact_holds():
     readme = README.read_text(encoding="utf-8")
-    held_figure = "0.2731"                       # the seed model's top-100, quality_100k.md
+    held_figure = "0.2742"                       # the seed model's top-100, quality_100k.md
     assert held_figure in figures(readme) and held_figure not in unheld(readme)
     changed = readme.replace(held_figure, "0.2732", 1)
     assert unheld(changed) == ["0.2732"]
