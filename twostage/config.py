@@ -124,7 +124,7 @@ class ModelConfig:
     history: bool = option(False, "query tower: add the masked mean of the embeddings of the "
                            "titles the user rated in training before the query's timestamp")
     history_length: int = option(50, "--history: the most recent N titles a history holds "
-                                 "(YouTube's candidate model: 50; exports serve 50 only)")
+                                 "(YouTube's candidate model: 50)")
     user_features: bool = option(False, "query tower: add embeddings of the user's gender, age "
                                  "group, occupation and zip prefix (ml-100k / ml-1m "
                                  "demographics; twostage.user_features), so cold users get "

@@ -289,7 +289,8 @@ class ExportStages:
         x = self.export
         arrays = dict(x.spec.encode_queries(users, timestamps))
         if self.recipe is not None:
-            arrays[serving.HISTORY_INPUT] = self.recipe.histories(users, timestamps)
+            arrays[serving.HISTORY_INPUT] = self.recipe.histories(users, timestamps,
+                                                                  x.history.length)
         queries = x._run("query_tower", arrays, x.query_inputs)
         return x.index.search(queries, k)
 

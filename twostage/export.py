@@ -23,7 +23,7 @@ from .data.movielens import load_movielens
 from .dataset import from_movielens
 from .errors import UnsupportedOptionError
 from .pipeline import seen_titles
-from .recipes import HISTORY_LENGTH, genre_table
+from .recipes import genre_table
 
 STAGES = ("retrieval", "ranking")
 log = logging.getLogger("twostage")
@@ -100,7 +100,8 @@ def training_history(backend, titles) -> serving.StoredHistory | None:
         raise ValueError("the run's checkpoint holds no user histories (model.history); train "
                          "and save it again")
     return serving.StoredHistory(backend.recipe.history, np.asarray(
-        backend.spec.title_index(list(titles)), dtype=np.int64))
+        backend.spec.title_index(list(titles)), dtype=np.int64),
+        backend.config.model.history_length)
 
 
 def _export_data(run, backend) -> dict:
@@ -110,18 +111,12 @@ def _export_data(run, backend) -> dict:
 
     Raises:
         UnsupportedOptionError: ``model.user_features`` (the serving programs take no user
-            features yet; serve the run with ``twostage recommend``), or a history length
-            other than the served one (``recipes.HISTORY_LENGTH``).
+            features yet; serve the run with ``twostage recommend``).
     """
     if backend.config.model.user_features:
         raise UnsupportedOptionError("exports do not carry the user features of "
                                      "model.user_features yet; serve this run with `twostage "
                                      "recommend`, or train without --user-features")
-    if backend.config.model.history and backend.config.model.history_length != HISTORY_LENGTH:
-        raise UnsupportedOptionError(
-            f"exports serve histories of {HISTORY_LENGTH} titles, this run's are "
-            f"{backend.config.model.history_length} (model.history_length); serve it with "
-            f"`twostage recommend`, or train with --history-length {HISTORY_LENGTH}")
     seen = _export_seen(run, backend.config)
     categories, why = catalog_genres(backend.config, backend.spec, run.corpus_titles,
                                      backend.recipe)

@@ -355,25 +355,29 @@ class StoredHistory:
     ratings by user (``index``: ``recipes.HistoryIndex``, the checkpoint's ``recipe.npz``
     arrays, so a history at any query time is the one ``twostage recommend`` computes) and the
     title id of each catalogue row (``row_titles`` [M] int64: a history sent with a request
-    names catalogue items, the tower reads title ids)."""
+    names catalogue items, the tower reads title ids) and the titles a history holds
+    (``length``: the run's ``model.history_length``)."""
 
     index: HistoryIndex
     row_titles: np.ndarray
+    length: int = HISTORY_LENGTH
 
     def lookup(self, user_ids, timestamps, given: Sequence | None = None) -> np.ndarray:
-        """[N, HISTORY_LENGTH] title ids: each user's stored history strictly before its time
+        """[N, length] title ids: each user's stored history strictly before its time
         (``HistoryIndex.lookup``), except where ``given`` [N] holds catalogue rows (oldest
-        first; None: the stored one), whose most recent HISTORY_LENGTH replace it."""
-        out = self.index.lookup(user_ids, timestamps)
+        first; None: the stored one), whose most recent ``length`` replace it."""
+        out = self.index.lookup(user_ids, timestamps, self.length)
         for i, rows in enumerate(given or ()):
             if rows is not None:
-                out[i] = recent_history(self.row_titles[np.asarray(rows, dtype=np.int64)])
+                out[i] = recent_history(self.row_titles[np.asarray(rows, dtype=np.int64)],
+                                        self.length)
         return out
 
     def save(self, path: Path) -> None:
-        """An uncompressed .npz: ``RecipeData.to_arrays``' history arrays + ``row_titles``."""
+        """An uncompressed .npz: ``RecipeData.to_arrays``' history arrays, ``row_titles`` and
+        ``history_length`` (0-d)."""
         with open(path, "wb") as f:
-            np.savez(f, row_titles=self.row_titles,
+            np.savez(f, row_titles=self.row_titles, history_length=np.int64(self.length),
                      **RecipeData(history=self.index).to_arrays())
 
     @classmethod
@@ -387,7 +391,10 @@ class StoredHistory:
         arrays = _read_arrays(path, "a history file")
         rows = arrays.get("row_titles")
         titles = arrays.get("history_titles")
+        length = arrays.get("history_length", np.int64(HISTORY_LENGTH))  # older: always 50
         try:
+            if length.dtype.kind != "i" or length.shape != () or int(length) < 1:
+                raise ValueError(f"history_length must be one integer >= 1, got {length!r}")
             if rows is None or titles is None or rows.dtype.kind != "i" or rows.shape != (
                     catalog_size,) or (titles.size and not 0 <= titles.min() <= titles.max()
                                        <= rows.max()):
@@ -399,7 +406,7 @@ class StoredHistory:
         except (KeyError, ValueError) as e:
             raise ExportError(f"{path}: the histories are inconsistent ({e}); "
                               f"{_reexport(path.parent)}") from None
-        return cls(index, rows.astype(np.int64))
+        return cls(index, rows.astype(np.int64), int(length))
 
 
 def recent_history(title_ids: np.ndarray, length: int = HISTORY_LENGTH) -> np.ndarray:

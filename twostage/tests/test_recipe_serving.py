@@ -1,7 +1,8 @@
 """Exports and `twostage serve` of a run trained with the genre, history and release-date
-recipes (``model.genres``, ``model.history``, ``model.release_date``): both exports answer what `twostage recommend` answers on
-the run folder, their stored histories and genres are verified like seen.npz, and a request's
-own ``history`` is what the query tower reads, as offline. A tiny synthetic run (2 + 1 epochs,
+recipes (``model.genres``, ``model.history`` of 7 titles, ``model.release_date``): both
+exports answer what `twostage recommend` answers on the run folder, their stored histories and
+genres are verified like seen.npz, and a request's own ``history`` is what the query tower
+reads, as offline. A tiny synthetic run (2 + 1 epochs,
 torch weights; the TFRS export holds them moved into the TFRS models) keeps it fast."""
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run")
     assert main(["run", "--backend", "torch", "--data-dir", str(data), "--retrieval-epochs",
                  "2", "--ranking-epochs", "1", "--validation-freq", "2", "--batch-size", "256",
-                 "--genres", "--history", "--release-date", "--out", str(out), "--quiet"]) == 0
+                 "--genres", "--history", "--release-date", "--history-length", "7",
+                 "--out", str(out), "--quiet"]) == 0
     return out
 
 
@@ -135,6 +137,13 @@ def test_stored_histories_and_genres_are_checked_before_use(exports, tmp_path):
         folder / serving.HISTORY_FILE)
     (folder / serving.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(serving.ExportError, match="histories are inconsistent"):
+        serving.TorchExport.load(folder)
+    assert stored.length == 7  # the run's --history-length, stored with the histories
+    serving.StoredHistory(stored.index, stored.row_titles, 0).save(folder / serving.HISTORY_FILE)
+    manifest["files"][serving.HISTORY_FILE] = twostage_io.sha256_file(
+        folder / serving.HISTORY_FILE)
+    (folder / serving.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(serving.ExportError, match="history_length must be one integer >= 1"):
         serving.TorchExport.load(folder)
     stored.save(folder / serving.HISTORY_FILE)
     genres = serving.StoredCategories.load(folder / serving.CATEGORIES_FILE, size)

@@ -101,12 +101,3 @@ def test_history_length_sets_the_columns_width(synthetic_dataset, small_config):
     rows = ds.split.test[:20]
     extras = query_extras(recipe, wide, ds.user_id[rows], ds.timestamp[rows])[HISTORY]
     np.testing.assert_array_equal(extras, eighty[rows])
-
-
-def test_exports_refuse_a_history_length_they_do_not_serve(small_config):
-    from types import SimpleNamespace
-    from twostage.errors import UnsupportedOptionError
-    from twostage.export import _export_data
-    cfg = small_config.replace(history=True, history_length=200)
-    with pytest.raises(UnsupportedOptionError, match="--history-length 50"):
-        _export_data(None, SimpleNamespace(config=cfg))
