@@ -88,8 +88,8 @@ def refuse_in_parallel(config: Config) -> None:
     over the processes), on torch's global negatives a learned temperature (its gathered loss
     does not scale the queries), genres / history / user features / release dates (their
     lookups are attached to one process's models; not tested across processes yet), and the
-    recent-popularity prior and
-    cold users' OOV route of the evaluation (not tested across processes yet)."""
+    recent-popularity prior and cold users' OOV route of the evaluation (not tested across
+    processes yet)."""
     problems = [f"{name}=True (its lookups are not attached across processes yet)"
                 for name in ("genres", "history", "user_features", "release_date")
                 if getattr(config.model, name)]
@@ -339,18 +339,18 @@ class RecipeData:
         if not (m.genres or m.history or m.user_features or m.release_date):
             return None
         genres = history = users = releases = None
-        if config.model.genres:
+        if m.genres:
             movies = dataset.movielens.movies
             genres = genre_table(movies["movie_title"].to_numpy(dtype=object),
                                  movies["movie_genres"], dataset.spec)
-        if config.model.history:
+        if m.history:
             train = dataset.split.train
             history = HistoryIndex.from_ratings(dataset.history_ids[train],
                                                 dataset.timestamp[train],
                                                 dataset.features["title_index"][train])
-        if config.model.user_features:
+        if m.user_features:
             users = UserTable.from_ratings(dataset.movielens.ratings)
-        if config.model.release_date:
+        if m.release_date:
             movies = dataset.movielens.movies
             releases = release_table(movies["movie_title"].to_numpy(dtype=object),
                                      release_dates(movies), dataset.spec)
