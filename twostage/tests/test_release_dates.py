@@ -87,3 +87,22 @@ def test_u_item_dates_are_read_and_a_bad_one_names_its_line(tmp_path):
     with pytest.raises(DataFormatError, match=r"u\.item:3: release date '1995-01-01' is not "
                        r"DD-Mon-YYYY .* Correct the date or leave the field empty"):
         load_movielens(folder)
+
+
+@pytest.mark.parametrize("dataset_name, layout", [("1m", "1m"), ("25m", "csv")])
+def test_releases_without_a_date_field_take_the_year_in_the_title(tmp_path, dataset_name,
+                                                                  layout):
+    """ml-1m's movies.dat and the CSV releases' movies.csv hold no release date: a title's
+    bucket is its title year's first quarter (1 before 1990), 0 for a title without a year."""
+    folder = generate(tmp_path / "ml", num_users=20, num_movies=12, num_ratings=200, seed=3,
+                      layout=layout)
+    config = Config.of(release_date=True, dataset=dataset_name)
+    ds = load_dataset(config, folder)
+    assert "movie_release_date" not in ds.movielens.movies
+    recipe = RecipeData.from_dataset(ds, config)
+    for title in ds.movielens.movies["movie_title"].astype(str):
+        year = title.rstrip()[-5:-1] if title.rstrip().endswith(")") else ""
+        want = (0 if not year.isdigit() else 1 if int(year) < 1990 else
+                2 + (int(year) - 1990) * 4)
+        assert recipe.releases[ds.spec.title_index([title])[0]] == want, title
+    assert recipe.releases.max() > 0
