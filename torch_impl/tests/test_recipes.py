@@ -455,3 +455,20 @@ def test_user_features_train_evaluate_and_survive_a_checkpoint(synthetic_dataset
 def test_user_features_are_refused_across_processes(small_config):
     with pytest.raises(UnsupportedOptionError, match="user_features"):
         TorchBackend.check_config(small_config.replace(user_features=True, nproc=2))
+
+
+@pytest.mark.parametrize("changes", [{}, {"genres": True, "history": True},
+                                     {"release_date": True, "user_features": True},
+                                     {"release_date": True, "genres": True,
+                                      "learn_temperature": True}])
+def test_parameter_count_is_what_the_models_hold(synthetic_dataset, small_config, changes):
+    """``checkpoint.parameter_count`` (the bound a checkpoint's values are read against)
+    counts every trainable weight of both stages' models, the recipe tables included."""
+    from torch_impl.models import build_ranking_model
+    from twostage.checkpoint import parameter_count
+    config = small_config.replace(**changes)
+    spec = synthetic_dataset.spec
+    held = sum(p.numel() for model in (build_retrieval_model(spec, config),
+                                       build_ranking_model(spec, config))
+               for p in model.parameters() if p.requires_grad)
+    assert parameter_count(config, spec) == held
