@@ -49,20 +49,22 @@ def test_genre_table_equals_the_raw_u_item_flags(dataset):
 def test_release_table_equals_the_raw_u_item_dates(dataset):
     """Each title's release bucket from u.item's third field by datetime.strptime: 0 unknown,
     1 before 1990, then 2 + the quarters since 1990 (the earliest entry of a title), the year
-    in the title where the field is empty."""
+    in the title where no entry of the title has a date."""
     import datetime
     import re
     from twostage.recipes import NUM_RELEASE_BUCKETS, release_dates, release_table
-    earliest = {}
+    given, guessed = {}, {}
     for line in (dataset.movielens.source / "u.item").read_text(
             encoding="latin-1").splitlines():
         if line.strip():
             fields = line.strip().split("|")
-            year = re.search(r"\((\d{4})\)\s*$", fields[1])
-            date = (datetime.datetime.strptime(fields[2], "%d-%b-%Y") if fields[2] else
-                    datetime.datetime(int(year.group(1)), 1, 1) if year else None)
-            if date is not None:
-                earliest[fields[1].strip()] = min(date, earliest.get(fields[1].strip(), date))
+            title, year = fields[1].strip(), re.search(r"\((\d{4})\)\s*$", fields[1])
+            if fields[2]:
+                date = datetime.datetime.strptime(fields[2], "%d-%b-%Y")
+                given[title] = min(date, given.get(title, date))
+            elif year:
+                guessed[title] = datetime.datetime(int(year.group(1)), 1, 1)
+    earliest = {**guessed, **given}  # a title's given date wins over its title's year
     movies = dataset.movielens.movies
     table = release_table(movies["movie_title"].to_numpy(dtype=object), release_dates(movies),
                           dataset.spec)

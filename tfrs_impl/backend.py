@@ -189,7 +189,7 @@ class TfrsBackend(BackendBase):
     # --- persistence ---------------------------------------------------------------------------
     def save(self, directory: Path | str) -> None:
         """Weights, Adagrad accumulators, epochs done, spec, config and the attached recipe
-        lookups (genres / history), atomically (twostage.checkpoint)."""
+        lookups (genres, histories, ...), atomically (twostage.checkpoint)."""
         checkpoint.save(directory, config=self.config, spec=self.spec,
                         models=self.models, optimizers=self.optimizers,
                         epochs_done=self.epochs_done, recipe=self.recipe)

@@ -46,7 +46,7 @@ def stage_state(stage: str, model, optimizer: Adagrad) -> core.StageState:
 def save(directory: Path | str, **kwargs) -> Path:
     """``twostage.checkpoint.save_models`` with this backend's :func:`stage_state`: ``config``,
     ``spec``, ``models`` / ``optimizers`` by stage, ``epochs_done``, ``recipe`` (the attached
-    ``RecipeData``: written as recipe.npz when the config uses genres / history)."""
+    ``RecipeData``: written as recipe.npz when the config uses a recipe that has lookups)."""
     return core.save_models(directory, backend=BACKEND, stage_state=stage_state,
                             framework=framework(), **kwargs)
 

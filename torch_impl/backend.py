@@ -247,8 +247,8 @@ class TorchBackend(BackendBase):
     # --- persistence ----------------------------------------------------------------------------
     def save(self, directory: Path | str) -> None:
         """Weights + Adagrad accumulators by Keras name, epochs done, spec, config and the
-        attached recipe lookups (genres / history), atomically (``twostage.checkpoint``). The
-        index is not saved: rebuild it with build_index."""
+        attached recipe lookups (genres, histories, ...), atomically (``twostage.checkpoint``).
+        The index is not saved: rebuild it with build_index."""
         ckpt.save(directory, config=self.config, spec=self.spec, models=self.models,
                   optimizers=self.optimizers, epochs_done=self.epochs_done, recipe=self.recipe)
 

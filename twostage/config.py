@@ -427,7 +427,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # keeps histories, cold users through the OOV row, recent popularity (beta 0.1, 365 days:
 # what benchmarks.quality's best-live chose on the temporal split's validation slice in 3 of 3
 # seeds for cold users and 2 of 3 for warm ones), and the titles' release quarters (warm users'
-# figures up, the rest level: benchmarks.quality's preset-live against preset-live-no-release).
+# means up, within the seed noise, the rest level: benchmarks.quality's preset-live against
+# preset-live-no-release, docs/results.md).
 PRESETS["live"] = {**PRESETS["best"], "history_length": 200, "live_history": True,
                    "user_dropout": 0.2, "dropout_keeps_history": True, "cold_as_oov": True,
                    "recent_beta": 0.1, "recent_beta_cold": 0.1, "recent_window_days": 365.0,

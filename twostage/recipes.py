@@ -176,13 +176,17 @@ def release_buckets(dates) -> np.ndarray:
 
 def release_dates(movies) -> "pd.Series":
     """[M] datetime64 release date of every entry of a movies frame (``MovieLens.movies``):
-    ``movie_release_date`` where the release has one (100k's u.item), else, and where it is
-    empty, 1 January of the year in the title's trailing "(YYYY)"; NaT when neither exists."""
-    years = movies["movie_title"].astype(str).str.extract(_TITLE_YEAR, expand=False)
-    from_title = pd.to_datetime(years, format="%Y", errors="coerce")
+    ``movie_release_date`` where the release has one (100k's u.item); for a title none of whose
+    entries has one, 1 January of the year in the title's trailing "(YYYY)" (a guessed date
+    never beats a title's given one); NaT when neither exists."""
+    titles = movies["movie_title"].astype(str)
+    from_title = pd.to_datetime(titles.str.extract(_TITLE_YEAR, expand=False), format="%Y",
+                                errors="coerce")
     if "movie_release_date" not in movies:
         return from_title
-    return pd.to_datetime(movies["movie_release_date"]).fillna(from_title)
+    given = pd.to_datetime(movies["movie_release_date"])
+    dated = given.notna().groupby(titles).transform("any")
+    return given.where(dated | given.notna(), from_title)
 
 
 def release_table(titles: Iterable, dates, spec: FeatureSpec) -> np.ndarray:

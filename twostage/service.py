@@ -48,7 +48,8 @@ MAX_BODY_BYTES = 1 << 20
 """A request body above 1 MiB is refused (413) before it is parsed."""
 MAX_EXCLUDED_ITEMS = 10_000
 MAX_HISTORY_ITEMS = 10_000
-"""Items of a request's ``history`` (the query tower reads the most recent 50 of them)."""
+"""Items of a request's ``history`` (the query tower reads the most recent of them, as many as
+the run's ``--history-length``, 50 by default)."""
 MAX_FILTER_VALUES = 100
 MAX_QUEUED_USERS = 100_000
 """Users waiting for the model before new requests are refused (503) instead of queued."""

@@ -64,7 +64,11 @@ SAVEDMODEL_KIND = "savedmodel"  # tfrs_impl.serving.SAVEDMODEL_KIND (the TFRS ex
 # export marker kind -> (module, class) of its loader, imported when such an export is loaded
 # (as pipeline.BACKEND_CLASSES: the core never imports a backend's module itself)
 LOADERS: dict[str, tuple[str, str]] = {SAVEDMODEL_KIND: ("tfrs_impl.serving", "SavedModelExport")}
-FORMAT, VERSION = "twostage-torch-export", 1
+FORMAT, VERSION = "twostage-torch-export", 2
+# Version 2: history.npz holds history_length (any --history-length); version 1 exports serve
+# 50 titles and still load. A version-1 reader refuses version 2 instead of feeding 50-title
+# histories to a tower trained on another length.
+READ_VERSIONS = (1, 2)
 SAVEDMODEL_FORMAT = "twostage-savedmodel-export"  # export.json of a SavedModel export
 FORMATS = {TORCH_KIND: FORMAT, SAVEDMODEL_KIND: SAVEDMODEL_FORMAT}
 MANIFEST = "export.json"      # in both kinds: the sha256 of every file a loader reads
@@ -502,9 +506,10 @@ def read_manifest(path: Path, kind: str = TORCH_KIND) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMATS[kind]:
         raise ExportError(f"{path / MANIFEST}: not a {FORMATS[kind]} manifest (written by an "
                           f"older version?); {_reexport(path, kind)}")
-    if manifest.get("version") != VERSION:
+    if manifest.get("version") not in READ_VERSIONS:
         raise ExportError(f"{path / MANIFEST}: version {manifest.get('version')!r}; this "
-                          f"twostage reads version {VERSION}: {_reexport(path, kind)}")
+                          f"twostage reads versions {', '.join(map(str, READ_VERSIONS))}: "
+                          f"{_reexport(path, kind)}")
     files = manifest.get("files")
     if not io.is_checksum_map(files):
         raise ExportError(f"{path / MANIFEST}: 'files' must map paths to checksums")

@@ -164,14 +164,18 @@ def test_resume_keeps_the_learned_temperature_and_its_accumulator(name, dataset,
 def test_release_dates_travel_with_the_checkpoint(name, dataset, tmp_path):
     """A ``release_date`` model loads with its release table (same candidate vectors); a
     recipe.npz whose table is out of range or missing is refused naming it."""
-    from twostage.recipes import NUM_RELEASE_BUCKETS
+    from twostage.recipes import NUM_RELEASE_BUCKETS, RecipeData
     config = CONFIG.replace(release_date=True, genres=False, history=False)
     backend = pipeline.make_backend(name, config, dataset)
     backend.fit_retrieval(dataset, epochs=1)
+    assert set(backend.recipe.releases[1:].tolist()) == {22}  # the generator's 01-Jan-1995
+    # a table of distinct rows per title (the synthetic dates are all one bucket), so a
+    # permuted or misindexed table after loading changes the candidate vectors
+    varied = np.arange(dataset.spec.num_title_rows, dtype=np.int64) % 9
+    backend.attach_recipe_data(RecipeData(releases=varied))
     backend.save(tmp_path / "ckpt")
     loaded = pipeline.backend_class(name).load(tmp_path / "ckpt")
-    np.testing.assert_array_equal(loaded.recipe.releases, backend.recipe.releases)
-    assert loaded.recipe.releases.max() > 1  # the synthetic 1995 dates, not all unknown
+    np.testing.assert_array_equal(loaded.recipe.releases, varied)
     titles = dataset.corpus_titles
     np.testing.assert_allclose(loaded.candidate_embeddings(titles),
                                backend.candidate_embeddings(titles), rtol=0, atol=1e-6)

@@ -118,6 +118,23 @@ def test_a_given_history_is_what_the_query_tower_reads(run_dir, exports, to):
         loaded.recommend(["new-user"], ts, 6, histories=[["No Such Movie (1999)"]])
 
 
+def test_exports_of_version_1_load_and_later_versions_are_refused(exports, tmp_path):
+    """Version 2 added the stored history length; a version-1 export (50 titles) still loads,
+    a version the code does not know is refused with the fix."""
+    for version, ok in ((1, True), (3, False)):
+        folder = tmp_path / f"v{version}"
+        shutil.copytree(exports["torch"], folder)
+        manifest = json.loads((folder / serving.MANIFEST).read_text())
+        assert manifest["version"] == serving.VERSION == 2
+        manifest["version"] = version
+        (folder / serving.MANIFEST).write_text(json.dumps(manifest))
+        if ok:
+            assert serving.TorchExport.load(folder).history is not None
+            continue
+        with pytest.raises(serving.ExportError, match="reads versions 1, 2"):
+            serving.TorchExport.load(folder)
+
+
 def test_stored_histories_and_genres_are_checked_before_use(exports, tmp_path):
     """history.npz and categories.npz are listed in export.json (an edited file is refused by
     its checksum), their arrays are checked once re-signed, and a history model's export

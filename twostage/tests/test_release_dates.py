@@ -27,13 +27,16 @@ def test_buckets_are_unknown_earlier_then_one_per_quarter_capped():
 
 
 def test_dates_fall_back_to_the_year_in_the_title():
-    movies = pd.DataFrame({"movie_title": ["Heat (1995)", "Untitled", "Jaws (1975) ", "X (1998)"],
+    movies = pd.DataFrame({"movie_title": ["Heat (1995)", "Untitled", "Jaws (1975) ", "X (1998)",
+                                           "Heat (1995)"],
                            "movie_release_date": pd.to_datetime(["1995-12-15", None, None,
-                                                                 None])})
+                                                                 None, None])})
     got = release_dates(movies)
     assert got.tolist()[0] == pd.Timestamp("1995-12-15")  # u.item's date wins
     assert pd.isna(got.tolist()[1])                       # neither: unknown
-    assert got.tolist()[2:] == [pd.Timestamp("1975-01-01"), pd.Timestamp("1998-01-01")]
+    assert got.tolist()[2:4] == [pd.Timestamp("1975-01-01"), pd.Timestamp("1998-01-01")]
+    # a second entry of Heat without a date is not guessed: the title has a given one
+    assert pd.isna(got.tolist()[4])
     # a release without the column (1m, csv): every date from the title
     assert release_dates(movies.drop(columns="movie_release_date")).tolist()[0] == \
         pd.Timestamp("1995-01-01")
