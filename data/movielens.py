@@ -32,6 +32,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .parsing import (DUPLICATE_PAIRS, DataFormatError, check_duplicate_pairs, check_whole_file,
@@ -115,21 +116,23 @@ def read_movies(directory: Path | str) -> pd.DataFrame:
         ids.append(f[0])
         titles.append(f[1])
         genres.append(tuple(g for g, x in zip(GENRES, flags) if x == "1"))
-        dates.append(_release_date(path, n, f[2]))
+        dates.append((n, f[2]))
     return pd.DataFrame({"movie_id": ids, "movie_title": titles, "movie_genres": genres,
-                         "movie_release_date": pd.to_datetime(dates)})
+                         "movie_release_date": _release_dates(path, dates)})
 
 
-def _release_date(path: Path, line: int, text: str) -> pd.Timestamp:
-    """u.item's release date field ("01-Jan-1995"), NaT when empty."""
-    if not text:
-        return pd.NaT
-    try:
-        return pd.to_datetime(text, format=RELEASE_DATE_FORMAT)
-    except ValueError:
+def _release_dates(path: Path, fields: list[tuple[int, str]]) -> pd.Series:
+    """u.item's release date fields ((line, "01-Jan-1995") each) -> datetime64, NaT where
+    empty; parsed at once (one call per line cost 16x the rest of the reader)."""
+    texts = pd.Series([text for _, text in fields], dtype=object)
+    dates = pd.to_datetime(texts, format=RELEASE_DATE_FORMAT, errors="coerce")
+    bad = np.flatnonzero(dates.isna().to_numpy() & (texts != "").to_numpy())
+    if bad.size:
+        line, text = fields[bad[0]]
         raise DataFormatError(path, line, f"release date {text!r} is not DD-Mon-YYYY (e.g. "
                               "01-Jan-1995)", "Correct the date or leave the field empty, or "
-                              "re-download the release.") from None
+                              "re-download the release.")
+    return dates
 
 
 def _bucketize_age(age: int) -> int:

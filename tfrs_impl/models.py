@@ -177,15 +177,15 @@ class MovieModel(keras.Model):
 
     def call(self, titles):
         parts = [self.title_embedding(titles), self.title_text_embedding(titles)]
+        if self.genre_embedding is not None or self.release_embedding is not None:
+            ids = self.title_embedding.layers[0](titles)  # its StringLookup: the title id
         if self.genre_embedding is not None:
             if not self.genres_attached:
                 raise RuntimeError(not_attached("genre table"))
-            ids = self.title_embedding.layers[0](titles)  # its StringLookup: the title id
             parts.append(self.genre_embedding(tf.gather(self.genre_table, ids)))
         if self.release_embedding is not None:
             if not self.releases_attached:
                 raise RuntimeError(not_attached("release table"))
-            ids = self.title_embedding.layers[0](titles)
             parts.append(self.release_embedding(tf.gather(self.release_table, ids)))
         return tf.concat(parts, axis=1)
 

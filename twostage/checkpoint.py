@@ -146,11 +146,8 @@ def _recipe_arrays(config: Config, recipe: RecipeData | None) -> dict[str, np.nd
                          "attached (fit the backend on its dataset, or "
                          "backend.attach_recipe_data(RecipeData.from_dataset(dataset, config)) "
                          "before save)")
-    m = config.model
-    return RecipeData(recipe.genres if m.genres else None,
-                      recipe.history if m.history else None,
-                      recipe.users if m.user_features else None,
-                      recipe.releases if m.release_date else None).to_arrays()
+    return RecipeData(**{_RECIPE_FIELDS[name]: getattr(recipe, _RECIPE_FIELDS[name])
+                         for name in wanted}).to_arrays()
 
 
 def save_models(directory: Path | str, *, backend: str, config: Config, spec: FeatureSpec,
